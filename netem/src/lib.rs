@@ -1,0 +1,18 @@
+//! wanmig's userspace WAN emulator (this kernel has no `sch_netem`).
+//!
+//! The core is [`LinkModel`], a sans-IO model of one direction of a link
+//! (delay, jitter, random and bursty loss, duplication, reordering, a rate
+//! with a bounded queue, and cut). [`UdpRelay`] runs two models as a UDP
+//! path between gateways; [`tun::TunLink`] runs them between two network
+//! namespaces over TUN devices; [`cli`] is the `wanmig netem` command.
+
+pub mod error;
+mod jitter;
+pub mod loss;
+pub mod model;
+pub mod params;
+
+pub use error::NetemError;
+pub use loss::LossModel;
+pub use model::{Departure, DropReason, LinkModel, LinkStats, Verdict};
+pub use params::{JitterDist, LinkParams};
