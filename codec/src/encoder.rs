@@ -1,0 +1,307 @@
+//! The source side: turns guest pages into batches of records.
+//!
+//! Per page, in this order: an all-zero page becomes a Zero record; content
+//! the destination holds (its inventory, or what this session already sent)
+//! becomes a Ref by fingerprint — verified byte-for-byte against the cached
+//! copy when the encoder still holds it; a re-sent page becomes an XOR delta
+//! against the version last sent, when the delta is small; the rest goes into
+//! the batch's zstd section, or its raw section when it looks incompressible.
+//!
+//! Sans-IO: [`Encoder::encode`] takes pages and returns the batches to put
+//! on the wire; [`Encoder::on_nack`] takes the destination's NACKs and returns
+//! resend batches plus the pages it must be given again.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::CodecError;
+use crate::fingerprint::Fingerprint;
+use crate::inventory::Inventory;
+use crate::page::{is_zero, looks_incompressible, Gfn, PageBytes, PAGE_SIZE};
+use crate::page_cache::PageCache;
+use crate::record::{BatchWriter, MAX_DELTA_LEN, MAX_RECORDS};
+
+/// Encoder settings (a `[codec]` table in the gateway config).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EncoderConfig {
+    /// Full pages per batch before it is compressed and emitted (tens).
+    pub batch_pages: usize,
+    /// Records (of any kind) per batch before it is emitted.
+    pub batch_records: usize,
+    /// Initial zstd level (the level controller changes it at run time).
+    pub level: i32,
+    /// Memory for last-sent page copies (delta bases, NACK answers), bytes.
+    pub cache_bytes: usize,
+    /// A delta is used only when it is at most this many bytes.
+    pub delta_max_bytes: usize,
+    /// Most fingerprints remembered as "sent this session".
+    pub max_session_fingerprints: usize,
+    /// Send pages that look incompressible raw instead of through zstd.
+    pub detect_incompressible: bool,
+}
+
+impl Default for EncoderConfig {
+    fn default() -> Self {
+        EncoderConfig {
+            batch_pages: 32,
+            batch_records: 4096,
+            level: 1,
+            cache_bytes: 256 << 20,
+            delta_max_bytes: 1024,
+            max_session_fingerprints: 16 << 20,
+            detect_incompressible: true,
+        }
+    }
+}
+
+impl EncoderConfig {
+    /// Checks every field; the error names the bad key.
+    pub fn validate(&self) -> Result<(), CodecError> {
+        let bad = |key, why: &str| {
+            Err(CodecError::Config {
+                key,
+                why: why.to_string(),
+            })
+        };
+        if self.batch_pages == 0
+            || self.batch_pages * PAGE_SIZE > crate::record::MAX_SECTION_LEN / 2
+        {
+            return bad("codec.batch_pages", "must be between 1 and 4096");
+        }
+        if self.batch_records == 0 || self.batch_records > MAX_RECORDS {
+            return bad("codec.batch_records", "must be between 1 and 65536");
+        }
+        if !(1..=crate::level::MAX_LEVEL).contains(&self.level) {
+            return bad("codec.level", "must be a zstd level between 1 and 19");
+        }
+        if self.delta_max_bytes > MAX_DELTA_LEN {
+            return bad("codec.delta_max_bytes", "must be at most 8192");
+        }
+        Ok(())
+    }
+}
+
+/// Pages and bytes by what the encoder did with them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EncoderStats {
+    pub pages_in: u64,
+    pub zero: u64,
+    /// References to content in the destination's inventory.
+    pub ref_inventory: u64,
+    /// References to content sent earlier in this session.
+    pub ref_session: u64,
+    pub delta: u64,
+    /// Pages that went through zstd and came out smaller.
+    pub compressed: u64,
+    /// Pages stored raw (looked incompressible, or zstd did not help).
+    pub raw: u64,
+    /// Pages resent to answer NACKs.
+    pub fill: u64,
+    /// Fingerprint matches whose bytes differed (a BLAKE3 collision).
+    pub collisions: u64,
+    /// Guest bytes given to `encode` (pages × 4096).
+    pub bytes_in: u64,
+    /// Wire bytes of all batches produced (incl. NACK answers).
+    pub bytes_out: u64,
+    pub batches: u64,
+}
+
+impl EncoderStats {
+    pub fn refs(&self) -> u64 {
+        self.ref_inventory + self.ref_session
+    }
+}
+
+/// What to do about a set of NACKs.
+#[derive(Debug, Default)]
+pub struct NackResponse {
+    /// Batches carrying the content the destination lacked.
+    pub batches: Vec<Vec<u8>>,
+    /// Pages whose content the encoder no longer holds: read them from the
+    /// VM again and pass them to [`Encoder::encode`] (their fingerprints have
+    /// been forgotten, so they go out in full).
+    pub refetch: Vec<Gfn>,
+}
+
+/// The source-side codec state for one migration session.
+pub struct Encoder {
+    cfg: EncoderConfig,
+    inventory: Inventory,
+    /// Content sent this session → a gfn it was sent as (to verify against).
+    sent: HashMap<Fingerprint, Gfn>,
+    cache: PageCache<Gfn>,
+    writer: BatchWriter,
+    zstd: zstd::bulk::Compressor<'static>,
+    level: i32,
+    /// Literal pages in the batch being built (for stats at finish).
+    literals_in_batch: u64,
+    stats: EncoderStats,
+}
+
+impl Encoder {
+    /// A new session. `inventory` is what the destination reported holding.
+    pub fn new(cfg: EncoderConfig, inventory: Inventory) -> Result<Self, CodecError> {
+        cfg.validate()?;
+        let zstd = zstd::bulk::Compressor::new(cfg.level).map_err(CodecError::Zstd)?;
+        Ok(Encoder {
+            level: cfg.level,
+            cache: PageCache::new(cfg.cache_bytes / PAGE_SIZE),
+            cfg,
+            inventory,
+            sent: HashMap::new(),
+            writer: BatchWriter::new(),
+            zstd,
+            literals_in_batch: 0,
+            stats: EncoderStats::default(),
+        })
+    }
+
+    pub fn stats(&self) -> EncoderStats {
+        self.stats
+    }
+
+    pub fn level(&self) -> i32 {
+        self.level
+    }
+
+    /// Sets the zstd level for the following batches (clamped to 1..=19).
+    pub fn set_level(&mut self, level: i32) -> Result<(), CodecError> {
+        let level = level.clamp(1, crate::level::MAX_LEVEL);
+        if level != self.level {
+            self.zstd
+                .set_compression_level(level)
+                .map_err(CodecError::Zstd)?;
+            self.level = level;
+        }
+        Ok(())
+    }
+
+    /// Encodes `pages` (in order; a later page for the same gfn supersedes an
+    /// earlier one) into complete batches. Nothing is held back: every page
+    /// given is in the returned batches.
+    pub fn encode<'p>(
+        &mut self,
+        pages: impl IntoIterator<Item = (Gfn, &'p PageBytes)>,
+    ) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for (gfn, page) in pages {
+            self.encode_page(gfn, page);
+            if self.writer.payload_pages() >= self.cfg.batch_pages
+                || self.writer.records() >= self.cfg.batch_records
+            {
+                out.push(self.finish_batch());
+            }
+        }
+        if !self.writer.is_empty() {
+            out.push(self.finish_batch());
+        }
+        out
+    }
+
+    fn encode_page(&mut self, gfn: Gfn, page: &PageBytes) {
+        self.stats.pages_in += 1;
+        self.stats.bytes_in += PAGE_SIZE as u64;
+        if is_zero(page) {
+            self.writer.push_zero(gfn);
+            self.cache.remove(gfn);
+            self.stats.zero += 1;
+            return;
+        }
+        let fp = Fingerprint::of(page);
+        if let Some(&holder) = self.sent.get(&fp) {
+            // Verify when we still hold the content: never trust a
+            // fingerprint match alone when the bytes are at hand.
+            let verified = match self.cache.get(holder) {
+                Some((cfp, data)) if *cfp == fp => data == page,
+                _ => true,
+            };
+            if verified {
+                self.writer.push_ref(gfn, &fp);
+                self.cache.put(gfn, fp, page);
+                self.stats.ref_session += 1;
+                return;
+            }
+            self.stats.collisions += 1;
+            tracing::warn!(%gfn, %fp, "BLAKE3 fingerprint matched different content; sending in full");
+        } else if self.inventory.contains(&fp) {
+            self.writer.push_ref(gfn, &fp);
+            self.cache.put(gfn, fp, page);
+            self.stats.ref_inventory += 1;
+            return;
+        }
+        let mut done = false;
+        if let Some((base_fp, old)) = self.cache.get(gfn) {
+            let base_fp = *base_fp;
+            if self
+                .writer
+                .try_push_delta(gfn, &base_fp, &fp, old, page, self.cfg.delta_max_bytes)
+                .is_some()
+            {
+                self.stats.delta += 1;
+                done = true;
+            }
+        }
+        if !done {
+            if self.cfg.detect_incompressible && looks_incompressible(page) {
+                self.writer.push_raw(gfn, page);
+                self.stats.raw += 1;
+            } else {
+                self.writer.push_literal(gfn, page);
+                self.literals_in_batch += 1;
+            }
+        }
+        if self.sent.len() < self.cfg.max_session_fingerprints {
+            self.sent.insert(fp, gfn);
+        }
+        self.cache.put(gfn, fp, page);
+    }
+
+    fn finish_batch(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let s = self.writer.finish(&mut self.zstd, &mut out);
+        if s.a_compressed {
+            self.stats.compressed += self.literals_in_batch;
+        } else {
+            self.stats.raw += self.literals_in_batch;
+        }
+        self.literals_in_batch = 0;
+        self.stats.bytes_out += s.wire_len as u64;
+        self.stats.batches += 1;
+        out
+    }
+
+    /// Handles NACKs from the destination: each names a gfn and the content
+    /// it could not resolve. That content is forgotten as "held by the
+    /// destination", and resent as a Fill record when the encoder still holds
+    /// it. A NACK for a version of the page that has since been superseded
+    /// needs nothing: the newer record already followed it on the stream.
+    pub fn on_nack(&mut self, nacks: &[(Gfn, Fingerprint)]) -> NackResponse {
+        let mut resp = NackResponse::default();
+        for &(gfn, fp) in nacks {
+            self.inventory.remove(&fp);
+            self.sent.remove(&fp);
+            match self.cache.get(gfn) {
+                Some((cfp, data)) if *cfp == fp => {
+                    let data = *data;
+                    self.writer.push_fill(gfn, &fp, &data);
+                    self.stats.fill += 1;
+                    // The destination will hold it once the fill arrives.
+                    self.sent.insert(fp, gfn);
+                }
+                Some(_) => {}
+                None => resp.refetch.push(gfn),
+            }
+            if self.writer.payload_pages() >= self.cfg.batch_pages
+                || self.writer.records() >= self.cfg.batch_records
+            {
+                resp.batches.push(self.finish_batch());
+            }
+        }
+        if !self.writer.is_empty() {
+            resp.batches.push(self.finish_batch());
+        }
+        resp
+    }
+}
