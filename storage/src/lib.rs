@@ -1,0 +1,26 @@
+//! Follow-on storage migration core: after the compute handover the disk
+//! follows the VM to the new site without stopping it.
+//!
+//! The crate owns the transport-independent parts; the gateway carries the
+//! bytes and the vmm-shim plugs [`remote_disk::RemoteDisk`] behind its
+//! virtio-block device.
+//!
+//! - [`geometry`]: how a disk splits into blocks (64 KiB by default).
+//! - [`presence`]: the per-block presence bitmap and its atomic sidecar file.
+//! - [`planner`]: the sans-IO destination-side copy planner.
+//! - [`extents`]: allocated extents of a file via SEEK_DATA/SEEK_HOLE.
+//! - [`source`]: source disk validation and the block reader serving fetches.
+//! - [`remote_disk`]: the destination's remote-backed disk (synchronous block
+//!   device over a local sparse copy, the bitmap and the planner).
+//! - [`wire`]: the block payload codec (zero, raw, zstd) and its byte counts.
+//! - [`metrics`]: `wanmig_storage_*` counters and on-demand latency.
+//! - [`digest`]: BLAKE3 of a whole disk file, holes as zeros.
+//! - [`copy`]: an in-process link that drives a whole copy for tests/benches.
+
+pub mod error;
+pub mod geometry;
+pub mod planner;
+pub mod presence;
+
+pub use error::StorageError;
+pub use geometry::{Geometry, DEFAULT_BLOCK_SIZE};
