@@ -1,0 +1,281 @@
+//! Overlay configuration: segments (name, VNI, flooding, MSS clamp, ARP
+//! suppression) and switch-wide timers and limits, deserialisable from the
+//! gateway's TOML and validated with errors that name the bad key.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::Vni;
+
+/// One stretched L2 segment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentConfig {
+    /// Operator-facing name, unique among segments.
+    pub name: String,
+    /// 24-bit segment id carried in every overlay datagram.
+    pub vni: u32,
+    /// Flooded (broadcast/multicast/unknown-unicast) frames per second per
+    /// direction; 0 disables the limit.
+    #[serde(default = "default_flood_rate")]
+    pub flood_rate_pps: u32,
+    /// Flooded frames that may pass in a burst above the rate.
+    #[serde(default = "default_flood_burst")]
+    pub flood_burst: u32,
+    /// Flood frames to unknown unicast MACs (off: drop them, counted).
+    #[serde(default = "yes")]
+    pub unknown_unicast_flood: bool,
+    /// Clamp the MSS of TCP SYNs crossing this segment to this value.
+    #[serde(default)]
+    pub mss_clamp: Option<u16>,
+    /// Answer ARP requests for known remote IPs locally.
+    #[serde(default = "yes")]
+    pub arp_suppression: bool,
+}
+
+impl SegmentConfig {
+    /// A segment with default policies.
+    pub fn new(name: &str, vni: u32) -> Self {
+        SegmentConfig {
+            name: name.into(),
+            vni,
+            flood_rate_pps: default_flood_rate(),
+            flood_burst: default_flood_burst(),
+            unknown_unicast_flood: true,
+            mss_clamp: None,
+            arp_suppression: true,
+        }
+    }
+}
+
+/// Switch-wide overlay settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverlayConfig {
+    #[serde(default, rename = "segment")]
+    pub segments: Vec<SegmentConfig>,
+    /// Idle time after which a learned MAC is forgotten.
+    #[serde(default = "default_ageing", with = "humantime_serde")]
+    pub mac_ageing: Duration,
+    /// Idle time after which an IP→MAC binding is forgotten.
+    #[serde(default = "default_ageing", with = "humantime_serde")]
+    pub arp_ageing: Duration,
+    /// A MAC moving more than this many times within `flap_window` is frozen.
+    #[serde(default = "default_flap_moves")]
+    pub flap_moves: u32,
+    #[serde(default = "default_flap_window", with = "humantime_serde")]
+    pub flap_window: Duration,
+    /// How long a frozen MAC stays frozen; absent: until an operator unfreezes it.
+    #[serde(default, with = "humantime_serde")]
+    pub freeze_hold: Option<Duration>,
+    /// A partially received fragmented frame is dropped after this long.
+    #[serde(default = "default_reassembly_timeout", with = "humantime_serde")]
+    pub reassembly_timeout: Duration,
+    /// Bytes held in partially received frames, all peers together.
+    #[serde(default = "default_reassembly_buffer")]
+    pub reassembly_buffer: usize,
+    /// Largest Ethernet frame (without FCS) accepted from ports or peers.
+    #[serde(default = "default_max_frame")]
+    pub max_frame_size: usize,
+}
+
+impl Default for OverlayConfig {
+    fn default() -> Self {
+        OverlayConfig {
+            segments: Vec::new(),
+            mac_ageing: default_ageing(),
+            arp_ageing: default_ageing(),
+            flap_moves: default_flap_moves(),
+            flap_window: default_flap_window(),
+            freeze_hold: None,
+            reassembly_timeout: default_reassembly_timeout(),
+            reassembly_buffer: default_reassembly_buffer(),
+            max_frame_size: default_max_frame(),
+        }
+    }
+}
+
+/// A configuration value that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid overlay setting `{key}`: {reason}")]
+pub struct ConfigError {
+    /// Path of the bad key, e.g. `segment[1].vni`.
+    pub key: String,
+    pub reason: String,
+}
+
+fn bad(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+impl OverlayConfig {
+    /// Checks every value; the error names the first bad key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut names = HashSet::new();
+        let mut vnis = HashSet::new();
+        for (i, s) in self.segments.iter().enumerate() {
+            let k = |f: &str| format!("segment[{i}].{f}");
+            if s.name.trim().is_empty() {
+                return Err(bad(k("name"), "must not be empty"));
+            }
+            if !names.insert(s.name.as_str()) {
+                return Err(bad(
+                    k("name"),
+                    format!("segment name {:?} is used twice", s.name),
+                ));
+            }
+            if let Err(e) = Vni::new(s.vni) {
+                return Err(bad(k("vni"), e.to_string()));
+            }
+            if !vnis.insert(s.vni) {
+                return Err(bad(
+                    k("vni"),
+                    format!("VNI {} is used by two segments", s.vni),
+                ));
+            }
+            if s.flood_rate_pps > 0 && s.flood_burst == 0 {
+                return Err(bad(
+                    k("flood_burst"),
+                    "must be at least 1 when flood_rate_pps is set (or set flood_rate_pps = 0 for no limit)",
+                ));
+            }
+            if let Some(m) = s.mss_clamp {
+                if !(536..=9000).contains(&m) {
+                    return Err(bad(k("mss_clamp"), format!("{m} is outside 536..=9000")));
+                }
+            }
+        }
+        for (key, d) in [
+            ("mac_ageing", self.mac_ageing),
+            ("arp_ageing", self.arp_ageing),
+            ("flap_window", self.flap_window),
+            ("reassembly_timeout", self.reassembly_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(bad(key, "must be longer than zero"));
+            }
+        }
+        if self.flap_moves == 0 {
+            return Err(bad("flap_moves", "must be at least 1"));
+        }
+        if self.freeze_hold.is_some_and(|d| d.is_zero()) {
+            return Err(bad(
+                "freeze_hold",
+                "must be longer than zero, or omitted to freeze until unfrozen",
+            ));
+        }
+        if !(64..=65535).contains(&self.max_frame_size) {
+            return Err(bad(
+                "max_frame_size",
+                format!("{} is outside 64..=65535", self.max_frame_size),
+            ));
+        }
+        if self.reassembly_buffer < self.max_frame_size {
+            return Err(bad(
+                "reassembly_buffer",
+                format!(
+                    "must hold at least one maximum-size frame ({} bytes)",
+                    self.max_frame_size
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_flood_rate() -> u32 {
+    1000
+}
+fn default_flood_burst() -> u32 {
+    200
+}
+fn default_ageing() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_flap_moves() -> u32 {
+    5
+}
+fn default_flap_window() -> Duration {
+    Duration::from_secs(180)
+}
+fn default_reassembly_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_reassembly_buffer() -> usize {
+    4 << 20
+}
+fn default_max_frame() -> usize {
+    9216
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_toml_with_defaults() {
+        let c: OverlayConfig = toml::from_str(
+            r#"
+            mac_ageing = "10m"
+            freeze_hold = "1h"
+            [[segment]]
+            name = "prod"
+            vni = 5001
+            mss_clamp = 1360
+            [[segment]]
+            name = "lab"
+            vni = 5002
+            unknown_unicast_flood = false
+            arp_suppression = false
+            flood_rate_pps = 0
+            "#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.mac_ageing, Duration::from_secs(600));
+        assert_eq!(c.freeze_hold, Some(Duration::from_secs(3600)));
+        assert_eq!(c.flap_moves, 5);
+        assert_eq!(c.flap_window, Duration::from_secs(180));
+        assert_eq!(c.segments[0].mss_clamp, Some(1360));
+        assert!(c.segments[0].arp_suppression);
+        assert!(!c.segments[1].unknown_unicast_flood);
+    }
+
+    #[test]
+    fn validation_names_the_bad_key() {
+        let mut c = OverlayConfig {
+            segments: vec![SegmentConfig::new("a", 1), SegmentConfig::new("b", 1)],
+            ..Default::default()
+        };
+        assert_eq!(c.validate().unwrap_err().key, "segment[1].vni");
+        c.segments[1].vni = 1 << 24;
+        assert_eq!(c.validate().unwrap_err().key, "segment[1].vni");
+        c.segments[1].vni = 2;
+        c.segments[1].name = "a".into();
+        assert_eq!(c.validate().unwrap_err().key, "segment[1].name");
+        c.segments[1].name = "b".into();
+        c.segments[0].mss_clamp = Some(100);
+        assert_eq!(c.validate().unwrap_err().key, "segment[0].mss_clamp");
+        c.segments[0].mss_clamp = None;
+        c.mac_ageing = Duration::ZERO;
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.key, "mac_ageing");
+        assert!(e.to_string().contains("mac_ageing"));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let e =
+            toml::from_str::<OverlayConfig>("[[segment]]\nname = \"a\"\nvni = 1\nfloodrate = 3\n")
+                .unwrap_err();
+        assert!(e.to_string().contains("floodrate"), "{e}");
+    }
+}

@@ -1,0 +1,27 @@
+//! wanmig's L2 overlay: stretches Ethernet segments between sites.
+//!
+//! The core is sans-IO: [`switch::Switch`] takes frames from local ports,
+//! datagrams and control messages from peer sites, and clock readings, and
+//! returns [`switch::Action`]s (deliver to a port, send a datagram or a
+//! control message to a peer, report an event). The gateway carries the
+//! datagrams over QUIC and the control messages over a reliable stream;
+//! [`port`] provides the local ports (TAP devices and in-process channels).
+
+pub mod arp_suppress;
+pub mod config;
+pub mod control;
+pub mod encap;
+pub mod flood;
+pub mod fragment;
+pub mod frame;
+pub mod ids;
+pub mod mactable;
+pub mod metrics;
+pub mod mss_clamp;
+pub mod switch;
+
+pub use config::{OverlayConfig, SegmentConfig};
+pub use control::{ControlMsg, MacAdvert};
+pub use ids::{MacAddr, PortId, SiteId, Vni};
+pub use metrics::{DropReason, OverlayMetrics};
+pub use switch::{Action, Actions, Switch, SwitchError, SwitchEvent};
