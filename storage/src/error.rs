@@ -145,6 +145,13 @@ pub enum StorageError {
         missing: usize,
     },
 
+    /// Switch-over was asked for while blocks are still at the source.
+    #[error("cannot switch to the local disk: {missing} block(s) are still only at the source site; wait until the copy reports all blocks local")]
+    NotComplete {
+        /// Blocks still missing.
+        missing: u64,
+    },
+
     /// A compressed block from the wire does not decompress.
     #[error(
         "block {block} from the peer does not decompress ({reason}); the block is re-requested"

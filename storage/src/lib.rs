@@ -17,10 +17,16 @@
 //! - [`digest`]: BLAKE3 of a whole disk file, holes as zeros.
 //! - [`copy`]: an in-process link that drives a whole copy for tests/benches.
 
+pub mod digest;
 pub mod error;
+pub mod extents;
 pub mod geometry;
+pub mod metrics;
 pub mod planner;
 pub mod presence;
+pub mod remote_disk;
+pub mod source;
+pub mod wire;
 
 pub use error::StorageError;
 pub use geometry::{Geometry, DEFAULT_BLOCK_SIZE};
