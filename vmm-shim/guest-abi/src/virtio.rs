@@ -1,0 +1,162 @@
+//! Virtio-mmio contract shared by the VMM's device models and the guest's
+//! drivers: MMIO windows, register offsets (virtio 1.2 §4.2.2, version 2
+//! "modern" layout), status and feature bits, device ids, queue sizes and the
+//! request/header formats of virtio-net and virtio-block.
+
+/// Size of one virtio-mmio register window.
+pub const MMIO_WINDOW_SIZE: u64 = 0x1000;
+/// Guest-physical base of the virtio-net device's register window.
+pub const NET_MMIO_BASE: u64 = 0xd000_0000;
+/// Guest-physical base of the virtio-block device's register window.
+pub const BLK_MMIO_BASE: u64 = 0xd000_1000;
+
+/// "virt" in little endian: the value of the MagicValue register.
+pub const MAGIC: u32 = 0x7472_6976;
+/// The modern (non-legacy) virtio-mmio transport version.
+pub const VERSION: u32 = 2;
+/// Vendor id the VMM reports ("WMIG" is not registered anywhere; any value is allowed).
+pub const VENDOR_ID: u32 = 0x574d_4947;
+
+/// Device id of a network card.
+pub const DEVICE_ID_NET: u32 = 1;
+/// Device id of a block device.
+pub const DEVICE_ID_BLOCK: u32 = 2;
+
+/// Register offsets inside a window (all 32-bit wide).
+pub mod reg {
+    /// MagicValue (R).
+    pub const MAGIC: u64 = 0x000;
+    /// Version (R).
+    pub const VERSION: u64 = 0x004;
+    /// DeviceID (R).
+    pub const DEVICE_ID: u64 = 0x008;
+    /// VendorID (R).
+    pub const VENDOR_ID: u64 = 0x00c;
+    /// DeviceFeatures (R): 32 bits selected by DeviceFeaturesSel.
+    pub const DEVICE_FEATURES: u64 = 0x010;
+    /// DeviceFeaturesSel (W).
+    pub const DEVICE_FEATURES_SEL: u64 = 0x014;
+    /// DriverFeatures (W): 32 bits selected by DriverFeaturesSel.
+    pub const DRIVER_FEATURES: u64 = 0x020;
+    /// DriverFeaturesSel (W).
+    pub const DRIVER_FEATURES_SEL: u64 = 0x024;
+    /// QueueSel (W).
+    pub const QUEUE_SEL: u64 = 0x030;
+    /// QueueNumMax (R).
+    pub const QUEUE_NUM_MAX: u64 = 0x034;
+    /// QueueNum (W).
+    pub const QUEUE_NUM: u64 = 0x038;
+    /// QueueReady (RW).
+    pub const QUEUE_READY: u64 = 0x044;
+    /// QueueNotify (W): the queue index.
+    pub const QUEUE_NOTIFY: u64 = 0x050;
+    /// InterruptStatus (R).
+    pub const INTERRUPT_STATUS: u64 = 0x060;
+    /// InterruptACK (W).
+    pub const INTERRUPT_ACK: u64 = 0x064;
+    /// Status (RW); writing 0 resets the device.
+    pub const STATUS: u64 = 0x070;
+    /// QueueDescLow (W).
+    pub const QUEUE_DESC_LOW: u64 = 0x080;
+    /// QueueDescHigh (W).
+    pub const QUEUE_DESC_HIGH: u64 = 0x084;
+    /// QueueDriverLow (W): the available ring.
+    pub const QUEUE_AVAIL_LOW: u64 = 0x090;
+    /// QueueDriverHigh (W).
+    pub const QUEUE_AVAIL_HIGH: u64 = 0x094;
+    /// QueueDeviceLow (W): the used ring.
+    pub const QUEUE_USED_LOW: u64 = 0x0a0;
+    /// QueueDeviceHigh (W).
+    pub const QUEUE_USED_HIGH: u64 = 0x0a4;
+    /// ConfigGeneration (R).
+    pub const CONFIG_GENERATION: u64 = 0x0fc;
+    /// Start of the device-specific configuration space.
+    pub const CONFIG: u64 = 0x100;
+}
+
+/// Device status bits (virtio 1.2 §2.1).
+pub mod status {
+    /// The guest noticed the device.
+    pub const ACKNOWLEDGE: u32 = 1;
+    /// The guest knows how to drive the device.
+    pub const DRIVER: u32 = 2;
+    /// The driver is set up and ready to drive the device.
+    pub const DRIVER_OK: u32 = 4;
+    /// Feature negotiation is complete.
+    pub const FEATURES_OK: u32 = 8;
+    /// The device hit an error it cannot recover from; the driver must reset it.
+    pub const DEVICE_NEEDS_RESET: u32 = 64;
+    /// The driver gave up on the device.
+    pub const FAILED: u32 = 128;
+}
+
+/// InterruptStatus bit: the device used a buffer in some queue.
+pub const INT_USED_RING: u32 = 1;
+/// InterruptStatus bit: the configuration (or the device status) changed.
+pub const INT_CONFIG_CHANGE: u32 = 2;
+
+/// Feature bit 32: the modern (virtio 1.x) interface; required by this VMM.
+pub const F_VERSION_1: u64 = 1 << 32;
+/// virtio-net feature: the device has a MAC address in its config space.
+pub const NET_F_MAC: u64 = 1 << 5;
+/// virtio-block feature: the device supports the FLUSH request.
+pub const BLK_F_FLUSH: u64 = 1 << 9;
+
+/// Maximum (and the guest's chosen) number of descriptors per virtqueue.
+/// Small on purpose: the nested-KVM test machine emulates every guest
+/// instruction, so short rings keep the guest drivers cheap.
+pub const QUEUE_SIZE: u16 = 16;
+
+/// virtio-net receive queue index.
+pub const NET_RX_QUEUE: u16 = 0;
+/// virtio-net transmit queue index.
+pub const NET_TX_QUEUE: u16 = 1;
+/// Number of virtio-net queues (one receive, one transmit).
+pub const NET_NUM_QUEUES: usize = 2;
+/// Length of `struct virtio_net_hdr` when VIRTIO_F_VERSION_1 is negotiated
+/// (flags, gso_type, hdr_len, gso_size, csum_start, csum_offset, num_buffers).
+pub const NET_HDR_LEN: usize = 12;
+/// Largest Ethernet frame (without FCS) the devices carry: 1500-byte MTU + 14-byte header.
+pub const NET_MAX_FRAME: usize = 1514;
+/// Offset of the 6-byte MAC address in the virtio-net config space.
+pub const NET_CONFIG_MAC: u64 = 0;
+
+/// Block queue index (the only one).
+pub const BLK_REQUEST_QUEUE: u16 = 0;
+/// Number of virtio-block queues.
+pub const BLK_NUM_QUEUES: usize = 1;
+/// The virtio-block sector size: capacity and request sectors count in 512 bytes.
+pub const SECTOR_SIZE: u64 = 512;
+/// Offset of the `capacity` (u64, sectors) field in the virtio-block config space.
+pub const BLK_CONFIG_CAPACITY: u64 = 0;
+/// Length of the virtio-block request header (type u32, reserved u32, sector u64).
+pub const BLK_REQ_HDR_LEN: usize = 16;
+/// Length of the device id a GET_ID request returns.
+pub const BLK_ID_LEN: usize = 20;
+
+/// virtio-block request types.
+pub mod blk_req {
+    /// Read sectors into device-writable buffers.
+    pub const IN: u32 = 0;
+    /// Write sectors from device-readable buffers.
+    pub const OUT: u32 = 1;
+    /// Make earlier writes durable.
+    pub const FLUSH: u32 = 4;
+    /// Return the 20-byte device id string.
+    pub const GET_ID: u32 = 8;
+}
+
+/// virtio-block request status values (the last, device-writable byte of a request).
+pub mod blk_status {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// The request failed (out of range, backend error, malformed).
+    pub const IOERR: u8 = 1;
+    /// Unknown request type.
+    pub const UNSUPP: u8 = 2;
+}
+
+/// Split virtqueue descriptor flag: the buffer continues in `next`.
+pub const VIRTQ_DESC_F_NEXT: u16 = 1;
+/// Split virtqueue descriptor flag: the buffer is device-writable.
+pub const VIRTQ_DESC_F_WRITE: u16 = 2;
