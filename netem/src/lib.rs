@@ -8,11 +8,14 @@
 
 pub mod error;
 mod jitter;
+mod lane;
 pub mod loss;
 pub mod model;
 pub mod params;
+pub mod relay;
 
 pub use error::NetemError;
 pub use loss::LossModel;
 pub use model::{Departure, DropReason, LinkModel, LinkStats, Verdict};
 pub use params::{JitterDist, LinkParams};
+pub use relay::{Direction, RelayConfig, RelayHandle, RelayStats, UdpRelay};
