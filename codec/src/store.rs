@@ -277,6 +277,11 @@ impl PageStore {
         Inventory::from_fingerprints(self.map.keys())
     }
 
+    /// Fingerprints of every page held (unverified until read).
+    pub fn inventory_fps(&self) -> Vec<Fingerprint> {
+        self.map.keys().copied().collect()
+    }
+
     /// Flushes both files to stable storage.
     pub fn sync(&self) -> Result<(), CodecError> {
         self.data
@@ -356,7 +361,9 @@ impl ContentStore for PageStore {
             return Err(e);
         }
         self.slots[slot as usize] = Some(*fp);
-        self.referenced[slot as usize] = true;
+        // New pages start unreferenced: only a hit earns a second chance, so
+        // a stream of one-off pages cannot push out the pages in use.
+        self.referenced[slot as usize] = false;
         self.map.insert(*fp, slot);
         self.stats.entries += 1;
         self.stats.inserts += 1;

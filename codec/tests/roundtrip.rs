@@ -1,0 +1,510 @@
+//! End-to-end behaviour of encoder + decoder through real batches: any page
+//! mix round-trips exactly (with NACK → resend → exact), forged references
+//! never yield wrong data, malformed batches are rejected without panics.
+
+use std::collections::HashMap;
+
+use proptest::prelude::*;
+use wanmig_codec::record::{BatchWriter, HEADER_LEN};
+use wanmig_codec::{
+    CodecError, ContentStore, Decoder, DecoderConfig, Encoder, EncoderConfig, Fingerprint, Gfn,
+    Inventory, NoStore, PageBytes, PageStore, PAGE_SIZE,
+};
+
+fn xorshift(mut x: u64) -> impl FnMut() -> u64 {
+    x |= 1;
+    move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    }
+}
+
+fn random_page(seed: u64) -> PageBytes {
+    let mut r = xorshift(seed);
+    let mut p = [0u8; PAGE_SIZE];
+    for c in p.chunks_exact_mut(8) {
+        c.copy_from_slice(&r().to_le_bytes());
+    }
+    p
+}
+
+fn text_page(seed: u64) -> PageBytes {
+    const WORDS: [&[u8]; 8] = [
+        b"page ", b"zero ", b"delta ", b"ref ", b"batch ", b"wan ", b"kvm\n", b"0x1f ",
+    ];
+    let mut r = xorshift(seed);
+    let mut p = [0u8; PAGE_SIZE];
+    let mut i = 0;
+    while i < PAGE_SIZE {
+        let w = WORDS[(r() % 8) as usize];
+        let n = w.len().min(PAGE_SIZE - i);
+        p[i..i + n].copy_from_slice(&w[..n]);
+        i += n;
+    }
+    p
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Zero,
+    /// One of a few shared contents (→ references).
+    Pool(u8),
+    Random(u64),
+    Text(u64),
+    /// Small edits of the page's current content (→ deltas).
+    Edit(Vec<(u16, u8)>),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        Just(Op::Zero),
+        (0u8..4).prop_map(Op::Pool),
+        any::<u64>().prop_map(Op::Random),
+        any::<u64>().prop_map(Op::Text),
+        proptest::collection::vec((0u16..PAGE_SIZE as u16, any::<u8>()), 1..40).prop_map(Op::Edit),
+    ]
+}
+
+fn apply(op: &Op, current: Option<&PageBytes>) -> PageBytes {
+    match op {
+        Op::Zero => [0; PAGE_SIZE],
+        Op::Pool(k) => text_page(1000 + *k as u64),
+        Op::Random(s) => random_page(*s),
+        Op::Text(s) => text_page(*s),
+        Op::Edit(edits) => {
+            let mut p = current.copied().unwrap_or_else(|| text_page(7));
+            for &(i, v) in edits {
+                p[i as usize] = v;
+            }
+            p
+        }
+    }
+}
+
+/// Drives a whole session the way the gateways will: rounds of pages go
+/// source → destination; NACKs come back one round late (so resends race
+/// with newer versions); pages the encoder no longer holds are re-read from
+/// the source. Returns the destination's memory.
+struct Session<S: ContentStore> {
+    enc: Encoder,
+    dec: Decoder<S>,
+    source: HashMap<Gfn, PageBytes>,
+    dest: HashMap<Gfn, PageBytes>,
+    nacks: Vec<(Gfn, Fingerprint)>,
+    wire: u64,
+}
+
+impl<S: ContentStore> Session<S> {
+    fn new(enc: Encoder, dec: Decoder<S>) -> Self {
+        Session {
+            enc,
+            dec,
+            source: HashMap::new(),
+            dest: HashMap::new(),
+            nacks: Vec::new(),
+            wire: 0,
+        }
+    }
+
+    fn deliver(&mut self, batches: Vec<Vec<u8>>) {
+        for b in batches {
+            self.wire += b.len() as u64;
+            let d = self.dec.decode(&b).expect("encoder output must decode");
+            for (g, p) in d.pages {
+                self.dest.insert(g, *p);
+            }
+            self.nacks.extend(d.nacks);
+        }
+    }
+
+    fn answer_nacks(&mut self) {
+        let nacks = std::mem::take(&mut self.nacks);
+        if nacks.is_empty() {
+            return;
+        }
+        let resp = self.enc.on_nack(&nacks);
+        self.deliver(resp.batches);
+        let refetch: Vec<(Gfn, PageBytes)> =
+            resp.refetch.iter().map(|g| (*g, self.source[g])).collect();
+        let batches = self.enc.encode(refetch.iter().map(|(g, p)| (*g, p)));
+        self.deliver(batches);
+    }
+
+    fn round(&mut self, pages: &[(Gfn, PageBytes)]) {
+        for (g, p) in pages {
+            self.source.insert(*g, *p);
+        }
+        let batches = self.enc.encode(pages.iter().map(|(g, p)| (*g, p)));
+        self.deliver(batches);
+    }
+
+    fn finish(&mut self) {
+        for _ in 0..20 {
+            if self.nacks.is_empty() {
+                break;
+            }
+            self.answer_nacks();
+        }
+        assert!(self.nacks.is_empty(), "NACK loop did not converge");
+        assert_eq!(self.dec.pending_count(), 0, "decoder still waits for pages");
+        assert_eq!(self.dest.len(), self.source.len());
+        for (g, p) in &self.source {
+            assert!(self.dest[g] == *p, "{g} differs at the destination");
+        }
+    }
+}
+
+fn run_rounds<S: ContentStore>(s: &mut Session<S>, rounds: &[Vec<(u8, Op)>]) {
+    for round in rounds {
+        // Answer the previous round's NACKs only now: their resends arrive
+        // after this round's newer versions of the same pages were built.
+        let mut pages: Vec<(Gfn, PageBytes)> = Vec::new();
+        let mut cur = s.source.clone();
+        for (g, op) in round {
+            let gfn = Gfn(*g as u64);
+            let p = apply(op, cur.get(&gfn));
+            cur.insert(gfn, p);
+            pages.push((gfn, p));
+        }
+        let pending_nacks = std::mem::take(&mut s.nacks);
+        s.round(&pages);
+        s.nacks.splice(0..0, pending_nacks);
+        s.answer_nacks();
+    }
+    s.finish();
+}
+
+fn small_cfg(cache_pages: usize) -> EncoderConfig {
+    EncoderConfig {
+        batch_pages: 8,
+        cache_bytes: cache_pages * PAGE_SIZE,
+        ..EncoderConfig::default()
+    }
+}
+
+fn rounds_strategy() -> impl Strategy<Value = Vec<Vec<(u8, Op)>>> {
+    proptest::collection::vec(proptest::collection::vec((0u8..24, op()), 1..40), 1..5)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Any mix of zero, shared, random, text and edited pages over several
+    /// rounds arrives exactly, whatever the cache sizes (tiny caches force
+    /// evictions, NACKs, fills and refetches).
+    #[test]
+    fn any_mix_round_trips_exactly(
+        rounds in rounds_strategy(),
+        enc_cache in prop_oneof![Just(0usize), Just(3), Just(1024)],
+        dec_cache in prop_oneof![Just(0usize), Just(3), Just(1024)],
+        store_pages in prop_oneof![Just(0u64), Just(2), Just(64)],
+    ) {
+        let enc = Encoder::new(small_cfg(enc_cache), Inventory::new()).unwrap();
+        let dcfg = DecoderConfig { session_cache_bytes: dec_cache * PAGE_SIZE, ..DecoderConfig::default() };
+        if store_pages == 0 {
+            let mut s = Session::new(enc, Decoder::new(dcfg, NoStore).unwrap());
+            run_rounds(&mut s, &rounds);
+        } else {
+            let dir = tempfile::tempdir().unwrap();
+            let store = PageStore::open(dir.path(), store_pages * PAGE_SIZE as u64).unwrap();
+            let mut s = Session::new(enc, Decoder::new(dcfg, store).unwrap());
+            run_rounds(&mut s, &rounds);
+        }
+    }
+
+    /// Random bytes, and valid batches with random corruption, never panic
+    /// the decoder.
+    #[test]
+    fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let mut dec = Decoder::new(DecoderConfig::default(), NoStore).unwrap();
+        let _ = dec.decode(&bytes);
+        let mut with_magic = b"WMCB\x01\x00\x00\x00".to_vec();
+        with_magic.extend_from_slice(&bytes);
+        let _ = dec.decode(&with_magic);
+    }
+
+    #[test]
+    fn corrupted_batches_never_panic(flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6), cut in any::<prop::sample::Index>()) {
+        let pages = [text_page(1), random_page(2), [0; PAGE_SIZE], text_page(1)];
+        let mut enc = Encoder::new(EncoderConfig::default(), Inventory::new()).unwrap();
+        let mut batch = enc.encode(pages.iter().enumerate().map(|(i, p)| (Gfn(i as u64), p))).remove(0);
+        // Then a delta batch to exercise delta validation too.
+        let mut edited = text_page(1);
+        edited[9] ^= 0xff;
+        let mut delta = enc.encode([(Gfn(0), &edited)]).remove(0);
+        for (i, v) in &flips {
+            let at = i.index(batch.len());
+            batch[at] ^= v | 1;
+            let at = i.index(delta.len());
+            delta[at] ^= v | 1;
+        }
+        let mut dec = Decoder::new(DecoderConfig::default(), NoStore).unwrap();
+        let _ = dec.decode(&batch);
+        let _ = dec.decode(&delta);
+        let _ = dec.decode(&batch[..cut.index(batch.len())]);
+    }
+}
+
+#[test]
+fn kinds_are_chosen_as_specified() {
+    let mut enc = Encoder::new(EncoderConfig::default(), Inventory::new()).unwrap();
+    let text = text_page(5);
+    let rnd = random_page(5);
+    let zero = [0u8; PAGE_SIZE];
+    let mut dec = Decoder::new(DecoderConfig::default(), NoStore).unwrap();
+    let mut wire = 0;
+    for b in enc.encode([
+        (Gfn(0), &zero),
+        (Gfn(1), &text),
+        (Gfn(2), &rnd),
+        (Gfn(3), &text),
+    ]) {
+        wire += b.len();
+        dec.decode(&b).unwrap();
+    }
+    let s = enc.stats();
+    assert_eq!((s.zero, s.compressed, s.raw, s.ref_session), (1, 1, 1, 1));
+    assert_eq!(s.bytes_out as usize, wire);
+    let mut edited = text;
+    edited[100] ^= 1;
+    let b = enc.encode([(Gfn(1), &edited)]);
+    assert_eq!(enc.stats().delta, 1);
+    assert!(
+        b[0].len() < 200,
+        "a one-byte change costs {} wire bytes",
+        b[0].len()
+    );
+    let d = dec.decode(&b[0]).unwrap();
+    assert_eq!(*d.pages[0].1, edited);
+    let ds = dec.stats();
+    assert_eq!(
+        (ds.zero, ds.literal, ds.raw, ds.refs_resolved, ds.delta),
+        (1, 1, 1, 1, 1)
+    );
+}
+
+/// The inventory claims content the destination does not hold: the reference
+/// is NACKed, never filled with something else, and the resend is exact.
+#[test]
+fn reference_absent_at_destination_is_nacked_and_resent() {
+    let pages: Vec<PageBytes> = (0..10).map(|i| text_page(i + 50)).collect();
+    let inv =
+        Inventory::from_fingerprints(pages.iter().map(Fingerprint::of).collect::<Vec<_>>().iter());
+    let enc = Encoder::new(EncoderConfig::default(), inv).unwrap();
+    let dec = Decoder::new(DecoderConfig::default(), NoStore).unwrap();
+    let mut s = Session::new(enc, dec);
+    let round: Vec<(Gfn, PageBytes)> = pages
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (Gfn(i as u64), *p))
+        .collect();
+    s.round(&round);
+    assert_eq!(s.enc.stats().ref_inventory, 10);
+    assert_eq!(s.nacks.len(), 10);
+    assert!(
+        s.dest.is_empty(),
+        "no page may be delivered for an unresolved reference"
+    );
+    s.answer_nacks();
+    assert_eq!(s.enc.stats().fill, 10);
+    s.finish();
+}
+
+/// The store holds other content under a fingerprint the inventory lists
+/// (a forged or corrupt entry): the read-time hash check catches it.
+#[test]
+fn store_holding_other_content_under_a_fingerprint_yields_nack_not_wrong_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = PageStore::open(dir.path(), 64 * PAGE_SIZE as u64).unwrap();
+    let real = text_page(1);
+    let forged = text_page(2);
+    store.put(&Fingerprint::of(&real), &forged).unwrap();
+    let inv = store.inventory();
+    assert!(inv.contains(&Fingerprint::of(&real)));
+    let enc = Encoder::new(EncoderConfig::default(), inv).unwrap();
+    let dec = Decoder::new(DecoderConfig::default(), store).unwrap();
+    let mut s = Session::new(enc, dec);
+    s.round(&[(Gfn(9), real)]);
+    assert_eq!(s.nacks, vec![(Gfn(9), Fingerprint::of(&real))]);
+    assert!(s.dest.is_empty());
+    assert_eq!(s.dec.store().stats().corrupt, 1);
+    s.finish();
+    assert_eq!(s.dest[&Gfn(9)], real);
+}
+
+/// A hand-forged batch referencing content nobody sent: NACK, no page.
+#[test]
+fn forged_reference_in_batch_is_nacked() {
+    let mut w = BatchWriter::new();
+    let fp = Fingerprint([0xab; 32]);
+    w.push_ref(Gfn(3), &fp);
+    let mut batch = Vec::new();
+    w.finish(&mut zstd::bulk::Compressor::new(1).unwrap(), &mut batch);
+    let mut dec = Decoder::new(DecoderConfig::default(), NoStore).unwrap();
+    let d = dec.decode(&batch).unwrap();
+    assert!(d.pages.is_empty());
+    assert_eq!(d.nacks, vec![(Gfn(3), fp)]);
+    assert_eq!(dec.pending_count(), 1);
+}
+
+/// A Fill whose content does not hash to its fingerprint is an error, and
+/// the rejected batch changes nothing.
+#[test]
+fn fill_with_wrong_content_is_rejected() {
+    let mut dec = Decoder::new(DecoderConfig::default(), NoStore).unwrap();
+    let fp = Fingerprint::of(&text_page(1));
+    let mut w = BatchWriter::new();
+    w.push_ref(Gfn(1), &fp);
+    let mut batch = Vec::new();
+    let mut z = zstd::bulk::Compressor::new(1).unwrap();
+    w.finish(&mut z, &mut batch);
+    assert_eq!(dec.decode(&batch).unwrap().nacks.len(), 1);
+    w.push_zero(Gfn(2));
+    w.push_fill(Gfn(1), &fp, &text_page(2));
+    w.finish(&mut z, &mut batch);
+    assert!(matches!(
+        dec.decode(&batch),
+        Err(CodecError::FillMismatch { gfn: Gfn(1) })
+    ));
+    assert_eq!(dec.pending_count(), 1);
+    assert_eq!(
+        dec.stats().zero,
+        0,
+        "rejected batch must not be partly applied"
+    );
+    w.push_fill(Gfn(1), &fp, &text_page(1));
+    w.finish(&mut z, &mut batch);
+    let d = dec.decode(&batch).unwrap();
+    assert_eq!(*d.pages[0].1, text_page(1));
+    assert_eq!(dec.pending_count(), 0);
+}
+
+/// A delta whose result does not hash to the target it claims is NACKed.
+#[test]
+fn delta_not_rebuilding_its_target_is_nacked() {
+    let base = text_page(1);
+    let mut dec = Decoder::new(DecoderConfig::default(), NoStore).unwrap();
+    let mut w = BatchWriter::new();
+    let mut z = zstd::bulk::Compressor::new(1).unwrap();
+    let mut batch = Vec::new();
+    w.push_literal(Gfn(0), &base);
+    let mut new = base;
+    new[0] ^= 1;
+    let claimed = Fingerprint::of(&text_page(3));
+    w.try_push_delta(Gfn(0), &Fingerprint::of(&base), &claimed, &base, &new, 100)
+        .unwrap();
+    w.finish(&mut z, &mut batch);
+    let d = dec.decode(&batch).unwrap();
+    assert_eq!(d.pages.len(), 1);
+    assert_eq!(d.nacks, vec![(Gfn(0), claimed)]);
+}
+
+#[test]
+fn truncated_and_oversized_batches_are_errors() {
+    let mut enc = Encoder::new(EncoderConfig::default(), Inventory::new()).unwrap();
+    let b = enc
+        .encode([(Gfn(0), &text_page(1)), (Gfn(1), &random_page(1))])
+        .remove(0);
+    let mut dec = Decoder::new(DecoderConfig::default(), NoStore).unwrap();
+    for n in 0..b.len() {
+        assert!(
+            dec.decode(&b[..n]).is_err(),
+            "truncated to {n} bytes accepted"
+        );
+    }
+    let mut longer = b.clone();
+    longer.push(0);
+    assert!(dec.decode(&longer).is_err());
+    let mut huge = b.clone();
+    huge[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert!(matches!(
+        wanmig_codec::record::frame_len(&huge),
+        Err(CodecError::TooLarge { .. })
+    ));
+    let mut huge_a = b.clone();
+    huge_a[20..24].copy_from_slice(&(u32::MAX).to_le_bytes());
+    assert!(dec.decode(&huge_a).is_err());
+    assert!(b.len() > HEADER_LEN);
+    dec.decode(&b).unwrap();
+}
+
+/// A second migration of the same memory into the same (persistent) store:
+/// the source learns the inventory and sends references, exactly.
+#[test]
+fn warm_store_turns_second_migration_into_references() {
+    let dir = tempfile::tempdir().unwrap();
+    let memory: Vec<(Gfn, PageBytes)> = (0..64)
+        .map(|i| {
+            (
+                Gfn(i),
+                if i % 2 == 0 {
+                    text_page(i)
+                } else {
+                    random_page(i)
+                },
+            )
+        })
+        .collect();
+    let cold_wire;
+    {
+        let store = PageStore::open_scope(dir.path(), "tenant-a", 1 << 20).unwrap();
+        let inv = store.inventory();
+        let mut s = Session::new(
+            Encoder::new(EncoderConfig::default(), inv).unwrap(),
+            Decoder::new(DecoderConfig::default(), store).unwrap(),
+        );
+        s.round(&memory);
+        s.finish();
+        cold_wire = s.wire;
+    }
+    let store = PageStore::open_scope(dir.path(), "tenant-a", 1 << 20).unwrap();
+    let inv = store.inventory();
+    assert_eq!(inv.len(), 64);
+    let mut s = Session::new(
+        Encoder::new(EncoderConfig::default(), inv).unwrap(),
+        Decoder::new(DecoderConfig::default(), store).unwrap(),
+    );
+    s.round(&memory);
+    s.finish();
+    assert_eq!(s.enc.stats().ref_inventory, 64);
+    assert!(
+        s.wire * 20 < cold_wire,
+        "warm {} vs cold {}",
+        s.wire,
+        cold_wire
+    );
+    // Another scope shares nothing.
+    let other = PageStore::open_scope(dir.path(), "tenant-b", 1 << 20).unwrap();
+    assert!(other.inventory().is_empty());
+}
+
+/// A Fill that arrives after a newer version of its page must not overwrite
+/// that newer version.
+#[test]
+fn late_fill_never_overwrites_a_newer_page() {
+    let old = text_page(1);
+    let newer = text_page(2);
+    let fp = Fingerprint::of(&old);
+    let mut dec = Decoder::new(DecoderConfig::default(), NoStore).unwrap();
+    let mut w = BatchWriter::new();
+    let mut z = zstd::bulk::Compressor::new(1).unwrap();
+    let mut batch = Vec::new();
+    w.push_ref(Gfn(4), &fp);
+    w.finish(&mut z, &mut batch);
+    assert_eq!(dec.decode(&batch).unwrap().nacks, vec![(Gfn(4), fp)]);
+    w.push_literal(Gfn(4), &newer);
+    w.finish(&mut z, &mut batch);
+    assert_eq!(*dec.decode(&batch).unwrap().pages[0].1, newer);
+    assert_eq!(
+        dec.pending_count(),
+        0,
+        "a newer record resolves the pending page"
+    );
+    w.push_fill(Gfn(4), &fp, &old);
+    w.finish(&mut z, &mut batch);
+    let d = dec.decode(&batch).unwrap();
+    assert!(d.pages.is_empty(), "stale fill delivered");
+    assert_eq!(dec.stats().fill_stale, 1);
+}
