@@ -1,0 +1,68 @@
+//! Command-line interface of `wanmig`: the clap definitions, logging setup
+//! and dispatch to one module per subcommand.
+
+mod certs_cmd;
+mod gateway_cmd;
+mod probe_cmd;
+mod status_cmd;
+mod target;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// wanmig — live-migrate KVM VMs between datacentres over a WAN.
+///
+/// One gateway runs per site; gateways peer over QUIC with mutual TLS.
+/// Start with `wanmig certs` to create the deployment's certificates, then
+/// run `wanmig gateway --config site-a.toml` at every site, and watch the
+/// mesh with `wanmig status`.
+#[derive(Debug, Parser)]
+#[command(name = "wanmig", version, propagate_version = true)]
+pub struct Cli {
+    /// More log output (-v: debug, -vv: trace). RUST_LOG overrides this.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run this site's gateway (QUIC peering, control API, metrics).
+    Gateway(gateway_cmd::GatewayArgs),
+    /// Create the deployment CA and per-site certificates.
+    Certs(certs_cmd::CertsArgs),
+    /// Show the local gateway's peers, link state, RTT and traffic.
+    Status(status_cmd::StatusArgs),
+    /// Measure goodput to a peer site by sending N bytes over a fresh QUIC stream.
+    Probe(probe_cmd::ProbeArgs),
+}
+
+/// Logs go to stderr; the daemon defaults to `info`, CLI commands to `warn`.
+pub fn init_logging(cli: &Cli) {
+    let base = match cli.command {
+        Command::Gateway(_) => 2,
+        _ => 1,
+    };
+    let level = match base + cli.verbose {
+        0 | 1 => "warn",
+        2 => "info",
+        3 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Gateway(a) => gateway_cmd::run(a).await,
+        Command::Certs(a) => certs_cmd::run(a),
+        Command::Status(a) => status_cmd::run(a).await,
+        Command::Probe(a) => probe_cmd::run(a).await,
+    }
+}

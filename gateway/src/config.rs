@@ -1,0 +1,622 @@
+//! Gateway configuration: the TOML file format, and its validation into
+//! typed values whose errors name the file, the key and what is wrong.
+//!
+//! Relative paths in the file (certificates, keys, the token file) are
+//! resolved against the directory that holds the config file.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The DNS suffix of a site's certificate name: site `site-a` is
+/// `site-a.wanmig` in its certificate's subjectAltName.
+pub const SITE_DNS_SUFFIX: &str = "wanmig";
+
+/// The certificate DNS name that identifies `site`.
+pub fn site_dns_name(site: &str) -> String {
+    format!("{site}.{SITE_DNS_SUFFIX}")
+}
+
+/// A configuration that failed to load. `Display` gives
+/// `FILE: KEY: what is wrong`.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source} (pass an existing file with --config)", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+    #[error("{}: {key}: {message}", path.display())]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// The dotted key that is wrong (`peers[1].address`), when the error is
+    /// about one key.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+}
+
+/// The file as written (strings where the validation must name the key).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    site: String,
+    listen: String,
+    tls: RawTls,
+    #[serde(default)]
+    metrics: Option<RawMetrics>,
+    #[serde(default)]
+    control: Option<RawControl>,
+    #[serde(default)]
+    transport: RawTransport,
+    #[serde(default)]
+    peers: Vec<RawPeer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca: String,
+    cert: String,
+    key: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawControl {
+    listen: String,
+    token_file: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTransport {
+    congestion: Option<String>,
+    idle_timeout: Option<String>,
+    keep_alive: Option<String>,
+    reconnect_initial: Option<String>,
+    reconnect_max: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    site: String,
+    address: String,
+    bandwidth_mbit: Option<f64>,
+    rtt: Option<String>,
+    mtu: Option<u32>,
+}
+
+/// A validated gateway configuration.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Where the config came from (for messages); relative paths were
+    /// resolved against its directory.
+    pub origin: PathBuf,
+    /// This site's name (a DNS label, e.g. `site-a`).
+    pub site: String,
+    /// The QUIC (UDP) listen address.
+    pub listen: SocketAddr,
+    pub tls: TlsPaths,
+    pub metrics: Option<MetricsConfig>,
+    pub control: Option<ControlConfig>,
+    pub transport: TransportSettings,
+    pub peers: Vec<PeerConfig>,
+}
+
+/// PEM files of the deployment CA and this site's certificate and key.
+#[derive(Debug, Clone)]
+pub struct TlsPaths {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    /// Loopback address of the HTTP control API.
+    pub listen: SocketAddr,
+    /// Bearer token file; created (0600) with a random token if missing.
+    pub token_file: PathBuf,
+}
+
+/// The QUIC congestion controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Congestion {
+    Cubic,
+    Bbr,
+    NewReno,
+}
+
+impl fmt::Display for Congestion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Congestion::Cubic => "cubic",
+            Congestion::Bbr => "bbr",
+            Congestion::NewReno => "newreno",
+        })
+    }
+}
+
+/// Connection liveness and reconnect pacing, plus the congestion controller.
+#[derive(Debug, Clone)]
+pub struct TransportSettings {
+    pub congestion: Congestion,
+    /// A peer that sends nothing for this long is declared down.
+    pub idle_timeout: Duration,
+    /// Keep-alive interval (must be well below `idle_timeout`).
+    pub keep_alive: Duration,
+    /// First reconnect delay after a failure; doubles up to `reconnect_max`.
+    pub reconnect_initial: Duration,
+    pub reconnect_max: Duration,
+}
+
+impl Default for TransportSettings {
+    fn default() -> Self {
+        TransportSettings {
+            congestion: Congestion::Bbr,
+            idle_timeout: Duration::from_secs(5),
+            keep_alive: Duration::from_secs(1),
+            reconnect_initial: Duration::from_millis(200),
+            reconnect_max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What the operator knows about the path to a peer; sizes the QUIC windows.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LinkHints {
+    /// Expected bottleneck bandwidth in bit/s.
+    pub bandwidth_bps: f64,
+    /// Expected round-trip time.
+    pub rtt: Duration,
+    /// Path MTU (IP packet size) the path carries.
+    pub mtu: u32,
+}
+
+impl Default for LinkHints {
+    fn default() -> Self {
+        LinkHints {
+            bandwidth_bps: 1e9,
+            rtt: Duration::from_millis(50),
+            mtu: 1500,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    pub site: String,
+    pub address: SocketAddr,
+    pub hints: LinkHints,
+}
+
+impl GatewayConfig {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Validates config text as if it had been read from `origin`.
+    pub fn parse(text: &str, origin: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        Validator { origin }.validate(raw)
+    }
+
+    /// The configured peer called `site`.
+    pub fn peer(&self, site: &str) -> Option<&PeerConfig> {
+        self.peers.iter().find(|p| p.site == site)
+    }
+}
+
+struct Validator<'a> {
+    origin: &'a Path,
+}
+
+impl Validator<'_> {
+    fn err(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.origin.to_path_buf(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    fn addr(&self, key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+        value.parse().map_err(|e| {
+            self.err(
+                key,
+                format!(
+                    "invalid socket address '{value}': {e} (expected IP:PORT, e.g. 127.0.0.1:4433)"
+                ),
+            )
+        })
+    }
+
+    fn duration(
+        &self,
+        key: &str,
+        value: Option<&str>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let Some(v) = value else { return Ok(default) };
+        let d = humantime::parse_duration(v).map_err(|e| {
+            self.err(
+                key,
+                format!("invalid duration '{v}': {e} (e.g. \"100ms\", \"5s\")"),
+            )
+        })?;
+        if d.is_zero() {
+            return Err(self.err(key, "must be greater than zero"));
+        }
+        Ok(d)
+    }
+
+    fn path(&self, key: &str, value: &str, must_exist: bool) -> Result<PathBuf, ConfigError> {
+        if value.is_empty() {
+            return Err(self.err(key, "must not be empty"));
+        }
+        let p = Path::new(value);
+        let resolved = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.origin.parent().unwrap_or(Path::new(".")).join(p)
+        };
+        if must_exist {
+            if let Err(e) = std::fs::metadata(&resolved) {
+                return Err(self.err(
+                    key,
+                    format!(
+                        "cannot read '{}': {e} (paths are relative to the config file; create certificates with `wanmig certs`)",
+                        resolved.display()
+                    ),
+                ));
+            }
+        }
+        Ok(resolved)
+    }
+
+    fn site_name(&self, key: &str, value: &str) -> Result<String, ConfigError> {
+        validate_site_name(value).map_err(|m| self.err(key, m))?;
+        Ok(value.to_string())
+    }
+
+    fn validate(&self, raw: RawConfig) -> Result<GatewayConfig, ConfigError> {
+        let site = self.site_name("site", &raw.site)?;
+        let listen = self.addr("listen", &raw.listen)?;
+        let tls = TlsPaths {
+            ca: self.path("tls.ca", &raw.tls.ca, true)?,
+            cert: self.path("tls.cert", &raw.tls.cert, true)?,
+            key: self.path("tls.key", &raw.tls.key, true)?,
+        };
+        let metrics = match raw.metrics {
+            Some(m) => Some(MetricsConfig {
+                listen: self.addr("metrics.listen", &m.listen)?,
+            }),
+            None => None,
+        };
+        let control = match raw.control {
+            Some(c) => {
+                let listen = self.addr("control.listen", &c.listen)?;
+                if !listen.ip().is_loopback() {
+                    return Err(self.err(
+                        "control.listen",
+                        format!("{listen} is not a loopback address; the control API is local-only (use 127.0.0.1:PORT)"),
+                    ));
+                }
+                Some(ControlConfig {
+                    listen,
+                    token_file: self.path("control.token_file", &c.token_file, false)?,
+                })
+            }
+            None => None,
+        };
+        let transport = self.transport(&raw.transport)?;
+        let mut peers: Vec<PeerConfig> = Vec::with_capacity(raw.peers.len());
+        for (i, p) in raw.peers.iter().enumerate() {
+            let k = |field: &str| format!("peers[{i}].{field}");
+            let psite = self.site_name(&k("site"), &p.site)?;
+            if psite == site {
+                return Err(self.err(
+                    k("site"),
+                    format!("'{psite}' is this gateway's own site name"),
+                ));
+            }
+            if peers.iter().any(|q| q.site == psite) {
+                return Err(self.err(k("site"), format!("site '{psite}' is listed twice")));
+            }
+            let address = self.addr(&k("address"), &p.address)?;
+            let defaults = LinkHints::default();
+            let bandwidth_bps =
+                match p.bandwidth_mbit {
+                    Some(b) if !(b.is_finite() && b > 0.0 && b <= 1e6) => return Err(self.err(
+                        k("bandwidth_mbit"),
+                        format!(
+                            "{b} is not a bandwidth in Mbit/s (expected a number in (0, 1000000])"
+                        ),
+                    )),
+                    Some(b) => b * 1e6,
+                    None => defaults.bandwidth_bps,
+                };
+            let rtt = self.duration(&k("rtt"), p.rtt.as_deref(), defaults.rtt)?;
+            if rtt > Duration::from_secs(10) {
+                return Err(self.err(
+                    k("rtt"),
+                    format!("{rtt:?} is longer than 10s; is the unit right?"),
+                ));
+            }
+            let mtu = p.mtu.unwrap_or(defaults.mtu);
+            if !(1280..=65535).contains(&mtu) {
+                return Err(self.err(k("mtu"), format!("{mtu} is outside 1280..=65535")));
+            }
+            peers.push(PeerConfig {
+                site: psite,
+                address,
+                hints: LinkHints {
+                    bandwidth_bps,
+                    rtt,
+                    mtu,
+                },
+            });
+        }
+        Ok(GatewayConfig {
+            origin: self.origin.to_path_buf(),
+            site,
+            listen,
+            tls,
+            metrics,
+            control,
+            transport,
+            peers,
+        })
+    }
+
+    fn transport(&self, raw: &RawTransport) -> Result<TransportSettings, ConfigError> {
+        let d = TransportSettings::default();
+        let congestion = match raw.congestion.as_deref() {
+            None => d.congestion,
+            Some("bbr") => Congestion::Bbr,
+            Some("cubic") => Congestion::Cubic,
+            Some("newreno") => Congestion::NewReno,
+            Some(other) => {
+                return Err(self.err(
+                    "transport.congestion",
+                    format!("unknown congestion controller '{other}' (expected \"bbr\", \"cubic\" or \"newreno\")"),
+                ))
+            }
+        };
+        let idle_timeout = self.duration(
+            "transport.idle_timeout",
+            raw.idle_timeout.as_deref(),
+            d.idle_timeout,
+        )?;
+        let keep_alive = self.duration(
+            "transport.keep_alive",
+            raw.keep_alive.as_deref(),
+            d.keep_alive,
+        )?;
+        if keep_alive * 2 > idle_timeout {
+            return Err(self.err(
+                "transport.keep_alive",
+                format!("{keep_alive:?} must be at most half of transport.idle_timeout ({idle_timeout:?}), or idle links would time out"),
+            ));
+        }
+        let reconnect_initial = self.duration(
+            "transport.reconnect_initial",
+            raw.reconnect_initial.as_deref(),
+            d.reconnect_initial,
+        )?;
+        let reconnect_max = self.duration(
+            "transport.reconnect_max",
+            raw.reconnect_max.as_deref(),
+            d.reconnect_max,
+        )?;
+        if reconnect_max < reconnect_initial {
+            return Err(self.err(
+                "transport.reconnect_max",
+                format!("{reconnect_max:?} is shorter than transport.reconnect_initial ({reconnect_initial:?})"),
+            ));
+        }
+        Ok(TransportSettings {
+            congestion,
+            idle_timeout,
+            keep_alive,
+            reconnect_initial,
+            reconnect_max,
+        })
+    }
+}
+
+/// Checks that `name` can be a site name: one lowercase DNS label.
+pub fn validate_site_name(name: &str) -> Result<(), String> {
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if name.is_empty()
+        || name.len() > 63
+        || !ok_chars
+        || name.starts_with('-')
+        || name.ends_with('-')
+    {
+        return Err(format!(
+            "invalid site name '{name}': use 1-63 characters a-z, 0-9 and '-', not starting or ending with '-'"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir_with_certs() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        for f in ["ca.pem", "a.pem", "a.key"] {
+            std::fs::write(d.path().join(f), "x").unwrap();
+        }
+        d
+    }
+
+    const GOOD: &str = r#"
+site = "site-a"
+listen = "127.0.0.1:4433"
+[tls]
+ca = "ca.pem"
+cert = "a.pem"
+key = "a.key"
+[control]
+listen = "127.0.0.1:7100"
+token_file = "a.token"
+[transport]
+congestion = "cubic"
+idle_timeout = "3s"
+[[peers]]
+site = "site-b"
+address = "127.0.0.1:4434"
+bandwidth_mbit = 250
+rtt = "100ms"
+"#;
+
+    #[test]
+    fn good_config_resolves_paths_and_hints() {
+        let d = dir_with_certs();
+        let origin = d.path().join("a.toml");
+        let c = GatewayConfig::parse(GOOD, &origin).unwrap();
+        assert_eq!(c.site, "site-a");
+        assert_eq!(c.tls.cert, d.path().join("a.pem"));
+        assert_eq!(
+            c.control.as_ref().unwrap().token_file,
+            d.path().join("a.token")
+        );
+        assert_eq!(c.transport.congestion, Congestion::Cubic);
+        assert_eq!(c.transport.idle_timeout, Duration::from_secs(3));
+        let p = c.peer("site-b").unwrap();
+        assert_eq!(p.hints.bandwidth_bps, 250e6);
+        assert_eq!(p.hints.rtt, Duration::from_millis(100));
+        assert_eq!(p.hints.mtu, 1500);
+    }
+
+    fn error_for(text: &str) -> (ConfigError, String) {
+        let d = dir_with_certs();
+        let origin = d.path().join("a.toml");
+        let e = GatewayConfig::parse(text, &origin).unwrap_err();
+        let s = e.to_string();
+        assert!(s.starts_with(&origin.display().to_string()), "{s}");
+        (e, s)
+    }
+
+    #[test]
+    fn bad_peer_address_names_the_key() {
+        let text = GOOD.replace("127.0.0.1:4434", "x");
+        let (e, s) = error_for(&text);
+        assert_eq!(e.key(), Some("peers[0].address"));
+        assert!(s.contains("invalid socket address 'x'"), "{s}");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let text = GOOD.replace("[transport]", "[transport]\nbogus_knob = 1");
+        let (_, s) = error_for(&text);
+        assert!(s.contains("bogus_knob"), "{s}");
+    }
+
+    #[test]
+    fn missing_cert_file_names_the_key() {
+        let text = GOOD.replace("\"a.pem\"", "\"missing.pem\"");
+        let (e, s) = error_for(&text);
+        assert_eq!(e.key(), Some("tls.cert"));
+        assert!(s.contains("missing.pem"), "{s}");
+    }
+
+    #[test]
+    fn semantic_errors_name_their_keys() {
+        let cases = [
+            (
+                GOOD.replace("site = \"site-b\"", "site = \"site-a\""),
+                "peers[0].site",
+            ),
+            (
+                GOOD.replace("site = \"site-a\"", "site = \"Site_A\""),
+                "site",
+            ),
+            (
+                GOOD.replace("\"cubic\"", "\"vegas\""),
+                "transport.congestion",
+            ),
+            (
+                GOOD.replace("idle_timeout = \"3s\"", "idle_timeout = \"1s\""),
+                "transport.keep_alive",
+            ),
+            (
+                GOOD.replace("rtt = \"100ms\"", "rtt = \"100 parsecs\""),
+                "peers[0].rtt",
+            ),
+            (
+                GOOD.replace("bandwidth_mbit = 250", "bandwidth_mbit = -3"),
+                "peers[0].bandwidth_mbit",
+            ),
+            (
+                GOOD.replace("127.0.0.1:7100", "0.0.0.0:7100"),
+                "control.listen",
+            ),
+            (
+                format!("{GOOD}\n[[peers]]\nsite = \"site-b\"\naddress = \"127.0.0.1:1\"\n"),
+                "peers[1].site",
+            ),
+        ];
+        for (text, key) in cases {
+            let (e, s) = error_for(&text);
+            assert_eq!(e.key(), Some(key), "{s}");
+        }
+    }
+
+    #[test]
+    fn missing_file_is_a_read_error() {
+        let e = GatewayConfig::load(Path::new("/nonexistent/wanmig.toml")).unwrap_err();
+        assert!(matches!(e, ConfigError::Read { .. }));
+        assert!(e.to_string().contains("/nonexistent/wanmig.toml"));
+    }
+
+    #[test]
+    fn site_names_are_dns_labels() {
+        assert!(validate_site_name("site-a").is_ok());
+        assert!(validate_site_name("dc2").is_ok());
+        for bad in ["", "-a", "a-", "A", "a.b", "a_b", &"x".repeat(64)] {
+            assert!(validate_site_name(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Client of the local control API, used by `wanmig status` / `wanmig probe`
+//! (and by tests): turns transport and HTTP failures into messages that say
+//! what to do.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+
+use crate::control::{ApiError, ProbeRequest, StatusReport};
+use crate::probe::ProbeReport;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no gateway answers on {addr}: {source} (is `wanmig gateway` running with control.listen = \"{addr}\"?)")]
+    NotRunning {
+        addr: SocketAddr,
+        source: reqwest::Error,
+    },
+    #[error("the gateway on {addr} rejected the token{}: {message} (use the token file named by control.token_file in the gateway's config)", from.as_ref().map(|p| format!(" from {}", p.display())).unwrap_or_default())]
+    Unauthorized {
+        addr: SocketAddr,
+        from: Option<PathBuf>,
+        message: String,
+    },
+    #[error("the gateway on {addr} answered {status}: {message}")]
+    Api {
+        addr: SocketAddr,
+        status: StatusCode,
+        message: String,
+    },
+    #[error("talking to the gateway on {addr}: {source}")]
+    Transport {
+        addr: SocketAddr,
+        source: reqwest::Error,
+    },
+    #[error(transparent)]
+    Token(#[from] crate::control::TokenError),
+}
+
+/// A control API client bound to one gateway.
+#[derive(Debug, Clone)]
+pub struct ControlClient {
+    addr: SocketAddr,
+    token: String,
+    token_file: Option<PathBuf>,
+    http: reqwest::Client,
+}
+
+impl ControlClient {
+    pub fn new(addr: SocketAddr, token: String) -> Self {
+        ControlClient {
+            addr,
+            token,
+            token_file: None,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// A client that reads its token from `token_file`.
+    pub fn with_token_file(addr: SocketAddr, token_file: &Path) -> Result<Self, ClientError> {
+        let token = crate::control::read_token(token_file)?;
+        Ok(ControlClient {
+            token_file: Some(token_file.to_path_buf()),
+            ..ControlClient::new(addr, token)
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub async fn status(&self) -> Result<StatusReport, ClientError> {
+        let req = self
+            .http
+            .get(format!("http://{}/v1/status", self.addr))
+            .timeout(Duration::from_secs(10));
+        self.send(req).await
+    }
+
+    /// Runs a probe of `bytes` to `peer`; waits as long as the probe takes.
+    pub async fn probe(&self, peer: &str, bytes: u64) -> Result<ProbeReport, ClientError> {
+        let req = self
+            .http
+            .post(format!("http://{}/v1/probe", self.addr))
+            .json(&ProbeRequest {
+                peer: peer.to_string(),
+                bytes,
+            });
+        self.send(req).await
+    }
+
+    async fn send<T: serde::de::DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
+        let addr = self.addr;
+        let resp = req
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|source| {
+                if source.is_connect() {
+                    ClientError::NotRunning { addr, source }
+                } else {
+                    ClientError::Transport { addr, source }
+                }
+            })?;
+        let status = resp.status();
+        if status.is_success() {
+            return resp
+                .json()
+                .await
+                .map_err(|source| ClientError::Transport { addr, source });
+        }
+        let message = match resp.json::<ApiError>().await {
+            Ok(e) => e.error,
+            Err(_) => status.canonical_reason().unwrap_or("error").to_string(),
+        };
+        if status == StatusCode::UNAUTHORIZED {
+            return Err(ClientError::Unauthorized {
+                addr,
+                from: self.token_file.clone(),
+                message,
+            });
+        }
+        Err(ClientError::Api {
+            addr,
+            status,
+            message,
+        })
+    }
+}

@@ -1,0 +1,182 @@
+//! Assembles one site's gateway from its config: loads the TLS material,
+//! binds the UDP socket, starts the peering, the probe responder, the
+//! metrics endpoint and the control API; [`GatewayHandle`] controls it.
+
+use std::net::SocketAddr;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::get;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::GatewayConfig;
+use crate::control;
+use crate::metrics::Metrics;
+use crate::peering::{stream_kind, Peering};
+use crate::tls::{self, Identity};
+use crate::{probe, GatewayError};
+
+/// UDP socket buffers: a 250 Mbit/s × 100 ms link bursts several MB.
+const UDP_BUFFER: usize = 8 << 20;
+
+/// Binds the QUIC UDP socket with enlarged kernel buffers (capped by
+/// net.core.{r,w}mem_max).
+pub fn bind_udp(addr: SocketAddr) -> Result<std::net::UdpSocket, GatewayError> {
+    let err = |source| GatewayError::Bind { addr, source };
+    let domain = socket2::Domain::for_address(addr);
+    let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))
+        .map_err(err)?;
+    // Best effort: the kernel caps these, and a smaller buffer still works.
+    let _ = s.set_recv_buffer_size(UDP_BUFFER);
+    let _ = s.set_send_buffer_size(UDP_BUFFER);
+    s.bind(&addr.into()).map_err(err)?;
+    s.set_nonblocking(true).map_err(err)?;
+    Ok(s.into())
+}
+
+pub struct Gateway;
+
+impl Gateway {
+    /// Starts a gateway listening on `config.listen`.
+    pub async fn start(config: GatewayConfig) -> Result<GatewayHandle, GatewayError> {
+        let socket = bind_udp(config.listen)?;
+        Self::start_on(config, socket).await
+    }
+
+    /// Starts a gateway on an already bound UDP socket (tests bind first to
+    /// learn the port before writing the peers' configs).
+    pub async fn start_on(
+        config: GatewayConfig,
+        socket: std::net::UdpSocket,
+    ) -> Result<GatewayHandle, GatewayError> {
+        let identity = Identity::load(&config.tls)?;
+        identity.check_site(&config.site, &config.tls.cert)?;
+        let roots = tls::load_roots(&config.tls.ca)?;
+        let peering = Peering::start(&config, &identity, &roots, socket)?;
+        let (stop, _) = watch::channel(false);
+        let mut tasks = Vec::new();
+
+        let probes = peering.subscribe_streams(stream_kind::PROBE, 16)?;
+        tasks.push(tokio::spawn(probe::serve(probes)));
+
+        let mut metrics_addr = None;
+        if let Some(m) = &config.metrics {
+            let metrics = Arc::new(Metrics::new(&config.site)?);
+            let (p, mm) = (peering.clone(), metrics.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    mm.observe(&p.peer_states(), &p.refusals());
+                }
+            }));
+            let (p, mm) = (peering.clone(), metrics);
+            let app = axum::Router::new().route(
+                "/metrics",
+                get(move || async move {
+                    mm.observe(&p.peer_states(), &p.refusals());
+                    mm.render()
+                }),
+            );
+            let (addr, task) =
+                serve_http("metrics.listen", m.listen, app, stop.subscribe()).await?;
+            metrics_addr = Some(addr);
+            tasks.push(task);
+        }
+
+        let mut control_addr = None;
+        if let Some(c) = &config.control {
+            let token = control::load_or_create_token(&c.token_file)?;
+            let app = control::router(peering.clone(), token);
+            let (addr, task) =
+                serve_http("control.listen", c.listen, app, stop.subscribe()).await?;
+            control_addr = Some(addr);
+            tasks.push(task);
+        }
+
+        Ok(GatewayHandle {
+            peering,
+            config,
+            metrics_addr,
+            control_addr,
+            stop,
+            tasks,
+        })
+    }
+}
+
+async fn serve_http(
+    key: &'static str,
+    addr: SocketAddr,
+    app: axum::Router,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(SocketAddr, JoinHandle<()>), GatewayError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| GatewayError::Listen { key, addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| GatewayError::Listen { key, addr, source })?;
+    let task = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!("{key} server on {local} failed: {e}");
+        }
+    });
+    Ok((local, task))
+}
+
+/// A running gateway. Derefs to its [`Peering`] (peer states, connections,
+/// stream and datagram handlers).
+pub struct GatewayHandle {
+    peering: Peering,
+    config: GatewayConfig,
+    metrics_addr: Option<SocketAddr>,
+    control_addr: Option<SocketAddr>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Deref for GatewayHandle {
+    type Target = Peering;
+    fn deref(&self) -> &Peering {
+        &self.peering
+    }
+}
+
+impl GatewayHandle {
+    pub fn peering(&self) -> &Peering {
+        &self.peering
+    }
+
+    pub fn config(&self) -> &GatewayConfig {
+        &self.config
+    }
+
+    /// Where `/metrics` is served (the bound address, also for port 0).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// Where the control API is served.
+    pub fn control_addr(&self) -> Option<SocketAddr> {
+        self.control_addr
+    }
+
+    /// Stops everything: peer connections are closed, servers stop.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        self.peering.shutdown().await;
+        for t in self.tasks {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! wanmig-gateway: the site daemon. It peers with the other sites' gateways
+//! over QUIC with mutual TLS (a full mesh, tuned for long fat links), serves
+//! a local control API and Prometheus metrics, and lets later subsystems
+//! (overlay, migration, storage) share the peer connections through
+//! stream-kind handlers and datagrams.
+//!
+//! Entry point: [`Gateway::start`] with a [`GatewayConfig`] loaded by
+//! [`GatewayConfig::load`]; the returned [`GatewayHandle`] exposes the
+//! [`Peering`].
+
+pub mod backoff;
+pub mod certs;
+pub mod config;
+pub mod control;
+pub mod control_client;
+pub mod gateway;
+pub mod metrics;
+pub mod peering;
+pub mod probe;
+pub mod tls;
+pub mod transport_tuning;
+
+use std::net::SocketAddr;
+
+pub use config::{ConfigError, GatewayConfig};
+pub use gateway::{Gateway, GatewayHandle};
+pub use peering::{
+    IncomingStream, LinkState, PeerDatagram, PeerSnapshot, Peering, PeeringError, Role,
+};
+
+/// Why a gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("cannot bind the QUIC socket on {addr}: {source} (is another gateway using it? change `listen`)")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{key}: cannot listen on {addr}: {source} (is the port in use?)")]
+    Listen {
+        key: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Token(#[from] control::TokenError),
+    #[error(transparent)]
+    Metrics(#[from] metrics::MetricsError),
+    #[error(transparent)]
+    Peering(#[from] PeeringError),
+    #[error("runtime: {0}")]
+    Runtime(String),
+}
