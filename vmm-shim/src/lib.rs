@@ -2,4 +2,24 @@
 //! serial console, guest control port, virtio-mmio devices), tracks dirty
 //! pages, saves/restores VM state and live-migrates a VM over a byte stream.
 
+pub mod boot;
+pub mod clock;
+pub mod config;
+pub mod dirty_log;
+pub mod elf;
+pub mod guest_control;
+mod kick;
+pub mod memory;
+pub mod serial;
+pub mod state;
+pub mod vcpu;
+pub mod vcpu_state;
 pub mod virtio;
+pub mod vm;
+
+pub use config::{MachineConfig, MemoryWorkloadConfig, VmConfig};
+pub use vcpu::RunExit;
+pub use vm::{Vm, VmError};
+
+/// The test guest (vmm-shim/guest), built by build.rs.
+pub static GUEST_IMAGE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/wanmig-guest.elf"));

@@ -1,0 +1,308 @@
+//! A VM: KVM VM and vCPU, guest memory, the boot environment, the vCPU
+//! thread, and the operations migration needs (pause, resume, dirty
+//! tracking, state save/restore, memory digest).
+
+use crate::config::{ConfigError, VmConfig};
+use crate::dirty_log::{self, SlotError};
+use crate::guest_control::{MemSample, ReportLog};
+use crate::memory::{self, GuestMem, MemoryError};
+use crate::serial::{Serial, SerialSink};
+use crate::state::VmState;
+use crate::vcpu::{lock, RunExit, Shared, VcpuError, VcpuHandle};
+use crate::vcpu_state::VcpuCaps;
+use crate::{boot, elf};
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use kvm_ioctls::{Kvm, VmFd};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Errors creating or operating a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot open /dev/kvm: {0}; is KVM available and are you in the kvm group?")]
+    OpenKvm(kvm_ioctls::Error),
+    #[error("KVM {op} failed: {source}")]
+    Kvm {
+        op: &'static str,
+        source: kvm_ioctls::Error,
+    },
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Slot(#[from] SlotError),
+    #[error("cannot load the guest image: {0}")]
+    Elf(#[from] elf::ElfError),
+    #[error("cannot write the boot structures: {0}")]
+    Boot(vm_memory::GuestMemoryError),
+    #[error("cannot read the memory image {path}: {source}")]
+    MemImage {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error("cannot restore VM state: {0}")]
+    Restore(String),
+}
+
+fn kvm_err(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { op, source }
+}
+
+/// A running (or paused) VM with one vCPU.
+pub struct Vm {
+    config: VmConfig,
+    // Field order matters for drop: the vCPU thread stops first, then the
+    // VM fd goes, then the memory the slot pointed at.
+    vcpu: VcpuHandle,
+    vm_fd: VmFd,
+    _kvm: Kvm,
+    shared: Arc<Shared>,
+    caps: VcpuCaps,
+    logging: bool,
+}
+
+impl Vm {
+    /// Creates a VM from `config`, loads the built-in test guest, and
+    /// leaves it paused before its first instruction; call [`Vm::start`].
+    pub fn create(config: VmConfig, serial: SerialSink) -> Result<Vm, VmError> {
+        let vm = Vm::create_empty(config, serial)?;
+        let mem = &vm.shared.mem;
+        if let Some(path) = &vm.config.mem_image {
+            let image = std::fs::read(path).map_err(|source| VmError::MemImage {
+                path: path.clone(),
+                source,
+            })?;
+            memory::preload(mem, &image)?;
+        }
+        let entry = elf::load(mem, crate::GUEST_IMAGE)?;
+        let disk_sectors = match &vm.config.disk {
+            Some(d) => {
+                std::fs::metadata(&d.path)
+                    .map_err(|source| VmError::MemImage {
+                        path: d.path.clone(),
+                        source,
+                    })?
+                    .len()
+                    / 512
+            }
+            None => 0,
+        };
+        boot::write_boot_structures(mem, &vm.config.boot_params(disk_sectors))
+            .map_err(VmError::Boot)?;
+        let regs = boot::initial_regs(entry);
+        vm.vcpu.restore_boot(regs)?;
+        Ok(vm)
+    }
+
+    /// Creates a VM with zeroed memory and a reset vCPU (paused), to be
+    /// filled by an incoming migration.
+    pub fn create_empty(config: VmConfig, serial: SerialSink) -> Result<Vm, VmError> {
+        config.validate()?;
+        let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+        let vm_fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+        let mem = memory::create(config.mem_size)?;
+        dirty_log::register(&vm_fd, &mem, false)?;
+        let vcpu = vm_fd.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
+        let cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
+        let sregs = vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
+        vcpu.set_sregs(&boot::long_mode_sregs(sregs))
+            .map_err(kvm_err("KVM_SET_SREGS"))?;
+        vcpu.set_fpu(&boot::initial_fpu())
+            .map_err(kvm_err("KVM_SET_FPU"))?;
+        let caps = VcpuCaps::probe(&kvm, &vcpu);
+        tracing::debug!(?caps, "vCPU state capabilities");
+        let shared = Arc::new(Shared {
+            mem,
+            serial: Mutex::new(Serial::default()),
+            sink: Mutex::new(serial),
+            reports: Mutex::new(ReportLog::default()),
+            reports_changed: Condvar::new(),
+            exit: Mutex::new(None),
+            exited: Condvar::new(),
+            clock: Mutex::new(Default::default()),
+            mmio: Mutex::new(None),
+        });
+        let vcpu = VcpuHandle::spawn(vcpu, caps.clone(), shared.clone())?;
+        Ok(Vm {
+            config,
+            vcpu,
+            vm_fd,
+            _kvm: kvm,
+            shared,
+            caps,
+            logging: false,
+        })
+    }
+
+    /// The VM's configuration.
+    pub fn config(&self) -> &VmConfig {
+        &self.config
+    }
+
+    /// Guest memory.
+    pub fn memory(&self) -> &GuestMem {
+        &self.shared.mem
+    }
+
+    /// What this host's KVM lets us save for the vCPU.
+    pub fn vcpu_caps(&self) -> &VcpuCaps {
+        &self.caps
+    }
+
+    /// Lets the vCPU run.
+    pub fn start(&self) -> Result<(), VmError> {
+        Ok(self.vcpu.resume()?)
+    }
+
+    /// Starts the VM and blocks until its run ends.
+    pub fn run(&self) -> Result<RunExit, VmError> {
+        self.start()?;
+        loop {
+            if let Some(e) = self.wait_exit(Duration::from_secs(3600)) {
+                return Ok(e);
+            }
+        }
+    }
+
+    /// Stops the vCPU between instructions (and the guest clock with it).
+    pub fn pause(&self) -> Result<(), VmError> {
+        Ok(self.vcpu.pause()?)
+    }
+
+    /// Resumes after [`Vm::pause`].
+    pub fn resume(&self) -> Result<(), VmError> {
+        Ok(self.vcpu.resume()?)
+    }
+
+    /// Throttles the vCPU to `100 - percent` % of its time (auto-converge).
+    pub fn set_throttle(&self, percent: u8) -> Result<(), VmError> {
+        Ok(self.vcpu.throttle(percent)?)
+    }
+
+    /// How the run ended, if it has.
+    pub fn exit_status(&self) -> Option<RunExit> {
+        lock(&self.shared.exit).clone()
+    }
+
+    /// Waits up to `timeout` for the run to end.
+    pub fn wait_exit(&self, timeout: Duration) -> Option<RunExit> {
+        let deadline = Instant::now() + timeout;
+        let mut e = lock(&self.shared.exit);
+        while e.is_none() {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            e = self
+                .shared
+                .exited
+                .wait_timeout(e, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        e.clone()
+    }
+
+    /// A copy of the guest's reports so far.
+    pub fn reports(&self) -> ReportLog {
+        lock(&self.shared.reports).clone()
+    }
+
+    /// Waits until the memory workload has reported iteration `n` (or
+    /// later) and returns the sample for `n` if it is still kept.
+    pub fn wait_mem_iteration(&self, n: u64, timeout: Duration) -> Option<MemSample> {
+        let deadline = Instant::now() + timeout;
+        let mut r = lock(&self.shared.reports);
+        loop {
+            let latest = r
+                .latest(wanmig_guest_abi::REPORT_MEM_ITERATION)
+                .map(|l| l.values[0]);
+            if latest.is_some_and(|l| l >= n) {
+                return r.mem_samples().into_iter().find(|s| s.iteration == n);
+            }
+            if self.exit_status().is_some() {
+                return None;
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            r = self
+                .shared
+                .reports_changed
+                .wait_timeout(r, left.min(Duration::from_millis(100)))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// BLAKE3 over all of guest memory.
+    pub fn memory_digest(&self) -> [u8; 32] {
+        memory::digest(&self.shared.mem)
+    }
+
+    /// Switches KVM dirty logging on (clearing both dirty bitmaps) or off.
+    pub fn set_dirty_logging(&mut self, on: bool) -> Result<(), VmError> {
+        if on == self.logging {
+            return Ok(());
+        }
+        dirty_log::register(&self.vm_fd, &self.shared.mem, on)?;
+        self.logging = on;
+        if on {
+            memory::clear_vmm_dirty(&self.shared.mem);
+        }
+        Ok(())
+    }
+
+    /// Takes the pages dirtied since the last call (needs dirty logging).
+    pub fn take_dirty_pages(&self) -> Result<Vec<u64>, VmError> {
+        Ok(dirty_log::pages_of(&dirty_log::take_dirty(
+            &self.vm_fd,
+            &self.shared.mem,
+        )?))
+    }
+
+    /// Saves the state of the paused VM (everything but memory).
+    pub fn save_state(&self) -> Result<VmState, VmError> {
+        let vcpu = self.vcpu.save()?;
+        Ok(VmState {
+            version: crate::state::STATE_VERSION,
+            vcpu,
+            caps: self.caps.clone(),
+            guest_clock_ns: lock(&self.shared.clock).now_ns(Instant::now()),
+            serial: lock(&self.shared.serial).clone(),
+            reports_seen: lock(&self.shared.reports).total(),
+            devices: None,
+        })
+    }
+
+    /// Restores `state` into this paused VM (memory is restored separately).
+    pub fn restore_state(&self, state: VmState) -> Result<(), VmError> {
+        let refused = self.vcpu.restore(state.vcpu)?;
+        if !refused.is_empty() {
+            tracing::warn!(
+                "this host refused {} MSRs on restore: {:x?}",
+                refused.len(),
+                refused
+            );
+        }
+        lock(&self.shared.clock).set(state.guest_clock_ns);
+        *lock(&self.shared.serial) = state.serial;
+        Ok(())
+    }
+
+    /// Ends the run (the VM was handed over or is being discarded).
+    pub fn stop(self) {
+        drop(self)
+    }
+}
+
+impl VcpuHandle {
+    /// Sets the boot registers on the fresh vCPU.
+    fn restore_boot(&self, regs: kvm_bindings::kvm_regs) -> Result<(), VcpuError> {
+        let mut s = self.save()?;
+        s.regs = regs;
+        self.restore(s)?;
+        Ok(())
+    }
+}
