@@ -24,7 +24,7 @@ pub fn allocated_extents(file: &File, len: u64) -> std::io::Result<Vec<Range<u64
             // ENXIO: no data at or after pos.
             Err(Errno::ENXIO) => break,
             Err(Errno::EINVAL | Errno::EOPNOTSUPP) if out.is_empty() && pos == 0 => {
-                return Ok(vec![0..len]);
+                return Ok(std::iter::once(0..len).collect());
             }
             Err(e) => return Err(e.into()),
         };
@@ -166,7 +166,7 @@ mod tests {
         f.write_all_at(&vec![9u8; MIB as usize], 0).unwrap();
         assert_eq!(allocated_extents(&f, MIB).unwrap(), vec![0..MIB]);
         let g = Geometry::new(MIB, 65536).unwrap();
-        assert!(hole_blocks(g, &[0..MIB]).is_empty());
+        assert!(hole_blocks(g, std::slice::from_ref(&(0..MIB))).is_empty());
     }
 
     #[test]

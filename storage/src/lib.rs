@@ -16,7 +16,9 @@
 //! - [`metrics`]: `wanmig_storage_*` counters and on-demand latency.
 //! - [`digest`]: BLAKE3 of a whole disk file, holes as zeros.
 //! - [`copy`]: an in-process link that drives a whole copy for tests/benches.
+//! - [`testdisk`]: realistic sparse test images (text, binaries, free space).
 
+pub mod copy;
 pub mod digest;
 pub mod error;
 pub mod extents;
@@ -26,7 +28,13 @@ pub mod planner;
 pub mod presence;
 pub mod remote_disk;
 pub mod source;
+pub mod testdisk;
 pub mod wire;
 
+pub use digest::disk_digest;
 pub use error::StorageError;
 pub use geometry::{Geometry, DEFAULT_BLOCK_SIZE};
+pub use planner::{FetchRequest, Planner, PlannerConfig, Priority};
+pub use presence::PresenceBitmap;
+pub use remote_disk::{Fetcher, LinkDown, RemoteDisk, RemoteDiskConfig};
+pub use source::{release_source, ReleasePolicy, SourceDisk};
