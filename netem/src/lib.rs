@@ -6,6 +6,7 @@
 //! path between gateways; [`tun::TunLink`] runs them between two network
 //! namespaces over TUN devices; [`cli`] is the `wanmig netem` command.
 
+pub mod control;
 pub mod error;
 mod jitter;
 mod lane;
@@ -13,9 +14,12 @@ pub mod loss;
 pub mod model;
 pub mod params;
 pub mod relay;
+pub mod tun;
+pub mod units;
 
 pub use error::NetemError;
 pub use loss::LossModel;
 pub use model::{Departure, DropReason, LinkModel, LinkStats, Verdict};
 pub use params::{JitterDist, LinkParams};
 pub use relay::{Direction, RelayConfig, RelayHandle, RelayStats, UdpRelay};
+pub use tun::{TunLink, TunLinkConfig, TunLinkHandle, TunStats};
