@@ -160,3 +160,121 @@ pub mod blk_status {
 pub const VIRTQ_DESC_F_NEXT: u16 = 1;
 /// Split virtqueue descriptor flag: the buffer is device-writable.
 pub const VIRTQ_DESC_F_WRITE: u16 = 2;
+
+// ---- guest workloads on the virtio devices -------------------------------
+
+/// The TCP service's status port is its echo port plus this offset.
+pub const NET_STATUS_PORT_OFFSET: u16 = 1;
+
+/// Folds a byte stream into a running digest, byte by byte, so the result
+/// does not depend on how the stream was segmented. The TCP service keeps
+/// this over every byte it echoed; a client recomputes it over what it sent.
+pub fn stream_digest(mut digest: u64, bytes: &[u8]) -> u64 {
+    for &b in bytes {
+        digest = crate::digest_step(digest, u64::from(b));
+    }
+    digest
+}
+
+/// 64-bit words in one disk-workload block (one 512-byte sector).
+pub const DISK_BLOCK_WORDS: usize = 64;
+
+/// The content the disk workload writes to `block` in `iteration`: a
+/// SplitMix64 sequence seeded from (seed, iteration, block), little endian.
+pub fn disk_block_fill(seed: u64, iteration: u64, block: u64, out: &mut [u64; DISK_BLOCK_WORDS]) {
+    let mut state = seed ^ block.wrapping_mul(0xa076_1d64_78bd_642f) ^ iteration.rotate_left(32);
+    for w in out.iter_mut() {
+        *w = crate::splitmix64(&mut state);
+    }
+}
+
+/// The block the disk workload touches as the `k`-th block of `iteration`:
+/// iterations walk the disk in consecutive runs of `per_iteration` blocks,
+/// wrapping at `total_blocks`.
+pub fn disk_iteration_block(iteration: u64, k: u64, per_iteration: u64, total_blocks: u64) -> u64 {
+    if total_blocks == 0 {
+        return 0;
+    }
+    let total = u128::from(total_blocks);
+    let start = u128::from(iteration) * u128::from(per_iteration) % total;
+    // Both terms are below `total_blocks`, so the result fits in u64.
+    ((start + u128::from(k) % total) % total) as u64
+}
+
+/// Which iteration last wrote `block` after `iterations_done` complete
+/// iterations (None: never written, the block still holds what the image
+/// held). Lets a host check a disk image against what the guest wrote.
+pub fn disk_block_last_iteration(
+    block: u64,
+    per_iteration: u64,
+    total_blocks: u64,
+    iterations_done: u64,
+) -> Option<u64> {
+    if total_blocks == 0 || per_iteration == 0 || block >= total_blocks {
+        return None;
+    }
+    let span = per_iteration.min(total_blocks);
+    // A block is revisited at least every ceil(total / span) + 1 iterations.
+    let lookback = total_blocks.div_ceil(span) + 1;
+    let lowest = iterations_done.saturating_sub(lookback);
+    let mut i = iterations_done;
+    while i > lowest {
+        i -= 1;
+        let start = disk_iteration_block(i, 0, per_iteration, total_blocks);
+        let offset = (block + total_blocks - start) % total_blocks;
+        if offset < span {
+            return Some(i);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_digest_ignores_segmentation_but_not_order() {
+        let whole = stream_digest(0, b"hello world");
+        let split = stream_digest(stream_digest(0, b"hello "), b"world");
+        assert_eq!(whole, split);
+        assert_ne!(whole, stream_digest(0, b"world hello"));
+    }
+
+    #[test]
+    fn disk_blocks_differ_by_block_iteration_and_seed() {
+        let mut a = [0; DISK_BLOCK_WORDS];
+        let mut b = [0; DISK_BLOCK_WORDS];
+        disk_block_fill(1, 0, 5, &mut a);
+        disk_block_fill(1, 0, 5, &mut b);
+        assert_eq!(a, b);
+        disk_block_fill(1, 1, 5, &mut b);
+        assert_ne!(a, b);
+        disk_block_fill(1, 0, 6, &mut b);
+        assert_ne!(a, b);
+        disk_block_fill(2, 0, 5, &mut b);
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn last_iteration_matches_a_simulated_run() {
+        for &(per, total) in &[(3u64, 10u64), (10, 10), (16, 10), (1, 7), (4, 4096)] {
+            let mut last = [None; 64];
+            for done in 0..25u64 {
+                for b in 0..total.min(64) {
+                    assert_eq!(
+                        disk_block_last_iteration(b, per, total, done),
+                        last[b as usize],
+                        "per {per} total {total} block {b} after {done}"
+                    );
+                }
+                for k in 0..per.min(total) {
+                    let b = disk_iteration_block(done, k, per, total);
+                    if b < 64 {
+                        last[b as usize] = Some(done);
+                    }
+                }
+            }
+        }
+    }
+}

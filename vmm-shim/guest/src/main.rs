@@ -10,6 +10,7 @@ mod console;
 mod control;
 mod memory_workload;
 mod port;
+mod virtio;
 
 use wanmig_guest_abi as abi;
 
