@@ -24,6 +24,24 @@ pub trait BlockBackend: Send {
     fn flush(&mut self) -> io::Result<()>;
 }
 
+impl<T: BlockBackend + ?Sized> BlockBackend for Box<T> {
+    fn len(&self) -> u64 {
+        (**self).len()
+    }
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        (**self).read_at(offset, buf)
+    }
+
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        (**self).write_at(offset, buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        (**self).flush()
+    }
+}
+
 /// A raw disk image in a regular file; holes read as zeros, so a new image
 /// is sparse until written.
 #[derive(Debug)]

@@ -3,7 +3,7 @@
 //! virtio-net device over a [`NetBackend`] (TAP or in-process channel), and
 //! serialisable device state for migration.
 //!
-//! The VMM routes MMIO exits in a device's window to
+//! [`VirtioBus`] holds a VM's devices by window. The VMM routes MMIO exits in a device's window to
 //! [`MmioDevice::mmio_read`]/[`MmioDevice::mmio_write`] (offset relative to
 //! the window base) and calls [`MmioDevice::process`] regularly so received
 //! frames reach the guest. Queue notifications are handled synchronously
@@ -11,6 +11,7 @@
 
 mod block;
 mod block_backend;
+mod bus;
 mod device;
 mod mmio;
 mod net;
@@ -22,6 +23,7 @@ mod testdriver;
 
 pub use block::{BlockStats, VirtioBlock};
 pub use block_backend::{BlockBackend, RawFileBackend};
+pub use bus::{VirtioBus, WindowOverlap};
 pub use device::{DeviceError, VirtioDevice};
 pub use mmio::VirtioMmio;
 pub use net::{NetStats, VirtioNet, MAX_BACKEND_FRAME};

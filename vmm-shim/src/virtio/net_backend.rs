@@ -22,6 +22,16 @@ pub trait NetBackend: Send {
     fn recv(&mut self, buf: &mut [u8]) -> Option<usize>;
 }
 
+impl<T: NetBackend + ?Sized> NetBackend for Box<T> {
+    fn send(&mut self, frame: &[u8]) {
+        (**self).send(frame)
+    }
+
+    fn recv(&mut self, buf: &mut [u8]) -> Option<usize> {
+        (**self).recv(buf)
+    }
+}
+
 /// A Linux TAP device in L2 mode.
 pub struct TapBackend {
     dev: tun_rs::SyncDevice,

@@ -157,6 +157,14 @@ pub enum StateError {
         /// Capacity of the local backend.
         backend: u64,
     },
+    /// A bus snapshot has a different number of devices.
+    #[error("device states for {found} devices, but this VM has {expected}; both sides must configure the same devices")]
+    DeviceCount {
+        /// Devices on this bus.
+        expected: usize,
+        /// States in the snapshot.
+        found: usize,
+    },
     /// A pending frame is larger than any frame the device carries.
     #[error(
         "pending receive frame of {0} bytes exceeds the device maximum; the snapshot is corrupt"
