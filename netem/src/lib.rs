@@ -6,6 +6,7 @@
 //! path between gateways; [`tun::TunLink`] runs them between two network
 //! namespaces over TUN devices; [`cli`] is the `wanmig netem` command.
 
+pub mod cli;
 pub mod control;
 pub mod error;
 mod jitter;

@@ -72,12 +72,21 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{s:?} is not a duration ({e}); use e.g. 50ms"))
 }
 
+/// A `--loss-model` value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LossSpec {
+    /// Independent loss with the `--loss` probability.
+    Random,
+    /// Bursty loss.
+    Gemodel(LossModel),
+}
+
 /// Parses `gemodel:P[,R[,1-H[,1-K]]]` (percentages, netem's defaults for the
 /// omitted ones) or `random` (meaning: use `--loss`).
-pub fn parse_loss_model(s: &str) -> Result<Option<LossModel>, String> {
+pub fn parse_loss_model(s: &str) -> Result<LossSpec, String> {
     let t = s.trim();
     if t.eq_ignore_ascii_case("random") {
-        return Ok(None);
+        return Ok(LossSpec::Random);
     }
     let Some(rest) = t.strip_prefix("gemodel:") else {
         return Err(format!(
@@ -93,7 +102,7 @@ pub fn parse_loss_model(s: &str) -> Result<Option<LossModel>, String> {
             "{s:?}: gemodel takes 1 to 4 percentages: p,r,1-h,1-k"
         ));
     }
-    Ok(Some(LossModel::gemodel(
+    Ok(LossSpec::Gemodel(LossModel::gemodel(
         parts[0],
         parts.get(1).copied(),
         parts.get(2).copied(),
@@ -168,10 +177,10 @@ mod tests {
 
     #[test]
     fn loss_models() {
-        assert_eq!(parse_loss_model("random"), Ok(None));
+        assert_eq!(parse_loss_model("random"), Ok(LossSpec::Random));
         assert_eq!(
             parse_loss_model("gemodel:1%,25%,100%,0%"),
-            Ok(Some(LossModel::GilbertElliott {
+            Ok(LossSpec::Gemodel(LossModel::GilbertElliott {
                 p: 0.01,
                 r: 0.25,
                 loss_bad: 1.0,
@@ -180,7 +189,7 @@ mod tests {
         );
         assert_eq!(
             parse_loss_model("gemodel:10"),
-            Ok(Some(LossModel::gemodel(0.1, None, None, None)))
+            Ok(LossSpec::Gemodel(LossModel::gemodel(0.1, None, None, None)))
         );
         assert!(parse_loss_model("gemodel:").is_err());
         assert!(parse_loss_model("bursty").is_err());

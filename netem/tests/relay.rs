@@ -34,7 +34,7 @@ async fn relay_to(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rtt_matches_configured_delay_within_2ms() {
-    let _g = serial();
+    let _g = serial().await;
     let echo = Echo::start();
     let p = LinkParams::wan(ms(40), 0);
     let relay = relay_to(echo.addr, p.clone(), p).await;
@@ -59,7 +59,7 @@ async fn rtt_matches_configured_delay_within_2ms() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_is_delivered_within_5_percent() {
-    let _g = serial();
+    let _g = serial().await;
     let rate = 100_000_000u64;
     let sink = Sink::start(ms(300));
     let fwd = LinkParams::wan(ms(20), rate);
@@ -93,7 +93,7 @@ async fn rate_is_delivered_within_5_percent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_loss_within_four_sigma() {
-    let _g = serial();
+    let _g = serial().await;
     let p = 0.05;
     let n = 20_000u64;
     let sink = Sink::start(ms(300));
@@ -123,7 +123,7 @@ async fn random_loss_within_four_sigma() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gilbert_elliott_loss_comes_in_bursts() {
-    let _g = serial();
+    let _g = serial().await;
     let n = 20_000u64;
     let r = 0.25;
     let sink = Sink::start(ms(300));
@@ -152,7 +152,7 @@ async fn gilbert_elliott_loss_comes_in_bursts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicates_arrive_twice() {
-    let _g = serial();
+    let _g = serial().await;
     let n = 10_000u64;
     let p = 0.1;
     let sink = Sink::start(ms(300));
@@ -178,7 +178,7 @@ async fn duplicates_arrive_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reorder_overtakes_but_jitter_alone_keeps_order() {
-    let _g = serial();
+    let _g = serial().await;
     let n = 4_000u64;
     // Jitter only: order preserved.
     let sink = Sink::start(ms(300));
@@ -235,7 +235,7 @@ async fn reorder_overtakes_but_jitter_alone_keeps_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_queue_tail_drops_a_burst() {
-    let _g = serial();
+    let _g = serial().await;
     let sink = Sink::start(ms(300));
     // 10 Mbit/s with a 20 kB queue: a 100 kB burst mostly overflows.
     let relay = relay_to(
@@ -273,7 +273,7 @@ async fn full_queue_tail_drops_a_burst() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_stops_traffic_and_restore_resumes_it() {
-    let _g = serial();
+    let _g = serial().await;
     let echo = Echo::start();
     let relay = relay_to(echo.addr, LinkParams::ideal(), LinkParams::ideal()).await;
     let addr = relay.local_addr();
@@ -303,7 +303,7 @@ async fn cut_stops_traffic_and_restore_resumes_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_client_gets_its_own_session_and_replies() {
-    let _g = serial();
+    let _g = serial().await;
     let echo = Echo::start();
     let relay = relay_to(echo.addr, LinkParams::ideal(), LinkParams::ideal()).await;
     let addr = relay.local_addr();
@@ -329,7 +329,7 @@ async fn each_client_gets_its_own_session_and_replies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_params_changes_a_running_link() {
-    let _g = serial();
+    let _g = serial().await;
     let echo = Echo::start();
     let relay = relay_to(echo.addr, LinkParams::ideal(), LinkParams::ideal()).await;
     let addr = relay.local_addr();
@@ -343,7 +343,7 @@ async fn set_params_changes_a_running_link() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_and_last_drop_release_the_port() {
-    let _g = serial();
+    let _g = serial().await;
     let echo = Echo::start();
     let relay = relay_to(echo.addr, LinkParams::ideal(), LinkParams::ideal()).await;
     let addr = relay.local_addr();
