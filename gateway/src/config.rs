@@ -361,17 +361,18 @@ impl Validator<'_> {
             }
             let address = self.addr(&k("address"), &p.address)?;
             let defaults = LinkHints::default();
-            let bandwidth_bps =
-                match p.bandwidth_mbit {
-                    Some(b) if !(b.is_finite() && b > 0.0 && b <= 1e6) => return Err(self.err(
+            let bandwidth_bps = match p.bandwidth_mbit {
+                Some(b) if !(b.is_finite() && b > 0.0 && b <= 1e6) => {
+                    return Err(self.err(
                         k("bandwidth_mbit"),
                         format!(
                             "{b} is not a bandwidth in Mbit/s (expected a number in (0, 1000000])"
                         ),
-                    )),
-                    Some(b) => b * 1e6,
-                    None => defaults.bandwidth_bps,
-                };
+                    ))
+                }
+                Some(b) => b * 1e6,
+                None => defaults.bandwidth_bps,
+            };
             let rtt = self.duration(&k("rtt"), p.rtt.as_deref(), defaults.rtt)?;
             if rtt > Duration::from_secs(10) {
                 return Err(self.err(

@@ -462,7 +462,7 @@ impl Peering {
         site: &str,
         kind: u8,
     ) -> Result<(SendStream, RecvStream), PeeringError> {
-        let conn = self.require_connection(site)?;
+        let conn = self.live_connection(site)?;
         let (mut send, recv) = conn.open_bi().await.map_err(|source| PeeringError::Open {
             peer: site.to_string(),
             source,
@@ -476,7 +476,8 @@ impl Peering {
         Ok((send, recv))
     }
 
-    fn require_connection(&self, site: &str) -> Result<Connection, PeeringError> {
+    /// The live connection to `site`, or why there is none.
+    pub fn live_connection(&self, site: &str) -> Result<Connection, PeeringError> {
         let peers = lock(&self.shared.peers);
         let e = peers
             .get(site)
@@ -511,7 +512,7 @@ impl Peering {
 
     /// Sends one QUIC datagram to `site` (unreliable).
     pub fn send_datagram(&self, site: &str, data: Bytes) -> Result<(), PeeringError> {
-        let conn = self.require_connection(site)?;
+        let conn = self.live_connection(site)?;
         conn.send_datagram(data)
             .map_err(|source| PeeringError::Datagram {
                 peer: site.to_string(),

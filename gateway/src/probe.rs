@@ -127,9 +127,7 @@ pub async fn run(
     if bytes > MAX_PROBE_BYTES {
         return Err(ProbeError::TooLarge(bytes));
     }
-    let conn = peering
-        .connection(peer)
-        .ok_or_else(|| PeeringError::NotConnected(peer.to_string()))?;
+    let conn = peering.live_connection(peer)?;
     let lost_before = conn.stats().path.lost_packets;
     let (mut send, mut recv) = peering.open_stream(peer, stream_kind::PROBE).await?;
     let start = Instant::now();

@@ -1,0 +1,254 @@
+//! Peering refuses whoever cannot prove to be the configured site: a
+//! certificate from another CA, or one that names another site. Every
+//! refusal is visible (peer not up, counted, reason recorded).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use wanmig_e2e::{init_logging, MeshBuilder};
+use wanmig_gateway::certs::{self, PemPair};
+use wanmig_gateway::config::GatewayConfig;
+use wanmig_gateway::peering::close_code;
+use wanmig_gateway::tls::{self, Identity};
+use wanmig_gateway::{Gateway, GatewayError, LinkState};
+
+fn write_pair(
+    dir: &std::path::Path,
+    name: &str,
+    pair: &PemPair,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let c = dir.join(format!("{name}.pem"));
+    let k = dir.join(format!("{name}.key"));
+    std::fs::write(&c, &pair.cert_pem).unwrap();
+    std::fs::write(&k, &pair.key_pem).unwrap();
+    (c, k)
+}
+
+fn identity(cert: &std::path::Path, key: &std::path::Path) -> Identity {
+    Identity {
+        certs: tls::load_certs(cert).unwrap(),
+        key: tls::load_key(key).unwrap(),
+    }
+}
+
+/// Site B runs with a certificate (and CA) from another deployment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_with_a_foreign_ca_certificate_is_refused() {
+    init_logging();
+    let prepared = MeshBuilder::new(2).prepare().await.unwrap();
+    let foreign_ca = certs::generate_ca("another deployment").unwrap();
+    let foreign_b = certs::issue_site(&foreign_ca, "site-b").unwrap();
+    let cd = prepared.cert_dir();
+    write_pair(&cd, "site-b", &foreign_b);
+    // B trusts both CAs, so only A's verification of B can fail here.
+    let own_ca = std::fs::read_to_string(cd.join("ca.pem")).unwrap();
+    let b_ca = cd.join("b-ca.pem");
+    std::fs::write(&b_ca, format!("{own_ca}{}", foreign_ca.cert_pem)).unwrap();
+    let b_cfg = prepared.config_path("site-b").to_path_buf();
+    let text = std::fs::read_to_string(&b_cfg)
+        .unwrap()
+        .replace("certs/ca.pem", "certs/b-ca.pem");
+    std::fs::write(&b_cfg, text).unwrap();
+
+    let mesh = prepared.start().await.unwrap();
+    let a = mesh.gw("site-a");
+    let refused = a
+        .wait_until(Duration::from_secs(15), |_| a.refusals().total >= 2)
+        .await;
+    assert!(refused, "A refused {:?}", a.refusals());
+    let peer = &a.peer_states()[0];
+    assert_ne!(peer.state, LinkState::Up);
+    assert_eq!(peer.connection_id, 0, "never connected");
+    let err = peer.last_error.clone().unwrap_or_default();
+    assert!(err.contains("UnknownIssuer"), "{err}");
+    assert!(a.refusals().by_reason.contains_key("tls"));
+    // B saw the handshakes fail and counts them as well.
+    let b = mesh.gw("site-b");
+    assert!(b.refusals().total >= 1, "{:?}", b.refusals());
+    assert_ne!(b.peer_states()[0].state, LinkState::Up);
+    mesh.shutdown().await;
+}
+
+/// A client whose certificate is from another CA dials a real gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_from_a_foreign_ca_is_refused_by_the_acceptor() {
+    init_logging();
+    let mut prepared = MeshBuilder::new(2).prepare().await.unwrap();
+    let a_socket = prepared.take_socket("site-a").unwrap();
+    let b_addr = prepared.quic_addr("site-b");
+    let cd = prepared.cert_dir();
+    let foreign_ca = certs::generate_ca("another deployment").unwrap();
+    let (c, k) = write_pair(
+        &cd,
+        "rogue-a",
+        &certs::issue_site(&foreign_ca, "site-a").unwrap(),
+    );
+    // The rogue trusts the real CA (so it accepts B) but holds a foreign cert.
+    let roots = tls::load_roots(&cd.join("ca.pem")).unwrap();
+    let mesh = prepared.start().await.unwrap();
+
+    let client = quinn::ClientConfig::new(tls::client_crypto(&identity(&c, &k), &roots).unwrap());
+    let ep = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        a_socket,
+        quinn::default_runtime().unwrap(),
+    )
+    .unwrap();
+    let res = ep
+        .connect_with(client, b_addr, "site-b.wanmig")
+        .unwrap()
+        .await;
+    // TLS 1.3: the client finishes first; the refusal arrives right after.
+    if let Ok(conn) = res {
+        let why = tokio::time::timeout(Duration::from_secs(10), conn.closed())
+            .await
+            .unwrap();
+        assert!(
+            why.to_string().to_lowercase().contains("certificate"),
+            "{why}"
+        );
+    }
+    let b = mesh.gw("site-b");
+    let seen = b
+        .wait_until(Duration::from_secs(10), |_| b.refusals().total >= 1)
+        .await;
+    assert!(seen, "B did not record the refusal");
+    assert!(
+        b.refusals().by_reason.contains_key("tls"),
+        "{:?}",
+        b.refusals()
+    );
+    assert_eq!(b.peer_states()[0].connection_id, 0);
+    mesh.shutdown().await;
+}
+
+/// A server presenting a valid certificate for the wrong site: the dialer
+/// refuses it (server name check).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_presenting_the_wrong_site_name_is_refused_by_the_dialer() {
+    init_logging();
+    let mut prepared = MeshBuilder::new(2).prepare().await.unwrap();
+    let b_socket = prepared.take_socket("site-b").unwrap();
+    let cd = prepared.cert_dir();
+    let ca = PemPair {
+        cert_pem: std::fs::read_to_string(cd.join("ca.pem")).unwrap(),
+        key_pem: std::fs::read_to_string(cd.join("ca.key")).unwrap(),
+    };
+    let (c, k) = write_pair(&cd, "site-x", &certs::issue_site(&ca, "site-x").unwrap());
+    let roots = tls::load_roots(&cd.join("ca.pem")).unwrap();
+    let server =
+        quinn::ServerConfig::with_crypto(tls::server_crypto(&identity(&c, &k), &roots).unwrap());
+    let impostor = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server),
+        b_socket,
+        quinn::default_runtime().unwrap(),
+    )
+    .unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let acc = accepted.clone();
+    let ep = impostor.clone();
+    tokio::spawn(async move {
+        while let Some(inc) = ep.accept().await {
+            if inc.await.is_ok() {
+                acc.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+    let mesh = prepared.start().await.unwrap();
+    let a = mesh.gw("site-a");
+    assert!(
+        a.wait_until(Duration::from_secs(15), |_| a.refusals().total >= 2)
+            .await
+    );
+    let peer = &a.peer_states()[0];
+    assert_ne!(peer.state, LinkState::Up);
+    let err = peer.last_error.clone().unwrap_or_default();
+    assert!(
+        err.contains("not valid for name \"site-b.wanmig\""),
+        "{err}"
+    );
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
+    impostor.close(0u32.into(), b"done");
+    mesh.shutdown().await;
+}
+
+/// A client with a valid certificate of the deployment, for a site the
+/// acceptor does not peer with, is refused after the handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_naming_an_unconfigured_site_is_refused_by_the_acceptor() {
+    init_logging();
+    let mut prepared = MeshBuilder::new(2).prepare().await.unwrap();
+    let a_socket = prepared.take_socket("site-a").unwrap();
+    let b_addr = prepared.quic_addr("site-b");
+    let cd = prepared.cert_dir();
+    let (c, k) = {
+        let ca = PemPair {
+            cert_pem: std::fs::read_to_string(cd.join("ca.pem")).unwrap(),
+            key_pem: std::fs::read_to_string(cd.join("ca.key")).unwrap(),
+        };
+        write_pair(&cd, "site-x", &certs::issue_site(&ca, "site-x").unwrap())
+    };
+    let roots = tls::load_roots(&cd.join("ca.pem")).unwrap();
+    let mesh = prepared.start().await.unwrap();
+    let client = quinn::ClientConfig::new(tls::client_crypto(&identity(&c, &k), &roots).unwrap());
+    let ep = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        a_socket,
+        quinn::default_runtime().unwrap(),
+    )
+    .unwrap();
+    let conn = ep
+        .connect_with(client, b_addr, "site-b.wanmig")
+        .unwrap()
+        .await
+        .unwrap();
+    let why = tokio::time::timeout(Duration::from_secs(10), conn.closed())
+        .await
+        .unwrap();
+    match why {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            assert_eq!(
+                c.error_code.into_inner(),
+                u64::from(close_code::UNKNOWN_SITE)
+            )
+        }
+        other => panic!("expected an application close, got {other}"),
+    }
+    let b = mesh.gw("site-b");
+    assert_eq!(
+        b.refusals().by_reason.get("unknown-site"),
+        Some(&1),
+        "{:?}",
+        b.refusals()
+    );
+    assert_ne!(b.peer_states()[0].state, LinkState::Up);
+    mesh.shutdown().await;
+}
+
+/// A gateway whose own certificate does not name its site does not start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_refuses_to_start_with_a_certificate_for_another_site() {
+    let prepared = MeshBuilder::new(2).prepare().await.unwrap();
+    let path = prepared.config_path("site-a").to_path_buf();
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("certs/site-a.", "certs/site-b.");
+    std::fs::write(&path, text).unwrap();
+    let cfg = GatewayConfig::load(&path).unwrap();
+    let err = Gateway::start_on(
+        cfg,
+        wanmig_gateway::gateway::bind_udp("127.0.0.1:0".parse().unwrap()).unwrap(),
+    )
+    .await
+    .err()
+    .expect("start must fail");
+    assert!(matches!(err, GatewayError::Tls(_)), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("site-a.wanmig") && msg.contains("site-b.pem"),
+        "{msg}"
+    );
+}
