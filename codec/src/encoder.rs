@@ -73,8 +73,8 @@ impl EncoderConfig {
         if self.batch_records == 0 || self.batch_records > MAX_RECORDS {
             return bad("codec.batch_records", "must be between 1 and 65536");
         }
-        if !(1..=crate::level::MAX_LEVEL).contains(&self.level) {
-            return bad("codec.level", "must be a zstd level between 1 and 19");
+        if !(crate::level::MIN_LEVEL..=crate::level::MAX_LEVEL).contains(&self.level) {
+            return bad("codec.level", "must be a zstd level between -7 and 19");
         }
         if self.delta_max_bytes > MAX_DELTA_LEN {
             return bad("codec.delta_max_bytes", "must be at most 8192");
@@ -166,9 +166,13 @@ impl Encoder {
         self.level
     }
 
-    /// Sets the zstd level for the following batches (clamped to 1..=19).
+    /// Sets the zstd level for the following batches (clamped to -7..=19).
     pub fn set_level(&mut self, level: i32) -> Result<(), CodecError> {
-        let level = level.clamp(1, crate::level::MAX_LEVEL);
+        // zstd reads 0 as "default" (3); treat it as 1.
+        let level = match level.clamp(crate::level::MIN_LEVEL, crate::level::MAX_LEVEL) {
+            0 => 1,
+            l => l,
+        };
         if level != self.level {
             self.zstd
                 .set_compression_level(level)

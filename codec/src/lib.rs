@@ -19,6 +19,7 @@ pub mod error;
 pub mod fingerprint;
 pub mod inventory;
 pub mod level;
+pub mod mix;
 pub mod page;
 pub mod page_cache;
 pub mod record;

@@ -46,6 +46,20 @@ pub fn is_zero(page: &PageBytes) -> bool {
     })
 }
 
+/// A cheap guess whether zstd would fail to shrink `page`: counts distinct
+/// byte values in a 512-byte stride sample. Uniformly random (encrypted,
+/// already-compressed) pages show ~221 of 256; text and code far fewer.
+/// Guessing wrong only costs a little speed or ratio, never correctness.
+#[inline]
+pub fn looks_incompressible(page: &PageBytes) -> bool {
+    let mut seen = [0u64; 4];
+    for i in (0..PAGE_SIZE).step_by(8) {
+        let b = page[i];
+        seen[(b >> 6) as usize] |= 1u64 << (b & 63);
+    }
+    seen.iter().map(|w| w.count_ones()).sum::<u32>() > 200
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,18 +75,25 @@ mod tests {
         }
         assert!(is_zero(&p));
     }
-}
 
-/// A cheap guess whether zstd would fail to shrink `page`: counts distinct
-/// byte values in a 512-byte stride sample. Uniformly random (encrypted,
-/// already-compressed) pages show ~221 of 256; text and code far fewer.
-/// Guessing wrong only costs a little speed or ratio, never correctness.
-#[inline]
-pub fn looks_incompressible(page: &PageBytes) -> bool {
-    let mut seen = [0u64; 4];
-    for i in (0..PAGE_SIZE).step_by(8) {
-        let b = page[i];
-        seen[(b >> 6) as usize] |= 1u64 << (b & 63);
+    #[test]
+    fn incompressibility_guess_tells_random_from_text() {
+        let mut x = 0x2545f4914f6cdd1du64;
+        let mut random = [0u8; PAGE_SIZE];
+        for b in random.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = (x >> 24) as u8;
+        }
+        assert!(looks_incompressible(&random));
+        let text: Vec<u8> = b"fn main() { println!(\"hello\"); }\n"
+            .iter()
+            .copied()
+            .cycle()
+            .take(PAGE_SIZE)
+            .collect();
+        assert!(!looks_incompressible(text.as_slice().try_into().unwrap()));
+        assert!(!looks_incompressible(&[0u8; PAGE_SIZE]));
     }
-    seen.iter().map(|w| w.count_ones()).sum::<u32>() > 200
 }
