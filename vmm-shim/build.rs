@@ -30,12 +30,7 @@ fn main() {
         "-Clink-arg=-static".into(),
         "-Clink-arg=-Wl,-z,norelro".into(),
         "-Crelocation-model=static".into(),
-        // No SSE in the guest: on nested KVM (kvm-pvm) guest ring-0 code
-        // runs through KVM's instruction emulator, which lacks most SSE
-        // instructions (xorps => KVM_INTERNAL_ERROR_EMULATION). The guest
-        // uses no floating point, so the ABI warning rustc prints for
-        // `-sse2` on this target does not affect it.
-        "-Ctarget-feature=+crt-static,-sse,-sse2,-avx,-avx2".into(),
+        "-Ctarget-feature=+crt-static".into(),
     ]
     .join("\x1f");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());

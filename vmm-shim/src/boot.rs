@@ -23,13 +23,20 @@ const CR4_OSXMMEXCPT: u64 = 1 << 10;
 const EFER_LME: u64 = 1 << 8;
 const EFER_LMA: u64 = 1 << 10;
 
-/// GDT entries: null, code64 (0x08), data (0x10), TSS (0x18).
-const GDT: [u64; 4] = [
+/// GDT entries: null, kernel code64 (0x08), kernel data (0x10), TSS
+/// (0x18), user code64 (0x20), user data (0x28).
+const GDT: [u64; 6] = [
     0,
     gdt_entry(0xa09b, 0, 0xfffff),
     gdt_entry(0xc093, 0, 0xfffff),
     gdt_entry(0x808b, 0, 0xfffff),
+    gdt_entry(0xa0fb, 0, 0xfffff),
+    gdt_entry(0xc0f3, 0, 0xfffff),
 ];
+const USER_CODE: u16 = 4;
+const USER_DATA: u16 = 5;
+/// RFLAGS: reserved bit 1, IOPL 3 (port I/O allowed at CPL 3), IF clear.
+const RFLAGS_BOOT: u64 = 0x2 | (3 << 12);
 
 const fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
     let (flags, base, limit) = (flags as u64, base as u64, limit as u64);
@@ -52,7 +59,8 @@ fn segment(index: u16) -> kvm_segment {
         } else {
             raw_limit as u32
         },
-        selector: index * 8,
+        // RPL = DPL, so user segments load at CPL 3.
+        selector: index * 8 | (((e >> 45) & 3) as u16),
         type_: ((e >> 40) & 0xf) as u8,
         present,
         dpl: ((e >> 45) & 3) as u8,
@@ -74,14 +82,15 @@ pub fn write_boot_structures(
     for (i, e) in GDT.iter().enumerate() {
         mem.write_obj(*e, GuestAddress(GDT_GPA + i as u64 * 8))?;
     }
-    mem.write_obj(PDPT_GPA | 0x3, GuestAddress(PML4_GPA))?;
+    // present | writable | user at every level: the guest runs at CPL 3.
+    mem.write_obj(PDPT_GPA | 0x7, GuestAddress(PML4_GPA))?;
     for gib in 0..IDENTITY_MAPPED_GIB {
         let pd = PD_GPA + gib * PAGE_SIZE;
-        mem.write_obj(pd | 0x3, GuestAddress(PDPT_GPA + gib * 8))?;
+        mem.write_obj(pd | 0x7, GuestAddress(PDPT_GPA + gib * 8))?;
         for i in 0..512u64 {
             let addr = (gib << 30) | (i << 21);
-            // present | writable | 2 MiB page
-            mem.write_obj(addr | 0x83, GuestAddress(pd + i * 8))?;
+            // present | writable | user | 2 MiB page
+            mem.write_obj(addr | 0x87, GuestAddress(pd + i * 8))?;
         }
     }
     mem.write_slice(&boot_params_bytes(params), GuestAddress(BOOT_PARAMS_GPA))?;
@@ -143,15 +152,21 @@ pub fn initial_regs(entry: u64) -> kvm_regs {
         rip: entry,
         // SysV: at function entry RSP + 8 is 16-byte aligned.
         rsp: STACK_TOP - 8,
-        rflags: 0x2,
+        rflags: RFLAGS_BOOT,
         ..Default::default()
     }
 }
 
-/// Turns the vCPU's reset sregs into long mode with paging.
+/// Turns the vCPU's reset sregs into long mode with paging, at CPL 3.
+///
+/// The guest runs in ring 3 with IOPL 3 (port I/O still works, and with no
+/// interrupts enabled it never needs ring 0): on nested KVM (kvm-pvm) ring-0
+/// guest code goes through KVM's instruction emulator, ~1 µs per
+/// instruction and without most SSE instructions, while ring-3 code runs
+/// natively. On VMX/SVM hosts it makes no difference.
 pub fn long_mode_sregs(mut s: kvm_sregs) -> kvm_sregs {
-    s.cs = segment(1);
-    let data = segment(2);
+    s.cs = segment(USER_CODE);
+    let data = segment(USER_DATA);
     s.ds = data;
     s.es = data;
     s.fs = data;
@@ -188,6 +203,9 @@ mod tests {
         let cs = segment(1);
         assert_eq!((cs.l, cs.db, cs.present, cs.s, cs.type_), (1, 0, 1, 1, 0xb));
         assert_eq!(cs.selector, 8);
+        let ucs = segment(USER_CODE);
+        assert_eq!((ucs.l, ucs.dpl, ucs.selector), (1, 3, 0x23));
+        assert_eq!(segment(USER_DATA).selector, 0x2b);
         let tr = segment(3);
         assert_eq!((tr.type_, tr.s), (0xb, 0));
     }
@@ -207,7 +225,7 @@ mod tests {
             let pde: u64 = mem
                 .read_obj(GuestAddress((pdpte & !0xfff) + ((addr >> 21) & 511) * 8))
                 .unwrap();
-            assert_eq!(pde & 0x83, 0x83);
+            assert_eq!(pde & 0x87, 0x87);
             assert_eq!((pde & !0x1f_ffff) | (addr & 0x1f_ffff), addr);
         }
     }

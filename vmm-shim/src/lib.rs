@@ -10,6 +10,9 @@ pub mod elf;
 pub mod guest_control;
 mod kick;
 pub mod memory;
+pub mod migration;
+pub mod planner;
+pub mod protocol;
 pub mod serial;
 pub mod state;
 pub mod vcpu;
@@ -18,6 +21,9 @@ pub mod virtio;
 pub mod vm;
 
 pub use config::{MachineConfig, MemoryWorkloadConfig, VmConfig};
+pub use migration::{
+    migrate_to, receive_from, MigrateOptions, MigrationError, MigrationReport, ReceiveOptions,
+};
 pub use vcpu::RunExit;
 pub use vm::{Vm, VmError};
 

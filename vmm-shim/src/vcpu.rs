@@ -60,7 +60,7 @@ pub(crate) fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    fn finish(&self, exit: RunExit) {
+    pub(crate) fn finish(&self, exit: RunExit) {
         let mut e = lock(&self.exit);
         if e.is_none() {
             tracing::info!("VM run ended: {exit:?}");

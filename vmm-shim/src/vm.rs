@@ -291,9 +291,13 @@ impl Vm {
         Ok(())
     }
 
-    /// Ends the run (the VM was handed over or is being discarded).
-    pub fn stop(self) {
-        drop(self)
+    /// Pauses the VM for good: it was handed over and must never run here
+    /// again. The run ends with [`RunExit::Stopped`].
+    pub fn release(&self) {
+        if let Err(e) = self.vcpu.pause() {
+            tracing::warn!("pausing the released VM: {e}");
+        }
+        self.shared.finish(RunExit::Stopped);
     }
 }
 

@@ -1,0 +1,508 @@
+//! Live migration at the KVM edge: the source side ([`migrate_to`]) runs
+//! pre-copy rounds driven by the sans-IO [`Planner`], pauses the VM, sends
+//! the last pages and the state, and releases the VM only after the
+//! destination has confirmed it holds complete state (matching memory
+//! digest); the destination side ([`receive_from`]) rebuilds the VM and
+//! resumes it only on the source's `Handover`. Any failure before the
+//! handover leaves the VM running at the source.
+
+use crate::config::VmConfig;
+use crate::memory::{self, Page};
+use crate::planner::{Decision, Planner, PlannerConfig, RoundResult, StopReason};
+use crate::protocol::{
+    self, Decoder, Message, PageBatch, StreamError, BATCH_PAGES, PROTOCOL_VERSION,
+};
+use crate::serial::SerialSink;
+use crate::state::{StateError, VmState};
+use crate::vm::{Vm, VmError};
+use serde::{Deserialize, Serialize};
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+/// A byte stream a migration can run over.
+pub trait MigrationStream: Read + Write + Send {
+    /// Sets read and write timeouts (`None` = block forever).
+    fn set_timeouts(&self, read: Option<Duration>, write: Option<Duration>) -> std::io::Result<()>;
+}
+
+impl MigrationStream for std::os::unix::net::UnixStream {
+    fn set_timeouts(&self, read: Option<Duration>, write: Option<Duration>) -> std::io::Result<()> {
+        self.set_read_timeout(read)?;
+        self.set_write_timeout(write)
+    }
+}
+
+impl MigrationStream for std::net::TcpStream {
+    fn set_timeouts(&self, read: Option<Duration>, write: Option<Duration>) -> std::io::Result<()> {
+        self.set_read_timeout(read)?;
+        self.set_write_timeout(write)
+    }
+}
+
+/// Errors of a migration.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrationError {
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    #[error("the peer aborted the migration: {0}")]
+    PeerAborted(String),
+    #[error("protocol violation: expected {expected}, got {got}")]
+    Unexpected { expected: &'static str, got: String },
+    #[error("migration protocol version mismatch: peer speaks {theirs}, this shim {ours}; run the same wanmig-vmm version on both sides")]
+    VersionMismatch { ours: u32, theirs: u32 },
+    #[error("the destination cannot hold this VM: {0}")]
+    ConfigMismatch(String),
+    #[error("memory digest mismatch: source {source_digest}, destination {destination_digest}; the destination's copy is incomplete or corrupt")]
+    DigestMismatch {
+        source_digest: String,
+        destination_digest: String,
+    },
+    #[error("the migration did not finish within its total timeout of {0:?}; the VM keeps running at the source")]
+    Timeout(Duration),
+    #[error("guest page {gfn} in the stream is outside the VM's {pages} pages")]
+    BadPage { gfn: u64, pages: u64 },
+    #[error("the stream ended before {0}")]
+    Incomplete(&'static str),
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("the VM was handed over but the destination did not report it running: {0}; check the destination")]
+    HandoverUnconfirmed(String),
+}
+
+impl MigrationError {
+    /// Whether the VM is still at the source after this error (true for
+    /// every failure before the handover).
+    pub fn vm_kept_at_source(&self) -> bool {
+        !matches!(self, MigrationError::HandoverUnconfirmed(_))
+    }
+}
+
+/// Options of an outgoing migration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MigrateOptions {
+    /// The convergence planner's tunables (downtime budget, timeout...).
+    pub planner: PlannerConfig,
+    /// How long to wait for any one answer from the destination.
+    pub answer_timeout: Duration,
+}
+
+impl Default for MigrateOptions {
+    fn default() -> Self {
+        MigrateOptions {
+            planner: PlannerConfig::default(),
+            answer_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One pre-copy round as reported.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RoundReport {
+    /// Round number (0 = all of memory).
+    pub round: u32,
+    /// Pages sent.
+    pub pages: u64,
+    /// Bytes written.
+    pub bytes: u64,
+    /// Milliseconds the round took.
+    pub elapsed_ms: f64,
+    /// Pages dirty after the round.
+    pub dirty_after: u64,
+    /// vCPU throttle during the round, percent.
+    pub throttle: u8,
+}
+
+/// How the migration converged.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum ConvergenceMode {
+    /// The dirty set shrank until the final round fit the budget.
+    Converged,
+    /// It fit the budget only after throttling the vCPU.
+    AutoConverge,
+    /// It could not fit; stopped at a local minimum of the dirty set.
+    SmartStop,
+    /// Stopped at the round limit.
+    RoundLimit,
+}
+
+/// What an outgoing migration did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MigrationReport {
+    /// Guest memory in pages.
+    pub memory_pages: u64,
+    /// The live rounds.
+    pub rounds: Vec<RoundReport>,
+    /// Pages sent while paused (the stop-and-copy round).
+    pub final_pages: u64,
+    /// All pages sent.
+    pub total_pages_sent: u64,
+    /// All bytes written to the stream.
+    pub total_bytes_sent: u64,
+    /// Source pause until the destination reported it resumed.
+    pub downtime: Duration,
+    /// Whole migration.
+    pub total_time: Duration,
+    /// Why stop-and-copy was chosen.
+    pub stop_reason: StopReason,
+    /// How it converged.
+    pub mode: ConvergenceMode,
+    /// Highest vCPU throttle applied, percent.
+    pub max_throttle: u8,
+    /// BLAKE3 of guest memory at pause (hex), confirmed by the destination.
+    pub memory_digest: String,
+    /// Size of the VM state blob.
+    pub state_bytes: u64,
+}
+
+struct Sender<'a, S> {
+    stream: &'a mut S,
+    dec: Decoder,
+    scratch: Vec<u8>,
+    bytes: u64,
+}
+
+impl<S: MigrationStream> Sender<'_, S> {
+    fn send(&mut self, m: &Message) -> Result<(), MigrationError> {
+        self.bytes += protocol::write_message(self.stream, m, &mut self.scratch)?;
+        Ok(())
+    }
+
+    fn recv(&mut self) -> Result<Message, MigrationError> {
+        match protocol::read_message(self.stream, &mut self.dec)? {
+            Message::Abort(reason) => Err(MigrationError::PeerAborted(reason)),
+            m => Ok(m),
+        }
+    }
+
+    /// Sends `gfns` in batches; returns bytes written.
+    fn send_pages(&mut self, vm: &Vm, gfns: &[u64]) -> Result<u64, MigrationError> {
+        let before = self.bytes;
+        let mut batch = PageBatch::new();
+        for chunk in gfns.chunks(BATCH_PAGES) {
+            batch.clear();
+            for &gfn in chunk {
+                let buf: &mut Page = batch
+                    .push_zeroed(gfn)
+                    .try_into()
+                    .map_err(|_| MigrationError::Incomplete("a page buffer"))?;
+                memory::read_page(vm.memory(), gfn, buf).map_err(VmError::from)?;
+            }
+            let msg = Message::Pages(std::mem::take(&mut batch));
+            self.send(&msg)?;
+            if let Message::Pages(b) = msg {
+                batch = b;
+            }
+        }
+        Ok(self.bytes - before)
+    }
+}
+
+/// Migrates `vm` over `stream`. On success the VM has been handed over and
+/// is stopped here (drop it); on error before the handover it keeps
+/// running here, unthrottled, with dirty logging off.
+pub fn migrate_to<S: MigrationStream>(
+    vm: &mut Vm,
+    stream: &mut S,
+    opts: &MigrateOptions,
+) -> Result<MigrationReport, MigrationError> {
+    stream
+        .set_timeouts(Some(opts.answer_timeout), Some(opts.answer_timeout))
+        .map_err(StreamError::from)?;
+    let mut tx = Sender {
+        stream,
+        dec: Decoder::new(),
+        scratch: Vec::new(),
+        bytes: 0,
+    };
+    let mut handed_over = false;
+    let result = run_source(vm, &mut tx, opts, &mut handed_over);
+    if let Err(e) = &result {
+        if !handed_over {
+            tracing::warn!("migration failed, the VM keeps running here: {e}");
+            let _ = tx.send(&Message::Abort(e.to_string()));
+            let _ = vm.set_throttle(0);
+            let _ = vm.set_dirty_logging(false);
+            if let Err(re) = vm.resume() {
+                tracing::error!("cannot resume the VM after the failed migration: {re}");
+            }
+        }
+    }
+    result
+}
+
+fn run_source<S: MigrationStream>(
+    vm: &mut Vm,
+    tx: &mut Sender<'_, S>,
+    opts: &MigrateOptions,
+    handed_over: &mut bool,
+) -> Result<MigrationReport, MigrationError> {
+    let started = Instant::now();
+    let mut planner = Planner::new(opts.planner.clone(), started);
+    tx.send(&Message::Hello {
+        version: PROTOCOL_VERSION,
+        machine: vm.config().machine(),
+    })?;
+    match tx.recv()? {
+        Message::HelloAck => {}
+        other => return Err(unexpected("hello-ack", &other)),
+    }
+
+    vm.set_dirty_logging(true)?;
+    vm.take_dirty_pages()?;
+    let memory_pages = memory::page_count(vm.memory());
+    let mut gfns: Vec<u64> = (0..memory_pages).collect();
+    let mut rounds = Vec::new();
+    let mut max_throttle = 0u8;
+    let stop_reason = loop {
+        let t0 = Instant::now();
+        let bytes = tx.send_pages(vm, &gfns)?;
+        let elapsed = t0.elapsed();
+        let dirty = vm.take_dirty_pages()?;
+        let r = RoundResult {
+            pages_sent: gfns.len() as u64,
+            bytes_sent: bytes,
+            elapsed,
+            dirty_pages: dirty.len() as u64,
+        };
+        rounds.push(RoundReport {
+            round: rounds.len() as u32,
+            pages: r.pages_sent,
+            bytes,
+            elapsed_ms: elapsed.as_secs_f64() * 1e3,
+            dirty_after: r.dirty_pages,
+            throttle: planner.throttle(),
+        });
+        gfns = dirty;
+        match planner.on_round(r, Instant::now()) {
+            Decision::NextRound => {}
+            Decision::Throttle(p) => {
+                tracing::info!(
+                    "dirty set not shrinking; throttling the vCPU to {}%",
+                    100 - p
+                );
+                vm.set_throttle(p)?;
+                max_throttle = max_throttle.max(p);
+            }
+            Decision::StopAndCopy(reason) => break reason,
+            Decision::Cancel => {
+                return Err(MigrationError::Timeout(planner.config().total_timeout))
+            }
+        }
+    };
+
+    // Stop and copy.
+    let paused_at = Instant::now();
+    vm.pause()?;
+    let mut last = vm.take_dirty_pages()?;
+    last.extend_from_slice(&gfns);
+    last.sort_unstable();
+    last.dedup();
+    tx.send_pages(vm, &last)?;
+    let state = vm.save_state()?.encode();
+    tx.send(&Message::State(state.clone()))?;
+    let digest = vm.memory_digest();
+    tx.send(&Message::Complete { digest })?;
+    match tx.recv()? {
+        Message::Confirmed { digest: theirs } if theirs == digest => {}
+        Message::Confirmed { digest: theirs } => {
+            return Err(MigrationError::DigestMismatch {
+                source_digest: memory::hex(&digest),
+                destination_digest: memory::hex(&theirs),
+            })
+        }
+        other => return Err(unexpected("confirmed", &other)),
+    }
+    if planner.timed_out(Instant::now()) {
+        return Err(MigrationError::Timeout(planner.config().total_timeout));
+    }
+    // The point of no return: once Handover is written the destination may
+    // run the VM, so it must never run here again.
+    tx.send(&Message::Handover)?;
+    *handed_over = true;
+    vm.release();
+    let resumed = tx.recv();
+    let downtime = paused_at.elapsed();
+    match resumed {
+        Ok(Message::Resumed) => {}
+        Ok(other) => {
+            return Err(MigrationError::HandoverUnconfirmed(format!(
+                "got {}",
+                describe(&other)
+            )))
+        }
+        Err(e) => return Err(MigrationError::HandoverUnconfirmed(e.to_string())),
+    }
+    let total_pages_sent = rounds.iter().map(|r| r.pages).sum::<u64>() + last.len() as u64;
+    let mode = match stop_reason {
+        StopReason::FitsBudget if max_throttle == 0 => ConvergenceMode::Converged,
+        StopReason::FitsBudget => ConvergenceMode::AutoConverge,
+        StopReason::SmartStop => ConvergenceMode::SmartStop,
+        StopReason::MaxRounds => ConvergenceMode::RoundLimit,
+    };
+    Ok(MigrationReport {
+        memory_pages,
+        rounds,
+        final_pages: last.len() as u64,
+        total_pages_sent,
+        total_bytes_sent: tx.bytes,
+        downtime,
+        total_time: started.elapsed(),
+        stop_reason,
+        mode,
+        max_throttle,
+        memory_digest: memory::hex(&digest),
+        state_bytes: state.len() as u64,
+    })
+}
+
+fn describe(m: &Message) -> String {
+    match m {
+        Message::Pages(b) => format!("a batch of {} pages", b.len()),
+        Message::State(s) => format!("a {}-byte state blob", s.len()),
+        other => format!("{other:?}"),
+    }
+}
+
+fn unexpected(expected: &'static str, got: &Message) -> MigrationError {
+    MigrationError::Unexpected {
+        expected,
+        got: describe(got),
+    }
+}
+
+/// Options of an incoming migration.
+#[derive(Debug, Clone)]
+pub struct ReceiveOptions {
+    /// Longest silence from the source before giving up.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ReceiveOptions {
+    fn default() -> Self {
+        ReceiveOptions {
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What an incoming migration received.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IncomingReport {
+    /// Pages received (re-sent pages count each time).
+    pub pages_received: u64,
+    /// BLAKE3 of guest memory as received, equal to the source's.
+    pub memory_digest: String,
+    /// Time from hello to resume.
+    pub total_time: Duration,
+}
+
+/// Receives a VM over `stream` into a new VM shaped like `config` and runs
+/// it. Returns only once the VM is running here; on error no VM runs here.
+pub fn receive_from<S: MigrationStream>(
+    stream: &mut S,
+    config: VmConfig,
+    serial: SerialSink,
+    opts: &ReceiveOptions,
+) -> Result<(Vm, IncomingReport), MigrationError> {
+    stream
+        .set_timeouts(Some(opts.idle_timeout), Some(opts.idle_timeout))
+        .map_err(StreamError::from)?;
+    let mut rx = Sender {
+        stream,
+        dec: Decoder::new(),
+        scratch: Vec::new(),
+        bytes: 0,
+    };
+    let result = run_destination(&mut rx, config, serial);
+    if let Err(e) = &result {
+        match e {
+            MigrationError::PeerAborted(_) | MigrationError::Stream(_) => {}
+            other => {
+                let _ = rx.send(&Message::Abort(other.to_string()));
+            }
+        }
+    }
+    result
+}
+
+fn run_destination<S: MigrationStream>(
+    rx: &mut Sender<'_, S>,
+    config: VmConfig,
+    serial: SerialSink,
+) -> Result<(Vm, IncomingReport), MigrationError> {
+    let started = Instant::now();
+    let machine = match rx.recv()? {
+        Message::Hello { version, .. } if version != PROTOCOL_VERSION => {
+            return Err(MigrationError::VersionMismatch {
+                ours: PROTOCOL_VERSION,
+                theirs: version,
+            })
+        }
+        Message::Hello { machine, .. } => machine,
+        other => return Err(unexpected("hello", &other)),
+    };
+    if let Some(why) = config.machine().mismatch(&machine) {
+        return Err(MigrationError::ConfigMismatch(why));
+    }
+    let vm = Vm::create_empty(config, serial)?;
+    rx.send(&Message::HelloAck)?;
+    let pages = memory::page_count(vm.memory());
+    let mut pages_received = 0u64;
+    let mut state: Option<VmState> = None;
+    loop {
+        let msg = match rx.recv() {
+            Err(MigrationError::Stream(StreamError::Closed)) => {
+                return Err(MigrationError::Incomplete("the source sent complete state"))
+            }
+            other => other?,
+        };
+        match msg {
+            Message::Pages(batch) => {
+                for (gfn, data) in batch.pages() {
+                    if gfn >= pages {
+                        return Err(MigrationError::BadPage { gfn, pages });
+                    }
+                    memory::write_page(vm.memory(), gfn, data).map_err(VmError::from)?;
+                }
+                pages_received += batch.len() as u64;
+            }
+            Message::State(blob) => state = Some(VmState::decode(&blob)?),
+            Message::Complete { digest } => {
+                let state = state
+                    .take()
+                    .ok_or(MigrationError::Incomplete("the VM state arrived"))?;
+                let ours = vm.memory_digest();
+                if ours != digest {
+                    return Err(MigrationError::DigestMismatch {
+                        source_digest: memory::hex(&digest),
+                        destination_digest: memory::hex(&ours),
+                    });
+                }
+                vm.restore_state(state)?;
+                rx.send(&Message::Confirmed { digest: ours })?;
+                match rx.recv() {
+                    Ok(Message::Handover) => {}
+                    Ok(other) => return Err(unexpected("handover", &other)),
+                    Err(MigrationError::Stream(StreamError::Closed)) => {
+                        return Err(MigrationError::Incomplete("the source handed the VM over"))
+                    }
+                    Err(e) => return Err(e),
+                }
+                vm.resume()?;
+                // The VM runs here now whatever happens to the stream.
+                if let Err(e) = rx.send(&Message::Resumed) {
+                    tracing::warn!("VM resumed, but telling the source failed: {e}");
+                }
+                let report = IncomingReport {
+                    pages_received,
+                    memory_digest: memory::hex(&ours),
+                    total_time: started.elapsed(),
+                };
+                return Ok((vm, report));
+            }
+            other => return Err(unexpected("pages, state or complete", &other)),
+        }
+    }
+}

@@ -1,0 +1,387 @@
+//! The pre-copy convergence planner, sans-IO: it is told what each round
+//! achieved (pages and bytes sent, time taken, pages found dirty afterwards)
+//! and the time, and decides what the migration does next — another round,
+//! throttle the vCPU further (auto-converge, up to a configured limit),
+//! stop-and-copy now, or cancel because the total timeout has passed.
+//!
+//! Stop-and-copy happens when the predicted final round (dirty pages at the
+//! measured bandwidth) fits the downtime budget; when it cannot converge
+//! (throttle at its limit and the dirty set no longer shrinking) it stops at
+//! a local minimum of the dirty set ("smart stop"), and at the round limit
+//! at the latest.
+
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, Instant};
+
+/// Tunables of the planner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannerConfig {
+    /// Longest acceptable pause of the VM (default 300 ms).
+    pub downtime_budget: Duration,
+    /// The whole migration is cancelled after this long.
+    pub total_timeout: Duration,
+    /// Stop-and-copy at this round at the latest.
+    pub max_rounds: u32,
+    /// Throttle the vCPU when the dirty set stops shrinking.
+    pub auto_converge: bool,
+    /// First throttle step, in percent of vCPU time taken away.
+    pub throttle_initial: u8,
+    /// Increment per further step.
+    pub throttle_step: u8,
+    /// Highest throttle auto-converge may apply.
+    pub max_throttle: u8,
+    /// A round "makes progress" when its dirty set is below this fraction
+    /// (in percent) of the previous one.
+    pub progress_percent: u8,
+    /// Rounds without progress before acting (throttle or smart stop).
+    pub stall_rounds: u32,
+}
+
+impl Default for PlannerConfig {
+    fn default() -> Self {
+        PlannerConfig {
+            downtime_budget: Duration::from_millis(300),
+            total_timeout: Duration::from_secs(300),
+            max_rounds: 30,
+            auto_converge: true,
+            throttle_initial: 20,
+            throttle_step: 20,
+            max_throttle: 80,
+            progress_percent: 90,
+            stall_rounds: 2,
+        }
+    }
+}
+
+/// What one round achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoundResult {
+    /// Pages sent in the round.
+    pub pages_sent: u64,
+    /// Bytes written to the stream in the round.
+    pub bytes_sent: u64,
+    /// How long the round took.
+    pub elapsed: Duration,
+    /// Pages found dirty after the round (what the next round must send).
+    pub dirty_pages: u64,
+}
+
+/// Why stop-and-copy was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StopReason {
+    /// The predicted final round fits the downtime budget.
+    FitsBudget,
+    /// The dirty set stopped shrinking; stopped at its local minimum.
+    SmartStop,
+    /// The round limit was reached.
+    MaxRounds,
+}
+
+/// The planner's decision after a round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Send the dirty pages in another round.
+    NextRound,
+    /// Set the vCPU throttle to this percentage, then run another round.
+    Throttle(u8),
+    /// Pause the VM, send the remaining dirty pages and the state.
+    StopAndCopy(StopReason),
+    /// Give up; the VM stays at the source.
+    Cancel,
+}
+
+/// The planner.
+#[derive(Debug, Clone)]
+pub struct Planner {
+    cfg: PlannerConfig,
+    started: Instant,
+    rounds: u32,
+    throttle: u8,
+    prev_dirty: Option<u64>,
+    min_dirty: u64,
+    stalled: u32,
+    /// Bytes per second, exponentially smoothed.
+    bandwidth: Option<f64>,
+    /// Average bytes on the wire per page.
+    bytes_per_page: f64,
+}
+
+impl Planner {
+    /// A planner for a migration that starts at `now`.
+    pub fn new(cfg: PlannerConfig, now: Instant) -> Planner {
+        Planner {
+            cfg,
+            started: now,
+            rounds: 0,
+            throttle: 0,
+            prev_dirty: None,
+            min_dirty: u64::MAX,
+            stalled: 0,
+            bandwidth: None,
+            bytes_per_page: 4096.0,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &PlannerConfig {
+        &self.cfg
+    }
+
+    /// The throttle currently asked for, in percent.
+    pub fn throttle(&self) -> u8 {
+        self.throttle
+    }
+
+    /// Rounds completed.
+    pub fn rounds(&self) -> u32 {
+        self.rounds
+    }
+
+    /// Smoothed bandwidth estimate in bytes per second.
+    pub fn bandwidth(&self) -> Option<f64> {
+        self.bandwidth
+    }
+
+    /// How long sending `pages` is predicted to take.
+    pub fn predict(&self, pages: u64) -> Option<Duration> {
+        let bw = self.bandwidth?;
+        Some(Duration::from_secs_f64(
+            pages as f64 * self.bytes_per_page / bw,
+        ))
+    }
+
+    /// Whether the total timeout has passed at `now`.
+    pub fn timed_out(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.started) >= self.cfg.total_timeout
+    }
+
+    /// Takes a round's result and decides what happens next.
+    pub fn on_round(&mut self, r: RoundResult, now: Instant) -> Decision {
+        self.rounds += 1;
+        if r.pages_sent > 0 && r.bytes_sent > 0 {
+            self.bytes_per_page = r.bytes_sent as f64 / r.pages_sent as f64;
+            let secs = r.elapsed.as_secs_f64().max(1e-6);
+            let bw = r.bytes_sent as f64 / secs;
+            self.bandwidth = Some(match self.bandwidth {
+                Some(old) => 0.5 * old + 0.5 * bw,
+                None => bw,
+            });
+        }
+        if self.timed_out(now) {
+            return Decision::Cancel;
+        }
+        let predicted_fits = self
+            .predict(r.dirty_pages)
+            .is_some_and(|d| d <= self.cfg.downtime_budget);
+        if predicted_fits {
+            return Decision::StopAndCopy(StopReason::FitsBudget);
+        }
+
+        let progress = match self.prev_dirty {
+            Some(prev) => r.dirty_pages * 100 < prev * self.cfg.progress_percent as u64,
+            None => true,
+        };
+        self.prev_dirty = Some(r.dirty_pages);
+        let new_min = r.dirty_pages <= self.min_dirty;
+        self.min_dirty = self.min_dirty.min(r.dirty_pages);
+        if progress {
+            self.stalled = 0;
+        } else {
+            self.stalled += 1;
+        }
+        if self.rounds >= self.cfg.max_rounds {
+            return Decision::StopAndCopy(StopReason::MaxRounds);
+        }
+        if self.stalled < self.cfg.stall_rounds {
+            return Decision::NextRound;
+        }
+        if self.cfg.auto_converge && self.throttle < self.cfg.max_throttle {
+            let next = if self.throttle == 0 {
+                self.cfg.throttle_initial
+            } else {
+                self.throttle.saturating_add(self.cfg.throttle_step)
+            };
+            self.throttle = next.min(self.cfg.max_throttle);
+            self.stalled = 0;
+            return Decision::Throttle(self.throttle);
+        }
+        // Cannot converge any further: stop at a local minimum of the dirty
+        // set, or after one more stalled window at the latest.
+        if new_min || self.stalled >= 2 * self.cfg.stall_rounds {
+            return Decision::StopAndCopy(StopReason::SmartStop);
+        }
+        Decision::NextRound
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAGE_WIRE: u64 = 4096 + 8;
+
+    /// A round sending `pages` at `mib_s` MiB/s, after which `dirty` pages
+    /// are dirty.
+    fn round(pages: u64, mib_s: u64, dirty: u64) -> RoundResult {
+        let bytes = pages * PAGE_WIRE;
+        RoundResult {
+            pages_sent: pages,
+            bytes_sent: bytes,
+            elapsed: Duration::from_secs_f64(bytes as f64 / (mib_s << 20) as f64),
+            dirty_pages: dirty,
+        }
+    }
+
+    #[test]
+    fn idle_guest_stops_after_round_zero() {
+        let t = Instant::now();
+        let mut p = Planner::new(PlannerConfig::default(), t);
+        // 256 MiB at 500 MiB/s; 10 pages dirty afterwards.
+        assert_eq!(
+            p.on_round(round(65536, 500, 10), t + Duration::from_millis(512)),
+            Decision::StopAndCopy(StopReason::FitsBudget)
+        );
+        assert_eq!(p.rounds(), 1);
+        let bw = p.bandwidth().unwrap();
+        assert!((bw / (500u64 << 20) as f64 - 1.0).abs() < 0.01, "{bw}");
+    }
+
+    #[test]
+    fn converging_guest_runs_rounds_until_the_rest_fits() {
+        let t = Instant::now();
+        let mut p = Planner::new(PlannerConfig::default(), t);
+        // 100 MiB/s => 300 ms budget holds ~7500 pages.
+        assert_eq!(
+            p.on_round(round(65536, 100, 40_000), t),
+            Decision::NextRound
+        );
+        assert_eq!(
+            p.on_round(round(40_000, 100, 20_000), t),
+            Decision::NextRound
+        );
+        assert_eq!(
+            p.on_round(round(20_000, 100, 9_000), t),
+            Decision::NextRound
+        );
+        assert_eq!(
+            p.on_round(round(9_000, 100, 5_000), t),
+            Decision::StopAndCopy(StopReason::FitsBudget)
+        );
+        assert_eq!(p.throttle(), 0);
+        let d = p.predict(5_000).unwrap();
+        assert!(d <= Duration::from_millis(300), "{d:?}");
+    }
+
+    #[test]
+    fn stalled_guest_is_throttled_in_steps_up_to_the_limit_then_smart_stopped() {
+        let t = Instant::now();
+        let cfg = PlannerConfig {
+            max_throttle: 60,
+            ..Default::default()
+        };
+        let mut p = Planner::new(cfg, t);
+        let mut throttles = Vec::new();
+        let mut decision = Decision::NextRound;
+        // Dirty set stuck at 30k pages (does not fit: ~180 ms per 5k pages).
+        for i in 0..20 {
+            let dirty = 30_000 + (i % 3) * 100;
+            decision = p.on_round(round(30_000, 100, dirty), t);
+            match decision {
+                Decision::Throttle(x) => throttles.push(x),
+                Decision::NextRound => {}
+                _ => break,
+            }
+        }
+        assert_eq!(throttles, [20, 40, 60]);
+        assert_eq!(p.throttle(), 60);
+        assert_eq!(decision, Decision::StopAndCopy(StopReason::SmartStop));
+        assert!(p.rounds() < 20);
+    }
+
+    #[test]
+    fn smart_stop_prefers_a_local_minimum() {
+        let t = Instant::now();
+        let cfg = PlannerConfig {
+            auto_converge: false,
+            stall_rounds: 2,
+            ..Default::default()
+        };
+        let mut p = Planner::new(cfg, t);
+        assert_eq!(
+            p.on_round(round(65536, 100, 30_000), t),
+            Decision::NextRound
+        );
+        assert_eq!(
+            p.on_round(round(30_000, 100, 29_500), t),
+            Decision::NextRound
+        );
+        // Stalled twice, but 31k is above the minimum: keep going.
+        assert_eq!(
+            p.on_round(round(29_500, 100, 31_000), t),
+            Decision::NextRound
+        );
+        // A new minimum while stalled: stop here.
+        assert_eq!(
+            p.on_round(round(31_000, 100, 29_000), t),
+            Decision::StopAndCopy(StopReason::SmartStop)
+        );
+    }
+
+    #[test]
+    fn round_limit_forces_stop() {
+        let t = Instant::now();
+        let cfg = PlannerConfig {
+            max_rounds: 3,
+            ..Default::default()
+        };
+        let mut p = Planner::new(cfg, t);
+        assert_eq!(
+            p.on_round(round(65536, 100, 50_000), t),
+            Decision::NextRound
+        );
+        assert_eq!(
+            p.on_round(round(50_000, 100, 25_000), t),
+            Decision::NextRound
+        );
+        assert_eq!(
+            p.on_round(round(25_000, 100, 12_000), t),
+            Decision::StopAndCopy(StopReason::MaxRounds)
+        );
+    }
+
+    #[test]
+    fn total_timeout_cancels() {
+        let t = Instant::now();
+        let cfg = PlannerConfig {
+            total_timeout: Duration::from_secs(10),
+            ..Default::default()
+        };
+        let mut p = Planner::new(cfg, t);
+        assert!(!p.timed_out(t + Duration::from_secs(9)));
+        assert_eq!(
+            p.on_round(round(65536, 100, 40_000), t + Duration::from_secs(5)),
+            Decision::NextRound
+        );
+        assert_eq!(
+            p.on_round(round(40_000, 100, 100), t + Duration::from_secs(11)),
+            Decision::Cancel
+        );
+    }
+
+    #[test]
+    fn budget_scales_the_stop_point() {
+        let t = Instant::now();
+        let tight = PlannerConfig {
+            downtime_budget: Duration::from_millis(10),
+            ..Default::default()
+        };
+        let mut p = Planner::new(tight, t);
+        // 5000 pages at 100 MiB/s ~ 196 ms: fits 300 ms, not 10 ms.
+        assert_eq!(p.on_round(round(65536, 100, 5_000), t), Decision::NextRound);
+        let mut q = Planner::new(PlannerConfig::default(), t);
+        assert_eq!(
+            q.on_round(round(65536, 100, 5_000), t),
+            Decision::StopAndCopy(StopReason::FitsBudget)
+        );
+    }
+}
