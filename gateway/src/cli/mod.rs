@@ -37,12 +37,14 @@ pub enum Command {
     Status(status_cmd::StatusArgs),
     /// Measure goodput to a peer site by sending N bytes over a fresh QUIC stream.
     Probe(probe_cmd::ProbeArgs),
+    /// The userspace WAN emulator (delay, jitter, loss, rate, reorder, cuts).
+    Netem(wanmig_netem::cli::NetemArgs),
 }
 
 /// Logs go to stderr; the daemon defaults to `info`, CLI commands to `warn`.
 pub fn init_logging(cli: &Cli) {
     let base = match cli.command {
-        Command::Gateway(_) => 2,
+        Command::Gateway(_) | Command::Netem(_) => 2,
         _ => 1,
     };
     let level = match base + cli.verbose {
@@ -64,5 +66,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Certs(a) => certs_cmd::run(a),
         Command::Status(a) => status_cmd::run(a).await,
         Command::Probe(a) => probe_cmd::run(a).await,
+        Command::Netem(a) => wanmig_netem::cli::run(a).await.map_err(Into::into),
     }
 }

@@ -1,0 +1,294 @@
+//! The `wanmig` binary end to end: `certs`, config errors from `gateway`,
+//! and `status` / `probe` against two real gateway processes on loopback.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn wanmig() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_wanmig"));
+    c.env_remove("RUST_LOG").env_remove("WANMIG_CONFIG");
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    wanmig()
+        .args(args)
+        .output()
+        .expect("runs the wanmig binary")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Kills the gateway process it owns (by its pid, via the Child) on drop.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn make_certs(dir: &Path, sites: &str) {
+    let out = dir.join("certs");
+    let o = run(&["certs", "--out", out.to_str().unwrap(), "--sites", sites]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn certs_writes_a_ca_and_private_site_keys_and_adds_sites() {
+    let d = tempfile::tempdir().unwrap();
+    make_certs(d.path(), "site-a,site-b");
+    let certs = d.path().join("certs");
+    for f in [
+        "ca.pem",
+        "ca.key",
+        "site-a.pem",
+        "site-a.key",
+        "site-b.pem",
+        "site-b.key",
+    ] {
+        let meta = std::fs::metadata(certs.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        if f.ends_with(".key") {
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{f}");
+        }
+    }
+    // Re-running does not silently replace the CA.
+    let again = run(&[
+        "certs",
+        "--out",
+        certs.to_str().unwrap(),
+        "--sites",
+        "site-a",
+    ]);
+    assert!(!again.status.success());
+    assert!(stderr(&again).contains("--force"), "{}", stderr(&again));
+
+    let add = run(&[
+        "certs",
+        "add-site",
+        "--dir",
+        certs.to_str().unwrap(),
+        "site-c",
+    ]);
+    assert!(add.status.success(), "{}", stderr(&add));
+    assert!(certs.join("site-c.pem").exists());
+
+    let bad = run(&[
+        "certs",
+        "--out",
+        certs.to_str().unwrap(),
+        "--sites",
+        "Not_A_Label",
+    ]);
+    assert!(!bad.status.success());
+    assert!(
+        stderr(&bad).contains("invalid site name"),
+        "{}",
+        stderr(&bad)
+    );
+}
+
+fn config(site: &str, listen: u16, control: u16, peer: &str, peer_port: u16) -> String {
+    format!(
+        r#"site = "{site}"
+listen = "127.0.0.1:{listen}"
+[tls]
+ca = "certs/ca.pem"
+cert = "certs/{site}.pem"
+key = "certs/{site}.key"
+[control]
+listen = "127.0.0.1:{control}"
+token_file = "{site}.token"
+[transport]
+idle_timeout = "3s"
+keep_alive = "500ms"
+reconnect_initial = "100ms"
+reconnect_max = "1s"
+[[peers]]
+site = "{peer}"
+address = "127.0.0.1:{peer_port}"
+bandwidth_mbit = 1000
+rtt = "1ms"
+"#
+    )
+}
+
+#[test]
+fn gateway_config_errors_name_the_file_and_the_key() {
+    let d = tempfile::tempdir().unwrap();
+    make_certs(d.path(), "site-a,site-b");
+    let good = config("site-a", 1, 2, "site-b", 3);
+    let cases: [(&str, String, &[&str]); 4] = [
+        (
+            "bad-address.toml",
+            good.replace("127.0.0.1:3", "x"),
+            &["peers[0].address", "invalid socket address 'x'"],
+        ),
+        (
+            "unknown-key.toml",
+            good.replace("[transport]", "[transport]\nwindow_scale = 7"),
+            &["window_scale", "unknown field"],
+        ),
+        (
+            "missing-cert.toml",
+            good.replace("certs/site-a.pem", "certs/nope.pem"),
+            &["tls.cert", "nope.pem"],
+        ),
+        (
+            "bad-duration.toml",
+            good.replace("\"3s\"", "\"soon\""),
+            &["transport.idle_timeout", "soon"],
+        ),
+    ];
+    for (name, text, needles) in cases {
+        let path = d.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let o = run(&["gateway", "--config", path.to_str().unwrap()]);
+        assert!(!o.status.success(), "{name} started");
+        let err = stderr(&o);
+        assert!(err.contains(path.to_str().unwrap()), "{name}: {err}");
+        for n in needles {
+            assert!(err.contains(n), "{name}: '{n}' missing in: {err}");
+        }
+    }
+    let missing = d.path().join("does-not-exist.toml");
+    let o = run(&["gateway", "--config", missing.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("cannot read config file"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+fn start_gateway(config: &Path) -> Daemon {
+    let child = wanmig()
+        .args(["gateway", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawns wanmig gateway");
+    Daemon(child)
+}
+
+fn status_json(cfg: &Path) -> Option<serde_json::Value> {
+    let o = run(&["status", "--config", cfg.to_str().unwrap(), "--json"]);
+    if !o.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&o.stdout).ok()
+}
+
+#[test]
+fn status_and_probe_talk_to_running_gateways() {
+    let d = tempfile::tempdir().unwrap();
+    make_certs(d.path(), "site-a,site-b");
+    let (qa, qb) = (free_udp_port(), free_udp_port());
+    let (ca, cb) = (free_tcp_port(), free_tcp_port());
+    let cfg_a: PathBuf = d.path().join("site-a.toml");
+    let cfg_b: PathBuf = d.path().join("site-b.toml");
+    std::fs::write(&cfg_a, config("site-a", qa, ca, "site-b", qb)).unwrap();
+    std::fs::write(&cfg_b, config("site-b", qb, cb, "site-a", qa)).unwrap();
+    let _a = start_gateway(&cfg_a);
+    let _b = start_gateway(&cfg_b);
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let up = loop {
+        let s = status_json(&cfg_a);
+        let up = s
+            .as_ref()
+            .map(|s| s["peers"][0]["state"] == "up")
+            .unwrap_or(false);
+        if up || Instant::now() > deadline {
+            break up;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(up, "site-a never saw site-b up: {:?}", status_json(&cfg_a));
+
+    let table = run(&["status", "--config", cfg_a.to_str().unwrap()]);
+    assert!(table.status.success(), "{}", stderr(&table));
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains("PEER") && text.contains("STATE"), "{text}");
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("site-b"))
+        .expect("a row for site-b");
+    assert!(row.contains(" up ") && row.contains(" dial "), "{row}");
+
+    let probe = run(&[
+        "probe",
+        "--config",
+        cfg_a.to_str().unwrap(),
+        "--to",
+        "site-b",
+        "--bytes",
+        "2M",
+        "--json",
+    ]);
+    assert!(probe.status.success(), "{}", stderr(&probe));
+    let report: serde_json::Value = serde_json::from_slice(&probe.stdout).unwrap();
+    assert_eq!(report["bytes"], 2_000_000);
+    assert_eq!(report["peer"], "site-b");
+    assert!(report["goodput_mbit"].as_f64().unwrap() > 0.0);
+
+    // A wrong token is refused with a message that says what to fix.
+    let wrong = d.path().join("wrong.token");
+    std::fs::write(&wrong, "deadbeef\n").unwrap();
+    let addr = format!("127.0.0.1:{ca}");
+    let o = run(&[
+        "status",
+        "--control",
+        &addr,
+        "--token-file",
+        wrong.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("rejected the token"), "{}", stderr(&o));
+}
+
+#[test]
+fn status_without_a_running_gateway_says_so() {
+    let d = tempfile::tempdir().unwrap();
+    let token = d.path().join("t.token");
+    std::fs::write(&token, "abc\n").unwrap();
+    let addr = format!("127.0.0.1:{}", free_tcp_port());
+    let o = run(&[
+        "status",
+        "--control",
+        &addr,
+        "--token-file",
+        token.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("no gateway answers") && err.contains("wanmig gateway"),
+        "{err}"
+    );
+    // Neither target given: a usage hint, not a panic.
+    let o = run(&["status"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--config"), "{}", stderr(&o));
+}
