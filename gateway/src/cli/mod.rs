@@ -38,7 +38,7 @@ pub enum Command {
     /// Measure goodput to a peer site by sending N bytes over a fresh QUIC stream.
     Probe(probe_cmd::ProbeArgs),
     /// The userspace WAN emulator (delay, jitter, loss, rate, reorder, cuts).
-    Netem(wanmig_netem::cli::NetemArgs),
+    Netem(Box<wanmig_netem::cli::NetemArgs>),
 }
 
 /// Logs go to stderr; the daemon defaults to `info`, CLI commands to `warn`.
@@ -66,6 +66,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Certs(a) => certs_cmd::run(a),
         Command::Status(a) => status_cmd::run(a).await,
         Command::Probe(a) => probe_cmd::run(a).await,
-        Command::Netem(a) => wanmig_netem::cli::run(a).await.map_err(Into::into),
+        Command::Netem(a) => wanmig_netem::cli::run(*a).await.map_err(Into::into),
     }
 }
