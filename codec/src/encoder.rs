@@ -309,3 +309,49 @@ impl Encoder {
         resp
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_errors_name_the_key() {
+        for (cfg, key) in [
+            (
+                EncoderConfig {
+                    batch_pages: 0,
+                    ..EncoderConfig::default()
+                },
+                "codec.batch_pages",
+            ),
+            (
+                EncoderConfig {
+                    level: 40,
+                    ..EncoderConfig::default()
+                },
+                "codec.level",
+            ),
+            (
+                EncoderConfig {
+                    delta_max_bytes: 1 << 20,
+                    ..EncoderConfig::default()
+                },
+                "codec.delta_max_bytes",
+            ),
+        ] {
+            let e = Encoder::new(cfg, Inventory::new()).err().expect("accepted");
+            assert!(e.to_string().contains(key), "{e}");
+        }
+    }
+
+    #[test]
+    fn level_can_change_between_batches() {
+        let mut enc = Encoder::new(EncoderConfig::default(), Inventory::new()).unwrap();
+        enc.set_level(0).unwrap();
+        assert_eq!(enc.level(), 1, "0 means zstd's default, not a level");
+        enc.set_level(-100).unwrap();
+        assert_eq!(enc.level(), crate::level::MIN_LEVEL);
+        let page = [b'x'; PAGE_SIZE];
+        assert_eq!(enc.encode([(Gfn(0), &page)]).len(), 1);
+    }
+}

@@ -11,6 +11,22 @@
 //! rates; [`mix`] generates the deterministic demo memory mix.
 //!
 //! No sockets, no clocks: callers move the bytes and pass measurements in.
+//!
+//! How a gateway drives a session:
+//! 1. destination: `store.inventory().to_bytes()` → source:
+//!    [`Inventory::from_bytes`], [`Encoder::new`];
+//! 2. source: [`Encoder::encode`] each round's pages; send each batch on the
+//!    migration stream (a batch is self-delimiting: [`record::frame_len`]);
+//! 3. destination: [`Decoder::decode`] each batch in order, hand
+//!    [`Decoded::pages`] to the shim in order, send [`Decoded::nacks`] back;
+//! 4. source: [`Encoder::on_nack`]; send its batches, and re-read the
+//!    `refetch` pages from the VM and encode them again;
+//! 5. the destination holds complete memory only when
+//!    [`Decoder::pending_count`] is 0.
+//!
+//! Batches carry no checksum of their own: the QUIC/TLS stream provides
+//! integrity; the codec's own checks are about trust (references are
+//! verified against content) and robustness (hostile lengths are errors).
 
 pub mod decoder;
 pub mod delta;
