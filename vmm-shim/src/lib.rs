@@ -2,6 +2,7 @@
 //! serial console, guest control port, virtio-mmio devices), tracks dirty
 //! pages, saves/restores VM state and live-migrates a VM over a byte stream.
 
+pub mod admin;
 pub mod boot;
 pub mod clock;
 pub mod config;

@@ -206,6 +206,11 @@ impl Vm {
         e.clone()
     }
 
+    /// A handle that can wait for the run to end without borrowing the VM.
+    pub fn exit_watch(&self) -> ExitWatch {
+        ExitWatch(self.shared.clone())
+    }
+
     /// A copy of the guest's reports so far.
     pub fn reports(&self) -> ReportLog {
         lock(&self.shared.reports).clone()
@@ -308,5 +313,26 @@ impl VcpuHandle {
         s.regs = regs;
         self.restore(s)?;
         Ok(())
+    }
+}
+
+/// Waits for a VM's run to end (see [`Vm::exit_watch`]).
+pub struct ExitWatch(Arc<Shared>);
+
+impl ExitWatch {
+    /// Waits up to `timeout`; `Some` once the run has ended.
+    pub fn wait(&self, timeout: Duration) -> Option<RunExit> {
+        let deadline = Instant::now() + timeout;
+        let mut e = lock(&self.0.exit);
+        while e.is_none() {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            e = self
+                .0
+                .exited
+                .wait_timeout(e, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        e.clone()
     }
 }

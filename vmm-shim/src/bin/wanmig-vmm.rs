@@ -1,0 +1,251 @@
+//! `wanmig-vmm`: run the test guest on KVM, receive a live migration, or
+//! tell a running shim to migrate its VM (through its control socket).
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use wanmig_vmm::admin::{self, AdminRequest, AdminResponse, Endpoint};
+use wanmig_vmm::planner::PlannerConfig;
+use wanmig_vmm::{MemoryWorkloadConfig, ReceiveOptions, RunExit, Vm, VmConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "wanmig-vmm",
+    version,
+    about = "wanmig's KVM VMM shim: runs the test guest and live-migrates it"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start a VM (or wait for one to arrive with --incoming) and run it
+    /// until the guest exits or the VM is migrated away.
+    Run(RunArgs),
+    /// Tell the shim behind a control socket to migrate its VM.
+    Migrate {
+        /// The running shim's control socket (its `run --control`).
+        #[arg(long)]
+        control: PathBuf,
+        /// Destination: unix:/path/to.sock or tcp:host:port (a shim started
+        /// with `run --incoming` there).
+        #[arg(long)]
+        to: String,
+        /// Downtime budget in milliseconds.
+        #[arg(long, default_value_t = 300)]
+        downtime_ms: u64,
+        /// Cancel the migration after this many seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout_s: u64,
+        /// Highest vCPU throttle auto-converge may apply, percent (0 = off).
+        #[arg(long, default_value_t = 80)]
+        max_throttle: u8,
+    },
+    /// Print the status of the shim behind a control socket as JSON.
+    Status {
+        /// The running shim's control socket.
+        #[arg(long)]
+        control: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Guest memory size, e.g. 64M, 1G or a byte count.
+    #[arg(long, default_value = "64M", value_parser = parse_size)]
+    mem: u64,
+    /// What the guest runs: `idle` or `memory` (the dirtying workload).
+    #[arg(long, default_value = "idle")]
+    workload: String,
+    /// Memory workload: seed of its deterministic sequence.
+    #[arg(long, default_value_t = 1)]
+    mem_seed: u64,
+    /// Memory workload: working set in pages.
+    #[arg(long, default_value_t = 2048)]
+    working_set_pages: u64,
+    /// Memory workload: pages written per iteration.
+    #[arg(long, default_value_t = 64)]
+    pages_per_iteration: u64,
+    /// Memory workload: iterations to run (0 = forever).
+    #[arg(long, default_value_t = 0)]
+    iterations: u64,
+    /// Memory workload: minimum microseconds per iteration (0 = flat out).
+    #[arg(long, default_value_t = 0)]
+    iteration_period_us: u64,
+    /// A raw disk file for the virtio-blk device.
+    #[arg(long)]
+    disk: Option<PathBuf>,
+    /// Write the guest's serial console to this file (default: the log).
+    #[arg(long)]
+    serial_log: Option<PathBuf>,
+    /// Preload guest memory from this file before boot.
+    #[arg(long)]
+    mem_image: Option<PathBuf>,
+    /// Listen here (unix:/path or tcp:host:port) for an incoming migration
+    /// instead of booting; the VM configuration must match the source's.
+    #[arg(long)]
+    incoming: Option<String>,
+    /// Serve a control socket here (status, migrate).
+    #[arg(long)]
+    control: Option<PathBuf>,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last() {
+        Some('K' | 'k') => (&s[..s.len() - 1], 1u64 << 10),
+        Some('M' | 'm') => (&s[..s.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("`{s}` is not a size; use e.g. 64M, 1G or a byte count"))
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().cmd {
+        Cmd::Run(args) => run(args),
+        Cmd::Migrate {
+            control,
+            to,
+            downtime_ms,
+            timeout_s,
+            max_throttle,
+        } => {
+            let planner = PlannerConfig {
+                downtime_budget: Duration::from_millis(downtime_ms),
+                total_timeout: Duration::from_secs(timeout_s),
+                auto_converge: max_throttle > 0,
+                max_throttle: max_throttle.min(99),
+                ..Default::default()
+            };
+            let resp = admin::request(
+                &control,
+                &AdminRequest::Migrate {
+                    to,
+                    planner: Some(planner),
+                },
+            )
+            .with_context(|| format!("cannot talk to the shim at {}", control.display()))?;
+            println!("{}", serde_json::to_string_pretty(&resp)?);
+            if let AdminResponse::Error { message, .. } = resp {
+                bail!("migration failed: {message}");
+            }
+            Ok(())
+        }
+        Cmd::Status { control } => {
+            let resp = admin::request(&control, &AdminRequest::Status)
+                .with_context(|| format!("cannot talk to the shim at {}", control.display()))?;
+            println!("{}", serde_json::to_string_pretty(&resp)?);
+            Ok(())
+        }
+    }
+}
+
+fn vm_config(a: &RunArgs) -> Result<VmConfig> {
+    let memory_workload = match a.workload.as_str() {
+        "idle" => None,
+        "memory" => Some(MemoryWorkloadConfig {
+            seed: a.mem_seed,
+            working_set_pages: a.working_set_pages,
+            pages_per_iteration: a.pages_per_iteration,
+            iterations: a.iterations,
+            iteration_period: Duration::from_micros(a.iteration_period_us),
+        }),
+        other => bail!("unknown --workload `{other}`; use `idle` or `memory`"),
+    };
+    if a.disk.is_some() {
+        bail!("--disk needs the virtio-blk device, which this build does not wire up yet");
+    }
+    let config = VmConfig {
+        mem_size: a.mem,
+        memory_workload,
+        net: None,
+        disk: None,
+        mem_image: a.mem_image.clone(),
+    };
+    config.validate()?;
+    Ok(config)
+}
+
+fn serial_sink(path: &Option<PathBuf>) -> Result<wanmig_vmm::serial::SerialSink> {
+    Ok(match path {
+        Some(p) => {
+            let mut f = std::fs::File::create(p)
+                .with_context(|| format!("cannot create the serial log {}", p.display()))?;
+            Box::new(move |line: &str| {
+                let _ = writeln!(f, "{line}");
+            })
+        }
+        None => Box::new(|line: &str| tracing::info!(target: "guest", "{line}")),
+    })
+}
+
+fn run(a: RunArgs) -> Result<()> {
+    let config = vm_config(&a)?;
+    let sink = serial_sink(&a.serial_log)?;
+    let vm = match &a.incoming {
+        Some(addr) => {
+            let endpoint: Endpoint = addr.parse().map_err(anyhow::Error::msg)?;
+            tracing::info!("waiting for an incoming migration on {endpoint}");
+            let mut stream = endpoint
+                .accept_one()
+                .with_context(|| format!("cannot accept a migration on {endpoint}"))?;
+            let (vm, report) =
+                wanmig_vmm::receive_from(&mut stream, config, sink, &ReceiveOptions::default())
+                    .context("incoming migration failed; no VM runs here")?;
+            tracing::info!(
+                pages = report.pages_received,
+                digest = %report.memory_digest,
+                "migration received; the VM runs here now"
+            );
+            vm
+        }
+        None => {
+            let vm = Vm::create(config, sink).context("cannot create the VM")?;
+            vm.start()?;
+            vm
+        }
+    };
+    let watch = vm.exit_watch();
+    let vm = Arc::new(Mutex::new(vm));
+    let (migrated_tx, migrated_rx) = std::sync::mpsc::channel();
+    if let Some(path) = &a.control {
+        admin::serve(path, vm.clone(), migrated_tx)
+            .with_context(|| format!("cannot serve the control socket {}", path.display()))?;
+    }
+    let exit = loop {
+        if let Some(e) = watch.wait(Duration::from_secs(3600)) {
+            break e;
+        }
+    };
+    if let Some(path) = &a.control {
+        let _ = std::fs::remove_file(path);
+    }
+    match exit {
+        RunExit::Guest(0) => {
+            tracing::info!("the guest finished");
+            Ok(())
+        }
+        RunExit::Stopped => {
+            // Let the control socket deliver the migration report first.
+            let _ = migrated_rx.recv_timeout(Duration::from_secs(30));
+            tracing::info!("the VM was migrated away");
+            Ok(())
+        }
+        other => bail!("the VM ended abnormally: {other:?}"),
+    }
+}
