@@ -165,11 +165,17 @@ impl InProcessCopy {
             .name("storage-dst".into())
             .spawn(move || delivery_loop(d2, blk_rx, s2))
             .map_err(|e| StorageError::io("spawn delivery thread for", dest, e))?;
+        let s3 = Arc::clone(&shared);
+        let d3 = Arc::clone(&disk);
+        let tick_thread = std::thread::Builder::new()
+            .name("storage-tick".into())
+            .spawn(move || tick_loop(d3, s3))
+            .map_err(|e| StorageError::io("spawn tick thread for", dest, e))?;
         disk.start();
         Ok(InProcessCopy {
             disk,
             shared,
-            threads: vec![source_thread, dest_thread],
+            threads: vec![source_thread, dest_thread, tick_thread],
             allocated_bytes,
         })
     }
@@ -340,8 +346,16 @@ fn source_loop(
     }
 }
 
+/// Drives the disk's clock and bitmap saves, as the gateway's timer would.
+fn tick_loop(disk: Arc<RemoteDisk>, shared: Arc<Shared>) {
+    while sleep_until(Instant::now() + Duration::from_millis(50), &shared) {
+        if let Err(e) = disk.tick() {
+            shared.error(format!("tick: {e}"));
+        }
+    }
+}
+
 fn delivery_loop(disk: Arc<RemoteDisk>, rx: Receiver<Timed<(u64, Vec<u8>)>>, shared: Arc<Shared>) {
-    let mut last_tick = Instant::now();
     loop {
         if shared.stop.load(Ordering::Acquire) {
             return;
@@ -360,10 +374,6 @@ fn delivery_loop(disk: Arc<RemoteDisk>, rx: Receiver<Timed<(u64, Vec<u8>)>>, sha
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
-        }
-        if last_tick.elapsed() >= Duration::from_millis(100) {
-            disk.tick();
-            last_tick = Instant::now();
         }
     }
 }

@@ -10,11 +10,18 @@
 //! Policies:
 //! - **Priority.** Blocks a guest request waits for go to an on-demand queue
 //!   served before any background block, with its own in-flight budget so a
-//!   full background window never delays them.
+//!   full background window never delays them. A block already requested by
+//!   the background copy is requested again on demand (it may be queued
+//!   behind a window of background bytes); the later copy is discarded.
 //! - **Window.** Background fetches are bounded by `window_blocks` in flight
-//!   (size it to the bandwidth-delay product: 250 Mbit/s × 100 ms ≈ 3 MiB ≈
-//!   48 blocks of 64 KiB; the default allows 96). Contiguous blocks are
-//!   coalesced into one request of up to `max_request_blocks`.
+//!   (size it to the bandwidth-delay product in *logical* bytes: 250 Mbit/s ×
+//!   100 ms ≈ 3 MiB on the wire, and with zero blocks and zstd a block costs
+//!   about a third of its size on the wire for a typical image, so ≈ 9 MiB ≈
+//!   140 blocks of 64 KiB; the default allows 256 = 16 MiB). A bigger window
+//!   queues more background bytes at the bottleneck, so the transport must
+//!   send on-demand blocks ahead of background ones (the in-process link in
+//!   [`crate::copy`] does). Contiguous blocks are coalesced into one request
+//!   of up to `max_request_blocks`.
 //! - **Write wins.** A guest write makes its blocks present; a block that
 //!   arrives for a present block is discarded, so the copy never overwrites
 //!   guest data. A write that covers only part of a missing block would need
@@ -56,7 +63,7 @@ pub struct PlannerConfig {
 impl Default for PlannerConfig {
     fn default() -> Self {
         PlannerConfig {
-            window_blocks: 96,
+            window_blocks: 256,
             demand_window_blocks: 64,
             max_request_blocks: 16,
             read_timeout: Duration::from_secs(30),
@@ -487,7 +494,18 @@ impl Planner {
         );
         for b in missing {
             self.block_waiters.entry(b).or_default().push(id);
-            if self.state[b as usize] == BlockState::Idle {
+            let promote = match self.state[b as usize] {
+                BlockState::Idle => true,
+                // Requested by the background copy: that copy may sit behind
+                // a window's worth of background bytes at the bottleneck, so
+                // ask again on demand (a duplicate arrival is discarded).
+                BlockState::InFlight => self
+                    .in_flight
+                    .get(&b)
+                    .is_some_and(|f| f.priority == Priority::Background),
+                BlockState::Queued | BlockState::Landing => false,
+            };
+            if promote {
                 self.state[b as usize] = BlockState::Queued;
                 self.demand_queue.push_back(b);
             }
@@ -529,6 +547,10 @@ impl Planner {
     /// Puts a not-present block back: to the front of the on-demand queue if
     /// it was on demand or a guest waits for it, else to the background scan.
     fn requeue_front(&mut self, block: u64, p: Priority) {
+        if self.state[block as usize] == BlockState::Queued {
+            // Promoted while in flight: already in the on-demand queue.
+            return;
+        }
         if p == Priority::OnDemand || self.block_waiters.contains_key(&block) {
             self.state[block as usize] = BlockState::Queued;
             self.demand_queue.push_front(block);
@@ -539,6 +561,9 @@ impl Planner {
     }
 
     fn requeue(&mut self, block: u64, p: Priority) {
+        if self.state[block as usize] == BlockState::Queued {
+            return;
+        }
         if p == Priority::OnDemand || self.block_waiters.contains_key(&block) {
             self.state[block as usize] = BlockState::Queued;
             self.demand_queue.push_back(block);
@@ -551,13 +576,14 @@ impl Planner {
     fn send(&mut self, now: Instant, first: u64, count: u32, priority: Priority) -> FetchRequest {
         for b in first..first + u64::from(count) {
             self.state[b as usize] = BlockState::InFlight;
-            self.in_flight.insert(
-                b,
-                InFlight {
-                    priority,
-                    sent_at: now,
-                },
-            );
+            let entry = InFlight {
+                priority,
+                sent_at: now,
+            };
+            if let Some(old) = self.in_flight.insert(b, entry) {
+                // A promoted background block: its slot moves to on-demand.
+                self.release_slot(old.priority);
+            }
         }
         match priority {
             Priority::OnDemand => {

@@ -9,8 +9,8 @@
 //! (the gateway) implements [`Fetcher`] to send requests, feeds arriving
 //! payloads to [`RemoteDisk::on_block_arrived`], reports
 //! [`RemoteDisk::link_down`]/[`RemoteDisk::link_up`] and calls
-//! [`RemoteDisk::tick`] now and then (about once a second) so unanswered
-//! requests are re-issued.
+//! [`RemoteDisk::tick`] now and then (every 100 ms to 1 s) so unanswered
+//! requests are re-issued and the bitmap is saved.
 //!
 //! Durability ordering: a block's bytes are written before its bit is set
 //! (both under the state lock); [`RemoteDisk::persist`] snapshots the bitmap,
@@ -92,6 +92,7 @@ struct State {
     planner: Planner,
     outcomes: HashMap<WaiterId, Outcome>,
     since_persist: u64,
+    persist_due: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,6 +183,7 @@ impl RemoteDisk {
                 planner,
                 outcomes: HashMap::new(),
                 since_persist: 0,
+                persist_due: false,
             }),
             changed: Condvar::new(),
             persist_lock: Mutex::new(()),
@@ -237,6 +239,11 @@ impl RemoteDisk {
             st.planner.presence().present_count(),
             self.geometry.block_count(),
         )
+    }
+
+    /// Whether `block` is local now.
+    pub fn is_block_local(&self, block: u64) -> bool {
+        self.is_all_local() || self.lock().planner.presence().is_present(block)
     }
 
     /// Whether every block is local.
@@ -340,6 +347,7 @@ impl RemoteDisk {
         let snapshot = {
             let mut st = self.lock();
             st.since_persist = 0;
+            st.persist_due = false;
             st.planner.presence().clone()
         };
         self.file
@@ -409,15 +417,14 @@ impl RemoteDisk {
                 st.since_persist += 1;
             }
         }
-        let was_local = self.is_all_local();
         let reqs = self.settle(&mut st, now);
-        let persist = st.since_persist >= self.config.persist_every_blocks.max(1)
-            || (!was_local && self.is_all_local());
+        if st.since_persist >= self.config.persist_every_blocks.max(1) || self.is_all_local() {
+            // Saved by the next tick(), off this (transport) thread: an
+            // fsync must not stall arriving blocks.
+            st.persist_due = true;
+        }
         drop(st);
         self.send(reqs);
-        if persist {
-            self.persist()?;
-        }
         Ok(())
     }
 
@@ -442,14 +449,23 @@ impl RemoteDisk {
     }
 
     /// Applies the clock: times out waiting guest I/O, re-issues unanswered
-    /// requests. Call about once a second.
-    pub fn tick(&self) {
+    /// requests, and saves the bitmap when enough blocks arrived since the
+    /// last save (every `persist_every_blocks`, and once all is local). Call
+    /// every 100 ms to 1 s from a thread that may block on an fsync (in
+    /// tokio: `spawn_blocking`). The interval bounds the work redone after a
+    /// crash.
+    pub fn tick(&self) -> Result<(), StorageError> {
         let now = Instant::now();
         let mut st = self.lock();
         st.planner.handle_timeout(now);
         let reqs = self.settle(&mut st, now);
+        let persist = st.persist_due;
         drop(st);
         self.send(reqs);
+        if persist {
+            self.persist()?;
+        }
+        Ok(())
     }
 
     /// Waits until every block is local or `timeout` passes; returns whether

@@ -153,20 +153,38 @@ fn demand_queue_is_served_before_background_when_slots_open() {
 }
 
 #[test]
-fn read_of_local_blocks_is_ready_and_waits_join_inflight_background() {
+fn read_of_local_block_is_ready_and_inflight_background_is_promoted() {
     let t0 = Instant::now();
     let mut p = planner(10, cfg(4, 4, 4));
     drain_fetches(&mut p, t0); // 0..4 in flight as background
     deliver(&mut p, t0, 0);
     assert_eq!(p.guest_read(t0, 0, 4096).unwrap(), IoPlan::Ready);
-    // Block 1 is already in flight: the read waits for it without a new request.
+    // Block 1 is in flight as background: the read asks for it on demand too,
+    // and its background slot is handed back (block 4 goes out).
     let IoPlan::Wait(id) = p.guest_read(t0, 4096, 10).unwrap() else {
         panic!()
     };
     let reqs = drain_fetches(&mut p, t0);
-    assert!(reqs.iter().all(|r| !r.blocks().contains(&1)), "{reqs:?}");
+    assert_eq!(
+        reqs[0],
+        FetchRequest {
+            first_block: 1,
+            count: 1,
+            priority: Priority::OnDemand
+        }
+    );
+    let bg: Vec<u64> = reqs[1..].iter().flat_map(|r| r.blocks()).collect();
+    assert_eq!(
+        bg,
+        vec![4, 5],
+        "slots of block 0 and of the promoted block 1"
+    );
+    assert_eq!(p.in_flight(), 5, "blocks 1 (on demand), 2, 3, 4, 5");
+    // Whichever copy comes first is stored; the other is discarded.
     deliver(&mut p, t0, 1);
     assert_eq!(drain_events(&mut p), vec![Event::Ready(id)]);
+    assert_eq!(p.block_arrived(t0, 1).unwrap(), Arrival::Discard);
+    assert_eq!(p.in_flight(), 4);
 }
 
 #[test]
