@@ -2,10 +2,10 @@
 //!
 //! The relay listens on `listen`; every distinct client address gets its own
 //! upstream socket (NAT-like), so replies find their way back. Datagrams
-//! from clients go through the forward [`LinkModel`], replies through the
+//! from clients go through the forward [`crate::LinkModel`], replies through the
 //! reverse one. Receiving runs on tokio (one task for the listening
 //! socket, one per session); each direction's departures are sent by its
-//! [`Lane`] thread, which keeps timing precise (see `lane`).
+//! sender thread (`lane.rs`), which keeps timing precise.
 
 use std::collections::HashMap;
 use std::io;
