@@ -20,6 +20,22 @@ impl std::fmt::Display for Gfn {
     }
 }
 
+/// Size of a disk block in storage migration (16 pages).
+pub const BLOCK_SIZE: usize = 64 * 1024;
+/// Pages per disk block.
+pub const PAGES_PER_BLOCK: u64 = (BLOCK_SIZE / PAGE_SIZE) as u64;
+
+/// The pages of disk block `block`, numbered `block * 16 + i`, so storage
+/// migration can run disk blocks through the same encoder as guest memory.
+pub fn block_pages(block: u64, data: &[u8; BLOCK_SIZE]) -> impl Iterator<Item = (Gfn, &PageBytes)> {
+    data.chunks_exact(PAGE_SIZE).enumerate().map(move |(i, p)| {
+        (
+            Gfn(block * PAGES_PER_BLOCK + i as u64),
+            p.try_into().expect("page-sized chunk"),
+        )
+    })
+}
+
 /// A heap-allocated all-zero page.
 pub fn zero_page() -> Box<PageBytes> {
     Box::new([0u8; PAGE_SIZE])
@@ -74,6 +90,17 @@ mod tests {
             p[i] = 0;
         }
         assert!(is_zero(&p));
+    }
+
+    #[test]
+    fn blocks_split_into_numbered_pages() {
+        let mut block = Box::new([0u8; BLOCK_SIZE]);
+        block[PAGE_SIZE * 3] = 9;
+        let pages: Vec<_> = block_pages(2, &block).collect();
+        assert_eq!(pages.len(), 16);
+        assert_eq!(pages[0].0, Gfn(32));
+        assert_eq!(pages[15].0, Gfn(47));
+        assert_eq!(pages[3].1[0], 9);
     }
 
     #[test]

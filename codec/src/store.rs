@@ -164,6 +164,12 @@ impl PageStore {
         let index_len = index.metadata().map_err(io("stat index file"))?.len();
 
         let mut old_slots = 0u64;
+        if index_len > 0 && index_len < INDEX_HEADER {
+            return Err(CodecError::StoreFormat {
+                path: dir.to_path_buf(),
+                why: format!("index file is {index_len} bytes, shorter than its header"),
+            });
+        }
         if index_len > 0 {
             let mut hdr = [0u8; INDEX_HEADER as usize];
             index

@@ -133,6 +133,16 @@ fn foreign_index_file_is_rejected_with_a_clear_error() {
 }
 
 #[test]
+fn truncated_index_header_is_a_format_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("index"), b"WMPS").unwrap();
+    assert!(matches!(
+        PageStore::open(dir.path(), 1 << 20),
+        Err(CodecError::StoreFormat { .. })
+    ));
+}
+
+#[test]
 fn scope_names_are_checked() {
     for ok in ["tenant-a", "site_b.2", "x"] {
         validate_scope(ok).unwrap();
