@@ -60,7 +60,7 @@ fn segment(index: u16) -> kvm_segment {
             raw_limit as u32
         },
         // RPL = DPL, so user segments load at CPL 3.
-        selector: index * 8 | (((e >> 45) & 3) as u16),
+        selector: (index * 8) | (((e >> 45) & 3) as u16),
         type_: ((e >> 40) & 0xf) as u8,
         present,
         dpl: ((e >> 45) & 3) as u8,

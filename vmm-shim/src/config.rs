@@ -45,8 +45,11 @@ pub struct NetConfig {
     pub ip: Ipv4Addr,
     /// Prefix length.
     pub prefix_len: u8,
-    /// TCP port of the service.
+    /// TCP port of the service (its status port is `port + 1`).
     pub port: u16,
+    /// Back the card with this TAP device; `None` = an in-process channel
+    /// whose far end `Vm::take_net_port` hands out.
+    pub tap: Option<String>,
 }
 
 /// The disk and the disk workload.
@@ -115,6 +118,14 @@ impl VmConfig {
                     abi::MAX_MEM_SIZE >> 20
                 ),
             });
+        }
+        if let Some(d) = &self.disk {
+            if d.blocks_per_iteration == 0 {
+                return Err(ConfigError {
+                    key: "disk.blocks_per_iteration",
+                    reason: "0; use at least 1".into(),
+                });
+            }
         }
         if let Some(w) = &self.memory_workload {
             let available = (self.mem_size - abi::WORKLOAD_BASE) / abi::PAGE_SIZE;

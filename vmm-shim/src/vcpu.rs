@@ -8,6 +8,7 @@ use crate::guest_control::{self, ControlRequest, ReportLog};
 use crate::memory::GuestMem;
 use crate::serial::{Serial, SerialSink};
 use crate::vcpu_state::{self, VcpuCaps, VcpuState, VcpuStateError};
+use crate::virtio::VirtioBus;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -32,14 +33,6 @@ pub enum RunExit {
     Stopped,
 }
 
-/// Something on the MMIO bus (the virtio-mmio devices).
-pub trait MmioBus: Send {
-    /// Handles a guest read at `addr`; false when nothing lives there.
-    fn read(&mut self, mem: &GuestMem, addr: u64, data: &mut [u8]) -> bool;
-    /// Handles a guest write at `addr`; false when nothing lives there.
-    fn write(&mut self, mem: &GuestMem, addr: u64, data: &[u8]) -> bool;
-}
-
 /// State shared between the vCPU thread and the VMM.
 pub struct Shared {
     pub(crate) mem: GuestMem,
@@ -50,7 +43,7 @@ pub struct Shared {
     pub(crate) exit: Mutex<Option<RunExit>>,
     pub(crate) exited: Condvar,
     pub(crate) clock: Mutex<GuestClock>,
-    pub(crate) mmio: Mutex<Option<Box<dyn MmioBus>>>,
+    pub(crate) bus: Mutex<VirtioBus>,
 }
 
 /// Locks a mutex, recovering the data if a panicking thread poisoned it
@@ -347,18 +340,14 @@ impl VcpuThread {
                 }
             }
             VcpuExit::MmioRead(addr, data) => {
-                let handled = lock(&shared.mmio)
-                    .as_mut()
-                    .is_some_and(|bus| bus.read(&shared.mem, addr, data));
+                let handled = lock(&shared.bus).read(addr, data);
                 if !handled {
                     data.fill(0xff);
                     tracing::debug!("guest read unmapped MMIO {addr:#x}");
                 }
             }
             VcpuExit::MmioWrite(addr, data) => {
-                let handled = lock(&shared.mmio)
-                    .as_mut()
-                    .is_some_and(|bus| bus.write(&shared.mem, addr, data));
+                let handled = lock(&shared.bus).write(addr, data);
                 if !handled {
                     tracing::debug!("guest wrote unmapped MMIO {addr:#x}");
                 }
@@ -387,6 +376,11 @@ impl VcpuThread {
 
     fn control(&mut self, req: ControlRequest) -> Option<RunExit> {
         let shared = self.shared.clone();
+        // The guest polls its virtqueues and comes here at least once per
+        // main-loop pass (clock read, report or idle sleep): move frames
+        // between the backends and the queues now. Never while paused, so
+        // devices do not write memory after the final dirty scan.
+        lock(&shared.bus).process();
         match req {
             ControlRequest::Report(gpa) => {
                 let mut buf = [0u8; abi::REPORT_SIZE];

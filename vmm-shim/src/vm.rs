@@ -10,11 +10,16 @@ use crate::serial::{Serial, SerialSink};
 use crate::state::VmState;
 use crate::vcpu::{lock, RunExit, Shared, VcpuError, VcpuHandle};
 use crate::vcpu_state::VcpuCaps;
+use crate::virtio::{
+    channel_pair, ChannelPort, NetBackend, RawFileBackend, TapBackend, VirtioBlock, VirtioBus,
+    VirtioMmio, VirtioNet, VirtioState,
+};
 use crate::{boot, elf};
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Kvm, VmFd};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
+use wanmig_guest_abi::virtio::{BLK_MMIO_BASE, NET_MMIO_BASE};
 
 /// Errors creating or operating a VM.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +50,8 @@ pub enum VmError {
     Vcpu(#[from] VcpuError),
     #[error("cannot restore VM state: {0}")]
     Restore(String),
+    #[error("cannot set up the {what}: {detail}")]
+    Device { what: &'static str, detail: String },
 }
 
 fn kvm_err(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -62,6 +69,53 @@ pub struct Vm {
     shared: Arc<Shared>,
     caps: VcpuCaps,
     logging: bool,
+    net_port: Mutex<Option<ChannelPort>>,
+}
+
+/// Frames a channel-backed virtio-net card queues before dropping.
+const NET_CHANNEL_FRAMES: usize = 512;
+
+/// Builds the virtio-mmio devices `config` asks for.
+fn build_bus(
+    config: &VmConfig,
+    mem: &GuestMem,
+) -> Result<(VirtioBus, Option<ChannelPort>), VmError> {
+    let dev_err = |what: &'static str| move |e: String| VmError::Device { what, detail: e };
+    let mut bus = VirtioBus::new();
+    let mut port = None;
+    let space = Arc::new(mem.clone());
+    if let Some(net) = &config.net {
+        let backend: Box<dyn NetBackend> = match &net.tap {
+            Some(name) => Box::new(
+                TapBackend::create(name)
+                    .map_err(|e| format!("TAP device {name}: {e} (needs CAP_NET_ADMIN)"))
+                    .map_err(dev_err("virtio-net backend"))?,
+            ),
+            None => {
+                let (backend, far) = channel_pair(NET_CHANNEL_FRAMES);
+                port = Some(far);
+                Box::new(backend)
+            }
+        };
+        let dev = VirtioMmio::new(VirtioNet::new(backend, net.mac), space.clone())
+            .map_err(|e| e.to_string())
+            .map_err(dev_err("virtio-net device"))?;
+        bus.add(NET_MMIO_BASE, Box::new(dev))
+            .map_err(|e| e.to_string())
+            .map_err(dev_err("virtio-net window"))?;
+    }
+    if let Some(disk) = &config.disk {
+        let backend = RawFileBackend::open(&disk.path)
+            .map_err(|e| format!("{}: {e}", disk.path.display()))
+            .map_err(dev_err("disk"))?;
+        let dev = VirtioMmio::new(VirtioBlock::new(backend, "wanmig-disk"), space.clone())
+            .map_err(|e| e.to_string())
+            .map_err(dev_err("virtio-blk device"))?;
+        bus.add(BLK_MMIO_BASE, Box::new(dev))
+            .map_err(|e| e.to_string())
+            .map_err(dev_err("virtio-blk window"))?;
+    }
+    Ok((bus, port))
 }
 
 impl Vm {
@@ -116,6 +170,7 @@ impl Vm {
         vcpu.set_fpu(&boot::initial_fpu())
             .map_err(kvm_err("KVM_SET_FPU"))?;
         let caps = VcpuCaps::probe(&kvm, &vcpu);
+        let (bus, net_port) = build_bus(&config, &mem)?;
         tracing::debug!(?caps, "vCPU state capabilities");
         let shared = Arc::new(Shared {
             mem,
@@ -126,7 +181,7 @@ impl Vm {
             exit: Mutex::new(None),
             exited: Condvar::new(),
             clock: Mutex::new(Default::default()),
-            mmio: Mutex::new(None),
+            bus: Mutex::new(bus),
         });
         let vcpu = VcpuHandle::spawn(vcpu, caps.clone(), shared.clone())?;
         Ok(Vm {
@@ -137,6 +192,7 @@ impl Vm {
             shared,
             caps,
             logging: false,
+            net_port: Mutex::new(net_port),
         })
     }
 
@@ -153,6 +209,12 @@ impl Vm {
     /// What this host's KVM lets us save for the vCPU.
     pub fn vcpu_caps(&self) -> &VcpuCaps {
         &self.caps
+    }
+
+    /// The far end of a channel-backed virtio-net card (once): frames the
+    /// guest sends come out of it, frames sent into it reach the guest.
+    pub fn take_net_port(&self) -> Option<ChannelPort> {
+        lock(&self.net_port).take()
     }
 
     /// Lets the vCPU run.
@@ -277,12 +339,25 @@ impl Vm {
             guest_clock_ns: lock(&self.shared.clock).now_ns(Instant::now()),
             serial: lock(&self.shared.serial).clone(),
             reports_seen: lock(&self.shared.reports).total(),
-            devices: None,
+            devices: Some(
+                serde_json::to_value(lock(&self.shared.bus).save_state())
+                    .map_err(|e| VmError::Restore(format!("cannot encode device state: {e}")))?,
+            ),
         })
     }
 
     /// Restores `state` into this paused VM (memory is restored separately).
     pub fn restore_state(&self, state: VmState) -> Result<(), VmError> {
+        let devices: Vec<VirtioState> = match &state.devices {
+            Some(v) => serde_json::from_value(v.clone())
+                .map_err(|e| VmError::Restore(format!("device state is malformed: {e}")))?,
+            None => Vec::new(),
+        };
+        lock(&self.shared.bus)
+            .restore_state(&devices)
+            .map_err(|e| {
+                VmError::Restore(format!("device state does not fit this VM's devices: {e}"))
+            })?;
         let refused = self.vcpu.restore(state.vcpu)?;
         if !refused.is_empty() {
             tracing::warn!(

@@ -3,6 +3,13 @@
 //! device MMIO windows, I/O ports, the control-port report format and the
 //! boot-parameter block. Both sides depend on this crate so the numbers
 //! cannot drift apart.
+//!
+//! Execution environment: the guest starts at `_start` in 64-bit mode at
+//! CPL 3 with IOPL 3 (port I/O allowed), interrupts disabled, no IDT, SSE
+//! enabled (CR4.OSFXSR), identity-mapped memory with user-accessible pages.
+//! Ring 3 matters on nested KVM (kvm-pvm): there ring-0 guest code is run
+//! by KVM's instruction emulator (slow, no SSE), ring-3 code natively, so
+//! ordinary compiled code including `core::fmt` works at full speed.
 #![no_std]
 
 pub mod memory_workload;
@@ -199,8 +206,8 @@ pub fn digest_step(digest: u64, value: u64) -> u64 {
 mod tests {
     use super::*;
 
-    #[test]
-    fn layout_regions_do_not_overlap() {
+    // The layout's regions must not overlap; checked at compile time.
+    const _: () = {
         assert!(PD_GPA + IDENTITY_MAPPED_GIB * PAGE_SIZE <= BOOT_PARAMS_GPA);
         assert!(BOOT_PARAMS_GPA + BOOT_PARAMS_SIZE as u64 <= STACK_BOTTOM);
         assert!(STACK_TOP <= IMAGE_BASE);
@@ -208,7 +215,7 @@ mod tests {
         assert!(HEAP_BASE + HEAP_SIZE <= WORKLOAD_BASE);
         assert!(WORKLOAD_BASE < MIN_MEM_SIZE);
         assert!(MAX_MEM_SIZE <= virtio::NET_MMIO_BASE);
-    }
+    };
 
     #[test]
     fn splitmix_is_deterministic_and_varies() {

@@ -42,8 +42,21 @@ pub extern "C" fn _start() -> ! {
         None
     };
 
+    let devices = abi::WORKLOAD_NET | abi::WORKLOAD_DISK;
+    let mut virtio_work = if params.workloads & devices != 0 {
+        Some(virtio::Workloads::start(
+            &params,
+            control::clock_ns() / 1_000_000,
+        ))
+    } else {
+        None
+    };
+
     loop {
         let mut busy = false;
+        if let Some(w) = virtio_work.as_mut() {
+            busy |= w.step(control::clock_ns() / 1_000_000);
+        }
         if let Some(m) = mem.as_mut() {
             if m.step() {
                 busy = true;
