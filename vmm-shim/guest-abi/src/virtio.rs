@@ -229,9 +229,46 @@ pub fn disk_block_last_iteration(
     None
 }
 
+/// The digest the disk workload reports after `iterations` error-free
+/// iterations: every word of every block it verified, in order, folded with
+/// [`crate::digest_step`] (the guest folds the words it read back).
+pub fn disk_expected_digest(
+    seed: u64,
+    per_iteration: u64,
+    total_blocks: u64,
+    iterations: u64,
+) -> u64 {
+    let per = per_iteration.min(total_blocks);
+    let mut digest = 0;
+    let mut words = [0u64; DISK_BLOCK_WORDS];
+    for i in 0..iterations {
+        for k in 0..per {
+            disk_block_fill(
+                seed,
+                i,
+                disk_iteration_block(i, k, per, total_blocks),
+                &mut words,
+            );
+            for w in words {
+                digest = crate::digest_step(digest, w);
+            }
+        }
+    }
+    digest
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn disk_digest_depends_on_every_parameter() {
+        let d = disk_expected_digest(7, 16, 2048, 3);
+        assert_ne!(d, disk_expected_digest(8, 16, 2048, 3));
+        assert_ne!(d, disk_expected_digest(7, 15, 2048, 3));
+        assert_ne!(d, disk_expected_digest(7, 16, 2048, 2));
+        assert_eq!(disk_expected_digest(7, 16, 2048, 0), 0);
+    }
 
     #[test]
     fn stream_digest_ignores_segmentation_but_not_order() {

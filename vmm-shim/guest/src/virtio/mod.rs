@@ -7,6 +7,7 @@
 
 mod arena;
 mod blk;
+mod decimal;
 mod disk_workload;
 mod error;
 mod net;

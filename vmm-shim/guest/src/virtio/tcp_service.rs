@@ -22,6 +22,7 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
 use wanmig_guest_abi::{self as abi, virtio::stream_digest, virtio::NET_STATUS_PORT_OFFSET};
 
 use super::arena;
+use super::decimal::Dec;
 use super::error::VirtioError;
 use super::net::NetDriver;
 
@@ -218,15 +219,15 @@ impl TcpService {
                 line,
                 "conns={} bytes={} digest={:016x} session_bytes={} session_digest={:016x} \
                  rx_frames={} tx_frames={} rx_bad={} tx_dropped={}",
-                stats.connections,
-                stats.bytes,
+                Dec(stats.connections),
+                Dec(stats.bytes),
                 stats.digest,
-                stats.session_bytes,
+                Dec(stats.session_bytes),
                 stats.session_digest,
-                c.rx_frames,
-                c.tx_frames,
-                c.rx_bad,
-                c.tx_dropped
+                Dec(c.rx_frames),
+                Dec(c.tx_frames),
+                Dec(c.rx_bad),
+                Dec(c.tx_dropped)
             );
             if sock.send_slice(&line.buf[..line.len]) == Ok(line.len) {
                 self.status_sent = true;

@@ -5,6 +5,7 @@
 
 use wanmig_guest_abi as abi;
 
+use super::decimal::Dec;
 use super::disk_workload::DiskWorkload;
 use super::tcp_service::TcpService;
 
@@ -20,11 +21,9 @@ impl Workloads {
         let net = if params.workloads & abi::WORKLOAD_NET != 0 {
             match TcpService::new(params, now_ms) {
                 Ok(s) => {
-                    let [a, b, c, d] = params.net_ip;
-                    crate::println!(
-                        "wanmig-guest: tcp service on {a}.{b}.{c}.{d}:{}",
-                        params.net_port
-                    );
+                    let [a, b, c, d] = params.net_ip.map(|x| Dec(u64::from(x)));
+                    let port = Dec(u64::from(params.net_port));
+                    crate::println!("wanmig-guest: tcp service on {a}.{b}.{c}.{d}:{port}");
                     Some(s)
                 }
                 Err(e) => {
@@ -63,9 +62,9 @@ impl Workloads {
                 let p = disk.progress();
                 crate::println!(
                     "wanmig-guest: disk workload done: {} iterations, {} blocks verified, {} errors, digest {:#018x}",
-                    p.iterations,
-                    p.verified,
-                    p.errors,
+                    Dec(p.iterations),
+                    Dec(p.verified),
+                    Dec(p.errors),
                     p.digest
                 );
                 self.disk = None;
