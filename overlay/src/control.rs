@@ -27,6 +27,9 @@ pub struct MacAdvert {
     /// The IPv4 address bound to the MAC, for ARP suppression at peers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<Ipv4Addr>,
+    /// A static MAC (RFC 7432 §15.2): peers must not move it by learning.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sticky: bool,
 }
 
 /// A control message.
@@ -187,6 +190,7 @@ mod tests {
             site: "a".into(),
             seq: 7,
             ip: Some(Ipv4Addr::new(198, 18, 0, 1)),
+            sticky: false,
         })
     }
 

@@ -18,6 +18,7 @@ pub mod ids;
 pub mod mactable;
 pub mod metrics;
 pub mod mss_clamp;
+pub mod port;
 pub mod switch;
 
 pub use config::{OverlayConfig, SegmentConfig};

@@ -50,6 +50,8 @@ pub struct MacEntry {
     pub is_static: bool,
     /// Learned from a remote frame rather than from an advertisement.
     pub data_plane: bool,
+    /// Advertised as static by its site: local learning must not move it.
+    pub sticky: bool,
     pub frozen_at: Option<Instant>,
     moves: VecDeque<Instant>,
 }
@@ -62,6 +64,7 @@ impl MacEntry {
             last_seen: now,
             is_static: false,
             data_plane: false,
+            sticky: false,
             frozen_at: None,
             moves: VecDeque::new(),
         }
@@ -100,8 +103,10 @@ pub enum AdvertOutcome {
     MovedRemote { from: SiteId },
     /// Our local entry wins: answer with our advertisement of this sequence.
     LocalWins { seq: u32 },
-    /// Lost against another remote entry, or the MAC is frozen/static.
+    /// Lost against another remote entry, or the MAC is frozen.
     Ignored,
+    /// Two sites both hold the MAC as static: a configuration conflict.
+    StaticConflict,
     /// This move froze the MAC.
     Froze,
 }
@@ -176,7 +181,7 @@ impl MacTable {
             }
             Entry::Occupied(o) => o.into_mut(),
         };
-        if e.is_static || e.is_frozen() {
+        if e.is_static || e.sticky || e.is_frozen() {
             return LocalLearn::Ignored;
         }
         match &e.location {
@@ -223,23 +228,31 @@ impl MacTable {
         }
     }
 
-    /// Applies a peer's advertisement of `mac` at `site` with `seq`.
+    /// Applies a peer's advertisement of `mac` at `site` with `seq`; a
+    /// `sticky` (static) advertisement beats any non-static entry.
     pub fn on_advert(
         &mut self,
         now: Instant,
         mac: MacAddr,
         site: &SiteId,
         seq: u32,
+        sticky: bool,
     ) -> AdvertOutcome {
         let policy = self.policy;
         let e = match self.entries.entry(mac) {
             Entry::Vacant(v) => {
-                v.insert(MacEntry::new(Location::Remote(site.clone()), seq, now));
+                let mut e = MacEntry::new(Location::Remote(site.clone()), seq, now);
+                e.sticky = sticky;
+                v.insert(e);
                 return AdvertOutcome::Installed;
             }
             Entry::Occupied(o) => o.into_mut(),
         };
         if e.is_static {
+            // Static here and static there: answering would loop forever.
+            if sticky {
+                return AdvertOutcome::StaticConflict;
+            }
             return AdvertOutcome::LocalWins { seq: e.seq };
         }
         if e.is_frozen() {
@@ -251,10 +264,14 @@ impl MacTable {
                 e.seq = seq;
                 e.last_seen = now;
                 e.data_plane = false;
+                e.sticky = sticky;
                 AdvertOutcome::Installed
             }
             Location::Remote(s) => {
-                if !wins(seq, site, e.seq, &s) {
+                if e.sticky && !sticky {
+                    return AdvertOutcome::Ignored;
+                }
+                if !sticky && !wins(seq, site, e.seq, &s) {
                     return AdvertOutcome::Ignored;
                 }
                 if record_move(e, now, &policy) {
@@ -263,10 +280,11 @@ impl MacTable {
                 e.location = Location::Remote(site.clone());
                 e.seq = seq;
                 e.last_seen = now;
+                e.sticky = sticky;
                 AdvertOutcome::MovedRemote { from: s }
             }
             Location::Local(port) => {
-                if !wins(seq, site, e.seq, &self.local_site) {
+                if !sticky && !wins(seq, site, e.seq, &self.local_site) {
                     return AdvertOutcome::LocalWins { seq: e.seq };
                 }
                 if record_move(e, now, &policy) {
@@ -275,6 +293,7 @@ impl MacTable {
                 e.location = Location::Remote(site.clone());
                 e.seq = seq;
                 e.last_seen = now;
+                e.sticky = sticky;
                 AdvertOutcome::MovedAway { from: port }
             }
         }
@@ -470,7 +489,7 @@ mod tests {
         let mut t = table("a");
         let t0 = Instant::now();
         let d = MacAddr([2, 0, 0, 0, 0, 7]);
-        t.on_advert(t0, M, &"b".into(), 3);
+        t.on_advert(t0, M, &"b".into(), 3, false);
         t.learn_remote_frame(t0, d, &"b".into());
         let (aged, _) = t.expire(t0 + Duration::from_secs(1000));
         assert_eq!(aged.len(), 1);
@@ -485,12 +504,15 @@ mod tests {
         let now = Instant::now();
         t.learn_local(now, M, PortId(1));
         assert_eq!(
-            t.on_advert(now, M, &"c".into(), 1),
+            t.on_advert(now, M, &"c".into(), 1, false),
             AdvertOutcome::MovedAway { from: PortId(1) }
         );
         assert_eq!(t.lookup(&M), Some(&Location::Remote("c".into())));
         // A stale lower sequence from another site loses.
-        assert_eq!(t.on_advert(now, M, &"a".into(), 0), AdvertOutcome::Ignored);
+        assert_eq!(
+            t.on_advert(now, M, &"a".into(), 0, false),
+            AdvertOutcome::Ignored
+        );
         // The MAC comes back: sequence bumps past the remote one.
         assert_eq!(
             t.learn_local(now, M, PortId(2)),
@@ -501,7 +523,7 @@ mod tests {
         );
         // A lower or equal-but-losing advert is answered with ours.
         assert_eq!(
-            t.on_advert(now, M, &"c".into(), 2),
+            t.on_advert(now, M, &"c".into(), 2, false),
             AdvertOutcome::LocalWins { seq: 2 }
         );
     }
@@ -512,29 +534,29 @@ mod tests {
         // Site "b" holds M locally at seq 4; "a" advertises seq 4: "a" wins.
         let mut tb = table("b");
         tb.learn_local(now, M, PortId(1));
-        tb.on_advert(now, M, &"a".into(), 3);
+        tb.on_advert(now, M, &"a".into(), 3, false);
         tb.learn_local(now, M, PortId(1)); // seq 4 after moving back
         assert_eq!(tb.get(&M).unwrap().seq, 4);
         assert_eq!(
-            tb.on_advert(now, M, &"a".into(), 4),
+            tb.on_advert(now, M, &"a".into(), 4, false),
             AdvertOutcome::MovedAway { from: PortId(1) }
         );
         // Site "a" holding M at seq 4 ignores "b"'s equal advert.
         let mut ta = table("a");
-        ta.on_advert(now, M, &"x".into(), 3);
+        ta.on_advert(now, M, &"x".into(), 3, false);
         assert!(matches!(
             ta.learn_local(now, M, PortId(1)),
             LocalLearn::MovedHere { seq: 4, .. }
         ));
         assert_eq!(
-            ta.on_advert(now, M, &"b".into(), 4),
+            ta.on_advert(now, M, &"b".into(), 4, false),
             AdvertOutcome::LocalWins { seq: 4 }
         );
         // A third site converges on "a" whatever the arrival order.
         for order in [["a", "b"], ["b", "a"]] {
             let mut tc = table("c");
             for s in order {
-                tc.on_advert(now, M, &s.into(), 4);
+                tc.on_advert(now, M, &s.into(), 4, false);
             }
             assert_eq!(tc.lookup(&M), Some(&Location::Remote("a".into())));
         }
@@ -546,7 +568,7 @@ mod tests {
         let now = Instant::now();
         t.learn_remote_frame(now, M, &"b".into());
         assert_eq!(
-            t.on_advert(now, M, &"c".into(), 0),
+            t.on_advert(now, M, &"c".into(), 0, false),
             AdvertOutcome::Installed
         );
         assert_eq!(t.lookup(&M), Some(&Location::Remote("c".into())));
@@ -568,7 +590,7 @@ mod tests {
             seq += 1;
             if i % 2 == 0 {
                 assert_eq!(
-                    t.on_advert(now, M, &"b".into(), seq),
+                    t.on_advert(now, M, &"b".into(), seq, false),
                     AdvertOutcome::MovedAway { from: PortId(1) }
                 );
             } else {
@@ -586,7 +608,10 @@ mod tests {
             let now = s(base + i * 10);
             let cur = t.get(&M).unwrap().seq;
             if matches!(t.lookup(&M), Some(Location::Local(_))) {
-                outcomes.push(format!("{:?}", t.on_advert(now, M, &"b".into(), cur + 1)));
+                outcomes.push(format!(
+                    "{:?}",
+                    t.on_advert(now, M, &"b".into(), cur + 1, false)
+                ));
             } else {
                 outcomes.push(format!("{:?}", t.learn_local(now, M, PortId(1))));
             }
@@ -599,7 +624,7 @@ mod tests {
         assert_eq!(t.frozen_count(), 1);
         // Frozen: neither adverts nor local frames move it, nor does it age.
         assert_eq!(
-            t.on_advert(s(2000), M, &"b".into(), 100),
+            t.on_advert(s(2000), M, &"b".into(), 100, false),
             AdvertOutcome::Ignored
         );
         assert_eq!(t.learn_local(s(2000), M, PortId(7)), LocalLearn::Ignored);
@@ -621,7 +646,7 @@ mod tests {
         );
         let t0 = Instant::now();
         t.learn_local(t0, M, PortId(1));
-        t.on_advert(t0, M, &"b".into(), 1);
+        t.on_advert(t0, M, &"b".into(), 1, false);
         assert!(matches!(t.learn_local(t0, M, PortId(1)), LocalLearn::Froze));
         assert_eq!(t.next_deadline(), Some(t0 + Duration::from_secs(60)));
         let (_, unfrozen) = t.expire(t0 + Duration::from_secs(60));
@@ -633,21 +658,48 @@ mod tests {
     }
 
     #[test]
+    fn sticky_advert_wins_and_blocks_learning_and_two_statics_conflict() {
+        let mut t = table("a");
+        let now = Instant::now();
+        t.learn_local(now, M, PortId(1));
+        t.learn_local(now, M, PortId(1));
+        assert_eq!(
+            t.on_advert(now, M, &"b".into(), 0, true),
+            AdvertOutcome::MovedAway { from: PortId(1) }
+        );
+        assert_eq!(t.learn_local(now, M, PortId(1)), LocalLearn::Ignored);
+        assert_eq!(
+            t.on_advert(now, M, &"c".into(), 9, false),
+            AdvertOutcome::Ignored
+        );
+        let s = MacAddr([2, 0, 0, 0, 0, 5]);
+        t.add_static(now, s, PortId(2));
+        assert_eq!(
+            t.on_advert(now, s, &"b".into(), 3, false),
+            AdvertOutcome::LocalWins { seq: 0 }
+        );
+        assert_eq!(
+            t.on_advert(now, s, &"b".into(), 3, true),
+            AdvertOutcome::StaticConflict
+        );
+    }
+
+    #[test]
     fn withdraw_flush_and_retain_only_touch_the_named_site() {
         let mut t = table("a");
         let now = Instant::now();
         let m2 = MacAddr([2, 0, 0, 0, 0, 2]);
         let m3 = MacAddr([2, 0, 0, 0, 0, 3]);
-        t.on_advert(now, M, &"b".into(), 2);
-        t.on_advert(now, m2, &"b".into(), 0);
-        t.on_advert(now, m3, &"c".into(), 0);
+        t.on_advert(now, M, &"b".into(), 2, false);
+        t.on_advert(now, m2, &"b".into(), 0, false);
+        t.on_advert(now, m3, &"c".into(), 0, false);
         assert!(!t.on_withdraw(M, &"c".into(), 9));
         assert!(
             !t.on_withdraw(M, &"b".into(), 1),
             "older withdraw must not remove"
         );
         assert!(t.on_withdraw(M, &"b".into(), 2));
-        t.on_advert(now, M, &"b".into(), 2);
+        t.on_advert(now, M, &"b".into(), 2, false);
         assert_eq!(t.retain_site(&"b".into(), &|m| *m == m2), 1);
         assert!(t.lookup(&M).is_none());
         assert_eq!(t.flush_site(&"b".into()), 1);

@@ -32,6 +32,8 @@ pub enum DropReason {
     Unfragmentable,
     /// Control message claiming to speak for another site.
     ForgedControl,
+    /// A peer advertised as static a MAC that is static here too.
+    StaticConflict,
 }
 
 impl DropReason {
@@ -50,6 +52,7 @@ impl DropReason {
             DropReason::NotLocal => "not_local",
             DropReason::Unfragmentable => "unfragmentable",
             DropReason::ForgedControl => "forged_control",
+            DropReason::StaticConflict => "static_conflict",
         }
     }
 }

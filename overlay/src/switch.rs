@@ -464,11 +464,15 @@ impl Switch {
             }
         };
         seg.peer_traffic(&ctx.metrics, from).rx.add(frame.len());
-        if let Some(a) = eth.arp() {
+        let arp = eth.arp();
+        if let Some(a) = &arp {
             if a.sender_mac == eth.src {
-                seg.arp.learn_from(now, &a);
+                seg.arp.learn_from(now, a);
             }
         }
+        // Announcements (GARP/RARP) were already rate-limited or were moves
+        // at the sending site; they must reach local switches after a move.
+        let announcement = arp.is_some_and(|a| a.is_announcement());
         seg.macs.learn_remote_frame(now, eth.src, from);
         seg.size_gauge.set(seg.macs.len() as i64);
         let dst = eth.dst;
@@ -479,7 +483,7 @@ impl Switch {
                 Ingress::Remote(from),
                 &frame,
                 false,
-                false,
+                announcement,
                 &mut out,
             );
             return out;
@@ -567,16 +571,17 @@ impl Switch {
                 .macs
                 .iter()
                 .filter(|(_, e)| matches!(e.location, Location::Local(_)))
-                .map(|(m, e)| (*m, e.seq))
+                .map(|(m, e)| (*m, e.seq, e.is_static))
                 .collect();
             macs.sort();
-            for (mac, seq) in macs {
+            for (mac, seq, sticky) in macs {
                 entries.push(MacAdvert {
                     vni: seg.vni,
                     mac,
                     site: self.ctx.local_site.clone(),
                     seq,
                     ip: seg.arp.ip_of(&mac),
+                    sticky,
                 });
             }
         }
@@ -678,6 +683,7 @@ impl Ctx {
             site: self.local_site.clone(),
             seq,
             ip: seg.arp.ip_of(&mac),
+            sticky: seg.macs.get(&mac).is_some_and(|e| e.is_static),
         })
     }
 
@@ -716,8 +722,13 @@ impl Ctx {
         if let Some(ip) = a.ip {
             seg.arp.learn(now, ip, a.mac);
         }
-        let moved = match seg.macs.on_advert(now, a.mac, from, a.seq) {
+        let moved = match seg.macs.on_advert(now, a.mac, from, a.seq, a.sticky) {
             AdvertOutcome::Installed | AdvertOutcome::Ignored => false,
+            AdvertOutcome::StaticConflict => {
+                tracing::warn!(vni = %seg.vni, mac = %a.mac, peer = %from, "MAC is configured static at two sites; keeping ours");
+                self.metrics.drop(DropReason::StaticConflict);
+                false
+            }
             AdvertOutcome::MovedAway { from: port } => {
                 tracing::info!(vni = %seg.vni, mac = %a.mac, %port, to = %from, seq = a.seq, "MAC moved away");
                 true

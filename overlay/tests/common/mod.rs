@@ -180,7 +180,11 @@ impl Mesh {
 
     pub fn peer_down(&mut self, at: &str, peer: &str) {
         let now = self.now;
-        let acts = self.sites.get_mut(at).unwrap().on_peer_down(now, &site(peer));
+        let acts = self
+            .sites
+            .get_mut(at)
+            .unwrap()
+            .on_peer_down(now, &site(peer));
         self.run(at, acts);
     }
 
@@ -218,7 +222,13 @@ impl Mesh {
         let mut queue: VecDeque<(String, Action)> =
             acts.into_iter().map(|a| (from.to_string(), a)).collect();
         let now = self.now;
+        let mut steps = 0;
         while let Some((src, act)) = queue.pop_front() {
+            steps += 1;
+            assert!(
+                steps < 100_000,
+                "the sites keep messaging each other: a control loop"
+            );
             let more = match act {
                 Action::Deliver { port, frame } => {
                     self.delivered.entry(src).or_default().push((port, frame));
@@ -228,7 +238,10 @@ impl Mesh {
                     self.events.entry(src).or_default().push(e);
                     continue;
                 }
-                Action::SendDatagram { site: dst, datagram } => {
+                Action::SendDatagram {
+                    site: dst,
+                    datagram,
+                } => {
                     let Some(sw) = self.sites.get_mut(dst.as_str()) else {
                         continue;
                     };
