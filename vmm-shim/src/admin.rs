@@ -112,6 +112,10 @@ pub struct Status {
     pub mem_digest: u64,
     /// Reports received.
     pub reports: u64,
+    /// Latest disk-workload report: [iteration, digest, verified, errors].
+    pub disk: Option<[u64; 4]>,
+    /// Latest TCP-service report: [connections, bytes, digest, session bytes].
+    pub net: Option<[u64; 4]>,
 }
 
 /// A response on the control socket.
@@ -142,6 +146,8 @@ pub fn handle(vm: &mut Vm, req: AdminRequest) -> AdminResponse {
                 mem_iteration: latest.map(|l| l.values[0]).unwrap_or(0),
                 mem_digest: latest.map(|l| l.values[1]).unwrap_or(0),
                 reports: r.total(),
+                disk: r.latest(wanmig_guest_abi::REPORT_DISK_ITERATION).map(|l| l.values),
+                net: r.latest(wanmig_guest_abi::REPORT_NET_STATUS).map(|l| l.values),
             })
         }
         AdminRequest::Samples => AdminResponse::Samples {

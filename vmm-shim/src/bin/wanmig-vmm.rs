@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use wanmig_vmm::admin::{self, AdminRequest, AdminResponse, Endpoint};
+use wanmig_vmm::config::{DiskConfig, NetConfig};
 use wanmig_vmm::planner::PlannerConfig;
 use wanmig_vmm::{MemoryWorkloadConfig, ReceiveOptions, RunExit, Vm, VmConfig};
 
@@ -77,9 +78,35 @@ struct RunArgs {
     /// Memory workload: minimum microseconds per iteration (0 = flat out).
     #[arg(long, default_value_t = 0)]
     iteration_period_us: u64,
-    /// A raw disk file for the virtio-blk device.
+    /// A raw disk file for the virtio-blk device; the guest runs its disk
+    /// workload on it (writes and verifies deterministic blocks).
     #[arg(long)]
     disk: Option<PathBuf>,
+    /// Disk workload: seed of the block contents.
+    #[arg(long, default_value_t = 1)]
+    disk_seed: u64,
+    /// Disk workload: blocks written and verified per iteration.
+    #[arg(long, default_value_t = 64)]
+    disk_blocks_per_iteration: u64,
+    /// Disk workload: iterations (0 = forever).
+    #[arg(long, default_value_t = 0)]
+    disk_iterations: u64,
+    /// Give the guest a virtio-net card with this static IPv4 address and
+    /// run its TCP echo service (status on --net-port + 1). Needs --tap.
+    #[arg(long)]
+    net_ip: Option<std::net::Ipv4Addr>,
+    /// Prefix length of --net-ip.
+    #[arg(long, default_value_t = 24)]
+    net_prefix_len: u8,
+    /// MAC address of the card, e.g. 02:00:00:00:00:01.
+    #[arg(long, default_value = "02:77:6d:00:00:01", value_parser = parse_mac)]
+    net_mac: [u8; 6],
+    /// TCP port of the echo service.
+    #[arg(long, default_value_t = 7000)]
+    net_port: u16,
+    /// TAP device backing the card (created by the shim; needs CAP_NET_ADMIN).
+    #[arg(long)]
+    tap: Option<String>,
     /// Write the guest's serial console to this file (default: the log).
     #[arg(long)]
     serial_log: Option<PathBuf>,
@@ -107,6 +134,16 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .ok()
         .and_then(|n| n.checked_mul(mult))
         .ok_or_else(|| format!("`{s}` is not a size; use e.g. 64M, 1G or a byte count"))
+}
+
+fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<u8> = s
+        .split(':')
+        .filter_map(|p| u8::from_str_radix(p, 16).ok())
+        .collect();
+    parts.try_into().map_err(|_| {
+        format!("`{s}` is not a MAC address; use six hex bytes like 02:00:00:00:00:01")
+    })
 }
 
 fn main() -> Result<()> {
@@ -167,14 +204,31 @@ fn vm_config(a: &RunArgs) -> Result<VmConfig> {
         }),
         other => bail!("unknown --workload `{other}`; use `idle` or `memory`"),
     };
-    if a.disk.is_some() {
-        bail!("--disk needs the virtio-blk device, which this build does not wire up yet");
-    }
+    let disk = a.disk.as_ref().map(|path| DiskConfig {
+        path: path.clone(),
+        seed: a.disk_seed,
+        blocks_per_iteration: a.disk_blocks_per_iteration,
+        iterations: a.disk_iterations,
+    });
+    let net = match (a.net_ip, &a.tap) {
+        (Some(ip), Some(tap)) => Some(NetConfig {
+            mac: a.net_mac,
+            ip,
+            prefix_len: a.net_prefix_len,
+            port: a.net_port,
+            tap: Some(tap.clone()),
+        }),
+        (Some(_), None) => {
+            bail!("--net-ip needs --tap NAME: the card must be backed by a TAP device")
+        }
+        (None, Some(_)) => bail!("--tap needs --net-ip: give the guest an address"),
+        (None, None) => None,
+    };
     let config = VmConfig {
         mem_size: a.mem,
         memory_workload,
-        net: None,
-        disk: None,
+        net,
+        disk,
         mem_image: a.mem_image.clone(),
     };
     config.validate()?;
