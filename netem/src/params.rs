@@ -209,6 +209,21 @@ mod tests {
     }
 
     #[test]
+    fn deserializes_from_config_text_with_defaults() {
+        let p: LinkParams = serde_json::from_str(
+            r#"{"delay":"50ms","jitter":"2ms","jitter_dist":"pareto-normal","rate_bps":250000000,
+                "loss":{"model":"gemodel","p":0.01,"r":0.25,"loss_bad":1.0,"loss_good":0.0}}"#,
+        )
+        .unwrap();
+        assert_eq!(p.delay, Duration::from_millis(50));
+        assert_eq!(p.jitter_dist, JitterDist::ParetoNormal);
+        assert_eq!(p.loss, LossModel::gemodel(0.01, Some(0.25), None, None));
+        assert_eq!(p.queue_bytes, MIN_DEFAULT_QUEUE);
+        let e = serde_json::from_str::<LinkParams>(r#"{"dealy":"5ms"}"#).unwrap_err();
+        assert!(e.to_string().contains("dealy"), "{e}");
+    }
+
+    #[test]
     fn sane_probability_clamps() {
         assert_eq!(sane_probability(f64::NAN), 0.0);
         assert_eq!(sane_probability(2.0), 1.0);

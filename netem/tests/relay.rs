@@ -104,7 +104,7 @@ async fn random_loss_within_four_sigma() {
     )
     .await;
     let addr = relay.local_addr();
-    blocking(move || drop(send_paced(addr, n, 64, 40_000.0))).await;
+    blocking(move || drop(send_paced(addr, n, 64, 10_000.0))).await;
     let got = blocking(move || sink.finish()).await;
     let lost = n as f64 - got.len() as f64;
     let stats = relay.stats().forward;
@@ -134,7 +134,7 @@ async fn gilbert_elliott_loss_comes_in_bursts() {
     )
     .await;
     let addr = relay.local_addr();
-    blocking(move || drop(send_paced(addr, n, 64, 40_000.0))).await;
+    blocking(move || drop(send_paced(addr, n, 64, 10_000.0))).await;
     let got = blocking(move || sink.finish()).await;
     let seqs: HashSet<u64> = got.iter().map(|g| g.0).collect();
     let lost: Vec<bool> = (0..n).map(|s| !seqs.contains(&s)).collect();
@@ -163,7 +163,7 @@ async fn duplicates_arrive_twice() {
     )
     .await;
     let addr = relay.local_addr();
-    blocking(move || drop(send_paced(addr, n, 64, 40_000.0))).await;
+    blocking(move || drop(send_paced(addr, n, 64, 10_000.0))).await;
     let got = blocking(move || sink.finish()).await;
     let distinct: HashSet<u64> = got.iter().map(|g| g.0).collect();
     let dups = got.len() - distinct.len();

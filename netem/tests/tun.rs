@@ -32,6 +32,12 @@ fn in_ns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
     })
 }
 
+/// These tests measure time; one at a time on a 2-core machine.
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
 async fn link(fwd: LinkParams, rev: LinkParams) -> (Netns, Netns, TunLinkHandle) {
     let a = Netns::create("wnta").unwrap();
     let b = Netns::create("wntb").unwrap();
@@ -82,6 +88,7 @@ async fn udp_round_trip_sees_the_delay_and_cut_stops_it() {
     if !require_netns("udp_round_trip_sees_the_delay_and_cut_stops_it") {
         return;
     }
+    let _g = serial().await;
     let (a, b, h) = link(
         LinkParams::ideal().with_delay(ms(10)),
         LinkParams::ideal().with_delay(ms(10)),
@@ -121,6 +128,7 @@ async fn kernel_tcp_runs_at_about_the_rate() {
     if !require_netns("kernel_tcp_runs_at_about_the_rate") {
         return;
     }
+    let _g = serial().await;
     let rate = 40_000_000u64;
     let p = LinkParams::wan(ms(20), rate);
     let (a, b, h) = link(p.clone(), p).await;
@@ -188,6 +196,7 @@ async fn devices_disappear_on_shutdown() {
     if !require_netns("devices_disappear_on_shutdown") {
         return;
     }
+    let _g = serial().await;
     let (a, b, h) = link(LinkParams::ideal(), LinkParams::ideal()).await;
     let (da, _) = h.devices();
     let da = da.to_string();
