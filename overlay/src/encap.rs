@@ -61,7 +61,8 @@ pub enum EncapError {
 }
 
 impl Header {
-    pub fn len(&self) -> usize {
+    /// Encoded length of this header in bytes.
+    pub fn encoded_len(&self) -> usize {
         if self.fragment.is_some() {
             FRAG_LEN
         } else {
@@ -130,7 +131,7 @@ impl Header {
             }
             hdr.fragment = Some(FragInfo { id, index, count });
         }
-        let off = hdr.len();
+        let off = hdr.encoded_len();
         if len == off {
             return Err(EncapError::Empty);
         }
