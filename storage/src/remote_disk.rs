@@ -634,3 +634,6 @@ impl RemoteDisk {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
