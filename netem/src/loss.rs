@@ -23,6 +23,7 @@ pub enum LossModel {
     /// probability in the good state. With `loss_bad = 1` and
     /// `loss_good = 0` the mean loss burst is `1 / r` packets and the mean
     /// loss rate `p / (p + r)`.
+    #[serde(rename = "gemodel", alias = "gilbert-elliott")]
     GilbertElliott {
         p: f64,
         r: f64,
