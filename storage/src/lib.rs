@@ -17,6 +17,23 @@
 //! - [`digest`]: BLAKE3 of a whole disk file, holes as zeros.
 //! - [`copy`]: an in-process link that drives a whole copy for tests/benches.
 //! - [`testdisk`]: realistic sparse test images (text, binaries, free space).
+//!
+//! How the pieces are used (destination B, source A, after the handover):
+//!
+//! 1. A: [`SourceDisk::open`] validates the disk against the VM's configured
+//!    size (missing, truncated, wrong size: error before anything moves) and
+//!    sends [`SourceDisk::hole_blocks`] to B.
+//! 2. B: [`RemoteDisk::open`] (creates or resumes the local sparse copy and
+//!    its `<disk>.presence` sidecar), [`RemoteDisk::apply_source_holes`],
+//!    [`RemoteDisk::start`]; the virtio-block device reads and writes through
+//!    it. The gateway implements [`Fetcher`] (on-demand requests must overtake
+//!    background data on the wire), answers go to
+//!    [`RemoteDisk::on_block_arrived`], outages to `link_down`/`link_up`, and
+//!    a timer calls [`RemoteDisk::tick`].
+//! 3. A serves each [`FetchRequest`] with [`SourceDisk::serve`] and
+//!    [`wire::BlockEncoder`] (the gateway may dedup payloads as for memory).
+//! 4. B: when [`RemoteDisk::is_all_local`], [`RemoteDisk::complete`] fsyncs
+//!    and confirms; only then A calls [`release_source`] by policy.
 
 pub mod copy;
 pub mod digest;

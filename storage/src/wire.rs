@@ -206,6 +206,19 @@ mod tests {
         assert!(dec.decode(0, &p, 16384, &mut out).is_err());
     }
 
+    proptest::proptest! {
+        /// Arbitrary bytes from the wire decode to an error or to exactly
+        /// `expected_len` bytes, never a panic.
+        #[test]
+        fn arbitrary_payloads_never_panic(payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300), len in 1usize..512) {
+            let mut dec = BlockDecoder::new().unwrap();
+            let mut out = Vec::new();
+            if let Ok(Decoded::Data) = dec.decode(0, &payload, len, &mut out) {
+                proptest::prop_assert_eq!(out.len(), len);
+            }
+        }
+    }
+
     #[test]
     fn is_zero_checks_every_byte() {
         let mut b = vec![0u8; 100];
