@@ -3,9 +3,9 @@
 //! virtio-net device over a [`NetBackend`] (TAP or in-process channel), and
 //! serialisable device state for migration.
 //!
-//! [`VirtioBus`] holds a VM's devices by window. The VMM routes MMIO exits in a device's window to
-//! [`MmioDevice::mmio_read`]/[`MmioDevice::mmio_write`] (offset relative to
-//! the window base) and calls [`MmioDevice::process`] regularly so received
+//! [`VirtioBus`] holds a VM's devices by window and routes MMIO exits to
+//! [`MmioDevice::mmio_read`]/[`MmioDevice::mmio_write`] (offset relative
+//! to the window base); the VMM calls [`MmioDevice::process`] regularly so received
 //! frames reach the guest. Queue notifications are handled synchronously
 //! inside `mmio_write`.
 
@@ -18,6 +18,8 @@ mod net;
 mod net_backend;
 mod state;
 
+#[cfg(test)]
+mod fuzz_tests;
 #[cfg(test)]
 mod testdriver;
 
