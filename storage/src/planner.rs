@@ -73,7 +73,7 @@ impl Default for PlannerConfig {
 }
 
 /// Why a block is fetched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Priority {
     /// A guest request waits for it.
     OnDemand,
@@ -82,7 +82,7 @@ pub enum Priority {
 }
 
 /// A request to send to the source: blocks `first_block..first_block+count`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FetchRequest {
     /// First block.
     pub first_block: u64,

@@ -299,9 +299,9 @@ fn a_long_outage_times_out_guest_io_with_a_clear_error() {
     assert!(disk.metrics().snapshot().fetch_timeouts >= 2);
     // After the outage everything completes and matches.
     copy.restore();
+    assert!(disk.wait_all_local(Duration::from_secs(60)));
     disk.read_at(off, &mut buf).unwrap();
     assert_eq!(buf, read_source(&fx.source, off, 512));
-    assert!(disk.wait_all_local(Duration::from_secs(60)));
     drop(copy);
     assert_eq!(
         disk_digest(&fx.dest).unwrap(),
@@ -325,7 +325,17 @@ fn destination_crash_mid_copy_resumes_from_the_bitmap() {
         disk.write_at(40 * BS + 99, &data).unwrap();
         writes.push((40 * BS + 99, data));
         disk.flush().unwrap();
-        while disk.metrics().snapshot().blocks_copied < total_data_blocks / 2 {
+        // Crash once the periodic save (from the tick thread) has recorded
+        // half of the data blocks.
+        let sidecar = disk.sidecar_path().to_owned();
+        let holes = m0.hole_blocks_skipped;
+        loop {
+            let saved = wanmig_storage::PresenceBitmap::load(&sidecar, disk.geometry())
+                .unwrap()
+                .map_or(0, |b| b.present_count());
+            if saved >= holes + total_data_blocks / 2 {
+                break;
+            }
             std::thread::sleep(Duration::from_millis(10));
         }
         assert!(!disk.is_all_local());
