@@ -520,6 +520,13 @@ impl RemoteDisk {
                     waited,
                 } => {
                     self.metrics.fetch_timeout();
+                    tracing::error!(
+                        path = %self.path.display(),
+                        ?waited,
+                        missing,
+                        link_up = st.planner.is_link_up(),
+                        "guest I/O timed out waiting for blocks from the source site; the guest gets an I/O error, no data is made up; restore the link (the copy resumes by itself)"
+                    );
                     st.outcomes
                         .insert(waiter, Outcome::TimedOut { missing, waited });
                 }
