@@ -10,7 +10,8 @@
 //! 2. Raw throughput of the in-process path without delay or rate limit.
 //!
 //! Run: `cargo bench -p wanmig-storage --bench copy`
-//! (`WANMIG_BENCH_DISK_MIB=256` for a smaller disk).
+//! (`WANMIG_BENCH_DISK_MIB=256` for a smaller disk; `WANMIG_BENCH_PERSIST=N`
+//! sets how many arrived blocks trigger a bitmap save in part 2).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
