@@ -130,6 +130,37 @@ async fn rate(offered: f64, seconds: f64) {
     r.shutdown().await;
 }
 
+/// How much the relay moves with no rate limit (headroom above 250 Mbit/s;
+/// the sender and sink share the same 2 cores, so this is a lower bound).
+async fn headroom(offered_bps: f64, seconds: f64) {
+    let sink = Sink::start(Duration::from_millis(500));
+    let delay = LinkParams::ideal().with_delay(RTT / 2);
+    let r = relay(sink.addr, delay.clone(), delay).await;
+    let addr = r.local_addr();
+    let size = 1200usize;
+    let pps = offered_bps / (size as f64 * 8.0);
+    tokio::task::spawn_blocking(move || drop(send_paced(addr, (pps * seconds) as u64, size, pps)))
+        .await
+        .unwrap();
+    let got = tokio::task::spawn_blocking(move || sink.finish())
+        .await
+        .unwrap();
+    let (first, last) = (got[0].2, got.last().unwrap().2);
+    let bytes: usize = got[1..].iter().map(|g| g.1).sum();
+    let measured = bytes as f64 * 8.0 / (last - first).as_secs_f64();
+    let st = r.stats();
+    println!(
+        "HEADROOM no rate limit, {:?} delay, offered {:.0} Mbit/s | delivered {:.1} Mbit/s, {} of {} datagrams arrived ({} relay send errors)",
+        RTT / 2,
+        offered_bps / 1e6,
+        measured / 1e6,
+        got.len(),
+        (pps * seconds) as u64,
+        st.send_errors,
+    );
+    r.shutdown().await;
+}
+
 async fn loss(model: LossModel, label: &str) {
     let n = 100_000u64;
     let sink = Sink::start(Duration::from_millis(500));
@@ -188,6 +219,8 @@ fn main() {
         rtt().await;
         rate(1.2, 3.0).await;
         rate(0.9, 3.0).await;
+        headroom(500e6, 2.0).await;
+        headroom(1000e6, 2.0).await;
         loss(LossModel::Random { p: 0.01 }, "random 1%").await;
         loss(
             LossModel::gemodel(0.01, Some(0.25), None, None),
