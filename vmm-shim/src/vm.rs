@@ -278,8 +278,9 @@ impl Vm {
         lock(&self.shared.reports).clone()
     }
 
-    /// Waits until the memory workload has reported iteration `n` (or
-    /// later) and returns the sample for `n` if it is still kept.
+    /// Waits until the memory workload has reported iteration `n` or later
+    /// and returns the first kept sample at or after `n`; `None` on timeout
+    /// or when the run ended first.
     pub fn wait_mem_iteration(&self, n: u64, timeout: Duration) -> Option<MemSample> {
         let deadline = Instant::now() + timeout;
         let mut r = lock(&self.shared.reports);
@@ -288,7 +289,7 @@ impl Vm {
                 .latest(wanmig_guest_abi::REPORT_MEM_ITERATION)
                 .map(|l| l.values[0]);
             if latest.is_some_and(|l| l >= n) {
-                return r.mem_samples().into_iter().find(|s| s.iteration == n);
+                return r.mem_samples().into_iter().find(|s| s.iteration >= n);
             }
             if self.exit_status().is_some() {
                 return None;
