@@ -12,12 +12,12 @@ use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 
 use crate::error::NetemError;
 use crate::lane::Lane;
@@ -28,6 +28,13 @@ use crate::params::LinkParams;
 const MAX_DATAGRAM: usize = 65_535;
 /// Client addresses the relay tracks at most (each costs a socket).
 const MAX_SESSIONS: usize = 4096;
+/// A session without traffic in either direction for this long is
+/// forgotten (its upstream socket closed), like a NAT entry.
+const SESSION_IDLE: Duration = if cfg!(test) {
+    Duration::from_millis(200)
+} else {
+    Duration::from_secs(180)
+};
 /// Socket buffer size requested for relay sockets (capped by the kernel).
 const SOCKET_BUFFER: usize = 4 << 20;
 
@@ -57,8 +64,11 @@ pub struct RelayConfig {
 pub struct RelayStats {
     pub forward: LinkStats,
     pub reverse: LinkStats,
-    /// Client addresses seen (each has its own upstream socket).
+    /// Client addresses seen (each gets its own upstream socket).
     pub sessions: u64,
+    /// Sessions forgotten after being idle (a later datagram from the same
+    /// client opens a new one, with a new upstream port).
+    pub sessions_expired: u64,
     /// Datagrams dropped because the session table was full.
     pub sessions_refused: u64,
     /// Datagrams the kernel refused to send (e.g. nothing listening).
@@ -73,6 +83,7 @@ struct Shared {
     reverse: Arc<Lane<SocketAddr>>,
     cut: AtomicBool,
     sessions: AtomicU64,
+    sessions_expired: AtomicU64,
     sessions_refused: AtomicU64,
 }
 
@@ -172,6 +183,7 @@ impl UdpRelay {
             reverse,
             cut: AtomicBool::new(false),
             sessions: AtomicU64::new(0),
+            sessions_expired: AtomicU64::new(0),
             sessions_refused: AtomicU64::new(0),
         });
         let (stop_tx, stop_rx) = watch::channel(());
@@ -238,6 +250,7 @@ impl RelayHandle {
             forward: s.forward.with_model(|m| m.stats()),
             reverse: s.reverse.with_model(|m| m.stats()),
             sessions: s.sessions.load(Ordering::Relaxed),
+            sessions_expired: s.sessions_expired.load(Ordering::Relaxed),
             sessions_refused: s.sessions_refused.load(Ordering::Relaxed),
             send_errors: s.forward.send_errors() + s.reverse.send_errors(),
             cut: s.cut.load(Ordering::SeqCst),
@@ -270,20 +283,53 @@ fn unspecified_like(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-/// Receives from clients, creates sessions, submits to the forward model.
+/// A client's NAT entry: its upstream socket, when it last saw traffic
+/// (milliseconds since the relay started, either direction) and its
+/// reply-receiving task.
+struct Session {
+    sock: Arc<UdpSocket>,
+    last_active: Arc<AtomicU64>,
+    task: AbortHandle,
+}
+
+fn millis_since(epoch: Instant) -> u64 {
+    epoch.elapsed().as_millis() as u64
+}
+
+/// Receives from clients, creates sessions, submits to the forward model,
+/// and expires sessions idle for `SESSION_IDLE`.
 async fn accept_loop(
     shared: Arc<Shared>,
     listen: Arc<UdpSocket>,
     upstream: SocketAddr,
     mut stop: watch::Receiver<()>,
 ) {
-    let mut sessions: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
+    let epoch = Instant::now();
+    let mut sessions: HashMap<SocketAddr, Session> = HashMap::new();
     // Session tasks end with this one: dropping the set aborts them.
     let mut session_tasks = JoinSet::new();
+    let mut sweep = tokio::time::interval(SESSION_IDLE / 4);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
         tokio::select! {
             _ = stop.changed() => return,
+            _ = sweep.tick() => {
+                let now = millis_since(epoch);
+                let idle = SESSION_IDLE.as_millis() as u64;
+                sessions.retain(|client, s| {
+                    let keep = now.saturating_sub(s.last_active.load(Ordering::Relaxed)) < idle;
+                    if !keep {
+                        s.task.abort();
+                        shared.sessions_expired.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%client, "netem relay: session expired");
+                    }
+                    keep
+                });
+                // Reap finished (aborted) tasks so the set does not grow.
+                while session_tasks.try_join_next().is_some() {}
+                continue;
+            },
             r = listen.readable() => if let Err(e) = r {
                 tracing::error!(error = %e, "netem relay: listening socket failed; relay stops");
                 return;
@@ -302,25 +348,37 @@ async fn accept_loop(
             };
             let now = Instant::now();
             let sock = match sessions.get(&from) {
-                Some(s) => s.clone(),
+                Some(s) => {
+                    s.last_active.store(millis_since(epoch), Ordering::Relaxed);
+                    s.sock.clone()
+                }
                 None => {
                     if sessions.len() >= MAX_SESSIONS {
                         shared.sessions_refused.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
                     match open_session(upstream) {
-                        Ok(s) => {
-                            let s = Arc::new(s);
-                            sessions.insert(from, s.clone());
-                            shared.sessions.fetch_add(1, Ordering::Relaxed);
-                            session_tasks.spawn(session_loop(
+                        Ok(sock) => {
+                            let sock = Arc::new(sock);
+                            let last_active = Arc::new(AtomicU64::new(millis_since(epoch)));
+                            let task = session_tasks.spawn(session_loop(
                                 shared.clone(),
-                                s.clone(),
+                                sock.clone(),
                                 from,
+                                (epoch, last_active.clone()),
                                 stop.clone(),
                             ));
+                            sessions.insert(
+                                from,
+                                Session {
+                                    sock: sock.clone(),
+                                    last_active,
+                                    task,
+                                },
+                            );
+                            shared.sessions.fetch_add(1, Ordering::Relaxed);
                             tracing::debug!(client = %from, "netem relay: new session");
-                            s
+                            sock
                         }
                         Err(e) => {
                             tracing::warn!(client = %from, error = %e, "netem relay: cannot open an upstream socket; dropping datagram");
@@ -348,6 +406,7 @@ async fn session_loop(
     shared: Arc<Shared>,
     sock: Arc<UdpSocket>,
     client: SocketAddr,
+    (epoch, last_active): (Instant, Arc<AtomicU64>),
     mut stop: watch::Receiver<()>,
 ) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
@@ -358,11 +417,60 @@ async fn session_loop(
         }
         loop {
             match sock.try_recv(&mut buf) {
-                Ok(n) => shared.reverse.submit(Instant::now(), &buf[..n], client),
+                Ok(n) => {
+                    last_active.store(millis_since(epoch), Ordering::Relaxed);
+                    shared.reverse.submit(Instant::now(), &buf[..n], client)
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 // ECONNREFUSED when the upstream is not (yet) listening.
                 Err(_) => continue,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Under `cfg(test)` sessions expire after 200 ms.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_sessions_expire_and_reopen() {
+        let upstream = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        upstream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let relay = UdpRelay::start(RelayConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            upstream: upstream.local_addr().unwrap(),
+            forward: LinkParams::ideal(),
+            reverse: LinkParams::ideal(),
+            seed: 0,
+        })
+        .await
+        .unwrap();
+        let to = relay.local_addr();
+        let seen_from = tokio::task::spawn_blocking(move || {
+            let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let mut buf = [0u8; 8];
+            client.send_to(b"one", to).unwrap();
+            let (_, first) = upstream.recv_from(&mut buf).unwrap();
+            // Traffic within the idle time keeps the session.
+            std::thread::sleep(Duration::from_millis(120));
+            client.send_to(b"two", to).unwrap();
+            let (_, second) = upstream.recv_from(&mut buf).unwrap();
+            std::thread::sleep(Duration::from_millis(600));
+            client.send_to(b"three", to).unwrap();
+            let (_, third) = upstream.recv_from(&mut buf).unwrap();
+            (first, second, third)
+        })
+        .await
+        .unwrap();
+        let (first, second, third) = seen_from;
+        assert_eq!(first, second, "an active session kept its upstream port");
+        assert_ne!(first, third, "an idle session was not expired");
+        let st = relay.stats();
+        assert_eq!((st.sessions, st.sessions_expired), (2, 1), "{st:?}");
+        relay.shutdown().await;
     }
 }
