@@ -27,8 +27,8 @@ fn frame(dst: MacAddr, src: MacAddr, len: usize) -> Bytes {
 }
 
 /// Site `name` with ports 1 and 2 on the segment, peer `peer` up with the
-/// given datagram size; mac(1) on port 1, mac(2) on port 2, mac(9) at peer.
-fn site(name: &str, peer: &str, mds: usize) -> Switch {
+/// given datagram size; mac(l) on port 1, mac(l+1) on port 2, mac(r) at peer.
+fn site(name: &str, peer: &str, mds: usize, l: u8, r: u8) -> Switch {
     let cfg = OverlayConfig {
         segments: vec![SegmentConfig::new("bench", VNI)],
         ..Default::default()
@@ -39,14 +39,14 @@ fn site(name: &str, peer: &str, mds: usize) -> Switch {
     sw.add_port(PortId(2), vni).unwrap();
     let now = Instant::now();
     sw.on_peer_up(now, SiteId::new(peer), mds);
-    sw.on_local_frame(now, PortId(1), frame(MacAddr::BROADCAST, mac(1), 60));
-    sw.on_local_frame(now, PortId(2), frame(MacAddr::BROADCAST, mac(2), 60));
+    sw.on_local_frame(now, PortId(1), frame(MacAddr::BROADCAST, mac(l), 60));
+    sw.on_local_frame(now, PortId(2), frame(MacAddr::BROADCAST, mac(l + 1), 60));
     sw.on_control(
         now,
         &SiteId::new(peer),
         wanmig_overlay::ControlMsg::MacAdvert(wanmig_overlay::MacAdvert {
             vni,
-            mac: mac(9),
+            mac: mac(r),
             site: SiteId::new(peer),
             seq: 0,
             ip: None,
@@ -70,7 +70,7 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     let now = Instant::now();
 
-    let mut sw = site("a", "b", 1452);
+    let mut sw = site("a", "b", 1452, 1, 9);
     let f64b = frame(mac(2), mac(1), 64);
     g.bench_function("local_to_local_64B", |b| {
         b.iter(|| sw.on_local_frame(now, PortId(1), f64b.clone()))
@@ -81,14 +81,14 @@ fn bench(c: &mut Criterion) {
         b.iter(|| sw.on_local_frame(now, PortId(1), f1514.clone()))
     });
 
-    let mut small = site("a", "b", 1200);
+    let mut small = site("a", "b", 1200, 1, 9);
     g.bench_function("local_to_remote_1514B_fragmented_x2", |b| {
         b.iter(|| small.on_local_frame(now, PortId(1), f1514.clone()))
     });
 
     // Receive side: plain datagrams.
-    let mut sender = site("b", "a", 1452);
-    let mut rx = site("a", "b", 1452);
+    let mut sender = site("b", "a", 1452, 3, 1);
+    let mut rx = site("a", "b", 1452, 1, 9);
     let from = SiteId::new("b");
     let plain = datagrams(sender.on_local_frame(now, PortId(1), frame(mac(1), mac(3), 1514)));
     assert_eq!(plain.len(), 1);
@@ -97,8 +97,8 @@ fn bench(c: &mut Criterion) {
     });
 
     // Receive side: fresh fragment pairs (fragment ids must differ).
-    let mut frag_sender = site("b", "a", 1200);
-    let mut frag_rx = site("a", "b", 1200);
+    let mut frag_sender = site("b", "a", 1200, 3, 1);
+    let mut frag_rx = site("a", "b", 1200, 1, 9);
     g.bench_function("remote_to_local_1514B_reassembled_x2", |b| {
         b.iter_batched(
             || datagrams(frag_sender.on_local_frame(now, PortId(1), frame(mac(1), mac(3), 1514))),

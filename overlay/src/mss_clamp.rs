@@ -8,59 +8,78 @@ const OPT_END: u8 = 0;
 const OPT_NOP: u8 = 1;
 const OPT_MSS: u8 = 2;
 
-/// Clamps the MSS option of an IPv4 TCP SYN in `frame` (whose L3 header
-/// starts at `l3_offset`) to `max_mss`. Returns true when the frame was
-/// changed. Anything that is not a well-formed, unfragmented IPv4 TCP SYN
-/// with an MSS above `max_mss` is left alone.
-pub fn clamp(frame: &mut [u8], l3_offset: usize, max_mss: u16) -> bool {
-    let Some(l3) = frame.get_mut(l3_offset..) else {
-        return false;
-    };
-    let Ok(mut ip) = Ipv4Packet::new_checked(l3) else {
-        return false;
-    };
+/// Where the MSS option of a TCP SYN sits in a frame.
+struct MssField {
+    /// Offset of the 2-byte MSS value.
+    value_at: usize,
+    /// Offset of the TCP checksum.
+    checksum_at: usize,
+    value: u16,
+}
+
+/// Finds the MSS option of an unfragmented IPv4 TCP SYN whose IP header
+/// starts at `l3_offset`; `None` for anything else or anything malformed.
+fn find_mss(frame: &[u8], l3_offset: usize) -> Option<MssField> {
+    let ip = Ipv4Packet::new_checked(frame.get(l3_offset..)?).ok()?;
     if ip.version() != 4
         || ip.next_header() != IpProtocol::Tcp
         || ip.more_frags()
         || ip.frag_offset() != 0
     {
-        return false;
+        return None;
     }
-    let Ok(mut tcp) = TcpPacket::new_checked(ip.payload_mut()) else {
-        return false;
-    };
+    let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
     if !tcp.syn() {
-        return false;
+        return None;
     }
-    let old_sum = tcp.checksum();
-    let opts = tcp.options_mut();
+    let tcp_at = l3_offset + usize::from(ip.header_len());
+    let opts = tcp.options();
     let mut i = 0;
     while i < opts.len() {
         match opts[i] {
-            OPT_END => return false,
+            OPT_END => return None,
             OPT_NOP => i += 1,
             kind => {
-                let Some(&len) = opts.get(i + 1) else {
-                    return false;
-                };
-                let len = usize::from(len);
+                let len = usize::from(*opts.get(i + 1)?);
                 if len < 2 || i + len > opts.len() {
-                    return false;
+                    return None;
                 }
                 if kind == OPT_MSS && len == 4 {
-                    let old = u16::from_be_bytes([opts[i + 2], opts[i + 3]]);
-                    if old <= max_mss {
-                        return false;
-                    }
-                    opts[i + 2..i + 4].copy_from_slice(&max_mss.to_be_bytes());
-                    tcp.set_checksum(update_checksum(old_sum, old, max_mss));
-                    return true;
+                    return Some(MssField {
+                        value_at: tcp_at + 20 + i + 2,
+                        checksum_at: tcp_at + 16,
+                        value: u16::from_be_bytes([opts[i + 2], opts[i + 3]]),
+                    });
                 }
                 i += len;
             }
         }
     }
-    false
+    None
+}
+
+/// Whether [`clamp`] would change `frame` (read-only, so callers can avoid
+/// copying frames that are not SYNs with a large MSS).
+pub fn needs_clamp(frame: &[u8], l3_offset: usize, max_mss: u16) -> bool {
+    find_mss(frame, l3_offset).is_some_and(|f| f.value > max_mss)
+}
+
+/// Clamps the MSS option of an IPv4 TCP SYN in `frame` (whose L3 header
+/// starts at `l3_offset`) to `max_mss`. Returns true when the frame was
+/// changed. Anything that is not a well-formed, unfragmented IPv4 TCP SYN
+/// with an MSS above `max_mss` is left alone.
+pub fn clamp(frame: &mut [u8], l3_offset: usize, max_mss: u16) -> bool {
+    let Some(f) = find_mss(frame, l3_offset) else {
+        return false;
+    };
+    if f.value <= max_mss {
+        return false;
+    }
+    let sum = u16::from_be_bytes([frame[f.checksum_at], frame[f.checksum_at + 1]]);
+    frame[f.value_at..f.value_at + 2].copy_from_slice(&max_mss.to_be_bytes());
+    let sum = update_checksum(sum, f.value, max_mss);
+    frame[f.checksum_at..f.checksum_at + 2].copy_from_slice(&sum.to_be_bytes());
+    true
 }
 
 /// Incremental Internet checksum update for one changed 16-bit word
@@ -133,6 +152,8 @@ pub(crate) mod tests {
         // Already small enough: untouched.
         let mut g = syn_frame(1200, true);
         let before = g.clone();
+        assert!(!needs_clamp(&g, 14, 1360));
+        assert!(needs_clamp(&syn_frame(1460, true), 14, 1360));
         assert!(!clamp(&mut g, 14, 1360));
         assert_eq!(g, before);
     }

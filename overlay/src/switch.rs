@@ -314,6 +314,7 @@ impl Switch {
         };
         seg.local.rx.add(frame.len());
         let (dst, src, vlan, l3) = (eth.dst, eth.src, eth.vlan, eth.payload_offset);
+        let is_ipv4 = eth.ethertype == crate::frame::ETHERTYPE_IPV4;
         let arp = eth.arp();
 
         // Learn IP binding, then the MAC; advertise what changed.
@@ -347,7 +348,7 @@ impl Switch {
             }
             LocalLearn::Ignored => {}
         }
-        seg.update_gauges();
+        seg.size_gauge.set(seg.macs.len() as i64);
 
         // ARP suppression.
         let mut to_wan = true;
@@ -376,19 +377,16 @@ impl Switch {
             }
         }
 
-        // MSS clamping (only SYNs are rewritten, so copying is rare).
+        // MSS clamping: only SYNs with a large MSS are copied and rewritten.
         let frame = match seg.cfg.mss_clamp {
-            Some(mss) if eth.ethertype == crate::frame::ETHERTYPE_IPV4 => {
+            Some(mss) if is_ipv4 && mss_clamp::needs_clamp(&frame, l3, mss) => {
                 let mut copy = frame.to_vec();
-                if mss_clamp::clamp(&mut copy, l3, mss) {
-                    ctx.metrics
-                        .mss_clamped
-                        .with_label_values(&[&seg.label])
-                        .inc();
-                    Bytes::from(copy)
-                } else {
-                    frame
-                }
+                mss_clamp::clamp(&mut copy, l3, mss);
+                ctx.metrics
+                    .mss_clamped
+                    .with_label_values(&[&seg.label])
+                    .inc();
+                Bytes::from(copy)
             }
             _ => frame,
         };
