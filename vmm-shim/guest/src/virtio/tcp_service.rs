@@ -27,11 +27,13 @@ use super::error::VirtioError;
 use super::net::NetDriver;
 
 /// Echo socket buffer sizes (each direction).
-const ECHO_BUF: usize = 8192;
+const ECHO_BUF: usize = 16 * 1024;
 /// Status socket buffer sizes (each direction).
 const STATUS_BUF: usize = 256;
-/// Bytes moved from the receive to the send buffer per step at most.
+/// Bytes moved from the receive to the send buffer at a time.
 const CHUNK: usize = 1024;
+/// Chunks moved per step at most (bounds the work of one step).
+const CHUNKS_PER_STEP: usize = 8;
 /// Minimum guest-clock time between status reports to the VMM.
 const REPORT_EVERY_MS: u64 = 1000;
 
@@ -173,20 +175,28 @@ impl TcpService {
             self.stats.session_digest = 0;
             busy = true;
         }
-        let room = sock.send_capacity() - sock.send_queue();
-        if sock.can_recv() && sock.can_send() && room > 0 {
+        // Move up to CHUNKS_PER_STEP chunks from the receive to the send buffer.
+        for _ in 0..CHUNKS_PER_STEP {
+            let room = sock.send_capacity() - sock.send_queue();
+            if !(sock.can_recv() && sock.can_send() && room > 0) {
+                break;
+            }
             let mut tmp = [0u8; CHUNK];
             let want = room.min(CHUNK);
-            if let Ok(n) = sock.recv_slice(&mut tmp[..want]) {
-                // `n <= room`, so the whole chunk fits in the send buffer.
-                let sent = sock.send_slice(&tmp[..n]).unwrap_or(0);
-                let bytes = &tmp[..sent];
-                self.stats.bytes += sent as u64;
-                self.stats.session_bytes += sent as u64;
-                self.stats.digest = stream_digest(self.stats.digest, bytes);
-                self.stats.session_digest = stream_digest(self.stats.session_digest, bytes);
-                busy |= n > 0;
+            let Ok(n) = sock.recv_slice(&mut tmp[..want]) else {
+                break;
+            };
+            // `n <= room`, so the whole chunk fits in the send buffer.
+            let sent = sock.send_slice(&tmp[..n]).unwrap_or(0);
+            let bytes = &tmp[..sent];
+            self.stats.bytes += sent as u64;
+            self.stats.session_bytes += sent as u64;
+            self.stats.digest = stream_digest(self.stats.digest, bytes);
+            self.stats.session_digest = stream_digest(self.stats.session_digest, bytes);
+            if n == 0 {
+                break;
             }
+            busy = true;
         }
         // The client finished sending and everything was echoed: close our half.
         if sock.state() == tcp::State::CloseWait && !sock.can_recv() {
