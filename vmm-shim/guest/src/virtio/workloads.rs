@@ -72,14 +72,4 @@ impl Workloads {
         }
         busy
     }
-
-    /// Whether the TCP service runs (it never finishes on its own).
-    pub fn serving(&self) -> bool {
-        self.net.is_some()
-    }
-
-    /// Whether the disk workload is still running.
-    pub fn disk_running(&self) -> bool {
-        self.disk.is_some()
-    }
 }
