@@ -249,6 +249,13 @@ fn run_source<S: MigrationStream>(
         other => return Err(unexpected("hello-ack", &other)),
     }
 
+    // The destination digests all of memory during the downtime (the
+    // source's digest overlaps with sending): measure it once up front so
+    // the planner's downtime predictions include it.
+    let t = Instant::now();
+    memory::digest(vm.memory());
+    planner.set_stop_overhead(t.elapsed() + Duration::from_millis(5));
+
     vm.set_dirty_logging(true)?;
     vm.take_dirty_pages()?;
     let memory_pages = memory::page_count(vm.memory());
@@ -299,10 +306,19 @@ fn run_source<S: MigrationStream>(
     last.extend_from_slice(&gfns);
     last.sort_unstable();
     last.dedup();
-    tx.send_pages(vm, &last)?;
-    let state = vm.save_state()?.encode();
-    tx.send(&Message::State(state.clone()))?;
-    let digest = vm.memory_digest();
+    // Memory no longer changes: digest it while the last pages and the
+    // state go out.
+    let (digest, state) = std::thread::scope(|scope| {
+        let mem = vm.memory();
+        let digesting = scope.spawn(move || memory::digest(mem));
+        let sent = tx.send_pages(vm, &last).and_then(|_| {
+            let state = vm.save_state()?.encode();
+            tx.send(&Message::State(state.clone()))?;
+            Ok(state)
+        });
+        let digest = digesting.join().unwrap_or([0; 32]);
+        sent.map(|state| (digest, state))
+    })?;
     tx.send(&Message::Complete { digest })?;
     match tx.recv()? {
         Message::Confirmed { digest: theirs } if theirs == digest => {}

@@ -104,6 +104,9 @@ pub struct Planner {
     bandwidth: Option<f64>,
     /// Average bytes on the wire per page.
     bytes_per_page: f64,
+    /// Fixed cost of the stop-and-copy phase besides sending pages
+    /// (digests, state), counted against the downtime budget.
+    stop_overhead: Duration,
 }
 
 impl Planner {
@@ -119,7 +122,14 @@ impl Planner {
             stalled: 0,
             bandwidth: None,
             bytes_per_page: 4096.0,
+            stop_overhead: Duration::ZERO,
         }
+    }
+
+    /// Sets the fixed part of the downtime (measured by the caller, e.g.
+    /// the time to digest guest memory), which predictions add.
+    pub fn set_stop_overhead(&mut self, overhead: Duration) {
+        self.stop_overhead = overhead;
     }
 
     /// The configuration.
@@ -142,12 +152,11 @@ impl Planner {
         self.bandwidth
     }
 
-    /// How long sending `pages` is predicted to take.
+    /// Predicted downtime of a stop-and-copy with `pages` left: sending
+    /// them at the measured bandwidth plus the fixed stop overhead.
     pub fn predict(&self, pages: u64) -> Option<Duration> {
         let bw = self.bandwidth?;
-        Some(Duration::from_secs_f64(
-            pages as f64 * self.bytes_per_page / bw,
-        ))
+        Some(Duration::from_secs_f64(pages as f64 * self.bytes_per_page / bw) + self.stop_overhead)
     }
 
     /// Whether the total timeout has passed at `now`.
@@ -324,6 +333,19 @@ mod tests {
         assert_eq!(
             p.on_round(round(31_000, 100, 29_000), t),
             Decision::StopAndCopy(StopReason::SmartStop)
+        );
+    }
+
+    #[test]
+    fn stop_overhead_counts_against_the_budget() {
+        let t = Instant::now();
+        let mut p = Planner::new(PlannerConfig::default(), t);
+        p.set_stop_overhead(Duration::from_millis(250));
+        // 2000 pages at 100 MiB/s ~ 78 ms: fits alone, not with 250 ms more.
+        assert_eq!(p.on_round(round(65536, 100, 2_000), t), Decision::NextRound);
+        assert_eq!(
+            p.on_round(round(2_000, 100, 500), t),
+            Decision::StopAndCopy(StopReason::FitsBudget)
         );
     }
 
