@@ -536,6 +536,27 @@ mod tests {
             &[(HDR, 16, false), (DATA, 512, true), (STATUS, 1, true)],
         );
         assert_eq!((len, st), (513, blk_status::OK));
+
+        // A backend failure (the image shrank under the device, so the read
+        // hits end of file) is an IOERR for that request only.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&r.path)
+            .unwrap()
+            .set_len(DISK_SECTORS * SECTOR_SIZE / 2)
+            .unwrap();
+        header(&r.mem, blk_req::IN, DISK_SECTORS - 1);
+        let (_, st) = submit(
+            &mut r,
+            &[(HDR, 16, false), (DATA, 512, true), (STATUS, 1, true)],
+        );
+        assert_eq!(st, blk_status::IOERR);
+        header(&r.mem, blk_req::IN, 0);
+        let (_, st) = submit(
+            &mut r,
+            &[(HDR, 16, false), (DATA, 512, true), (STATUS, 1, true)],
+        );
+        assert_eq!(st, blk_status::OK);
     }
 
     #[test]

@@ -9,7 +9,11 @@ use std::path::{Path, PathBuf};
 
 /// Storage behind a virtio-block device. Offsets are in bytes; the device
 /// only issues requests that lie within `len()`.
-pub trait BlockBackend: Send {
+///
+/// Methods take `&self` so one backend can be shared (in an `Arc`) between
+/// the VMM's vCPU thread and, for a remote-backed disk, the thread that
+/// delivers fetched blocks; implementations use interior mutability.
+pub trait BlockBackend: Send + Sync {
     /// Size in bytes.
     fn len(&self) -> u64;
     /// Whether the disk has no bytes at all.
@@ -17,11 +21,29 @@ pub trait BlockBackend: Send {
         self.len() == 0
     }
     /// Fill `buf` with the bytes at `offset`.
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
     /// Store `buf` at `offset`.
-    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()>;
+    fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()>;
     /// Make earlier writes durable.
-    fn flush(&mut self) -> io::Result<()>;
+    fn flush(&self) -> io::Result<()>;
+}
+
+impl<T: BlockBackend + ?Sized> BlockBackend for std::sync::Arc<T> {
+    fn len(&self) -> u64 {
+        (**self).len()
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        (**self).read_at(offset, buf)
+    }
+
+    fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        (**self).write_at(offset, buf)
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        (**self).flush()
+    }
 }
 
 impl<T: BlockBackend + ?Sized> BlockBackend for Box<T> {
@@ -29,15 +51,15 @@ impl<T: BlockBackend + ?Sized> BlockBackend for Box<T> {
         (**self).len()
     }
 
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         (**self).read_at(offset, buf)
     }
 
-    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
+    fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
         (**self).write_at(offset, buf)
     }
 
-    fn flush(&mut self) -> io::Result<()> {
+    fn flush(&self) -> io::Result<()> {
         (**self).flush()
     }
 }
@@ -102,15 +124,15 @@ impl BlockBackend for RawFileBackend {
         self.len
     }
 
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.file.read_exact_at(buf, offset)
     }
 
-    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
+    fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
         self.file.write_all_at(buf, offset)
     }
 
-    fn flush(&mut self) -> io::Result<()> {
+    fn flush(&self) -> io::Result<()> {
         self.file.sync_data()
     }
 }
@@ -123,14 +145,14 @@ mod tests {
     fn raw_file_is_sparse_and_round_trips() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("disk.img");
-        let mut b = RawFileBackend::create(&path, 1 << 20).unwrap();
+        let b = RawFileBackend::create(&path, 1 << 20).unwrap();
         assert_eq!(b.len(), 1 << 20);
         let mut buf = [0xffu8; 512];
         b.read_at(4096, &mut buf).unwrap();
         assert!(buf.iter().all(|&x| x == 0), "holes read as zeros");
         b.write_at(4096, &[7u8; 512]).unwrap();
         b.flush().unwrap();
-        let mut again = RawFileBackend::open(&path).unwrap();
+        let again = std::sync::Arc::new(RawFileBackend::open(&path).unwrap());
         again.read_at(4096, &mut buf).unwrap();
         assert_eq!(buf, [7u8; 512]);
         // Reading past the end of the file fails instead of inventing bytes.
