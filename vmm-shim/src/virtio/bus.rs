@@ -78,6 +78,14 @@ impl VirtioBus {
         }
     }
 
+    /// Announce every device's new location (call once the VM runs at a
+    /// migration's destination).
+    pub fn announce(&mut self) {
+        for (_, d) in &mut self.devices {
+            d.announce();
+        }
+    }
+
     /// Whether any device has an interrupt pending.
     pub fn interrupt_pending(&self) -> bool {
         self.devices.iter().any(|(_, d)| d.interrupt_pending())
@@ -114,7 +122,7 @@ mod tests {
     #[test]
     fn routes_by_window_and_round_trips_state() {
         let mem = guest_memory();
-        let (backend, _port) = channel_pair(4);
+        let (backend, mut port) = channel_pair(4);
         let dir = tempfile::tempdir().unwrap();
         let disk = RawFileBackend::create(&dir.path().join("d"), 4096).unwrap();
         let mut bus = VirtioBus::new();
@@ -144,6 +152,13 @@ mod tests {
         assert!(!bus.read(abi::BLK_MMIO_BASE + MMIO_WINDOW_SIZE, &mut id));
         assert!(!bus.write(0x1000, &[0; 4]));
         assert!(bus.write(abi::NET_MMIO_BASE + reg::STATUS, &1u32.to_le_bytes()));
+
+        bus.announce();
+        assert_eq!(
+            port.try_recv().map(|f| f[12..14].to_vec()),
+            Some(vec![0x80, 0x35])
+        );
+        assert_eq!(port.try_recv(), None, "one announcement per net device");
 
         let states = bus.save_state();
         assert_eq!(states.len(), 2);

@@ -64,6 +64,9 @@ pub trait VirtioDevice: Send {
     }
     /// Forget per-session state (driver reset).
     fn reset(&mut self);
+    /// Tell the network where the device now is (after a migration); only
+    /// network devices have something to say.
+    fn announce(&mut self) {}
     /// Snapshot of the device model.
     fn save(&self) -> DeviceState;
     /// Apply a snapshot taken by [`VirtioDevice::save`].

@@ -304,6 +304,10 @@ impl<D: VirtioDevice, M: GuestAddressSpace + Send> MmioDevice for VirtioMmio<D, 
         self.interrupt_status != 0
     }
 
+    fn announce(&mut self) {
+        self.device.announce();
+    }
+
     fn save_state(&self) -> VirtioState {
         VirtioState {
             device_id: self.device.device_id(),

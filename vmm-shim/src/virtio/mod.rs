@@ -28,7 +28,7 @@ pub use block_backend::{BlockBackend, RawFileBackend};
 pub use bus::{VirtioBus, WindowOverlap};
 pub use device::{DeviceError, VirtioDevice};
 pub use mmio::VirtioMmio;
-pub use net::{NetStats, VirtioNet, MAX_BACKEND_FRAME};
+pub use net::{rarp_announcement, NetStats, VirtioNet, MAX_BACKEND_FRAME};
 pub use net_backend::{
     channel_pair, ChannelBackend, ChannelPort, NetBackend, PortSendError, TapBackend,
 };
@@ -44,6 +44,9 @@ pub trait MmioDevice: Send {
     fn process(&mut self);
     /// Whether the device has raised an interrupt the guest has not acked.
     fn interrupt_pending(&self) -> bool;
+    /// Announce the device's new location after a migration (virtio-net
+    /// broadcasts a RARP for its MAC; other devices do nothing).
+    fn announce(&mut self) {}
     /// Snapshot for migration.
     fn save_state(&self) -> VirtioState;
     /// Resume from a snapshot taken by `save_state` (possibly on another host).

@@ -17,6 +17,21 @@ use super::state::{DeviceState, NetState, StateError};
 /// datagram); real traffic stays at or below [`abi::NET_MAX_FRAME`].
 pub const MAX_BACKEND_FRAME: usize = 65_535;
 
+/// A RARP "reverse request" from `mac` to everyone, padded to the 60-byte
+/// Ethernet minimum: what a VMM broadcasts after a migration (as QEMU's
+/// self-announce does) so switches and the overlay learn the MAC's new
+/// location. It needs no IP address, which the VMM does not know.
+pub fn rarp_announcement(mac: [u8; 6]) -> [u8; 60] {
+    let mut f = [0u8; 60];
+    f[..6].copy_from_slice(&[0xff; 6]);
+    f[6..12].copy_from_slice(&mac);
+    f[12..14].copy_from_slice(&[0x80, 0x35]); // ethertype RARP
+    f[14..22].copy_from_slice(&[0, 1, 0x08, 0x00, 6, 4, 0, 3]); // Ethernet/IPv4, op 3
+    f[22..28].copy_from_slice(&mac); // sender hardware address
+    f[32..38].copy_from_slice(&mac); // target hardware address
+    f
+}
+
 /// Counters of what the device did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NetStats {
@@ -231,6 +246,10 @@ impl<N: NetBackend> VirtioDevice for VirtioNet<N> {
         self.pending_rx = None;
     }
 
+    fn announce(&mut self) {
+        self.backend.send(&rarp_announcement(self.mac));
+    }
+
     fn save(&self) -> DeviceState {
         DeviceState::Net(NetState {
             mac: self.mac,
@@ -427,6 +446,16 @@ mod tests {
         r.rx.push(&r.mem, &[(RX_BUF, 2048, true)]);
         dst.process();
         assert_eq!(received(&mut r, RX_BUF), Some(frame(70, 2)));
+
+        // After the move the device announces the MAC from its new place.
+        dst.announce();
+        let rarp = port.try_recv().expect("announcement sent");
+        assert_eq!(rarp.len(), 60);
+        assert_eq!(&rarp[..6], &[0xff; 6]);
+        assert_eq!(&rarp[6..12], &MAC);
+        assert_eq!(&rarp[12..14], &[0x80, 0x35]);
+        assert_eq!(&rarp[20..22], &[0, 3]);
+        assert_eq!(&rarp[22..28], &MAC);
 
         // Block state does not fit a net device.
         let mut wrong = state.clone();
