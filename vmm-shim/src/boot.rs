@@ -8,7 +8,7 @@ use kvm_bindings::{kvm_fpu, kvm_regs, kvm_segment, kvm_sregs};
 use vm_memory::{Bytes, GuestAddress};
 use wanmig_guest_abi::{
     BootParams, BOOT_PARAMS_GPA, BOOT_PARAMS_SIZE, GDT_GPA, IDENTITY_MAPPED_GIB, PAGE_SIZE,
-    PDPT_GPA, PD_GPA, PML4_GPA, STACK_TOP,
+    PDPT_GPA, PD_GPA, PML4_GPA, STACK_TOP, TSS_GPA,
 };
 
 const CR0_PE: u64 = 1;
@@ -23,18 +23,26 @@ const CR4_OSXMMEXCPT: u64 = 1 << 10;
 const EFER_LME: u64 = 1 << 8;
 const EFER_LMA: u64 = 1 << 10;
 
-/// GDT entries: null, kernel code64 (0x08), kernel data (0x10), TSS
-/// (0x18), user code64 (0x20), user data (0x28).
-const GDT: [u64; 6] = [
+/// GDT entries: null, kernel code64 (0x08), kernel data (0x10), user
+/// code64 (0x18), user data (0x20), and the 16-byte TSS descriptor (0x28).
+const GDT: [u64; 7] = [
     0,
     gdt_entry(0xa09b, 0, 0xfffff),
     gdt_entry(0xc093, 0, 0xfffff),
-    gdt_entry(0x808b, 0, 0xfffff),
     gdt_entry(0xa0fb, 0, 0xfffff),
     gdt_entry(0xc0f3, 0, 0xfffff),
+    gdt_entry(0x008b, TSS_GPA as u32, TSS_LIMIT),
+    0, // upper half of the TSS descriptor: base bits 63..32
 ];
-const USER_CODE: u16 = 4;
-const USER_DATA: u16 = 5;
+const USER_CODE: u16 = 3;
+const USER_DATA: u16 = 4;
+const TSS: u16 = 5;
+/// Offset of the I/O permission bitmap in the TSS (right after it).
+const IOMAP_OFFSET: u64 = 0x68;
+/// Ports the bitmap covers (all the guest uses, see the ABI's ports).
+const IOMAP_PORTS: u64 = 0x800;
+/// TSS limit: the TSS, the bitmap and its terminating 0xff byte.
+const TSS_LIMIT: u32 = (IOMAP_OFFSET + IOMAP_PORTS / 8) as u32;
 /// RFLAGS: reserved bit 1, IOPL 3 (port I/O allowed at CPL 3), IF clear.
 const RFLAGS_BOOT: u64 = 0x2 | (3 << 12);
 
@@ -82,6 +90,14 @@ pub fn write_boot_structures(
     for (i, e) in GDT.iter().enumerate() {
         mem.write_obj(*e, GuestAddress(GDT_GPA + i as u64 * 8))?;
     }
+    // TSS: zeroed, I/O bitmap right after it with every covered port
+    // allowed (0 bits), terminated by 0xff.
+    mem.write_slice(&[0u8; 0x1000], GuestAddress(TSS_GPA))?;
+    mem.write_obj(IOMAP_OFFSET as u16, GuestAddress(TSS_GPA + 0x66))?;
+    mem.write_obj(
+        0xffu8,
+        GuestAddress(TSS_GPA + IOMAP_OFFSET + IOMAP_PORTS / 8),
+    )?;
     // present | writable | user at every level: the guest runs at CPL 3.
     mem.write_obj(PDPT_GPA | 0x7, GuestAddress(PML4_GPA))?;
     for gib in 0..IDENTITY_MAPPED_GIB {
@@ -172,7 +188,7 @@ pub fn long_mode_sregs(mut s: kvm_sregs) -> kvm_sregs {
     s.fs = data;
     s.gs = data;
     s.ss = data;
-    s.tr = segment(3);
+    s.tr = segment(TSS);
     s.gdt.base = GDT_GPA;
     s.gdt.limit = (GDT.len() * 8 - 1) as u16;
     s.idt.base = 0;
@@ -204,10 +220,13 @@ mod tests {
         assert_eq!((cs.l, cs.db, cs.present, cs.s, cs.type_), (1, 0, 1, 1, 0xb));
         assert_eq!(cs.selector, 8);
         let ucs = segment(USER_CODE);
-        assert_eq!((ucs.l, ucs.dpl, ucs.selector), (1, 3, 0x23));
-        assert_eq!(segment(USER_DATA).selector, 0x2b);
-        let tr = segment(3);
-        assert_eq!((tr.type_, tr.s), (0xb, 0));
+        assert_eq!((ucs.l, ucs.dpl, ucs.selector), (1, 3, 0x1b));
+        assert_eq!(segment(USER_DATA).selector, 0x23);
+        let tr = segment(TSS);
+        assert_eq!(
+            (tr.type_, tr.s, tr.base, tr.limit),
+            (0xb, 0, TSS_GPA, TSS_LIMIT)
+        );
     }
 
     #[test]

@@ -58,3 +58,61 @@ impl VmState {
         Ok(serde_json::from_slice(blob)?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vcpu_state::FpuState;
+
+    fn sample() -> VmState {
+        VmState {
+            version: STATE_VERSION,
+            vcpu: VcpuState {
+                regs: kvm_bindings::kvm_regs {
+                    rip: 0x1234,
+                    rsp: 0x8000,
+                    ..Default::default()
+                },
+                sregs: Default::default(),
+                fpu: FpuState::default(),
+                xsave: Some(vec![7; 1024]),
+                xcrs: None,
+                debugregs: None,
+                lapic: None,
+                msrs: vec![(0x10, 99)],
+                events: None,
+                mp_state: None,
+            },
+            caps: VcpuCaps::default(),
+            guest_clock_ns: 42,
+            serial: Serial::default(),
+            reports_seen: 3,
+            devices: None,
+        }
+    }
+
+    #[test]
+    fn roundtrips_and_rejects_other_versions_and_garbage() {
+        let blob = sample().encode();
+        let back = VmState::decode(&blob).unwrap();
+        assert_eq!(back.vcpu.regs.rip, 0x1234);
+        assert_eq!(back.vcpu.msrs, [(0x10, 99)]);
+        assert_eq!(back.vcpu.xsave.as_deref().map(|x| x.len()), Some(1024));
+        assert_eq!(back.guest_clock_ns, 42);
+
+        let mut other = sample();
+        other.version = STATE_VERSION + 1;
+        assert!(matches!(
+            VmState::decode(&other.encode()),
+            Err(StateError::Version { .. })
+        ));
+        assert!(matches!(
+            VmState::decode(b"{\"version\":1"),
+            Err(StateError::Malformed(_))
+        ));
+        assert!(matches!(
+            VmState::decode(&blob[..blob.len() / 2]),
+            Err(StateError::Malformed(_))
+        ));
+    }
+}

@@ -73,3 +73,55 @@ fn guest_boots_prints_reports_and_exits() {
     assert_eq!(got, expected);
     eprintln!("boot + 20 iterations x 100 pages took {took:?}");
 }
+
+#[test]
+fn mem_image_preloads_memory_the_workload_reads() {
+    if !wanmig_testenv::require_kvm("mem_image_preloads_memory_the_workload_reads") {
+        return;
+    }
+    use std::io::Write;
+    // 12 MiB of 0xab: covers the first 4 MiB of the workload area (the
+    // image and boot structures are written over the low part).
+    let mut image = tempfile::NamedTempFile::new().unwrap();
+    image.write_all(&vec![0xab; 12 << 20]).unwrap();
+    let w = MemoryWorkloadConfig {
+        seed: 9,
+        working_set_pages: 1024,
+        pages_per_iteration: 50,
+        iterations: 10,
+        iteration_period: Duration::ZERO,
+    };
+    let config = VmConfig {
+        mem_size: 16 << 20,
+        memory_workload: Some(w.clone()),
+        mem_image: Some(image.path().into()),
+        ..Default::default()
+    };
+    let (_lines, sink) = capture();
+    let vm = Vm::create(config, sink).unwrap();
+    vm.start().unwrap();
+    let exit = vm.wait_exit(Duration::from_secs(60));
+    if exit != Some(RunExit::Guest(0)) {
+        let s = vm.save_state().unwrap();
+        panic!(
+            "{exit:?} rip {:#x} rsp {:#x} serial {:?}",
+            s.vcpu.regs.rip,
+            s.vcpu.regs.rsp,
+            _lines.lock().unwrap()
+        );
+    }
+
+    let mut model = Model(vec![
+        0xabab_abab_abab_abab;
+        (1024 * WORDS_PER_PAGE) as usize
+    ]);
+    let mut work = MemoryWorkload::new(w.seed, w.pages_per_iteration);
+    let expected: Vec<(u64, u64)> = (0..10).map(|_| work.step(&mut model)).collect();
+    let got: Vec<(u64, u64)> = vm
+        .reports()
+        .mem_samples()
+        .iter()
+        .map(|s| (s.iteration, s.digest))
+        .collect();
+    assert_eq!(got, expected, "the guest read the preloaded bytes");
+}

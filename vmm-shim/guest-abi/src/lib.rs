@@ -31,6 +31,10 @@ pub const PDPT_GPA: u64 = 0x3000;
 pub const PD_GPA: u64 = 0x4000;
 /// Number of GiB the boot page tables identity-map.
 pub const IDENTITY_MAPPED_GIB: u64 = 4;
+/// The 64-bit TSS, followed by its I/O permission bitmap (all ports the
+/// guest uses allowed: the CPU, or an emulating hypervisor, may consult it
+/// for `in`/`out` at CPL 3).
+pub const TSS_GPA: u64 = 0x8000;
 /// The [`BootParams`] block.
 pub const BOOT_PARAMS_GPA: u64 = 0x9000;
 /// Lowest address of the boot stack (grows down from [`STACK_TOP`]).
@@ -208,7 +212,8 @@ mod tests {
 
     // The layout's regions must not overlap; checked at compile time.
     const _: () = {
-        assert!(PD_GPA + IDENTITY_MAPPED_GIB * PAGE_SIZE <= BOOT_PARAMS_GPA);
+        assert!(PD_GPA + IDENTITY_MAPPED_GIB * PAGE_SIZE <= TSS_GPA);
+        assert!(TSS_GPA + PAGE_SIZE <= BOOT_PARAMS_GPA);
         assert!(BOOT_PARAMS_GPA + BOOT_PARAMS_SIZE as u64 <= STACK_BOTTOM);
         assert!(STACK_TOP <= IMAGE_BASE);
         assert!(IMAGE_END <= HEAP_BASE);
