@@ -273,12 +273,13 @@ impl Reassembler {
         self.recent.retain(|k, _| &k.0 != site);
     }
 
-    /// When the oldest partial frame will time out.
+    /// When the oldest partial frame will time out (may be early when that
+    /// frame already completed: a harmless spurious wake-up).
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.partials
-            .values()
-            .map(|p| p.started + self.limits.timeout)
-            .min()
+        if self.partials.is_empty() {
+            return None;
+        }
+        self.order.front().map(|(t, _)| *t + self.limits.timeout)
     }
 
     pub fn buffered_bytes(&self) -> usize {

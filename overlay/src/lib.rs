@@ -6,6 +6,17 @@
 //! control message to a peer, report an event). The gateway carries the
 //! datagrams over QUIC and the control messages over a reliable stream;
 //! [`port`] provides the local ports (TAP devices and in-process channels).
+//!
+//! Wiring, per gateway: build a [`Switch`] from an [`OverlayConfig`] (the
+//! gateway TOML embeds it) and [`OverlayMetrics::register`]; attach ports
+//! with [`Switch::add_port`]; on a peer connection call
+//! [`Switch::on_peer_up`] with the path's max datagram size (and
+//! [`Switch::set_max_datagram_size`] when it changes); feed frames from
+//! ports to [`Switch::on_local_frame`], QUIC datagrams to
+//! [`Switch::on_datagram`], control messages read with
+//! [`control::read_msg`] to [`Switch::on_control`]; call
+//! [`Switch::poll_timers`] about once a second; carry out every returned
+//! [`Action`]. The clock is always passed in.
 
 pub mod arp_suppress;
 pub mod config;

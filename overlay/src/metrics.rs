@@ -34,6 +34,8 @@ pub enum DropReason {
     ForgedControl,
     /// A peer advertised as static a MAC that is static here too.
     StaticConflict,
+    /// A fragment that was already received (network duplication).
+    DuplicateFragment,
 }
 
 impl DropReason {
@@ -53,6 +55,7 @@ impl DropReason {
             DropReason::Unfragmentable => "unfragmentable",
             DropReason::ForgedControl => "forged_control",
             DropReason::StaticConflict => "static_conflict",
+            DropReason::DuplicateFragment => "duplicate_fragment",
         }
     }
 }

@@ -765,12 +765,17 @@ impl Ctx {
         if c.completed > 0 {
             self.metrics.reassembled.inc_by(c.completed);
         }
+        if c.duplicates > 0 {
+            self.metrics
+                .drops
+                .with_label_values(&[DropReason::DuplicateFragment.as_str()])
+                .inc_by(c.duplicates);
+        }
         for (reason, n) in [
             ("timeout", c.timeouts),
             ("evicted", c.evicted),
             ("inconsistent", c.inconsistent),
             ("oversized", c.oversized),
-            ("duplicate", c.duplicates),
         ] {
             if n > 0 {
                 self.metrics

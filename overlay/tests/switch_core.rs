@@ -205,6 +205,7 @@ fn full_mtu_frames_cross_a_small_datagram_path_fragmented_and_reassembled() {
     }
     assert_eq!(got, vec![(PortId(1), f.clone())]);
     assert_eq!(b.metrics().reassembled.get(), 1);
+    assert_eq!(b.metrics().drops_for(DropReason::DuplicateFragment), 1);
     // Loss of one fragment: nothing delivered, failure counted on timeout.
     let acts = m
         .sites
