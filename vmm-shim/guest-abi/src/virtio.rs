@@ -1,7 +1,9 @@
 //! Virtio-mmio contract shared by the VMM's device models and the guest's
 //! drivers: MMIO windows, register offsets (virtio 1.2 §4.2.2, version 2
 //! "modern" layout), status and feature bits, device ids, queue sizes and the
-//! request/header formats of virtio-net and virtio-block.
+//! request/header formats of virtio-net and virtio-block — plus the host
+//! models of what the guest's virtio workloads compute (echo stream digest,
+//! disk block contents and digest), so host tests can check the guest.
 
 /// Size of one virtio-mmio register window.
 pub const MMIO_WINDOW_SIZE: u64 = 0x1000;
