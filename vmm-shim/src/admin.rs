@@ -146,8 +146,12 @@ pub fn handle(vm: &mut Vm, req: AdminRequest) -> AdminResponse {
                 mem_iteration: latest.map(|l| l.values[0]).unwrap_or(0),
                 mem_digest: latest.map(|l| l.values[1]).unwrap_or(0),
                 reports: r.total(),
-                disk: r.latest(wanmig_guest_abi::REPORT_DISK_ITERATION).map(|l| l.values),
-                net: r.latest(wanmig_guest_abi::REPORT_NET_STATUS).map(|l| l.values),
+                disk: r
+                    .latest(wanmig_guest_abi::REPORT_DISK_ITERATION)
+                    .map(|l| l.values),
+                net: r
+                    .latest(wanmig_guest_abi::REPORT_NET_STATUS)
+                    .map(|l| l.values),
             })
         }
         AdminRequest::Samples => AdminResponse::Samples {

@@ -506,6 +506,7 @@ fn run_destination<S: MigrationStream>(
                     }
                     Err(e) => return Err(e),
                 }
+                vm.announce();
                 vm.resume()?;
                 // The VM runs here now whatever happens to the stream.
                 if let Err(e) = rx.send(&Message::Resumed) {

@@ -372,6 +372,12 @@ impl Vm {
         Ok(())
     }
 
+    /// Announces the VM's network cards at their new location (a RARP per
+    /// MAC), so switches and the overlay learn where it moved.
+    pub fn announce(&self) {
+        lock(&self.shared.bus).announce();
+    }
+
     /// Pauses the VM for good: it was handed over and must never run here
     /// again. The run ends with [`RunExit::Stopped`].
     pub fn release(&self) {
