@@ -21,6 +21,8 @@ mod state;
 #[cfg(test)]
 mod fuzz_tests;
 #[cfg(test)]
+mod guest_tests;
+#[cfg(test)]
 mod testdriver;
 
 pub use block::{BlockStats, VirtioBlock};
