@@ -177,3 +177,63 @@ fn tcp_service_answers_and_keeps_its_session_across_migration() {
     });
     assert_eq!(dst.exit_status(), None);
 }
+
+#[test]
+fn disk_workload_continues_without_errors_after_migration() {
+    if !wanmig_testenv::require_kvm("disk_workload_continues_without_errors_after_migration") {
+        return;
+    }
+    let file = tempfile::NamedTempFile::new().unwrap();
+    file.as_file().set_len(8 << 20).unwrap();
+    // Both shims on this host use the same disk file, as with shared
+    // storage; the source stops using it when it hands the VM over.
+    let config = VmConfig {
+        mem_size: 16 << 20,
+        disk: Some(DiskConfig {
+            path: file.path().into(),
+            seed: 11,
+            blocks_per_iteration: 32,
+            iterations: 0,
+        }),
+        ..Default::default()
+    };
+    let disk_iteration = |vm: &Vm| {
+        vm.reports()
+            .latest(wanmig_guest_abi::REPORT_DISK_ITERATION)
+            .map(|r| r.values)
+    };
+    let (_l, sink) = capture();
+    let mut src = Vm::create(config.clone(), sink).unwrap();
+    src.start().unwrap();
+    let start = Instant::now();
+    while disk_iteration(&src).is_none_or(|v| v[0] < 3) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no disk progress"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (mut a, mut b) = UnixStream::pair().unwrap();
+    let dest_config = config.clone();
+    let dest = std::thread::spawn(move || {
+        let (_l, sink) = capture();
+        receive_from(&mut b, dest_config, sink, &ReceiveOptions::default())
+    });
+    migrate_to(&mut src, &mut a, &MigrateOptions::default()).unwrap();
+    let (dst, _) = dest.join().unwrap().unwrap();
+    let handed_over_at = disk_iteration(&src).unwrap()[0];
+    let start = Instant::now();
+    let after = loop {
+        if let Some(v) = disk_iteration(&dst) {
+            if v[0] >= handed_over_at + 3 {
+                break v;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "disk workload stalled after migration"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(after[3], 0, "disk verify errors after migration");
+}
