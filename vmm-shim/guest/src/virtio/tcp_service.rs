@@ -1,6 +1,7 @@
 //! The guest's TCP service on smoltcp over the virtio-net driver.
 //!
-//! * Echo port (`BootParams::net_port`): one session at a time; every byte
+//! * Echo port (`BootParams::net_port`): one session at a time (a connect
+//!   while a session is open is refused with RST; retry); every byte
 //!   received is sent back unchanged, in order. The service folds every
 //!   echoed byte into a digest ([`abi::virtio::stream_digest`]) per session
 //!   and over all sessions, kept in guest memory — so it migrates with the VM.
