@@ -65,6 +65,9 @@ struct RawConfig {
     transport: RawTransport,
     #[serde(default)]
     peers: Vec<RawPeer>,
+    /// `[overlay]`: the overlay's settings plus `[[overlay.tap]]` ports.
+    #[serde(default)]
+    overlay: Option<toml::Table>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -100,6 +103,15 @@ struct RawTransport {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawTap {
+    name: String,
+    segment: String,
+    mtu: Option<u16>,
+    bridge: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawPeer {
     site: String,
     address: String,
@@ -123,6 +135,10 @@ pub struct GatewayConfig {
     pub control: Option<ControlConfig>,
     pub transport: TransportSettings,
     pub peers: Vec<PeerConfig>,
+    /// The L2 overlay: segments, timers, limits (`[overlay]`).
+    pub overlay: wanmig_overlay::OverlayConfig,
+    /// TAP ports created at start-up (`[[overlay.tap]]`).
+    pub overlay_taps: Vec<crate::overlay_service::TapPortConfig>,
 }
 
 /// PEM files of the deployment CA and this site's certificate and key.
@@ -346,6 +362,7 @@ impl Validator<'_> {
             None => None,
         };
         let transport = self.transport(&raw.transport)?;
+        let (overlay, overlay_taps) = self.overlay(raw.overlay)?;
         let mut peers: Vec<PeerConfig> = Vec::with_capacity(raw.peers.len());
         for (i, p) in raw.peers.iter().enumerate() {
             let k = |field: &str| format!("peers[{i}].{field}");
@@ -403,7 +420,74 @@ impl Validator<'_> {
             control,
             transport,
             peers,
+            overlay,
+            overlay_taps,
         })
+    }
+
+    /// `[overlay]`: everything but `tap` is the overlay crate's
+    /// [`wanmig_overlay::OverlayConfig`]; `[[overlay.tap]]` entries are
+    /// TAP ports on configured segments.
+    fn overlay(
+        &self,
+        raw: Option<toml::Table>,
+    ) -> Result<
+        (
+            wanmig_overlay::OverlayConfig,
+            Vec<crate::overlay_service::TapPortConfig>,
+        ),
+        ConfigError,
+    > {
+        let Some(mut table) = raw else {
+            return Ok(Default::default());
+        };
+        let raw_taps = table.remove("tap");
+        let overlay: wanmig_overlay::OverlayConfig = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| self.err("overlay", e.message().to_string()))?;
+        overlay
+            .validate()
+            .map_err(|e| self.err(format!("overlay.{}", e.key), e.reason))?;
+        let raw_taps: Vec<RawTap> = match raw_taps {
+            None => Vec::new(),
+            Some(v) => v.try_into().map_err(|e: toml::de::Error| {
+                self.err(
+                    "overlay.tap",
+                    format!("{} (expected [[overlay.tap]] tables with name, segment, optional mtu and bridge)", e.message()),
+                )
+            })?,
+        };
+        let mut taps: Vec<crate::overlay_service::TapPortConfig> = Vec::new();
+        for (i, t) in raw_taps.into_iter().enumerate() {
+            let k = |f: &str| format!("overlay.tap[{i}].{f}");
+            if t.name.is_empty() || t.name.len() > 15 {
+                return Err(self.err(
+                    k("name"),
+                    format!("{:?} is not an interface name of 1 to 15 bytes", t.name),
+                ));
+            }
+            if taps.iter().any(|o| o.name == t.name) {
+                return Err(self.err(k("name"), format!("TAP {:?} is listed twice", t.name)));
+            }
+            if !overlay.segments.iter().any(|s| s.name == t.segment) {
+                return Err(self.err(
+                    k("segment"),
+                    format!("no [[overlay.segment]] is named {:?}", t.segment),
+                ));
+            }
+            if let Some(m) = t.mtu {
+                if !(576..=65521).contains(&m) {
+                    return Err(self.err(k("mtu"), format!("{m} is outside 576..=65521")));
+                }
+            }
+            taps.push(crate::overlay_service::TapPortConfig {
+                name: t.name,
+                segment: t.segment,
+                mtu: t.mtu,
+                bridge: t.bridge,
+            });
+        }
+        Ok((overlay, taps))
     }
 
     fn transport(&self, raw: &RawTransport) -> Result<TransportSettings, ConfigError> {

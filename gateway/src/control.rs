@@ -163,6 +163,26 @@ async fn run_probe(State(ctx): State<Arc<Ctx>>, Json(req): Json<ProbeRequest>) -
     }
 }
 
+/// `GET /v1/overlay`: the overlay's peers, segments, ports and MAC tables.
+pub fn overlay_router(
+    peering: Peering,
+    overlay: crate::overlay_service::OverlayHandle,
+    token: String,
+) -> Router {
+    let ctx = Arc::new(Ctx { peering, token });
+    Router::new()
+        .route(
+            "/v1/overlay",
+            get(move || async move {
+                match overlay.state().await {
+                    Ok(s) => Json(s).into_response(),
+                    Err(e) => api_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+                }
+            }),
+        )
+        .layer(middleware::from_fn_with_state(ctx, auth))
+}
+
 /// The control API routes, all behind the bearer-token check.
 pub fn router(peering: Peering, token: String) -> Router {
     let ctx = Arc::new(Ctx { peering, token });

@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use crate::config::GatewayConfig;
 use crate::control;
 use crate::metrics::Metrics;
+use crate::overlay_service::{self, OverlayHandle};
 use crate::peering::{stream_kind, Peering};
 use crate::tls::{self, Identity};
 use crate::{probe, GatewayError};
@@ -61,6 +62,25 @@ impl Gateway {
         let probes = peering.subscribe_streams(stream_kind::PROBE, 16)?;
         tasks.push(tokio::spawn(probe::serve(probes)));
 
+        // The overlay's metrics live on their own registry (same `site`
+        // label), rendered after the peering metrics on `/metrics`.
+        let overlay_registry = prometheus::Registry::new_custom(
+            None,
+            Some(std::collections::HashMap::from([(
+                "site".to_string(),
+                config.site.clone(),
+            )])),
+        )
+        .map_err(crate::overlay_service::OverlayError::from)?;
+        let (overlay, overlay_task) = overlay_service::start(
+            peering.clone(),
+            &config.overlay,
+            &config.overlay_taps,
+            &overlay_registry,
+        )
+        .await?;
+        tasks.push(overlay_task);
+
         let mut metrics_addr = None;
         if let Some(m) = &config.metrics {
             let metrics = Arc::new(Metrics::new(&config.site)?);
@@ -77,7 +97,15 @@ impl Gateway {
                 "/metrics",
                 get(move || async move {
                     mm.observe(&p.peer_states(), &p.refusals());
-                    mm.render()
+                    let mut text = mm.render();
+                    let mut buf = Vec::new();
+                    let _ = prometheus::Encoder::encode(
+                        &prometheus::TextEncoder::new(),
+                        &overlay_registry.gather(),
+                        &mut buf,
+                    );
+                    text.push_str(&String::from_utf8_lossy(&buf));
+                    text
                 }),
             );
             let (addr, task) =
@@ -89,7 +117,9 @@ impl Gateway {
         let mut control_addr = None;
         if let Some(c) = &config.control {
             let token = control::load_or_create_token(&c.token_file)?;
-            let app = control::router(peering.clone(), token);
+            let app = control::router(peering.clone(), token.clone()).merge(
+                control::overlay_router(peering.clone(), overlay.clone(), token),
+            );
             let (addr, task) =
                 serve_http("control.listen", c.listen, app, stop.subscribe()).await?;
             control_addr = Some(addr);
@@ -98,6 +128,7 @@ impl Gateway {
 
         Ok(GatewayHandle {
             peering,
+            overlay,
             config,
             metrics_addr,
             control_addr,
@@ -137,6 +168,7 @@ async fn serve_http(
 /// stream and datagram handlers).
 pub struct GatewayHandle {
     peering: Peering,
+    overlay: OverlayHandle,
     config: GatewayConfig,
     metrics_addr: Option<SocketAddr>,
     control_addr: Option<SocketAddr>,
@@ -154,6 +186,12 @@ impl Deref for GatewayHandle {
 impl GatewayHandle {
     pub fn peering(&self) -> &Peering {
         &self.peering
+    }
+
+    /// The L2 overlay: attach ports (`attach_port`, `attach_tap`,
+    /// `attach_frame_channels`), read MAC tables and counters.
+    pub fn overlay(&self) -> &OverlayHandle {
+        &self.overlay
     }
 
     pub fn config(&self) -> &GatewayConfig {

@@ -15,6 +15,7 @@ pub mod control;
 pub mod control_client;
 pub mod gateway;
 pub mod metrics;
+pub mod overlay_service;
 pub mod peering;
 pub mod probe;
 pub mod tls;
@@ -24,6 +25,7 @@ use std::net::SocketAddr;
 
 pub use config::{ConfigError, GatewayConfig};
 pub use gateway::{Gateway, GatewayHandle};
+pub use overlay_service::{OverlayError, OverlayHandle, OverlayState};
 pub use peering::{
     IncomingStream, LinkState, PeerDatagram, PeerSnapshot, Peering, PeeringError, Role,
 };
@@ -50,6 +52,8 @@ pub enum GatewayError {
     Token(#[from] control::TokenError),
     #[error(transparent)]
     Metrics(#[from] metrics::MetricsError),
+    #[error(transparent)]
+    Overlay(#[from] overlay_service::OverlayError),
     #[error(transparent)]
     Peering(#[from] PeeringError),
     #[error("runtime: {0}")]

@@ -31,6 +31,9 @@ use crate::transport_tuning;
 pub mod stream_kind {
     /// A goodput probe (see [`crate::probe`]).
     pub const PROBE: u8 = 1;
+    /// Overlay control messages (MAC adverts, withdrawals, full syncs), one
+    /// stream per peer and direction (see [`crate::overlay_service`]).
+    pub const OVERLAY: u8 = 2;
 }
 
 /// Application close / reset codes on peering connections and streams.
