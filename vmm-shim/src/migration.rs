@@ -249,13 +249,6 @@ fn run_source<S: MigrationStream>(
         other => return Err(unexpected("hello-ack", &other)),
     }
 
-    // The destination digests all of memory during the downtime (the
-    // source's digest overlaps with sending): measure it once up front so
-    // the planner's downtime predictions include it.
-    let t = Instant::now();
-    memory::digest(vm.memory());
-    planner.set_stop_overhead(t.elapsed() + Duration::from_millis(5));
-
     vm.set_dirty_logging(true)?;
     vm.take_dirty_pages()?;
     let memory_pages = memory::page_count(vm.memory());
@@ -266,6 +259,15 @@ fn run_source<S: MigrationStream>(
         let t0 = Instant::now();
         let bytes = tx.send_pages(vm, &gfns)?;
         let elapsed = t0.elapsed();
+        if rounds.is_empty() {
+            // The destination digests all of memory during the downtime
+            // (the source's digest overlaps with sending): measure it once,
+            // after round 0 has touched every page, so the planner's
+            // downtime predictions include it.
+            let t = Instant::now();
+            memory::digest(vm.memory());
+            planner.set_stop_overhead(t.elapsed() + Duration::from_millis(5));
+        }
         let dirty = vm.take_dirty_pages()?;
         let r = RoundResult {
             pages_sent: gfns.len() as u64,

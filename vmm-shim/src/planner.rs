@@ -185,6 +185,10 @@ impl Planner {
         if predicted_fits {
             return Decision::StopAndCopy(StopReason::FitsBudget);
         }
+        if r.dirty_pages == 0 {
+            // Nothing left to send: more rounds cannot shorten the pause.
+            return Decision::StopAndCopy(StopReason::SmartStop);
+        }
 
         let progress = match self.prev_dirty {
             Some(prev) => r.dirty_pages * 100 < prev * self.cfg.progress_percent as u64,
@@ -346,6 +350,18 @@ mod tests {
         assert_eq!(
             p.on_round(round(2_000, 100, 500), t),
             Decision::StopAndCopy(StopReason::FitsBudget)
+        );
+    }
+
+    #[test]
+    fn nothing_dirty_stops_even_when_the_overhead_exceeds_the_budget() {
+        let t = Instant::now();
+        let mut p = Planner::new(PlannerConfig::default(), t);
+        p.set_stop_overhead(Duration::from_millis(400));
+        assert_eq!(p.on_round(round(65536, 100, 10), t), Decision::NextRound);
+        assert_eq!(
+            p.on_round(round(10, 100, 0), t),
+            Decision::StopAndCopy(StopReason::SmartStop)
         );
     }
 
