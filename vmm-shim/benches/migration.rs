@@ -140,7 +140,7 @@ fn latest(vm: &Vm) -> u64 {
 fn print_report(label: &str, r: &MigrationReport, dirty_rate: f64) {
     let per_round: Vec<String> = r.rounds.iter().map(|x| x.pages.to_string()).collect();
     println!(
-        "{label:<34} mem {:>6} pages | rounds [{}] + final {} | total {} pages = {:.2}x mem | {:.1} MiB | downtime {:.1} ms | total {:.0} ms | {:?} ({:?}, max throttle {}%) | guest dirtied {:.0} pages/s",
+        "{label:<34} mem {:>6} pages | rounds [{}] + final {} | total {} pages = {:.2}x mem | {:.1} MiB | downtime {:.1} ms | total {:.0} ms | {:?} ({:?}, max throttle {}%) | guest page writes {:.0}/s",
         r.memory_pages,
         per_round.join(", "),
         r.final_pages,
