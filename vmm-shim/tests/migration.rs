@@ -106,10 +106,15 @@ fn dirtying_guest_migrates_and_matches_the_reference() {
     let (_ref_lines, sink) = capture();
     let reference_vm = Vm::create(config, sink).unwrap();
     reference_vm.start().unwrap();
-    reference_vm.wait_mem_iteration(target, WAIT).expect("the reference VM runs");
+    reference_vm
+        .wait_mem_iteration(target, WAIT)
+        .expect("the reference VM runs");
     let unmigrated = reference_vm.reports().mem_samples();
     for s in dst_samples.iter().filter(|s| s.iteration <= target) {
-        let r = unmigrated.iter().find(|r| r.iteration == s.iteration).expect("kept sample");
+        let r = unmigrated
+            .iter()
+            .find(|r| r.iteration == s.iteration)
+            .expect("kept sample");
         assert_eq!(r.digest, s.digest, "iteration {}", s.iteration);
     }
 }
