@@ -68,6 +68,20 @@ struct RawConfig {
     /// `[overlay]`: the overlay's settings plus `[[overlay.tap]]` ports.
     #[serde(default)]
     overlay: Option<toml::Table>,
+    /// `[migration]`: page stores, dedup scope, downtime, codec.
+    #[serde(default)]
+    migration: Option<RawMigration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMigration {
+    store_dir: Option<String>,
+    store_cap_mib: Option<u64>,
+    scope: Option<String>,
+    downtime: Option<String>,
+    open_timeout: Option<String>,
+    codec: Option<wanmig_codec::EncoderConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -139,6 +153,8 @@ pub struct GatewayConfig {
     pub overlay: wanmig_overlay::OverlayConfig,
     /// TAP ports created at start-up (`[[overlay.tap]]`).
     pub overlay_taps: Vec<crate::overlay_service::TapPortConfig>,
+    /// Live migration (`[migration]`).
+    pub migration: crate::migration::MigrationSettings,
 }
 
 /// PEM files of the deployment CA and this site's certificate and key.
@@ -363,6 +379,7 @@ impl Validator<'_> {
         };
         let transport = self.transport(&raw.transport)?;
         let (overlay, overlay_taps) = self.overlay(raw.overlay)?;
+        let migration = self.migration(raw.migration)?;
         let mut peers: Vec<PeerConfig> = Vec::with_capacity(raw.peers.len());
         for (i, p) in raw.peers.iter().enumerate() {
             let k = |field: &str| format!("peers[{i}].{field}");
@@ -422,6 +439,50 @@ impl Validator<'_> {
             peers,
             overlay,
             overlay_taps,
+            migration,
+        })
+    }
+
+    /// `[migration]`: every key optional.
+    fn migration(
+        &self,
+        raw: Option<RawMigration>,
+    ) -> Result<crate::migration::MigrationSettings, ConfigError> {
+        let d = crate::migration::MigrationSettings::default();
+        let Some(raw) = raw else { return Ok(d) };
+        let store_dir = match &raw.store_dir {
+            Some(p) => Some(self.path("migration.store_dir", p, false)?),
+            None => None,
+        };
+        let store_cap = match raw.store_cap_mib {
+            Some(0) => return Err(self.err("migration.store_cap_mib", "must be at least 1")),
+            Some(m) => m.saturating_mul(1 << 20),
+            None => d.store_cap,
+        };
+        let scope = raw.scope.unwrap_or(d.scope);
+        if wanmig_codec::store::validate_scope(&scope).is_err() {
+            return Err(self.err(
+                "migration.scope",
+                format!("{scope:?} is not a scope name (1-64 letters, digits, '-', '_' or '.')"),
+            ));
+        }
+        let downtime = self.duration("migration.downtime", raw.downtime.as_deref(), d.downtime)?;
+        let open_timeout = self.duration(
+            "migration.open_timeout",
+            raw.open_timeout.as_deref(),
+            d.open_timeout,
+        )?;
+        let encoder = raw.codec.unwrap_or(d.encoder);
+        encoder
+            .validate()
+            .map_err(|e| self.err("migration", e.to_string()))?;
+        Ok(crate::migration::MigrationSettings {
+            store_dir,
+            store_cap,
+            scope,
+            downtime,
+            open_timeout,
+            encoder,
         })
     }
 

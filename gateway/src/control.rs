@@ -183,6 +183,16 @@ pub fn overlay_router(
         .layer(middleware::from_fn_with_state(ctx, auth))
 }
 
+/// The VM and migration routes ([`crate::migration::api`]), behind the
+/// bearer-token check.
+pub fn migration_router(migration: crate::migration::MigrationService, token: String) -> Router {
+    let ctx = Arc::new(Ctx {
+        peering: migration.peering().clone(),
+        token,
+    });
+    crate::migration::api::routes(migration).layer(middleware::from_fn_with_state(ctx, auth))
+}
+
 /// The control API routes, all behind the bearer-token check.
 pub fn router(peering: Peering, token: String) -> Router {
     let ctx = Arc::new(Ctx { peering, token });

@@ -14,6 +14,8 @@ use tokio::task::JoinHandle;
 use crate::config::GatewayConfig;
 use crate::control;
 use crate::metrics::Metrics;
+use crate::migration::metrics::MigrationMetrics;
+use crate::migration::{MigrationService, VmHost};
 use crate::overlay_service::{self, OverlayHandle};
 use crate::peering::{stream_kind, Peering};
 use crate::tls::{self, Identity};
@@ -81,6 +83,29 @@ impl Gateway {
         .await?;
         tasks.push(overlay_task);
 
+        // Migration: VMs hosted in this process, the relay, its metrics on
+        // their own registry (rendered like the overlay's).
+        let migration_registry = prometheus::Registry::new_custom(
+            None,
+            Some(std::collections::HashMap::from([(
+                "site".to_string(),
+                config.site.clone(),
+            )])),
+        )
+        .map_err(crate::metrics::MetricsError::from)?;
+        let migration_metrics = Arc::new(
+            MigrationMetrics::register(&migration_registry)
+                .map_err(crate::metrics::MetricsError::from)?,
+        );
+        let vm_host = Arc::new(VmHost::new());
+        let (migration, migration_task) = MigrationService::start(
+            peering.clone(),
+            vm_host.clone(),
+            config.migration.clone(),
+            Some(migration_metrics),
+        )?;
+        tasks.push(migration_task);
+
         let mut metrics_addr = None;
         if let Some(m) = &config.metrics {
             let metrics = Arc::new(Metrics::new(&config.site)?);
@@ -104,6 +129,11 @@ impl Gateway {
                         &overlay_registry.gather(),
                         &mut buf,
                     );
+                    let _ = prometheus::Encoder::encode(
+                        &prometheus::TextEncoder::new(),
+                        &migration_registry.gather(),
+                        &mut buf,
+                    );
                     text.push_str(&String::from_utf8_lossy(&buf));
                     text
                 }),
@@ -118,8 +148,9 @@ impl Gateway {
         if let Some(c) = &config.control {
             let token = control::load_or_create_token(&c.token_file)?;
             let app = control::router(peering.clone(), token.clone()).merge(
-                control::overlay_router(peering.clone(), overlay.clone(), token),
-            );
+                control::overlay_router(peering.clone(), overlay.clone(), token.clone()),
+            )
+            .merge(control::migration_router(migration.clone(), token));
             let (addr, task) =
                 serve_http("control.listen", c.listen, app, stop.subscribe()).await?;
             control_addr = Some(addr);
@@ -129,6 +160,8 @@ impl Gateway {
         Ok(GatewayHandle {
             peering,
             overlay,
+            migration,
+            vm_host,
             config,
             metrics_addr,
             control_addr,
@@ -169,6 +202,8 @@ async fn serve_http(
 pub struct GatewayHandle {
     peering: Peering,
     overlay: OverlayHandle,
+    migration: MigrationService,
+    vm_host: Arc<VmHost>,
     config: GatewayConfig,
     metrics_addr: Option<SocketAddr>,
     control_addr: Option<SocketAddr>,
@@ -192,6 +227,16 @@ impl GatewayHandle {
     /// `attach_frame_channels`), read MAC tables and counters.
     pub fn overlay(&self) -> &OverlayHandle {
         &self.overlay
+    }
+
+    /// Live migration: start migrations, read their records.
+    pub fn migration(&self) -> &MigrationService {
+        &self.migration
+    }
+
+    /// The VMs this gateway hosts in-process.
+    pub fn vm_host(&self) -> &Arc<VmHost> {
+        &self.vm_host
     }
 
     pub fn config(&self) -> &GatewayConfig {

@@ -15,6 +15,7 @@ pub mod control;
 pub mod control_client;
 pub mod gateway;
 pub mod metrics;
+pub mod migration;
 pub mod overlay_service;
 pub mod peering;
 pub mod probe;

@@ -34,6 +34,9 @@ pub mod stream_kind {
     /// Overlay control messages (MAC adverts, withdrawals, full syncs), one
     /// stream per peer and direction (see [`crate::overlay_service`]).
     pub const OVERLAY: u8 = 2;
+    /// A relayed live migration, one stream per migration (see
+    /// [`crate::migration`]).
+    pub const MIGRATION: u8 = 3;
 }
 
 /// Application close / reset codes on peering connections and streams.

@@ -1,0 +1,192 @@
+//! Cross-site live migration through the gateways: VM hosting at this site
+//! ([`vmhost`]), the gateway-to-gateway session (wire format in [`wire`],
+//! sans-IO relay cores in [`session`]), the tokio/QUIC edge ([`relay`]), the
+//! site's page stores ([`stores`]), the record of migrations ([`records`])
+//! and the `wanmig_migration_*` metrics ([`metrics`]).
+//!
+//! [`MigrationService`] ties them together: it serves incoming migration
+//! streams from peers and starts outgoing ones.
+
+pub mod api;
+pub mod metrics;
+pub mod records;
+pub mod relay;
+pub mod session;
+pub mod stores;
+pub mod vmhost;
+pub mod wire;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use wanmig_codec::EncoderConfig;
+use wanmig_vmm::planner::PlannerConfig;
+use wanmig_vmm::MigrateOptions;
+
+use crate::peering::{stream_kind, Peering, PeeringError};
+pub use records::{Direction, MigrationRecord, Outcome, Records};
+use relay::RelayContext;
+pub use session::{Phase, Progress};
+use stores::SiteStores;
+pub use vmhost::{HostError, VmHost, VmHosting, VmInfo, VmState};
+
+/// Migration settings of a site (the `[migration]` config section).
+#[derive(Debug, Clone)]
+pub struct MigrationSettings {
+    /// Directory of the site's page stores (one subdirectory per scope);
+    /// `None`: dedup only within each migration.
+    pub store_dir: Option<PathBuf>,
+    /// Cap of each scope's page store, bytes.
+    pub store_cap: u64,
+    /// Dedup scope used when a migration names none.
+    pub scope: String,
+    /// Downtime budget used when a migration names none.
+    pub downtime: Duration,
+    /// Longest wait for the destination to accept a migration.
+    pub open_timeout: Duration,
+    /// The page codec's settings.
+    pub encoder: EncoderConfig,
+}
+
+impl Default for MigrationSettings {
+    fn default() -> Self {
+        MigrationSettings {
+            store_dir: None,
+            store_cap: 1 << 30,
+            scope: "default".into(),
+            downtime: Duration::from_millis(300),
+            open_timeout: Duration::from_secs(10),
+            encoder: EncoderConfig::default(),
+        }
+    }
+}
+
+/// What an operator asks for (`POST /v1/migrations`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MigrateRequest {
+    pub vm: String,
+    /// Destination site.
+    pub to: String,
+    /// Downtime budget (default: the site's `[migration] downtime`).
+    #[serde(default, with = "humantime_serde")]
+    pub downtime: Option<Duration>,
+    /// Dedup scope at the destination (default: the site's).
+    #[serde(default)]
+    pub scope: Option<String>,
+}
+
+/// Why a migration could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Host(#[from] HostError),
+    #[error(transparent)]
+    Peering(#[from] PeeringError),
+    #[error("'{0}' is this site; migrate to another site")]
+    SameSite(String),
+    #[error("invalid dedup scope '{0}': use 1-64 letters, digits, '-', '_' or '.'")]
+    BadScope(String),
+}
+
+/// The migration subsystem of one gateway.
+#[derive(Clone)]
+pub struct MigrationService {
+    ctx: Arc<RelayContext>,
+    settings: MigrationSettings,
+}
+
+impl MigrationService {
+    /// Registers the migration stream handler on `peering` and serves it.
+    pub fn start(
+        peering: Peering,
+        host: Arc<dyn VmHosting>,
+        settings: MigrationSettings,
+        metrics: Option<Arc<metrics::MigrationMetrics>>,
+    ) -> Result<(Self, tokio::task::JoinHandle<()>), PeeringError> {
+        let streams = peering.subscribe_streams(stream_kind::MIGRATION, 16)?;
+        let ctx = Arc::new(RelayContext {
+            peering,
+            host,
+            stores: SiteStores::new(settings.store_dir.clone(), settings.store_cap),
+            records: Records::default(),
+            encoder: settings.encoder.clone(),
+            open_timeout: settings.open_timeout,
+            metrics,
+        });
+        let task = tokio::spawn(relay::serve_incoming(ctx.clone(), streams));
+        Ok((MigrationService { ctx, settings }, task))
+    }
+
+    /// This site's name.
+    pub fn site(&self) -> &str {
+        self.ctx.peering.site()
+    }
+
+    pub fn peering(&self) -> &Peering {
+        &self.ctx.peering
+    }
+
+    pub fn host(&self) -> &Arc<dyn VmHosting> {
+        &self.ctx.host
+    }
+
+    pub fn records(&self) -> Vec<MigrationRecord> {
+        self.ctx.records.all()
+    }
+
+    pub fn record(&self, id: &str) -> Option<MigrationRecord> {
+        self.ctx.records.get(id)
+    }
+
+    /// Starts migrating `req.vm` to `req.to` in the background; returns the
+    /// migration id (follow it with [`MigrationService::record`]).
+    pub fn begin(
+        &self,
+        req: MigrateRequest,
+    ) -> Result<(String, tokio::task::JoinHandle<Outcome>), StartError> {
+        let site = self.ctx.peering.site().to_string();
+        if req.to == site {
+            return Err(StartError::SameSite(site));
+        }
+        // Fail fast on what can be checked here; the relay checks again.
+        self.ctx.host.config(&req.vm)?;
+        self.ctx.peering.live_connection(&req.to)?;
+        let scope = req.scope.unwrap_or_else(|| self.settings.scope.clone());
+        if wanmig_codec::store::validate_scope(&scope).is_err() {
+            return Err(StartError::BadScope(scope));
+        }
+        let id = self.ctx.records.next_id(&site);
+        self.ctx
+            .records
+            .insert(&id, &req.vm, &site, &req.to, Direction::Outgoing);
+        let opts = MigrateOptions {
+            planner: PlannerConfig {
+                downtime_budget: req.downtime.unwrap_or(self.settings.downtime),
+                ..PlannerConfig::default()
+            },
+            ..MigrateOptions::default()
+        };
+        let task = tokio::spawn(relay::run_source(
+            self.ctx.clone(),
+            id.clone(),
+            req.vm,
+            req.to,
+            scope,
+            opts,
+        ));
+        Ok((id, task))
+    }
+
+    /// Migrates and waits for the end; returns the final record.
+    pub async fn migrate(&self, req: MigrateRequest) -> Result<MigrationRecord, StartError> {
+        let (id, task) = self.begin(req)?;
+        let _ = task.await;
+        Ok(self
+            .ctx
+            .records
+            .get(&id)
+            .expect("a started migration keeps its record"))
+    }
+}

@@ -1,0 +1,208 @@
+//! The migrations this gateway took part in, in flight and finished: what
+//! `wanmig status` and `GET /v1/migrations` show, and what the progress
+//! display polls.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use super::session::{Phase, Progress};
+
+/// Finished migrations kept for status.
+const KEEP_FINISHED: usize = 64;
+
+/// Which end of the migration this gateway was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Direction {
+    Outgoing,
+    Incoming,
+}
+
+/// How a migration ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// The VM runs at the destination, which confirmed it.
+    Succeeded,
+    /// It failed before the handover; the VM runs at the source.
+    FailedKeptAtSource,
+    /// The source handed the VM over but never heard that the destination
+    /// resumed it: the source will not run it again; check the destination.
+    HandoverUnconfirmed,
+}
+
+impl Outcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::FailedKeptAtSource => "failed-kept-at-source",
+            Outcome::HandoverUnconfirmed => "handover-unconfirmed",
+        }
+    }
+}
+
+/// One migration as reported.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MigrationRecord {
+    pub id: String,
+    pub vm: String,
+    pub from: String,
+    pub to: String,
+    pub direction: Direction,
+    pub phase: Phase,
+    pub progress: Progress,
+    /// Unix time the migration started, milliseconds.
+    pub started_unix_ms: u64,
+    pub elapsed_ms: u64,
+    /// `None` while in flight.
+    pub outcome: Option<Outcome>,
+    /// What went wrong, for the operator.
+    pub error: Option<String>,
+    /// Source pause until the destination reported running (outgoing,
+    /// succeeded).
+    pub downtime_ms: Option<f64>,
+    /// The pre-copy rounds the source shim reported, when it finished.
+    pub rounds: u32,
+    /// BLAKE3 of guest memory at the handover (hex), as both shims checked.
+    pub memory_digest: Option<String>,
+}
+
+impl MigrationRecord {
+    pub fn finished(&self) -> bool {
+        self.outcome.is_some()
+    }
+}
+
+struct Slot {
+    record: MigrationRecord,
+    started: Instant,
+}
+
+/// The shared list of migrations.
+#[derive(Clone, Default)]
+pub struct Records {
+    inner: Arc<Mutex<RecordsInner>>,
+}
+
+#[derive(Default)]
+struct RecordsInner {
+    next: u64,
+    slots: VecDeque<Slot>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Records {
+    /// A fresh id for an outgoing migration from `site`.
+    pub fn next_id(&self, site: &str) -> String {
+        let mut g = lock(&self.inner);
+        g.next += 1;
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        format!("{site}-{nanos:x}-{}", g.next)
+    }
+
+    /// Adds an in-flight migration.
+    pub fn insert(&self, id: &str, vm: &str, from: &str, to: &str, direction: Direction) {
+        let started_unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let mut g = lock(&self.inner);
+        g.slots.push_back(Slot {
+            record: MigrationRecord {
+                id: id.to_string(),
+                vm: vm.to_string(),
+                from: from.to_string(),
+                to: to.to_string(),
+                direction,
+                phase: Phase::Opening,
+                progress: Progress::default(),
+                started_unix_ms,
+                elapsed_ms: 0,
+                outcome: None,
+                error: None,
+                downtime_ms: None,
+                rounds: 0,
+                memory_digest: None,
+            },
+            started: Instant::now(),
+        });
+        while g.slots.len() > KEEP_FINISHED
+            && g.slots.iter().filter(|s| s.record.finished()).count() > KEEP_FINISHED / 2
+        {
+            let Some(i) = g.slots.iter().position(|s| s.record.finished()) else {
+                break;
+            };
+            g.slots.remove(i);
+        }
+    }
+
+    /// Changes the record `id` (for the given direction: one gateway may
+    /// be both ends of a migration in tests).
+    pub fn update(&self, id: &str, direction: Direction, f: impl FnOnce(&mut MigrationRecord)) {
+        let mut g = lock(&self.inner);
+        if let Some(s) = g
+            .slots
+            .iter_mut()
+            .find(|s| s.record.id == id && s.record.direction == direction)
+        {
+            s.record.elapsed_ms = s.started.elapsed().as_millis() as u64;
+            f(&mut s.record);
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Option<MigrationRecord> {
+        self.all().into_iter().find(|r| r.id == id)
+    }
+
+    /// Every record, oldest first, with elapsed times brought up to date.
+    pub fn all(&self) -> Vec<MigrationRecord> {
+        let g = lock(&self.inner);
+        g.slots
+            .iter()
+            .map(|s| {
+                let mut r = s.record.clone();
+                if !r.finished() {
+                    r.elapsed_ms = s.started.elapsed().as_millis() as u64;
+                }
+                r
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_track_updates_and_keep_a_bounded_history() {
+        let r = Records::default();
+        let id = r.next_id("site-a");
+        assert_ne!(id, r.next_id("site-a"));
+        r.insert(&id, "web", "site-a", "site-b", Direction::Outgoing);
+        r.update(&id, Direction::Outgoing, |m| m.phase = Phase::Copying);
+        r.update(&id, Direction::Incoming, |m| m.phase = Phase::Aborted);
+        let m = r.get(&id).unwrap();
+        assert_eq!(m.phase, Phase::Copying);
+        assert!(!m.finished());
+        for i in 0..(2 * KEEP_FINISHED) {
+            let id = format!("x{i}");
+            r.insert(&id, "v", "a", "b", Direction::Incoming);
+            r.update(&id, Direction::Incoming, |m| {
+                m.outcome = Some(Outcome::Succeeded)
+            });
+        }
+        let all = r.all();
+        assert!(all.len() <= KEEP_FINISHED + 1, "{}", all.len());
+        assert!(all.iter().any(|m| m.id == id), "in-flight records are kept");
+    }
+}

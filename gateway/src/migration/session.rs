@@ -1,0 +1,604 @@
+//! The sans-IO cores of a migration relayed between two gateways.
+//!
+//! [`SourceSession`] sits between the source shim and the WAN: it turns the
+//! shim's `Pages` messages into codec batches (zero pages, references to
+//! content the destination holds, deltas, zstd), passes the shim's other
+//! messages through, and answers the destination's NACKs from the encoder's
+//! copy of what it last sent. [`DestSession`] does the reverse at the
+//! destination: it decodes batches in order into plain `Pages` for the
+//! destination shim, NACKs what it cannot resolve, and holds the source's
+//! `Complete` back until every NACKed page has been filled, so the shim's
+//! digest check sees complete memory.
+//!
+//! Both track the migration's [`Phase`] from the shim messages that pass
+//! through them; the relay uses it to say what happened when a link dies.
+//! No sockets, no clocks: the relay passes messages and frames in and
+//! writes out what comes back.
+
+use serde::{Deserialize, Serialize};
+use wanmig_codec::{
+    CodecError, ContentStore, Decoder, DecoderConfig, DecoderStats, Encoder, EncoderConfig,
+    EncoderStats, Gfn, Inventory, PageBytes,
+};
+use wanmig_vmm::protocol::{self, Message, PageBatch, ProtocolError, BATCH_PAGES};
+
+use super::wire::{Frame, WireError};
+
+/// How far a migration got, as seen by a gateway relaying it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Session opened, waiting for the shims' hello.
+    Opening,
+    /// Pre-copy rounds: pages are flowing.
+    Copying,
+    /// The VM state went out (the source VM is paused).
+    StateSent,
+    /// The source sent `Complete`; waiting for the destination's check.
+    Completing,
+    /// The destination holds and has applied complete state.
+    Confirmed,
+    /// The source released the VM; the destination may run it.
+    HandedOver,
+    /// The destination runs the VM.
+    Resumed,
+    /// One side aborted; the VM stays at the source.
+    Aborted,
+}
+
+impl Phase {
+    /// Whether the source has given the VM up (the destination may run it).
+    pub fn past_handover(self) -> bool {
+        matches!(self, Phase::HandedOver | Phase::Resumed)
+    }
+
+    fn after(self, msg: &Message) -> Phase {
+        match msg {
+            Message::Hello { .. } | Message::HelloAck | Message::Pages(_) => {
+                if self == Phase::Opening {
+                    Phase::Copying
+                } else {
+                    self
+                }
+            }
+            Message::State(_) => Phase::StateSent,
+            Message::Complete { .. } => Phase::Completing,
+            Message::Confirmed { .. } => Phase::Confirmed,
+            Message::Handover => Phase::HandedOver,
+            Message::Resumed => Phase::Resumed,
+            Message::Abort(_) => {
+                if self.past_handover() {
+                    self
+                } else {
+                    Phase::Aborted
+                }
+            }
+        }
+    }
+}
+
+/// Errors of a relayed session: the relay aborts the migration with them.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("page codec: {0}")]
+    Codec(#[from] CodecError),
+    #[error("shim protocol frame from the peer gateway: {0}")]
+    Shim(#[from] ProtocolError),
+    #[error("protocol violation by the peer gateway: {0}")]
+    Unexpected(String),
+    #[error("the destination asked again for {0} pages the source gateway no longer holds; raise [migration] encoder cache_bytes above the VM's memory size")]
+    Refetch(usize),
+}
+
+/// Encodes one shim message as a `Shim` frame.
+pub fn shim_frame(msg: &Message) -> Frame {
+    let mut v = Vec::new();
+    protocol::encode(msg, &mut v);
+    Frame::Shim(v)
+}
+
+/// Decodes a `Shim` frame's payload: exactly one shim message, never pages
+/// (pages travel as codec batches).
+pub fn parse_shim(bytes: &[u8]) -> Result<Message, SessionError> {
+    let mut d = protocol::Decoder::new();
+    d.feed(bytes);
+    let msg = d
+        .next()?
+        .ok_or_else(|| SessionError::Unexpected("a truncated shim frame".into()))?;
+    if d.buffered() != 0 {
+        return Err(SessionError::Unexpected(format!(
+            "{} bytes after the shim frame",
+            d.buffered()
+        )));
+    }
+    if let Message::Pages(_) = msg {
+        return Err(SessionError::Unexpected(
+            "plain pages in a shim frame (pages travel as codec batches)".into(),
+        ));
+    }
+    Ok(msg)
+}
+
+/// What a relay does after one input.
+#[derive(Debug, Default)]
+pub struct Step {
+    /// Frames for the peer gateway, in order.
+    pub to_peer: Vec<Frame>,
+    /// Messages for the local shim, in order.
+    pub to_shim: Vec<Message>,
+}
+
+/// Pre-copy progress as the source gateway sees it. Rounds are inferred
+/// from the page order: the shim sends each round's pages in ascending gfn
+/// order, so a gfn at or below the previous one starts a new round.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Guest memory in pages.
+    pub memory_pages: u64,
+    /// Current round (0 = all of memory).
+    pub round: u32,
+    /// Pages relayed in the current round.
+    pub round_pages: u64,
+    /// Pages relayed in the previous round (what was dirty after the one
+    /// before).
+    pub last_round_pages: u64,
+    /// All pages relayed (re-sent pages count each time).
+    pub pages: u64,
+    /// Page bytes before reduction.
+    pub bytes_in: u64,
+    /// Batch bytes on the WAN.
+    pub bytes_out: u64,
+    /// NACKed pages answered.
+    pub nacked: u64,
+    /// Pages by record kind.
+    pub zero: u64,
+    pub refs: u64,
+    pub delta: u64,
+    pub compressed: u64,
+    pub raw: u64,
+    #[serde(skip)]
+    last_gfn: Option<u64>,
+}
+
+impl Progress {
+    /// Page bytes in per wire byte out (1.0 before anything was sent).
+    pub fn reduction_ratio(&self) -> f64 {
+        if self.bytes_out == 0 {
+            1.0
+        } else {
+            self.bytes_in as f64 / self.bytes_out as f64
+        }
+    }
+
+    fn on_page(&mut self, gfn: u64) {
+        if let Some(last) = self.last_gfn {
+            if gfn <= last {
+                self.round += 1;
+                self.last_round_pages = self.round_pages;
+                self.round_pages = 0;
+            }
+        }
+        self.last_gfn = Some(gfn);
+        self.round_pages += 1;
+        self.pages += 1;
+    }
+
+    fn absorb(&mut self, s: &EncoderStats) {
+        self.bytes_in = s.bytes_in;
+        self.bytes_out = s.bytes_out;
+        self.zero = s.zero;
+        self.refs = s.refs();
+        self.delta = s.delta;
+        self.compressed = s.compressed;
+        self.raw = s.raw + s.fill;
+    }
+}
+
+/// The source gateway's side of one migration.
+pub struct SourceSession {
+    encoder: Encoder,
+    phase: Phase,
+    progress: Progress,
+}
+
+impl SourceSession {
+    /// A session whose destination reported holding `inventory`.
+    pub fn new(
+        cfg: EncoderConfig,
+        inventory: Inventory,
+        memory_pages: u64,
+    ) -> Result<Self, SessionError> {
+        Ok(SourceSession {
+            encoder: Encoder::new(cfg, inventory)?,
+            phase: Phase::Opening,
+            progress: Progress {
+                memory_pages,
+                ..Progress::default()
+            },
+        })
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    pub fn progress(&self) -> &Progress {
+        &self.progress
+    }
+
+    pub fn encoder_stats(&self) -> EncoderStats {
+        self.encoder.stats()
+    }
+
+    /// Sets the zstd level for the following batches.
+    pub fn set_level(&mut self, level: i32) -> Result<(), SessionError> {
+        Ok(self.encoder.set_level(level)?)
+    }
+
+    /// A message from the source shim: frames for the destination gateway.
+    pub fn on_shim(&mut self, msg: Message) -> Vec<Frame> {
+        self.phase = self.phase.after(&msg);
+        match msg {
+            Message::Pages(batch) => {
+                for (gfn, _) in batch.pages() {
+                    self.progress.on_page(gfn);
+                }
+                let pages = batch.pages().filter_map(|(gfn, data)| {
+                    let page: &PageBytes = data.try_into().ok()?;
+                    Some((Gfn(gfn), page))
+                });
+                let frames = self
+                    .encoder
+                    .encode(pages)
+                    .into_iter()
+                    .map(Frame::Batch)
+                    .collect();
+                self.progress.absorb(&self.encoder.stats());
+                frames
+            }
+            other => vec![shim_frame(&other)],
+        }
+    }
+
+    /// A frame from the destination gateway.
+    pub fn on_peer(&mut self, frame: Frame) -> Result<Step, SessionError> {
+        let mut step = Step::default();
+        match frame {
+            Frame::Nack(nacks) => {
+                let resp = self.encoder.on_nack(&nacks);
+                if !resp.refetch.is_empty() {
+                    return Err(SessionError::Refetch(resp.refetch.len()));
+                }
+                self.progress.nacked += nacks.len() as u64;
+                step.to_peer = resp.batches.into_iter().map(Frame::Batch).collect();
+                self.progress.absorb(&self.encoder.stats());
+            }
+            Frame::Shim(bytes) => {
+                let msg = parse_shim(&bytes)?;
+                self.phase = self.phase.after(&msg);
+                step.to_shim.push(msg);
+            }
+            other => {
+                return Err(SessionError::Unexpected(format!(
+                    "{} during a migration",
+                    frame_name(&other)
+                )))
+            }
+        }
+        Ok(step)
+    }
+}
+
+/// Short name of a frame for messages.
+pub fn frame_name(f: &Frame) -> &'static str {
+    match f {
+        Frame::Open { .. } => "open",
+        Frame::Accept { .. } => "accept",
+        Frame::Refuse(_) => "refuse",
+        Frame::Batch(_) => "a page batch",
+        Frame::Nack(_) => "a nack",
+        Frame::Shim(_) => "a shim message",
+    }
+}
+
+/// The destination gateway's side of one migration.
+pub struct DestSession<S: ContentStore> {
+    decoder: Decoder<S>,
+    phase: Phase,
+    /// The source's `Complete`, held while NACKed pages are outstanding.
+    held_complete: Option<Message>,
+    pages: u64,
+}
+
+impl<S: ContentStore> DestSession<S> {
+    pub fn new(cfg: DecoderConfig, store: S) -> Result<Self, SessionError> {
+        Ok(DestSession {
+            decoder: Decoder::new(cfg, store)?,
+            phase: Phase::Opening,
+            held_complete: None,
+            pages: 0,
+        })
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Pages delivered to the shim.
+    pub fn pages(&self) -> u64 {
+        self.pages
+    }
+
+    pub fn decoder_stats(&self) -> DecoderStats {
+        self.decoder.stats()
+    }
+
+    /// Pages NACKed and not yet filled.
+    pub fn pending(&self) -> usize {
+        self.decoder.pending_count()
+    }
+
+    /// A frame from the source gateway.
+    pub fn on_peer(&mut self, frame: Frame) -> Result<Step, SessionError> {
+        let mut step = Step::default();
+        match frame {
+            Frame::Batch(bytes) => {
+                let decoded = self.decoder.decode(&bytes)?;
+                self.pages += decoded.pages.len() as u64;
+                for chunk in decoded.pages.chunks(BATCH_PAGES) {
+                    let mut batch = PageBatch::new();
+                    for (gfn, page) in chunk {
+                        batch.push(gfn.0, &page[..]);
+                    }
+                    step.to_shim.push(Message::Pages(batch));
+                }
+                if !decoded.nacks.is_empty() {
+                    step.to_peer.push(Frame::Nack(decoded.nacks));
+                }
+                if self.decoder.pending_count() == 0 {
+                    if let Some(c) = self.held_complete.take() {
+                        step.to_shim.push(c);
+                    }
+                }
+                if self.phase == Phase::Opening {
+                    self.phase = Phase::Copying;
+                }
+            }
+            Frame::Shim(bytes) => {
+                let msg = parse_shim(&bytes)?;
+                self.phase = self.phase.after(&msg);
+                match msg {
+                    Message::Complete { .. } if self.decoder.pending_count() > 0 => {
+                        self.held_complete = Some(msg);
+                    }
+                    msg => step.to_shim.push(msg),
+                }
+            }
+            other => {
+                return Err(SessionError::Unexpected(format!(
+                    "{} during a migration",
+                    frame_name(&other)
+                )))
+            }
+        }
+        Ok(step)
+    }
+
+    /// A message from the destination shim: the frame for the source.
+    pub fn on_shim(&mut self, msg: Message) -> Result<Frame, SessionError> {
+        if let Message::Pages(_) = msg {
+            return Err(SessionError::Unexpected(
+                "the destination shim sent pages".into(),
+            ));
+        }
+        self.phase = self.phase.after(&msg);
+        Ok(shim_frame(&msg))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wanmig_codec::store::NoStore;
+    use wanmig_codec::{Fingerprint, PAGE_SIZE};
+
+    /// Content store backed by a map (a site that already holds pages).
+    #[derive(Default)]
+    struct MapStore(std::collections::HashMap<Fingerprint, Box<PageBytes>>);
+    impl ContentStore for MapStore {
+        fn get(&mut self, fp: &Fingerprint, out: &mut PageBytes) -> Result<bool, CodecError> {
+            Ok(match self.0.get(fp) {
+                Some(p) => {
+                    *out = **p;
+                    true
+                }
+                None => false,
+            })
+        }
+        fn put(&mut self, fp: &Fingerprint, page: &PageBytes) -> Result<(), CodecError> {
+            self.0.insert(*fp, Box::new(*page));
+            Ok(())
+        }
+    }
+
+    fn page(seed: u8) -> Vec<u8> {
+        (0..PAGE_SIZE)
+            .map(|i| seed.wrapping_mul(31).wrapping_add((i / 64) as u8))
+            .collect()
+    }
+
+    fn batch(pages: &[(u64, Vec<u8>)]) -> Message {
+        let mut b = PageBatch::new();
+        for (g, p) in pages {
+            b.push(*g, p);
+        }
+        Message::Pages(b)
+    }
+
+    /// Runs frames from source to destination and returns the destination's
+    /// shim messages, answering NACKs.
+    fn pump<S: ContentStore>(
+        src: &mut SourceSession,
+        dst: &mut DestSession<S>,
+        frames: Vec<Frame>,
+    ) -> Vec<Message> {
+        let mut out = Vec::new();
+        let mut queue: std::collections::VecDeque<Frame> = frames.into();
+        while let Some(f) = queue.pop_front() {
+            let step = dst.on_peer(f).unwrap();
+            out.extend(step.to_shim);
+            for back in step.to_peer {
+                let s = src.on_peer(back).unwrap();
+                queue.extend(s.to_peer);
+                assert!(s.to_shim.is_empty());
+            }
+        }
+        out
+    }
+
+    fn pages_of(msgs: &[Message]) -> Vec<(u64, Vec<u8>)> {
+        msgs.iter()
+            .filter_map(|m| match m {
+                Message::Pages(b) => {
+                    Some(b.pages().map(|(g, d)| (g, d.to_vec())).collect::<Vec<_>>())
+                }
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+
+    #[test]
+    fn pages_cross_reduced_and_arrive_identical_in_order() {
+        let mut src = SourceSession::new(EncoderConfig::default(), Inventory::new(), 64).unwrap();
+        let mut dst = DestSession::new(DecoderConfig::default(), NoStore).unwrap();
+        let mut round0: Vec<(u64, Vec<u8>)> = (0..64).map(|g| (g, vec![0u8; PAGE_SIZE])).collect();
+        round0[3].1 = page(1);
+        round0[4].1 = page(1); // duplicate content: a reference
+        round0[9].1 = page(2);
+        let frames = src.on_shim(batch(&round0));
+        assert!(frames.iter().all(|f| matches!(f, Frame::Batch(_))));
+        let got = pump(&mut src, &mut dst, frames);
+        assert_eq!(pages_of(&got), round0);
+        let p = src.progress().clone();
+        assert_eq!((p.round, p.round_pages, p.pages), (0, 64, 64));
+        assert_eq!(p.zero, 61);
+        assert_eq!(p.refs, 1);
+        assert!(p.bytes_out < p.bytes_in / 8, "{p:?}");
+
+        // Round 1 re-sends a page with a small change: a delta.
+        let mut changed = page(2);
+        changed[100] ^= 0xff;
+        let round1 = vec![(9u64, changed.clone())];
+        let frames = src.on_shim(batch(&round1));
+        let got = pump(&mut src, &mut dst, frames);
+        assert_eq!(pages_of(&got), round1);
+        assert_eq!(src.progress().round, 1);
+        assert_eq!(src.progress().delta, 1);
+        assert_eq!(src.progress().last_round_pages, 64);
+    }
+
+    #[test]
+    fn unresolved_references_are_nacked_and_complete_waits_for_the_fill() {
+        // The source believes the destination holds page(7) (inventory), but
+        // the destination's store lost it.
+        let content = page(7);
+        let fp = Fingerprint::of((&content[..]).try_into().unwrap());
+        let inv = Inventory::from_fingerprints([&fp]);
+        let mut src = SourceSession::new(EncoderConfig::default(), inv, 8).unwrap();
+        let mut dst = DestSession::new(DecoderConfig::default(), MapStore::default()).unwrap();
+
+        let frames = src.on_shim(batch(&[(5, content.clone())]));
+        let step = dst.on_peer(frames.into_iter().next().unwrap()).unwrap();
+        assert!(pages_of(&step.to_shim).is_empty(), "nothing to deliver yet");
+        let [Frame::Nack(n)] = &step.to_peer[..] else {
+            panic!("expected one nack, got {:?}", step.to_peer)
+        };
+        assert_eq!(n[..], [(Gfn(5), fp)]);
+        assert_eq!(dst.pending(), 1);
+
+        // The source's Complete overtakes the fill: it must be held.
+        let complete = Message::Complete { digest: [9; 32] };
+        let step = dst
+            .on_peer(src.on_shim(complete.clone()).remove(0))
+            .unwrap();
+        assert!(
+            step.to_shim.is_empty(),
+            "complete held while a page is missing"
+        );
+        assert_eq!(dst.phase(), Phase::Completing);
+
+        // The NACK answer fills the page and releases Complete behind it.
+        let fill = src.on_peer(step_nack(n)).unwrap();
+        assert_eq!(fill.to_peer.len(), 1);
+        let step = dst
+            .on_peer(fill.to_peer.into_iter().next().unwrap())
+            .unwrap();
+        assert_eq!(pages_of(&step.to_shim), vec![(5, content)]);
+        assert_eq!(step.to_shim.last(), Some(&complete));
+        assert_eq!(dst.pending(), 0);
+    }
+
+    fn step_nack(n: &[(Gfn, Fingerprint)]) -> Frame {
+        Frame::Nack(n.to_vec())
+    }
+
+    #[test]
+    fn shim_messages_pass_through_and_track_the_phase() {
+        let mut src = SourceSession::new(EncoderConfig::default(), Inventory::new(), 8).unwrap();
+        let mut dst = DestSession::new(DecoderConfig::default(), NoStore).unwrap();
+        let hello = Message::Hello {
+            version: protocol::PROTOCOL_VERSION,
+            machine: wanmig_vmm::VmConfig::default().machine(),
+        };
+        for (msg, src_phase) in [
+            (hello, Phase::Copying),
+            (Message::State(vec![1, 2, 3]), Phase::StateSent),
+            (Message::Complete { digest: [1; 32] }, Phase::Completing),
+        ] {
+            let f = src.on_shim(msg.clone());
+            let step = dst.on_peer(f.into_iter().next().unwrap()).unwrap();
+            assert_eq!(step.to_shim, vec![msg]);
+            assert_eq!(src.phase(), src_phase);
+            assert_eq!(dst.phase(), src_phase);
+        }
+        let back = dst.on_shim(Message::Confirmed { digest: [1; 32] }).unwrap();
+        let step = src.on_peer(back).unwrap();
+        assert_eq!(step.to_shim, vec![Message::Confirmed { digest: [1; 32] }]);
+        assert_eq!(src.phase(), Phase::Confirmed);
+        dst.on_peer(src.on_shim(Message::Handover).remove(0))
+            .unwrap();
+        assert!(src.phase().past_handover() && dst.phase().past_handover());
+        // An abort after the handover does not undo it.
+        src.on_shim(Message::Abort("late".into()));
+        assert_eq!(src.phase(), Phase::HandedOver);
+        let back = dst.on_shim(Message::Resumed).unwrap();
+        src.on_peer(back).unwrap();
+        assert_eq!(src.phase(), Phase::Resumed);
+    }
+
+    #[test]
+    fn hostile_frames_are_errors_not_panics() {
+        let mut src = SourceSession::new(EncoderConfig::default(), Inventory::new(), 8).unwrap();
+        let mut dst = DestSession::new(DecoderConfig::default(), NoStore).unwrap();
+        assert!(dst.on_peer(Frame::Batch(vec![0xab; 64])).is_err());
+        assert!(dst.on_peer(Frame::Shim(vec![1, 2])).is_err());
+        assert!(dst.on_peer(Frame::Refuse("x".into())).is_err());
+        // Plain pages must not sneak through as a shim frame.
+        let pages = shim_frame(&batch(&[(0, vec![1; PAGE_SIZE])]));
+        assert!(dst.on_peer(pages).is_err());
+        assert!(src.on_peer(Frame::Batch(vec![])).is_err());
+        assert!(src.on_peer(Frame::Shim(vec![99, 0, 0, 0, 0])).is_err());
+        // Two messages in one shim frame.
+        let mut two = Vec::new();
+        protocol::encode(&Message::Resumed, &mut two);
+        protocol::encode(&Message::Resumed, &mut two);
+        assert!(src.on_peer(Frame::Shim(two)).is_err());
+        // A NACK for content the source never sent needs no answer... but a
+        // NACK for a page it no longer holds is an error, not wrong data.
+        let r = src.on_peer(Frame::Nack(vec![(Gfn(3), Fingerprint([5; 32]))]));
+        assert!(matches!(r, Err(SessionError::Refetch(1))), "{r:?}");
+    }
+}

@@ -1,0 +1,132 @@
+//! This site's content-addressed page stores, one per dedup scope, shared by
+//! the migrations into the site: the destination tells the source what it
+//! holds (the inventory) and resolves references from it. Without a store
+//! directory configured, dedup works within each session only.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use wanmig_codec::store::{validate_scope, StoreStats};
+use wanmig_codec::{CodecError, ContentStore, Fingerprint, Inventory, PageBytes, PageStore};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The page store of one scope, or none (session-only dedup).
+#[derive(Clone)]
+pub enum ScopeStore {
+    None,
+    Persistent(Arc<Mutex<PageStore>>),
+}
+
+impl ScopeStore {
+    /// What this site holds, serialized for the source.
+    pub fn inventory_bytes(&self) -> Vec<u8> {
+        match self {
+            ScopeStore::None => Inventory::new().to_bytes(),
+            ScopeStore::Persistent(s) => lock(s).inventory().to_bytes(),
+        }
+    }
+
+    /// Flushes the store's index (best effort: a lost index only costs
+    /// dedup hits later).
+    pub fn sync(&self) {
+        if let ScopeStore::Persistent(s) = self {
+            if let Err(e) = lock(s).sync() {
+                tracing::warn!("saving the page store index: {e}");
+            }
+        }
+    }
+
+    pub fn stats(&self) -> Option<StoreStats> {
+        match self {
+            ScopeStore::None => None,
+            ScopeStore::Persistent(s) => Some(lock(s).stats()),
+        }
+    }
+}
+
+impl ContentStore for ScopeStore {
+    fn get(&mut self, fp: &Fingerprint, out: &mut PageBytes) -> Result<bool, CodecError> {
+        match self {
+            ScopeStore::None => Ok(false),
+            ScopeStore::Persistent(s) => lock(s).get(fp, out),
+        }
+    }
+    fn put(&mut self, fp: &Fingerprint, page: &PageBytes) -> Result<(), CodecError> {
+        match self {
+            ScopeStore::None => Ok(()),
+            ScopeStore::Persistent(s) => lock(s).put(fp, page),
+        }
+    }
+}
+
+/// The stores of every scope, opened on first use.
+#[derive(Clone)]
+pub struct SiteStores {
+    root: Option<PathBuf>,
+    cap_bytes: u64,
+    open: Arc<Mutex<HashMap<String, ScopeStore>>>,
+}
+
+impl SiteStores {
+    /// Stores under `root` (none: session-only dedup), each capped at
+    /// `cap_bytes`.
+    pub fn new(root: Option<PathBuf>, cap_bytes: u64) -> Self {
+        SiteStores {
+            root,
+            cap_bytes,
+            open: Arc::default(),
+        }
+    }
+
+    /// The store of `scope`.
+    pub fn open(&self, scope: &str) -> Result<ScopeStore, CodecError> {
+        validate_scope(scope)?;
+        let Some(root) = &self.root else {
+            return Ok(ScopeStore::None);
+        };
+        let mut open = lock(&self.open);
+        if let Some(s) = open.get(scope) {
+            return Ok(s.clone());
+        }
+        let s = ScopeStore::Persistent(Arc::new(Mutex::new(PageStore::open_scope(
+            root,
+            scope,
+            self.cap_bytes,
+        )?)));
+        open.insert(scope.to_string(), s.clone());
+        Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_share_one_store_and_persist_content() {
+        let d = tempfile::tempdir().unwrap();
+        let stores = SiteStores::new(Some(d.path().to_path_buf()), 1 << 20);
+        let mut a = stores.open("tenant-1").unwrap();
+        let page = [7u8; 4096];
+        let fp = Fingerprint::of(&page);
+        a.put(&fp, &page).unwrap();
+        let mut b = stores.open("tenant-1").unwrap();
+        let mut out = [0u8; 4096];
+        assert!(b.get(&fp, &mut out).unwrap());
+        assert_eq!(out, page);
+        let inv = Inventory::from_bytes(&b.inventory_bytes()).unwrap();
+        assert!(inv.contains(&fp));
+        let mut other = stores.open("tenant-2").unwrap();
+        assert!(!other.get(&fp, &mut out).unwrap(), "scopes are separate");
+        assert!(stores.open("../etc").is_err());
+
+        let none = SiteStores::new(None, 1 << 20).open("x").unwrap();
+        assert!(Inventory::from_bytes(&none.inventory_bytes())
+            .unwrap()
+            .is_empty());
+    }
+}
