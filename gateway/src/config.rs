@@ -765,4 +765,71 @@ rtt = "100ms"
             assert!(validate_site_name(bad).is_err(), "{bad}");
         }
     }
+
+    /// The example configs in `configs/`, parsed with stand-in TLS files.
+    fn example(rel: &str) -> Result<GatewayConfig, ConfigError> {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../configs")
+            .join(rel);
+        let text = std::fs::read_to_string(&src).unwrap();
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("certs")).unwrap();
+        for f in [
+            "ca.pem",
+            "site-a.pem",
+            "site-a.key",
+            "site-b.pem",
+            "site-b.key",
+            "site-c.pem",
+            "site-c.key",
+        ] {
+            std::fs::write(d.path().join("certs").join(f), "x").unwrap();
+        }
+        GatewayConfig::parse(&text, &d.path().join("site.toml"))
+    }
+
+    #[test]
+    fn example_configs_carry_an_overlay_segment() {
+        for rel in [
+            "site-a.toml",
+            "site-b.toml",
+            "three-site/site-a.toml",
+            "three-site/site-b.toml",
+            "three-site/site-c.toml",
+        ] {
+            let c = example(rel).unwrap_or_else(|e| panic!("{rel}: {e}"));
+            assert_eq!(c.overlay.segments.len(), 1, "{rel}");
+            assert_eq!(c.overlay.segments[0].name, "demo", "{rel}");
+            assert!(c.overlay_taps.is_empty(), "{rel}");
+        }
+    }
+
+    #[test]
+    fn overlay_section_is_validated_with_named_keys() {
+        let d = dir_with_certs();
+        let origin = d.path().join("a.toml");
+        let with = |extra: &str| GatewayConfig::parse(&format!("{GOOD}\n{extra}"), &origin);
+
+        let c = with("[overlay]\nmac_ageing = \"1m\"\n[[overlay.segment]]\nname = \"lan\"\nvni = 7\n[[overlay.tap]]\nname = \"tap0\"\nsegment = \"lan\"\nmtu = 1500\n").unwrap();
+        assert_eq!(c.overlay.mac_ageing, Duration::from_secs(60));
+        assert_eq!(c.overlay_taps.len(), 1);
+        assert_eq!(c.overlay_taps[0].segment, "lan");
+        assert!(GatewayConfig::parse(GOOD, &origin)
+            .unwrap()
+            .overlay
+            .segments
+            .is_empty());
+
+        let e =
+            with("[overlay]\n[[overlay.segment]]\nname = \"lan\"\nvni = 16777216\n").unwrap_err();
+        assert_eq!(e.key(), Some("overlay.segment[0].vni"), "{e}");
+        let e = with("[overlay]\n[[overlay.segment]]\nname = \"lan\"\nvni = 1\n[[overlay.tap]]\nname = \"t\"\nsegment = \"wan\"\n").unwrap_err();
+        assert_eq!(e.key(), Some("overlay.tap[0].segment"), "{e}");
+        assert!(e.to_string().contains("wan"), "{e}");
+        let e = with("[overlay]\nmac_agening = \"1m\"\n").unwrap_err();
+        assert_eq!(e.key(), Some("overlay"), "{e}");
+        assert!(e.to_string().contains("mac_agening"), "{e}");
+        let e = with("[overlay]\n[[overlay.tap]]\nname = \"t\"\n").unwrap_err();
+        assert_eq!(e.key(), Some("overlay.tap"), "{e}");
+    }
 }
