@@ -31,6 +31,8 @@ use crate::peering::{stream_kind, IncomingStream, Peering};
 
 /// Read buffer size for both streams.
 const READ_CHUNK: usize = 256 << 10;
+/// How long a failing relay tries to tell the shim and the peer why.
+const ABORT_WAIT: Duration = Duration::from_secs(1);
 
 /// Why a relayed migration failed at the gateway level.
 #[derive(Debug, thiserror::Error)]
@@ -227,6 +229,9 @@ async fn source_inner(
 
     let mut shim_dec = protocol::Decoder::new();
     let mut lbuf = vec![0u8; READ_CHUNK];
+    // The destination closes its side once the VM runs there; the shim may
+    // still be reading `Resumed`, so keep relaying until it is done.
+    let mut peer_done = false;
     let end = loop {
         tokio::select! {
             r = local.read(&mut lbuf) => {
@@ -258,9 +263,13 @@ async fn source_inner(
                     break LoopEnd::Failed(e);
                 }
             }
-            r = recv.read(&mut buf) => {
+            r = recv.read(&mut buf), if !peer_done => {
                 let n = match r {
                     Ok(Some(n)) => n,
+                    Ok(None) if session.phase() == super::session::Phase::Resumed => {
+                        peer_done = true;
+                        continue;
+                    }
                     Ok(None) => break LoopEnd::Failed(RelayError::PeerClosed),
                     Err(e) => break LoopEnd::Failed(RelayError::Quic(e.to_string())),
                 };
@@ -299,8 +308,16 @@ async fn source_inner(
         // and the peer if it still listens.
         if !session.phase().past_handover() {
             let abort = Message::Abort(format!("gateway relay failed: {e}"));
-            let _ = send_shim(&mut local, std::slice::from_ref(&abort)).await;
-            let _ = send_frames(&mut send, &[super::session::shim_frame(&abort)]).await;
+            let _ = tokio::time::timeout(
+                ABORT_WAIT,
+                send_shim(&mut local, std::slice::from_ref(&abort)),
+            )
+            .await;
+            let _ = tokio::time::timeout(
+                ABORT_WAIT,
+                send_frames(&mut send, &[super::session::shim_frame(&abort)]),
+            )
+            .await;
         }
     }
     // Closing our end ends the shim's migration if it still runs.
@@ -503,7 +520,11 @@ async fn run_destination(ctx: Arc<RelayContext>, s: IncomingStream) -> Result<()
         tracing::warn!(vm, from = peer, "incoming migration relay stopped: {e}");
         if !session.phase().past_handover() {
             let abort = Message::Abort(format!("destination gateway relay failed: {e}"));
-            let _ = send_shim(&mut local, std::slice::from_ref(&abort)).await;
+            let _ = tokio::time::timeout(
+                ABORT_WAIT,
+                send_shim(&mut local, std::slice::from_ref(&abort)),
+            )
+            .await;
         }
     }
     drop(local);

@@ -1,0 +1,110 @@
+//! Helpers of the migration end-to-end tests (included with `#[path]`):
+//! guest configurations, the unmigrated reference of the memory workload,
+//! and polling a hosted VM's progress without holding the host's lock.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wanmig_gateway::migration::{VmHost, VmHosting};
+use wanmig_guest_abi::memory_workload::{MemoryWorkload, WorkingSet, WORDS_PER_PAGE};
+use wanmig_vmm::guest_control::MemSample;
+use wanmig_vmm::{MemoryWorkloadConfig, VmConfig};
+
+pub const WAIT: Duration = Duration::from_secs(90);
+
+/// A small guest running the memory workload forever: 1024 working-set
+/// pages, `pages_per_iteration` pages written per iteration.
+pub fn dirtying_vm(mem_mib: u64, pages_per_iteration: u64) -> VmConfig {
+    VmConfig {
+        mem_size: mem_mib << 20,
+        memory_workload: Some(MemoryWorkloadConfig {
+            seed: 0x5eed_0005,
+            working_set_pages: 1024,
+            pages_per_iteration,
+            iterations: 0,
+            iteration_period: Duration::ZERO,
+        }),
+        ..Default::default()
+    }
+}
+
+struct Model(Vec<u64>);
+impl WorkingSet for Model {
+    fn pages(&self) -> u64 {
+        self.0.len() as u64 / WORDS_PER_PAGE
+    }
+    fn read(&self, page: u64, word: u64) -> u64 {
+        self.0[(page * WORDS_PER_PAGE + word) as usize]
+    }
+    fn write(&mut self, page: u64, word: u64, value: u64) {
+        self.0[(page * WORDS_PER_PAGE + word) as usize] = value;
+    }
+}
+
+/// What an unmigrated run reports for iterations 1..=n.
+pub fn reference(config: &VmConfig, n: u64) -> Vec<(u64, u64)> {
+    let w = config.memory_workload.as_ref().expect("a memory workload");
+    let mut model = Model(vec![0; (w.working_set_pages * WORDS_PER_PAGE) as usize]);
+    let mut work = MemoryWorkload::new(w.seed, w.pages_per_iteration);
+    (0..n).map(|_| work.step(&mut model)).collect()
+}
+
+/// Asserts every sample equals the unmigrated reference at its iteration.
+pub fn assert_matches_reference(config: &VmConfig, samples: &[MemSample], what: &str) {
+    let Some(max) = samples.iter().map(|s| s.iteration).max() else {
+        panic!("{what}: no samples");
+    };
+    let r = reference(config, max);
+    for s in samples {
+        assert_eq!(
+            (s.iteration, s.digest),
+            r[(s.iteration - 1) as usize],
+            "{what}: digest at iteration {} differs from the unmigrated run",
+            s.iteration
+        );
+    }
+}
+
+/// The VM's latest memory-workload iteration at this host (0: none, or
+/// not held here).
+pub fn iteration(host: &VmHost, vm: &str) -> u64 {
+    host.with_vm(vm, |v| {
+        v.reports().mem_samples().last().map(|s| s.iteration)
+    })
+    .flatten()
+    .unwrap_or(0)
+}
+
+/// The VM's memory-workload samples at this host.
+pub fn samples(host: &VmHost, vm: &str) -> Vec<MemSample> {
+    host.with_vm(vm, |v| v.reports().mem_samples())
+        .unwrap_or_default()
+}
+
+/// Waits until the VM reaches iteration `n` at this host.
+pub async fn wait_iteration(host: &VmHost, vm: &str, n: u64) -> bool {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if iteration(host, vm) >= n {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// Boots a VM at a site (off the async threads: booting blocks).
+pub async fn start_vm(host: &Arc<VmHost>, name: &str, config: VmConfig) {
+    let (h, n) = (host.clone(), name.to_string());
+    tokio::task::spawn_blocking(move || h.start(&n, config))
+        .await
+        .expect("start thread")
+        .expect("the VM starts");
+}
+
+/// Whether the VM's guest keeps making progress at this host.
+pub async fn keeps_running(host: &VmHost, vm: &str) -> bool {
+    let now = iteration(host, vm);
+    now > 0 && wait_iteration(host, vm, now + 5).await
+}
