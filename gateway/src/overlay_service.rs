@@ -20,7 +20,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use wanmig_overlay::control::{read_msg, write_msg};
 use wanmig_overlay::mactable::Location;
-use wanmig_overlay::port::{channel_pair, ChannelPort, TapOptions, TapPort};
+use wanmig_overlay::port::{channel_pair, TapPort};
+pub use wanmig_overlay::port::{ChannelPort, TapOptions};
 use wanmig_overlay::{
     Action, Actions, ControlMsg, OverlayConfig, OverlayMetrics, PortId, SiteId, Switch,
     SwitchError, Vni,
