@@ -81,6 +81,7 @@ struct RawMigration {
     scope: Option<String>,
     downtime: Option<String>,
     open_timeout: Option<String>,
+    handover_wait: Option<String>,
     codec: Option<wanmig_codec::EncoderConfig>,
 }
 
@@ -472,6 +473,11 @@ impl Validator<'_> {
             raw.open_timeout.as_deref(),
             d.open_timeout,
         )?;
+        let handover_wait = self.duration(
+            "migration.handover_wait",
+            raw.handover_wait.as_deref(),
+            d.handover_wait,
+        )?;
         let encoder = raw.codec.unwrap_or(d.encoder);
         encoder
             .validate()
@@ -482,6 +488,7 @@ impl Validator<'_> {
             scope,
             downtime,
             open_timeout,
+            handover_wait,
             encoder,
         })
     }

@@ -91,6 +91,65 @@ impl ControlClient {
         self.send(req).await
     }
 
+    /// `GET /v1/vms`: the VMs at this site.
+    pub async fn vms(&self) -> Result<crate::migration::api::VmList, ClientError> {
+        let req = self
+            .http
+            .get(format!("http://{}/v1/vms", self.addr))
+            .timeout(Duration::from_secs(10));
+        self.send(req).await
+    }
+
+    /// `POST /v1/vms`: boots a VM at this site.
+    pub async fn start_vm(
+        &self,
+        name: &str,
+        config: &wanmig_vmm::VmConfig,
+    ) -> Result<Option<crate::migration::VmInfo>, ClientError> {
+        let req = self
+            .http
+            .post(format!("http://{}/v1/vms", self.addr))
+            .json(&crate::migration::api::StartVmRequest {
+                name: name.to_string(),
+                config: config.clone(),
+            });
+        self.send(req).await
+    }
+
+    /// `POST /v1/migrations`: starts a migration; returns its id.
+    pub async fn migrate(
+        &self,
+        req: &crate::migration::MigrateRequest,
+    ) -> Result<crate::migration::api::MigrationStarted, ClientError> {
+        let req = self
+            .http
+            .post(format!("http://{}/v1/migrations", self.addr))
+            .json(req)
+            .timeout(Duration::from_secs(30));
+        self.send(req).await
+    }
+
+    /// `GET /v1/migrations`: in flight and finished.
+    pub async fn migrations(&self) -> Result<crate::migration::api::MigrationList, ClientError> {
+        let req = self
+            .http
+            .get(format!("http://{}/v1/migrations", self.addr))
+            .timeout(Duration::from_secs(10));
+        self.send(req).await
+    }
+
+    /// `GET /v1/migrations/{id}`.
+    pub async fn migration(
+        &self,
+        id: &str,
+    ) -> Result<crate::migration::MigrationRecord, ClientError> {
+        let req = self
+            .http
+            .get(format!("http://{}/v1/migrations/{id}", self.addr))
+            .timeout(Duration::from_secs(10));
+        self.send(req).await
+    }
+
     async fn send<T: serde::de::DeserializeOwned>(
         &self,
         req: reqwest::RequestBuilder,

@@ -46,6 +46,10 @@ pub struct MigrationSettings {
     pub downtime: Duration,
     /// Longest wait for the destination to accept a migration.
     pub open_timeout: Duration,
+    /// How long a migration whose link failed after the destination
+    /// confirmed it stays unsettled: the destination holds the VM paused
+    /// and the source keeps asking until then.
+    pub handover_wait: Duration,
     /// The page codec's settings.
     pub encoder: EncoderConfig,
 }
@@ -58,6 +62,7 @@ impl Default for MigrationSettings {
             scope: "default".into(),
             downtime: Duration::from_millis(300),
             open_timeout: Duration::from_secs(10),
+            handover_wait: Duration::from_secs(120),
             encoder: EncoderConfig::default(),
         }
     }
@@ -113,7 +118,9 @@ impl MigrationService {
             records: Records::default(),
             encoder: settings.encoder.clone(),
             open_timeout: settings.open_timeout,
+            handover_wait: settings.handover_wait,
             metrics,
+            parked: Default::default(),
         });
         let task = tokio::spawn(relay::serve_incoming(ctx.clone(), streams));
         Ok((MigrationService { ctx, settings }, task))

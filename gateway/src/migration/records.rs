@@ -68,6 +68,8 @@ pub struct MigrationRecord {
     pub rounds: u32,
     /// BLAKE3 of guest memory at the handover (hex), as both shims checked.
     pub memory_digest: Option<String>,
+    /// How a migration whose link failed late was (or is being) settled.
+    pub resolution: Option<String>,
 }
 
 impl MigrationRecord {
@@ -132,6 +134,7 @@ impl Records {
                 downtime_ms: None,
                 rounds: 0,
                 memory_digest: None,
+                resolution: None,
             },
             started: Instant::now(),
         });

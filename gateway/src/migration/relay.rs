@@ -11,6 +11,7 @@
 //! the destination discards its copy; after it the destination runs the VM
 //! and the source never does again.
 
+use std::collections::HashMap;
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,15 +19,16 @@ use std::time::Duration;
 use quinn::{RecvStream, SendStream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
+use tokio::sync::oneshot;
 use wanmig_codec::{EncoderConfig, Inventory};
 use wanmig_vmm::protocol::{self, Message};
 use wanmig_vmm::{MigrateOptions, ReceiveOptions, VmConfig};
 
 use super::records::{Direction, Outcome, Records};
-use super::session::{DestSession, SessionError, SourceSession};
+use super::session::{DestSession, Phase, SessionError, SourceSession};
 use super::stores::SiteStores;
 use super::vmhost::{HostError, VmHosting};
-use super::wire::{self, Frame, FrameDecoder, OpenRequest, SESSION_VERSION};
+use super::wire::{self, Frame, FrameDecoder, OpenRequest, Resolution, SESSION_VERSION};
 use crate::peering::{stream_kind, IncomingStream, Peering};
 
 /// Read buffer size for both streams.
@@ -63,7 +65,21 @@ pub struct RelayContext {
     pub records: Records,
     pub encoder: EncoderConfig,
     pub open_timeout: Duration,
+    /// How long either side waits to settle a migration whose link failed
+    /// after the destination confirmed it (see [`Parked`]).
+    pub handover_wait: Duration,
     pub metrics: Option<Arc<super::metrics::MigrationMetrics>>,
+    /// Incoming migrations whose link failed after the destination shim
+    /// confirmed complete state, by migration id.
+    pub parked: std::sync::Mutex<HashMap<String, Parked>>,
+}
+
+/// A destination VM held paused (confirmed, not resumed) after its link
+/// failed: only the source knows whether its shim handed the VM over, so
+/// the destination neither runs nor discards it until the source says
+/// (`Resolve`) or `handover_wait` passes.
+pub struct Parked {
+    decide: oneshot::Sender<(bool, oneshot::Sender<Resolution>)>,
 }
 
 /// Writes frames to the QUIC stream.
@@ -132,6 +148,15 @@ pub async fn run_source(
 ) -> Outcome {
     let records = ctx.records.clone();
     let result = source_inner(&ctx, &id, &vm, &to, scope, opts).await;
+    if let Some(r) = records.get(&id).and_then(|r| r.resolution) {
+        tokio::spawn(resolve(
+            ctx.clone(),
+            id.clone(),
+            vm.clone(),
+            to.clone(),
+            r == HANDED_OVER_UNSETTLED,
+        ));
+    }
     let (outcome, error) = match &result {
         Ok(report) => {
             let (downtime, rounds, digest) = (
@@ -266,7 +291,7 @@ async fn source_inner(
             r = recv.read(&mut buf), if !peer_done => {
                 let n = match r {
                     Ok(Some(n)) => n,
-                    Ok(None) if session.phase() == super::session::Phase::Resumed => {
+                    Ok(None) if session.phase() == Phase::Resumed => {
                         peer_done = true;
                         continue;
                     }
@@ -340,7 +365,107 @@ async fn source_inner(
     }
     ctx.records
         .update(id, Direction::Outgoing, |r| r.phase = phase);
+    // The link failed after the destination may have confirmed: it holds
+    // the VM parked until it hears whether the shim here handed it over.
+    if matches!(end, LoopEnd::Failed(_))
+        && matches!(
+            phase,
+            Phase::Completing | Phase::Confirmed | Phase::HandedOver
+        )
+    {
+        let handed_over = matches!(&result, Err(HostError::Migration(e)) if !e.vm_kept_at_source());
+        pending_resolve(ctx, id, handed_over);
+    }
     Ok(result?)
+}
+
+const HANDED_OVER_UNSETTLED: &str = "the VM was handed over but the link failed before the destination said it runs; asking it again when the link returns";
+
+fn pending_resolve(ctx: &RelayContext, id: &str, handed_over: bool) {
+    let what = if handed_over {
+        HANDED_OVER_UNSETTLED
+    } else {
+        "the VM stays here; telling the destination to discard its copy when the link returns"
+    };
+    ctx.records.update(id, Direction::Outgoing, |r| {
+        r.resolution = Some(what.into())
+    });
+}
+
+/// Settles a migration whose link failed late (see [`Parked`]): retries
+/// until the destination answers or `handover_wait` passes.
+pub async fn resolve(
+    ctx: Arc<RelayContext>,
+    id: String,
+    vm: String,
+    to: String,
+    handed_over: bool,
+) {
+    let deadline = tokio::time::Instant::now() + ctx.handover_wait;
+    let answer = loop {
+        match ask_resolution(&ctx, &id, &to, handed_over).await {
+            Ok(r) => break Some(r),
+            Err(e) => tracing::debug!(id, "settling the migration with {to}: {e}"),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let note = match (handed_over, answer) {
+        (true, Some(Resolution::Running)) => {
+            ctx.host.settle_handover(&vm, &to, true);
+            ctx.records.update(&id, Direction::Outgoing, |r| {
+                r.outcome = Some(Outcome::Succeeded);
+            });
+            format!("{to} confirmed that the VM runs there after the link returned")
+        }
+        (true, Some(Resolution::Discarded)) => {
+            ctx.host.settle_handover(&vm, &to, false);
+            format!("{to} discarded the VM after this site handed it over: it runs nowhere; start it again")
+        }
+        (false, Some(_)) => format!("{to} discarded its copy; the VM runs here"),
+        (_, None) => format!(
+            "{to} did not answer within {:?}; check it with `wanmig status` there",
+            ctx.handover_wait
+        ),
+    };
+    tracing::info!(id, vm, "migration settled: {note}");
+    ctx.records
+        .update(&id, Direction::Outgoing, |r| r.resolution = Some(note));
+}
+
+async fn ask_resolution(
+    ctx: &RelayContext,
+    id: &str,
+    to: &str,
+    handed_over: bool,
+) -> Result<Resolution, RelayError> {
+    let (mut send, mut recv) = ctx.peering.open_stream(to, stream_kind::MIGRATION).await?;
+    send_frames(
+        &mut send,
+        &[Frame::Resolve {
+            id: id.to_string(),
+            handed_over,
+        }],
+    )
+    .await?;
+    let mut dec = FrameDecoder::new();
+    let mut buf = vec![0u8; 4096];
+    let wait = ctx.open_timeout + Duration::from_secs(30);
+    let answer = tokio::time::timeout(wait, read_frame(&mut recv, &mut dec, &mut buf))
+        .await
+        .map_err(|_| RelayError::OpenTimeout(wait))??;
+    let _ = send.finish();
+    match answer {
+        Frame::Resolved(r) => Ok(r),
+        Frame::Refuse(reason) => Err(RelayError::Refused(reason)),
+        other => Err(SessionError::Unexpected(format!(
+            "{} instead of resolved",
+            super::session::frame_name(&other)
+        ))
+        .into()),
+    }
 }
 
 /// Serves incoming migration streams until the peering stops.
@@ -352,8 +477,8 @@ pub async fn serve_incoming(
         let ctx = ctx.clone();
         tokio::spawn(async move {
             let peer = s.peer.clone();
-            if let Err(e) = run_destination(ctx, s).await {
-                tracing::warn!(from = peer, "incoming migration failed: {e}");
+            if let Err(e) = handle_stream(ctx, s).await {
+                tracing::warn!(from = peer, "incoming migration stream: {e}");
             }
         });
     }
@@ -365,7 +490,8 @@ async fn refuse(send: &mut SendStream, reason: String) -> RelayError {
     RelayError::Refused(reason)
 }
 
-async fn run_destination(ctx: Arc<RelayContext>, s: IncomingStream) -> Result<(), RelayError> {
+/// Reads a stream's first frame: a new migration or a settlement.
+async fn handle_stream(ctx: Arc<RelayContext>, s: IncomingStream) -> Result<(), RelayError> {
     let IncomingStream {
         peer,
         mut send,
@@ -374,9 +500,60 @@ async fn run_destination(ctx: Arc<RelayContext>, s: IncomingStream) -> Result<()
     } = s;
     let mut dec = FrameDecoder::new();
     let mut buf = vec![0u8; READ_CHUNK];
-    let open = tokio::time::timeout(ctx.open_timeout, read_frame(&mut recv, &mut dec, &mut buf))
+    let first = tokio::time::timeout(ctx.open_timeout, read_frame(&mut recv, &mut dec, &mut buf))
         .await
         .map_err(|_| RelayError::OpenTimeout(ctx.open_timeout))??;
+    if let Frame::Resolve { id, handed_over } = first {
+        let r = settle_incoming(&ctx, &peer, &id, handed_over).await;
+        send_frames(&mut send, &[Frame::Resolved(r)]).await?;
+        let _ = send.finish();
+        return Ok(());
+    }
+    run_destination(ctx, peer, send, recv, dec, buf, first).await
+}
+
+/// Answers a source's `Resolve` for migration `id`.
+async fn settle_incoming(
+    ctx: &RelayContext,
+    peer: &str,
+    id: &str,
+    handed_over: bool,
+) -> Resolution {
+    let parked = lock(&ctx.parked).remove(id);
+    if let Some(p) = parked {
+        let (tx, rx) = oneshot::channel();
+        if p.decide.send((handed_over, tx)).is_ok() {
+            if let Ok(r) = rx.await {
+                return r;
+            }
+        }
+    }
+    // Not parked: it either finished or was discarded; the record says.
+    let finished = ctx
+        .records
+        .all()
+        .into_iter()
+        .find(|r| r.id == id && r.direction == Direction::Incoming && r.from == peer);
+    match finished {
+        Some(r) if r.outcome == Some(Outcome::Succeeded) => Resolution::Running,
+        _ => Resolution::Discarded,
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_destination(
+    ctx: Arc<RelayContext>,
+    peer: String,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    mut dec: FrameDecoder,
+    mut buf: Vec<u8>,
+    open: Frame,
+) -> Result<(), RelayError> {
     let request = match open {
         Frame::Open { version, .. } if version != SESSION_VERSION => {
             return Err(refuse(
@@ -440,13 +617,19 @@ async fn run_destination(ctx: Arc<RelayContext>, s: IncomingStream) -> Result<()
     let (shim_end, mut local) = local_pair()?;
     let host = ctx.host.clone();
     let (vm_name, from) = (vm.clone(), peer.clone());
+    // A parked shim waits for the handover up to `handover_wait`.
+    let receive_idle = ReceiveOptions::default()
+        .idle_timeout
+        .max(ctx.handover_wait + Duration::from_secs(30));
     let shim = tokio::task::spawn_blocking(move || {
         host.receive(
             &vm_name,
             &from,
             config_for_here(config),
             shim_end,
-            &ReceiveOptions::default(),
+            &ReceiveOptions {
+                idle_timeout: receive_idle,
+            },
         )
     });
     let mut shim_dec = protocol::Decoder::new();
@@ -516,7 +699,50 @@ async fn run_destination(ctx: Arc<RelayContext>, s: IncomingStream) -> Result<()
             }
         }
     };
-    if let LoopEnd::Failed(e) = &end {
+    let mut reply = None;
+    if let (LoopEnd::Failed(e), Phase::Confirmed) = (&end, session.phase()) {
+        tracing::warn!(
+            vm,
+            from = peer,
+            "link lost after confirming the VM ({e}); holding it paused until {peer} says whether it handed it over"
+        );
+        let (tx, rx) = oneshot::channel();
+        lock(&ctx.parked).insert(id.clone(), Parked { decide: tx });
+        ctx.records.update(&id, Direction::Incoming, |r| {
+            r.resolution = Some(format!(
+                "link lost after confirming; the VM waits here, paused, for {peer} to settle"
+            ))
+        });
+        let decision = tokio::time::timeout(ctx.handover_wait, rx).await;
+        lock(&ctx.parked).remove(&id);
+        let msg = match decision {
+            Ok(Ok((true, r))) => {
+                reply = Some(r);
+                Message::Handover
+            }
+            Ok(Ok((false, r))) => {
+                reply = Some(r);
+                Message::Abort(format!("{peer} kept the VM after the link failed"))
+            }
+            _ => Message::Abort(format!(
+                "no word from {peer} within {:?} after the link failed",
+                ctx.handover_wait
+            )),
+        };
+        let handover = msg == Message::Handover;
+        let _ = tokio::time::timeout(ABORT_WAIT, send_shim(&mut local, &[msg])).await;
+        if handover {
+            // Let the shim resume the VM and say so before closing.
+            let mut sink = vec![0u8; 4096];
+            while let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_secs(30), local.read(&mut sink)).await
+            {
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+    } else if let LoopEnd::Failed(e) = &end {
         tracing::warn!(vm, from = peer, "incoming migration relay stopped: {e}");
         if !session.phase().past_handover() {
             let abort = Message::Abort(format!("destination gateway relay failed: {e}"));
@@ -540,6 +766,17 @@ async fn run_destination(ctx: Arc<RelayContext>, s: IncomingStream) -> Result<()
     let (outcome, error) = match &result {
         Ok(_) => (Outcome::Succeeded, None),
         Err(e) => (Outcome::FailedKeptAtSource, Some(e.to_string())),
+    };
+    if let Some(r) = reply {
+        let _ = r.send(match outcome {
+            Outcome::Succeeded => Resolution::Running,
+            _ => Resolution::Discarded,
+        });
+    }
+    let phase = if result.is_ok() {
+        Phase::Resumed
+    } else {
+        phase
     };
     ctx.records.update(&id, Direction::Incoming, |r| {
         r.phase = phase;

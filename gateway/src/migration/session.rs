@@ -300,6 +300,8 @@ pub fn frame_name(f: &Frame) -> &'static str {
         Frame::Batch(_) => "a page batch",
         Frame::Nack(_) => "a nack",
         Frame::Shim(_) => "a shim message",
+        Frame::Resolve { .. } => "resolve",
+        Frame::Resolved(_) => "resolved",
     }
 }
 

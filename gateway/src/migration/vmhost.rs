@@ -119,6 +119,9 @@ pub trait VmHosting: Send + Sync + 'static {
     ) -> Result<IncomingReport, HostError>;
     /// Every VM this site knows of.
     fn list(&self) -> Vec<VmInfo>;
+    /// Settles a VM left [`VmState::HandoverUnconfirmed`]: `to` now says
+    /// whether it runs there.
+    fn settle_handover(&self, name: &str, to: &str, running_there: bool);
 }
 
 struct Entry {
@@ -376,6 +379,23 @@ impl VmHosting for VmHost {
                 Err(err.into())
             }
         }
+    }
+
+    fn settle_handover(&self, name: &str, to: &str, running_there: bool) {
+        let mut vms = lock(&self.vms);
+        let Some(e) = vms.get_mut(name) else { return };
+        if !matches!(&e.state, VmState::HandoverUnconfirmed { to: t, .. } if t == to) {
+            return;
+        }
+        e.state = if running_there {
+            VmState::MigratedAway { to: to.to_string() }
+        } else {
+            VmState::Failed {
+                reason: format!(
+                    "handed over to {to}, which discarded it: the VM runs nowhere; start it again"
+                ),
+            }
+        };
     }
 
     fn list(&self) -> Vec<VmInfo> {

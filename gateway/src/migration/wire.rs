@@ -13,6 +13,11 @@
 //! protocol's non-page frames, passed through unchanged: hello, state,
 //! complete, handover, abort); D→S `Nack` (content the destination could not
 //! resolve) and `Shim` (hello-ack, confirmed, resumed, abort).
+//!
+//! After a link failure late in a migration, the source opens a new stream
+//! with `Resolve(id, handed_over)`: whether its shim handed the VM over.
+//! The destination, which keeps a VM it confirmed parked until it hears
+//! this, resumes or discards it and answers `Resolved(state)`.
 
 use serde::{Deserialize, Serialize};
 use wanmig_codec::{Fingerprint, Gfn};
@@ -56,6 +61,20 @@ pub enum Frame {
     Nack(Vec<(Gfn, Fingerprint)>),
     /// Either way: one whole shim-protocol frame (never `Pages`).
     Shim(Vec<u8>),
+    /// S→D on a new stream: settle migration `id` after a link failure.
+    Resolve { id: String, handed_over: bool },
+    /// D→S: where the VM of that migration stands now.
+    Resolved(Resolution),
+}
+
+/// The destination's answer to `Resolve`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Resolution {
+    /// The VM runs at the destination.
+    Running,
+    /// The destination does not run it and never will.
+    Discarded,
 }
 
 /// Errors decoding session frames.
@@ -84,6 +103,8 @@ const T_REFUSE: u8 = 3;
 const T_BATCH: u8 = 4;
 const T_NACK: u8 = 5;
 const T_SHIM: u8 = 6;
+const T_RESOLVE: u8 = 7;
+const T_RESOLVED: u8 = 8;
 
 /// Appends `frame` to `out`.
 pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
@@ -120,6 +141,18 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
         Frame::Shim(bytes) => {
             out.extend_from_slice(bytes);
             T_SHIM
+        }
+        Frame::Resolve { id, handed_over } => {
+            out.push(u8::from(*handed_over));
+            out.extend_from_slice(id.as_bytes());
+            T_RESOLVE
+        }
+        Frame::Resolved(r) => {
+            out.push(match r {
+                Resolution::Running => 1,
+                Resolution::Discarded => 0,
+            });
+            T_RESOLVED
         }
     };
     let len = (out.len() - start - 5) as u32;
@@ -190,6 +223,25 @@ fn decode_payload(ty: u8, p: &[u8]) -> Result<Frame, WireError> {
             Ok(Frame::Nack(entries))
         }
         T_SHIM => Ok(Frame::Shim(p.to_vec())),
+        T_RESOLVE => {
+            let (&flag, id) = p
+                .split_first()
+                .ok_or_else(|| malformed("resolve", "empty"))?;
+            let handed_over = match flag {
+                0 => false,
+                1 => true,
+                f => return Err(malformed("resolve", format!("handed-over flag {f}"))),
+            };
+            let id = std::str::from_utf8(id)
+                .map_err(|_| malformed("resolve", "the id is not UTF-8"))?
+                .to_string();
+            Ok(Frame::Resolve { id, handed_over })
+        }
+        T_RESOLVED => match p {
+            [1] => Ok(Frame::Resolved(Resolution::Running)),
+            [0] => Ok(Frame::Resolved(Resolution::Discarded)),
+            _ => Err(malformed("resolved", format!("{} bytes", p.len()))),
+        },
         other => Err(WireError::UnknownType(other)),
     }
 }
@@ -230,7 +282,7 @@ impl FrameDecoder {
         }
         let ty = b[0];
         let len = u32::from_le_bytes([b[1], b[2], b[3], b[4]]);
-        if !(T_OPEN..=T_SHIM).contains(&ty) {
+        if !(T_OPEN..=T_RESOLVED).contains(&ty) {
             return Err(WireError::UnknownType(ty));
         }
         if len > MAX_FRAME {
@@ -291,6 +343,16 @@ mod tests {
         ]));
         roundtrip(Frame::Nack(Vec::new()));
         roundtrip(Frame::Shim(vec![7, 0, 0, 0, 0]));
+        roundtrip(Frame::Resolve {
+            id: "site-a-1".into(),
+            handed_over: true,
+        });
+        roundtrip(Frame::Resolve {
+            id: String::new(),
+            handed_over: false,
+        });
+        roundtrip(Frame::Resolved(Resolution::Running));
+        roundtrip(Frame::Resolved(Resolution::Discarded));
     }
 
     #[test]
@@ -341,6 +403,20 @@ mod tests {
         ));
 
         let mut d = FrameDecoder::new();
+        d.feed(&[T_RESOLVE, 1, 0, 0, 0, 7]);
+        assert!(matches!(
+            d.next(),
+            Err(WireError::Malformed {
+                what: "resolve",
+                ..
+            })
+        ));
+
+        let mut d = FrameDecoder::new();
+        d.feed(&[T_RESOLVED, 2, 0, 0, 0, 1, 1]);
+        assert!(d.next().is_err());
+
+        let mut d = FrameDecoder::new();
         d.feed(&[T_OPEN, 12, 0, 0, 0]);
         d.feed(b"NOTMAGIC\x01\0\0\0");
         assert_eq!(d.next(), Err(WireError::BadMagic));
@@ -372,7 +448,7 @@ mod tests {
             let len = (next() % 96) as usize;
             let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
             if let Some(b) = bytes.first_mut() {
-                *b %= 8;
+                *b %= 10;
             }
             if bytes.len() >= 5 {
                 let l = (next() % 80) as u32;
