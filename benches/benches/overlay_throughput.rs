@@ -28,7 +28,8 @@ use wanmig_testenv::{netns_status, sh, unique_name, LinkGuard, Netns};
 
 const SEGMENT: &str = "lan";
 
-async fn two_sites(link: Option<Link>) -> Mesh {
+/// `path_mtu`: the peers' `mtu` hint (the QUIC MTU discovery bound).
+async fn two_sites(link: Option<Link>, path_mtu: u32) -> Mesh {
     let mut b = MeshBuilder::new(2).hints(10_000.0, Duration::from_millis(1));
     if let Some(l) = link {
         b = b.link(l).hints(1000.0, Duration::from_millis(50));
@@ -36,7 +37,9 @@ async fn two_sites(link: Option<Link>) -> Mesh {
     let prepared = b.prepare().await.expect("mesh prepared");
     for site in ["site-a", "site-b"] {
         let path = prepared.config_path(site).to_path_buf();
-        let mut text = std::fs::read_to_string(&path).unwrap();
+        let mut text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("[[peers]]\n", &format!("[[peers]]\nmtu = {path_mtu}\n"));
         text.push_str("\n[overlay]\n[[overlay.segment]]\nname = \"lan\"\nvni = 4242\n");
         std::fs::write(&path, text).unwrap();
     }
@@ -207,7 +210,7 @@ fn kernel_vxlan() -> Vxlan {
 
 async fn rarp_move_time() -> Vec<f64> {
     let rtt = Duration::from_millis(50);
-    let mesh = two_sites(Some(Link::wan(rtt, 1_000_000_000))).await;
+    let mesh = two_sites(Some(Link::wan(rtt, 1_000_000_000)), 1500).await;
     let (ga, gb) = (mesh.gw("site-a"), mesh.gw("site-b"));
     let mut out = Vec::new();
     for round in 0..5u8 {
@@ -291,51 +294,64 @@ fn main() {
         match netns_status() {
             Err(why) => println!("  throughput/latency: skipped ({why})"),
             Ok(()) => {
-                let mesh = two_sites(None).await;
-                let (a, b) = (host_ns("wmba"), host_ns("wmbb"));
-                tap_into(mesh.gw("site-a"), &a, "198.18.60.1/24").await;
-                tap_into(mesh.gw("site-b"), &b, "198.18.60.2/24").await;
-                let over = tokio::task::spawn_blocking(move || {
-                    let bps = throughput(&a, &b, "198.18.60.2:7200".parse().unwrap(), secs);
-                    let rtt = ping_pong(&a, &b, "198.18.60.2:7201".parse().unwrap(), 500);
-                    (bps, rtt, a, b)
-                })
-                .await
-                .unwrap();
-                let frag = mesh
-                    .gw("site-a")
-                    .overlay()
-                    .metrics()
-                    .fragments
-                    .with_label_values(&["tx"])
-                    .get();
-                mesh.shutdown().await;
+                let mut rows = Vec::new();
+                for path_mtu in [1500u32, 9000] {
+                    let mesh = two_sites(None, path_mtu).await;
+                    let (a, b) = (host_ns("wmba"), host_ns("wmbb"));
+                    tap_into(mesh.gw("site-a"), &a, "198.18.60.1/24").await;
+                    tap_into(mesh.gw("site-b"), &b, "198.18.60.2/24").await;
+                    let (bps, rtt) = tokio::task::spawn_blocking(move || {
+                        let bps = throughput(&a, &b, "198.18.60.2:7200".parse().unwrap(), secs);
+                        let rtt = ping_pong(&a, &b, "198.18.60.2:7201".parse().unwrap(), 500);
+                        (bps, rtt)
+                    })
+                    .await
+                    .unwrap();
+                    let frag = mesh
+                        .gw("site-a")
+                        .overlay()
+                        .metrics()
+                        .fragments
+                        .with_label_values(&["tx"])
+                        .get();
+                    mesh.shutdown().await;
+                    rows.push((path_mtu, bps, rtt, frag));
+                }
                 let vx = kernel_vxlan();
                 let bps_vx = throughput(&vx.a, &vx.b, "198.19.51.2:7200".parse().unwrap(), secs);
                 let rtt_vx = ping_pong(&vx.a, &vx.b, "198.19.51.2:7201".parse().unwrap(), 500);
-                let (bps, rtt) = (over.0, over.1);
-                println!("  {:<34} {:>10} {:>10} {:>10}", "path", "Gbit/s", "RTT p50", "RTT p99");
                 println!(
-                    "  {:<34} {:>10.3} {:>8.0}us {:>8.0}us",
-                    "TAP -> gateway -> gateway -> TAP",
-                    bps / 1e9,
-                    pct(&rtt, 0.5),
-                    pct(&rtt, 0.99)
+                    "  {:<44} {:>8} {:>9} {:>9} {:>10}",
+                    "path", "Gbit/s", "RTT p50", "RTT p99", "fragments"
                 );
-                println!(
-                    "  {:<34} {:>10.3} {:>8.0}us {:>8.0}us",
-                    "kernel VXLAN over veth",
-                    bps_vx / 1e9,
-                    pct(&rtt_vx, 0.5),
-                    pct(&rtt_vx, 0.99)
-                );
-                println!("  overlay/VXLAN throughput ratio: {:.3} (goal: >= 1 Gbit/s through the gateways)", bps / bps_vx);
-                println!(
-                    "  added one-way latency per gateway hop: p50 {:.0}us, p99 {:.0}us",
-                    (pct(&rtt, 0.5) - pct(&rtt_vx, 0.5)) / 4.0,
-                    (pct(&rtt, 0.99) - pct(&rtt_vx, 0.99)) / 4.0
-                );
-                println!("  fragments sent by site-a: {frag}");
+                let row = |name: String, bps: f64, rtt: &[f64], frag: String| {
+                    println!(
+                        "  {:<44} {:>8.3} {:>7.0}us {:>7.0}us {:>10}",
+                        name,
+                        bps / 1e9,
+                        pct(rtt, 0.5),
+                        pct(rtt, 0.99),
+                        frag
+                    )
+                };
+                for (mtu, bps, rtt, frag) in &rows {
+                    row(
+                        format!("TAP->gw->gw->TAP, QUIC path MTU {mtu}"),
+                        *bps,
+                        rtt,
+                        frag.to_string(),
+                    );
+                }
+                row("kernel VXLAN over veth".into(), bps_vx, &rtt_vx, "-".into());
+                for (mtu, bps, rtt, _) in &rows {
+                    println!(
+                        "  path MTU {mtu}: overlay/VXLAN throughput {:.3}, added one-way latency per gateway hop p50 {:.0}us p99 {:.0}us",
+                        bps / bps_vx,
+                        (pct(rtt, 0.5) - pct(&rtt_vx, 0.5)) / 4.0,
+                        (pct(rtt, 0.99) - pct(&rtt_vx, 0.99)) / 4.0
+                    );
+                }
+                println!("  goal: >= 1 Gbit/s through the gateways");
             }
         }
         let moves = rarp_move_time().await;
