@@ -104,7 +104,7 @@ async fn vm_moves_a_to_b_and_back_through_the_wan() {
     assert!(mesh.wait_all_up(Duration::from_secs(20)).await);
     let (a, b) = (mesh.gw("site-a"), mesh.gw("site-b"));
     let mem = 32 << 20;
-    let config = dirtying_vm(32, 16);
+    let config = dirtying_vm(32, 16, Duration::ZERO);
     start_vm(a.vm_host(), "vm1", config.clone()).await;
     assert!(
         wait_iteration(a.vm_host(), "vm1", 20).await,

@@ -14,8 +14,10 @@ use wanmig_vmm::{MemoryWorkloadConfig, VmConfig};
 pub const WAIT: Duration = Duration::from_secs(90);
 
 /// A small guest running the memory workload forever: 1024 working-set
-/// pages, `pages_per_iteration` pages written per iteration.
-pub fn dirtying_vm(mem_mib: u64, pages_per_iteration: u64) -> VmConfig {
+/// pages, `pages_per_iteration` pages written per iteration, at most one
+/// iteration per `period` (the shim keeps the last 65536 samples: a guest
+/// that runs for seconds needs a period to keep its early ones).
+pub fn dirtying_vm(mem_mib: u64, pages_per_iteration: u64, period: Duration) -> VmConfig {
     VmConfig {
         mem_size: mem_mib << 20,
         memory_workload: Some(MemoryWorkloadConfig {
@@ -23,7 +25,7 @@ pub fn dirtying_vm(mem_mib: u64, pages_per_iteration: u64) -> VmConfig {
             working_set_pages: 1024,
             pages_per_iteration,
             iterations: 0,
-            iteration_period: Duration::ZERO,
+            iteration_period: period,
         }),
         ..Default::default()
     }

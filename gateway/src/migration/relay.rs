@@ -512,31 +512,38 @@ async fn handle_stream(ctx: Arc<RelayContext>, s: IncomingStream) -> Result<(), 
     run_destination(ctx, peer, send, recv, dec, buf, first).await
 }
 
-/// Answers a source's `Resolve` for migration `id`.
+/// Answers a source's `Resolve` for migration `id`. The source may ask
+/// before this side noticed the old link died; then the migration is still
+/// in flight here, and the answer waits until it parks or ends.
 async fn settle_incoming(
     ctx: &RelayContext,
     peer: &str,
     id: &str,
     handed_over: bool,
 ) -> Resolution {
-    let parked = lock(&ctx.parked).remove(id);
-    if let Some(p) = parked {
-        let (tx, rx) = oneshot::channel();
-        if p.decide.send((handed_over, tx)).is_ok() {
-            if let Ok(r) = rx.await {
-                return r;
+    let deadline = tokio::time::Instant::now() + ctx.handover_wait;
+    loop {
+        let parked = lock(&ctx.parked).remove(id);
+        if let Some(p) = parked {
+            let (tx, rx) = oneshot::channel();
+            if p.decide.send((handed_over, tx)).is_ok() {
+                if let Ok(r) = rx.await {
+                    return r;
+                }
             }
         }
-    }
-    // Not parked: it either finished or was discarded; the record says.
-    let finished = ctx
-        .records
-        .all()
-        .into_iter()
-        .find(|r| r.id == id && r.direction == Direction::Incoming && r.from == peer);
-    match finished {
-        Some(r) if r.outcome == Some(Outcome::Succeeded) => Resolution::Running,
-        _ => Resolution::Discarded,
+        let record = ctx
+            .records
+            .all()
+            .into_iter()
+            .find(|r| r.id == id && r.direction == Direction::Incoming && r.from == peer);
+        match record {
+            Some(r) if r.outcome == Some(Outcome::Succeeded) => return Resolution::Running,
+            Some(r) if r.finished() => return Resolution::Discarded,
+            None => return Resolution::Discarded,
+            Some(_) if tokio::time::Instant::now() >= deadline => return Resolution::Discarded,
+            Some(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
     }
 }
 
