@@ -95,6 +95,16 @@ pub enum StartError {
     BadScope(String),
 }
 
+/// The stop-and-copy budget to give the source shim so the operator's
+/// `downtime` holds across the WAN. The shim's pause lasts the final copy,
+/// the destination's check, and two round trips through the gateways
+/// (Complete→Confirmed, Handover→Resumed); the target is `downtime`
+/// plus one RTT, so the shim's own part gets one RTT less (never less than
+/// a tenth of the budget, so a long link still converges).
+pub fn shim_budget(downtime: Duration, rtt: Duration) -> Duration {
+    downtime.saturating_sub(rtt).max(downtime / 10)
+}
+
 /// The migration subsystem of one gateway.
 #[derive(Clone)]
 pub struct MigrationService {
@@ -168,9 +178,18 @@ impl MigrationService {
         self.ctx
             .records
             .insert(&id, &req.vm, &site, &req.to, Direction::Outgoing);
+        let rtt = self
+            .ctx
+            .peering
+            .peer_states()
+            .into_iter()
+            .find(|p| p.site == req.to)
+            .and_then(|p| p.link)
+            .map(|l| Duration::from_secs_f64(l.rtt_ms.max(0.0) / 1e3))
+            .unwrap_or_default();
         let opts = MigrateOptions {
             planner: PlannerConfig {
-                downtime_budget: req.downtime.unwrap_or(self.settings.downtime),
+                downtime_budget: shim_budget(req.downtime.unwrap_or(self.settings.downtime), rtt),
                 ..PlannerConfig::default()
             },
             ..MigrateOptions::default()
@@ -195,5 +214,18 @@ impl MigrationService {
             .records
             .get(&id)
             .expect("a started migration keeps its record"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shim_budget_leaves_room_for_one_round_trip() {
+        let ms = Duration::from_millis;
+        assert_eq!(shim_budget(ms(300), ms(60)), ms(240));
+        assert_eq!(shim_budget(ms(300), Duration::ZERO), ms(300));
+        assert_eq!(shim_budget(ms(300), ms(1000)), ms(30));
     }
 }

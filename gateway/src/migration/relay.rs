@@ -213,12 +213,12 @@ async fn source_inner(
         &mut send,
         &[Frame::Open {
             version: SESSION_VERSION,
-            request: OpenRequest {
+            request: Box::new(OpenRequest {
                 id: id.to_string(),
                 vm: vm.to_string(),
                 config: config.clone(),
                 scope,
-            },
+            }),
         }],
     )
     .await?;
@@ -583,7 +583,7 @@ async fn run_destination(
         vm,
         config,
         scope,
-    } = request;
+    } = *request;
     if let Err(e) = super::vmhost::validate_vm_name(&vm).and_then(|_| {
         config
             .validate()

@@ -50,7 +50,10 @@ pub struct OpenRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
     /// S→D: open a migration.
-    Open { version: u32, request: OpenRequest },
+    Open {
+        version: u32,
+        request: Box<OpenRequest>,
+    },
     /// D→S: accepted; the serialized inventory of the scope's page store.
     Accept { inventory: Vec<u8> },
     /// D→S: refused, with a reason for the operator.
@@ -181,12 +184,12 @@ fn decode_payload(ty: u8, p: &[u8]) -> Result<Frame, WireError> {
                 // The caller refuses other versions; do not guess at the rest.
                 return Ok(Frame::Open {
                     version,
-                    request: OpenRequest {
+                    request: Box::new(OpenRequest {
                         id: String::new(),
                         vm: String::new(),
                         config: VmConfig::default(),
                         scope: String::new(),
-                    },
+                    }),
                 });
             }
             let request =
@@ -330,7 +333,7 @@ mod tests {
     fn every_frame_roundtrips() {
         roundtrip(Frame::Open {
             version: SESSION_VERSION,
-            request: request(),
+            request: Box::new(request()),
         });
         roundtrip(Frame::Accept {
             inventory: vec![1, 2, 3],
@@ -372,7 +375,7 @@ mod tests {
     fn other_versions_decode_far_enough_to_be_refused() {
         let mut buf = to_bytes(&Frame::Open {
             version: SESSION_VERSION,
-            request: request(),
+            request: Box::new(request()),
         });
         buf[5 + 8..5 + 12].copy_from_slice(&99u32.to_le_bytes());
         buf.truncate(5 + 12);
