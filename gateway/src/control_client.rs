@@ -119,12 +119,12 @@ impl ControlClient {
     /// `POST /v1/migrations`: starts a migration; returns its id.
     pub async fn migrate(
         &self,
-        req: &crate::migration::MigrateRequest,
+        body: &crate::migration::api::MigrateBody,
     ) -> Result<crate::migration::api::MigrationStarted, ClientError> {
         let req = self
             .http
             .post(format!("http://{}/v1/migrations", self.addr))
-            .json(req)
+            .json(body)
             .timeout(Duration::from_secs(30));
         self.send(req).await
     }

@@ -3,9 +3,11 @@
 
 mod certs_cmd;
 mod gateway_cmd;
+mod migrate_cmd;
 mod probe_cmd;
 mod status_cmd;
 mod target;
+mod vm_cmd;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -37,6 +39,10 @@ pub enum Command {
     Status(status_cmd::StatusArgs),
     /// Measure goodput to a peer site by sending N bytes over a fresh QUIC stream.
     Probe(probe_cmd::ProbeArgs),
+    /// Live-migrate a VM from this site to another, with a progress display.
+    Migrate(migrate_cmd::MigrateArgs),
+    /// Place VMs at this site and list them.
+    Vm(vm_cmd::VmArgs),
     /// The userspace WAN emulator (delay, jitter, loss, rate, reorder, cuts).
     Netem(Box<wanmig_netem::cli::NetemArgs>),
 }
@@ -66,6 +72,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Certs(a) => certs_cmd::run(a),
         Command::Status(a) => status_cmd::run(a).await,
         Command::Probe(a) => probe_cmd::run(a).await,
+        Command::Migrate(a) => migrate_cmd::run(a).await,
+        Command::Vm(a) => vm_cmd::run(a).await,
         Command::Netem(a) => wanmig_netem::cli::run(*a).await.map_err(Into::into),
     }
 }

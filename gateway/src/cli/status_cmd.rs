@@ -22,6 +22,11 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", render(&report));
+        // VMs and migrations at this site (gateways without them answer
+        // with an error, which leaves just the peer table).
+        if let Ok(site) = super::vm_cmd::render_site(&client).await {
+            print!("{site}");
+        }
     }
     Ok(())
 }

@@ -28,6 +28,16 @@ pub struct VmList {
     pub vms: Vec<VmInfo>,
 }
 
+/// `POST /v1/migrations` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MigrateBody {
+    #[serde(flatten)]
+    pub request: MigrateRequest,
+    /// Cap on the migration's WAN rate, bits per second.
+    #[serde(default)]
+    pub bandwidth_bps: Option<u64>,
+}
+
 /// `POST /v1/migrations` answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MigrationStarted {
@@ -98,9 +108,9 @@ async fn get_migration(State(m): State<MigrationService>, Path(id): Path<String>
 
 async fn start_migration(
     State(m): State<MigrationService>,
-    Json(req): Json<MigrateRequest>,
+    Json(body): Json<MigrateBody>,
 ) -> Response {
-    match m.begin(req) {
+    match m.begin_paced(body.request, body.bandwidth_bps) {
         Ok((id, _task)) => (StatusCode::ACCEPTED, Json(MigrationStarted { id })).into_response(),
         Err(e) => {
             let code = match &e {

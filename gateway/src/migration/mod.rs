@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod metrics;
+pub mod pacer;
 pub mod records;
 pub mod relay;
 pub mod session;
@@ -163,6 +164,16 @@ impl MigrationService {
         &self,
         req: MigrateRequest,
     ) -> Result<(String, tokio::task::JoinHandle<Outcome>), StartError> {
+        self.begin_paced(req, None)
+    }
+
+    /// [`MigrationService::begin`] with the WAN bytes of the migration
+    /// capped at `bandwidth_bps` bits per second.
+    pub fn begin_paced(
+        &self,
+        req: MigrateRequest,
+        bandwidth_bps: Option<u64>,
+    ) -> Result<(String, tokio::task::JoinHandle<Outcome>), StartError> {
         let site = self.ctx.peering.site().to_string();
         if req.to == site {
             return Err(StartError::SameSite(site));
@@ -201,6 +212,7 @@ impl MigrationService {
             req.to,
             scope,
             opts,
+            bandwidth_bps,
         ));
         Ok((id, task))
     }

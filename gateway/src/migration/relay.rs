@@ -145,9 +145,10 @@ pub async fn run_source(
     to: String,
     scope: String,
     opts: MigrateOptions,
+    bandwidth_bps: Option<u64>,
 ) -> Outcome {
     let records = ctx.records.clone();
-    let result = source_inner(&ctx, &id, &vm, &to, scope, opts).await;
+    let result = source_inner(&ctx, &id, &vm, &to, scope, opts, bandwidth_bps).await;
     if let Some(r) = records.get(&id).and_then(|r| r.resolution) {
         tokio::spawn(resolve(
             ctx.clone(),
@@ -206,7 +207,11 @@ async fn source_inner(
     to: &str,
     scope: String,
     opts: MigrateOptions,
+    bandwidth_bps: Option<u64>,
 ) -> Result<wanmig_vmm::MigrationReport, RelayError> {
+    let mut pacer = bandwidth_bps
+        .filter(|&b| b > 0)
+        .map(|b| super::pacer::Pacer::new(b, std::time::Instant::now()));
     let config = ctx.host.config(vm)?;
     let (mut send, mut recv) = ctx.peering.open_stream(to, stream_kind::MIGRATION).await?;
     send_frames(
@@ -284,6 +289,13 @@ async fn source_inner(
                     r.phase = phase;
                     r.progress = progress;
                 });
+                if let Some(p) = &mut pacer {
+                    let bytes: u64 = frames.iter().map(wire::frame_len).sum();
+                    let wait = p.reserve(bytes, std::time::Instant::now());
+                    if !wait.is_zero() {
+                        tokio::time::sleep(wait).await;
+                    }
+                }
                 if let Err(e) = send_frames(&mut send, &frames).await {
                     break LoopEnd::Failed(e);
                 }

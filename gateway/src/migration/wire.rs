@@ -163,6 +163,19 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
     out[start + 1..start + 5].copy_from_slice(&len.to_le_bytes());
 }
 
+/// Bytes `frame` takes on the wire.
+pub fn frame_len(frame: &Frame) -> u64 {
+    5 + match frame {
+        Frame::Open { .. } => to_bytes(frame).len() as u64 - 5,
+        Frame::Accept { inventory } => inventory.len() as u64,
+        Frame::Refuse(r) => r.len() as u64,
+        Frame::Batch(b) | Frame::Shim(b) => b.len() as u64,
+        Frame::Nack(n) => 4 + (n.len() * NACK_ENTRY) as u64,
+        Frame::Resolve { id, .. } => 1 + id.len() as u64,
+        Frame::Resolved(_) => 1,
+    }
+}
+
 /// Encodes one frame into a fresh buffer.
 pub fn to_bytes(frame: &Frame) -> Vec<u8> {
     let mut v = Vec::new();
@@ -311,6 +324,7 @@ mod tests {
 
     fn roundtrip(f: Frame) {
         let buf = to_bytes(&f);
+        assert_eq!(frame_len(&f), buf.len() as u64);
         let mut d = FrameDecoder::new();
         for (i, b) in buf.iter().enumerate() {
             assert_eq!(d.next(), Ok(None), "early frame at byte {i}");

@@ -1,0 +1,310 @@
+//! `wanmig migrate VM --to SITE`: starts a live migration at the local
+//! gateway and follows it with a progress display (round, remaining, dirty
+//! set, wire rate, reduction ratio, ETA) until it ends, then prints the
+//! report (`--json` for the final record).
+
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use wanmig_gateway::migration::api::MigrateBody;
+use wanmig_gateway::migration::{MigrateRequest, MigrationRecord, Outcome, Progress};
+
+use super::status_cmd::human_bytes;
+use super::target::ControlTarget;
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// The VM to move, as named at this site.
+    pub vm: String,
+    /// The destination site.
+    #[arg(long)]
+    pub to: String,
+    /// Longest acceptable pause of the VM, e.g. 300ms (the handover through
+    /// the gateways adds one round trip). Default: the gateway's setting.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub downtime: Option<Duration>,
+    /// Cap on the migration's WAN rate in bit/s, e.g. 100M or 1G (decimal).
+    #[arg(long, value_parser = parse_rate)]
+    pub bandwidth: Option<u64>,
+    /// Dedup scope at the destination. Default: the gateway's setting.
+    #[arg(long)]
+    pub scope: Option<String>,
+    /// Print the final record as JSON instead of the progress display.
+    #[arg(long)]
+    pub json: bool,
+    /// Return right after starting, printing the migration id.
+    #[arg(long)]
+    pub no_wait: bool,
+    #[command(flatten)]
+    pub target: ControlTarget,
+}
+
+/// Parses a rate in bit/s with an optional decimal suffix: `250M`, `1G`.
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    let s = s.trim().trim_end_matches("bit/s").trim_end_matches("bps");
+    let (num, mult) = match s.chars().last() {
+        Some(c) if c.is_ascii_alphabetic() => {
+            let m = match c.to_ascii_uppercase() {
+                'K' => 1e3,
+                'M' => 1e6,
+                'G' => 1e9,
+                _ => return Err(format!("unknown rate suffix in {s:?} (use K, M or G)")),
+            };
+            (&s[..s.len() - 1], m)
+        }
+        _ => (s, 1.0),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a rate (e.g. 100M)"))?;
+    let bps = n * mult;
+    if !(bps.is_finite() && bps >= 1.0) {
+        return Err(format!("{s:?} is not a positive rate"));
+    }
+    Ok(bps as u64)
+}
+
+/// What the display shows at one poll (sans-IO: fed records and clock
+/// readings).
+#[derive(Debug, Clone, PartialEq)]
+pub struct View {
+    pub round: u32,
+    /// Pages left in round 0 (later rounds' sizes are unknown up front).
+    pub remaining_pages: Option<u64>,
+    /// Pages dirty after the previous round (round 1 on).
+    pub dirty_pages: Option<u64>,
+    /// Bit/s on the WAN since the last poll.
+    pub wire_bps: f64,
+    pub ratio: f64,
+    /// Time left in round 0 at the current wire rate.
+    pub eta: Option<Duration>,
+}
+
+/// Turns successive records into [`View`]s.
+#[derive(Debug, Default)]
+pub struct ProgressView {
+    last: Option<(Instant, Progress)>,
+    rate: f64,
+}
+
+impl ProgressView {
+    pub fn update(&mut self, p: &Progress, now: Instant) -> View {
+        if let Some((t, prev)) = &self.last {
+            let dt = now.saturating_duration_since(*t).as_secs_f64();
+            if dt > 0.0 {
+                let inst = p.bytes_out.saturating_sub(prev.bytes_out) as f64 * 8.0 / dt;
+                // Smooth over a few polls.
+                self.rate = if self.rate == 0.0 {
+                    inst
+                } else {
+                    0.6 * self.rate + 0.4 * inst
+                };
+            }
+        }
+        self.last = Some((now, p.clone()));
+        let remaining = (p.round == 0).then(|| p.memory_pages.saturating_sub(p.round_pages));
+        let eta = match remaining {
+            Some(r) if self.rate > 0.0 && p.pages > 0 => {
+                let wire_per_page = p.bytes_out as f64 / p.pages as f64;
+                Some(Duration::from_secs_f64(
+                    r as f64 * wire_per_page * 8.0 / self.rate,
+                ))
+            }
+            _ => None,
+        };
+        View {
+            round: p.round,
+            remaining_pages: remaining,
+            dirty_pages: (p.round > 0).then_some(p.last_round_pages),
+            wire_bps: self.rate,
+            ratio: p.reduction_ratio(),
+            eta,
+        }
+    }
+}
+
+fn rate(bps: f64) -> String {
+    if bps >= 1e9 {
+        format!("{:.2} Gbit/s", bps / 1e9)
+    } else if bps >= 1e6 {
+        format!("{:.1} Mbit/s", bps / 1e6)
+    } else {
+        format!("{:.0} kbit/s", bps / 1e3)
+    }
+}
+
+impl View {
+    pub fn line(&self) -> String {
+        let mut s = format!("round {}", self.round);
+        if let Some(r) = self.remaining_pages {
+            s.push_str(&format!(", {} left", human_bytes(r * 4096)));
+        }
+        if let Some(d) = self.dirty_pages {
+            s.push_str(&format!(", {} dirty", human_bytes(d * 4096)));
+        }
+        s.push_str(&format!(
+            ", wire {}, reduction {:.1}x",
+            rate(self.wire_bps),
+            self.ratio
+        ));
+        if let Some(e) = self.eta {
+            s.push_str(&format!(", ETA {:.1}s", e.as_secs_f64()));
+        }
+        s
+    }
+}
+
+/// The final report as text.
+pub fn report(r: &MigrationRecord) -> String {
+    let p = &r.progress;
+    let mut out = format!(
+        "migration {} of {} from {} to {}: {}\n",
+        r.id,
+        r.vm,
+        r.from,
+        r.to,
+        r.outcome.map(|o| o.label()).unwrap_or("in flight")
+    );
+    out.push_str(&format!(
+        "  rounds {}, pages {}, {} of pages -> {} on the wire ({:.1}x; zero {}, ref {}, delta {}, compressed {}, raw {})\n",
+        p.round + 1,
+        p.pages,
+        human_bytes(p.bytes_in),
+        human_bytes(p.bytes_out),
+        p.reduction_ratio(),
+        p.zero,
+        p.refs,
+        p.delta,
+        p.compressed,
+        p.raw
+    ));
+    if let Some(d) = r.downtime_ms {
+        out.push_str(&format!(
+            "  downtime {d:.0} ms, total {:.1} s\n",
+            r.elapsed_ms as f64 / 1e3
+        ));
+    }
+    if let Some(d) = &r.memory_digest {
+        out.push_str(&format!("  memory digest {d} (checked at both sites)\n"));
+    }
+    if let Some(e) = &r.error {
+        out.push_str(&format!("  error: {e}\n"));
+    }
+    if let Some(n) = &r.resolution {
+        out.push_str(&format!("  after the link failure: {n}\n"));
+    }
+    out
+}
+
+pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
+    let client = args.target.client()?;
+    let started = client
+        .migrate(&MigrateBody {
+            request: MigrateRequest {
+                vm: args.vm.clone(),
+                to: args.to.clone(),
+                downtime: args.downtime,
+                scope: args.scope.clone(),
+            },
+            bandwidth_bps: args.bandwidth,
+        })
+        .await?;
+    if args.no_wait {
+        println!("{}", started.id);
+        return Ok(());
+    }
+    let bar = if args.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(1)
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} pages  {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut view = ProgressView::default();
+    let record = loop {
+        let r = client.migration(&started.id).await?;
+        let v = view.update(&r.progress, Instant::now());
+        let len = match v.remaining_pages {
+            Some(_) => r.progress.memory_pages,
+            None => r.progress.last_round_pages.max(r.progress.round_pages),
+        };
+        bar.set_length(len.max(1));
+        bar.set_position(r.progress.round_pages.min(len));
+        bar.set_message(v.line());
+        if r.finished() {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    bar.finish_and_clear();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&record)?);
+    } else {
+        print!("{}", report(&record));
+    }
+    match record.outcome {
+        Some(Outcome::Succeeded) => Ok(()),
+        Some(Outcome::FailedKeptAtSource) => {
+            bail!(
+                "the migration failed; {} keeps running at {}",
+                record.vm,
+                record.from
+            )
+        }
+        _ => bail!(
+            "the handover to {} is not confirmed yet; see `wanmig status` at both sites",
+            record.to
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_parse_with_decimal_suffixes() {
+        assert_eq!(parse_rate("100M"), Ok(100_000_000));
+        assert_eq!(parse_rate("1.5G"), Ok(1_500_000_000));
+        assert_eq!(parse_rate("64k"), Ok(64_000));
+        assert_eq!(parse_rate("250Mbit/s"), Ok(250_000_000));
+        assert!(parse_rate("0").is_err());
+        assert!(parse_rate("fast").is_err());
+    }
+
+    #[test]
+    fn the_view_derives_rates_remaining_and_eta() {
+        let t0 = Instant::now();
+        let mut v = ProgressView::default();
+        let mut p = Progress::default();
+        p.memory_pages = 1000;
+        p.round_pages = 100;
+        p.pages = 100;
+        p.bytes_in = 100 * 4096;
+        p.bytes_out = 100_000;
+        let first = v.update(&p, t0);
+        assert_eq!(first.remaining_pages, Some(900));
+        assert_eq!(first.eta, None, "no rate yet");
+        p.round_pages = 200;
+        p.pages = 200;
+        p.bytes_out = 200_000;
+        let second = v.update(&p, t0 + Duration::from_secs(1));
+        assert_eq!(second.wire_bps, 800_000.0);
+        // 800 pages left at 1000 wire bytes each, 100 kB/s: 8 s.
+        let eta = second.eta.unwrap().as_secs_f64();
+        assert!((eta - 8.0).abs() < 1e-6, "{eta}");
+        assert!(second.line().contains("round 0"), "{}", second.line());
+        p.round = 1;
+        p.last_round_pages = 1000;
+        p.round_pages = 5;
+        let third = v.update(&p, t0 + Duration::from_secs(2));
+        assert_eq!(third.remaining_pages, None);
+        assert_eq!(third.dirty_pages, Some(1000));
+    }
+}
