@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use support::*;
 use wanmig_e2e::{init_logging, Link, MeshBuilder};
+use wanmig_gateway::control_client::ControlClient;
+use wanmig_gateway::migration::api::MigrateBody;
 use wanmig_gateway::migration::{
     Direction, MigrateRequest, MigrationRecord, Outcome, Phase, VmState,
 };
@@ -25,19 +27,52 @@ fn incoming(gw: &GatewayHandle, id: &str) -> MigrationRecord {
         .unwrap_or_else(|| panic!("no incoming record {id}"))
 }
 
+/// How a test starts a migration.
+enum Via<'a> {
+    /// The gateway's Rust API.
+    Library,
+    /// The control API over HTTP, with a WAN rate cap.
+    ControlApi(&'a ControlClient, u64),
+}
+
 /// Migrates `vm` from `src` to `dst` and checks the handover.
-async fn migrate_and_check(src: &GatewayHandle, dst: &GatewayHandle, vm: &str, mem: u64) {
+async fn migrate_and_check(
+    src: &GatewayHandle,
+    dst: &GatewayHandle,
+    vm: &str,
+    mem: u64,
+    via: Via<'_>,
+) {
     let to = dst.peering().site().to_string();
-    let rec = src
-        .migration()
-        .migrate(MigrateRequest {
-            vm: vm.into(),
-            to: to.clone(),
-            downtime: Some(Duration::from_millis(300)),
-            scope: None,
-        })
-        .await
-        .expect("the migration starts");
+    let request = MigrateRequest {
+        vm: vm.into(),
+        to: to.clone(),
+        downtime: Some(Duration::from_millis(300)),
+        scope: None,
+    };
+    let rec = match via {
+        Via::Library => src
+            .migration()
+            .migrate(request)
+            .await
+            .expect("the migration starts"),
+        Via::ControlApi(client, bandwidth) => {
+            let started = client
+                .migrate(&MigrateBody {
+                    request,
+                    bandwidth_bps: Some(bandwidth),
+                })
+                .await
+                .expect("the migration starts");
+            loop {
+                let r = client.migration(&started.id).await.unwrap();
+                if r.finished() {
+                    break r;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
     eprintln!("{}", serde_json::to_string_pretty(&rec).unwrap());
     assert_eq!(rec.outcome, Some(Outcome::Succeeded), "{:?}", rec.error);
     assert_eq!(rec.phase, Phase::Resumed);
@@ -105,13 +140,17 @@ async fn vm_moves_a_to_b_and_back_through_the_wan() {
     let (a, b) = (mesh.gw("site-a"), mesh.gw("site-b"));
     let mem = 32 << 20;
     let config = dirtying_vm(32, 16, Duration::ZERO);
-    start_vm(a.vm_host(), "vm1", config.clone()).await;
+    // Placed through the control API, as `wanmig vm start` does.
+    mesh.control("site-a")
+        .start_vm("vm1", &config)
+        .await
+        .expect("the VM starts");
     assert!(
         wait_iteration(a.vm_host(), "vm1", 20).await,
         "guest runs at A"
     );
 
-    migrate_and_check(a, b, "vm1", mem).await;
+    migrate_and_check(a, b, "vm1", mem, Via::Library).await;
     let at_a = samples(a.vm_host(), "vm1");
     let handed_over_at = at_a.last().unwrap().iteration;
     let target = handed_over_at + 20;
@@ -129,16 +168,29 @@ async fn vm_moves_a_to_b_and_back_through_the_wan() {
 
     // And back: B → A (A's page store now dedups nothing, B's sessions
     // still reduce zero pages and deltas).
-    migrate_and_check(b, a, "vm1", mem).await;
+    let control_b = mesh.control("site-b");
+    migrate_and_check(b, a, "vm1", mem, Via::ControlApi(&control_b, 100_000_000)).await;
     let back_at = samples(b.vm_host(), "vm1").last().unwrap().iteration;
     assert!(wait_iteration(a.vm_host(), "vm1", back_at + 20).await);
     assert_matches_reference(&config, &samples(a.vm_host(), "vm1"), "back at A");
 
     // Status over the control API: per-site VMs and finished migrations.
-    let vms_a = a.migration().host().list();
-    assert_eq!(vms_a.len(), 1);
-    assert_eq!(vms_a[0].state, VmState::Running);
-    let recs = a.migration().records();
+    let vms_a = mesh.control("site-a").vms().await.unwrap();
+    assert_eq!(vms_a.vms.len(), 1);
+    assert_eq!(vms_a.vms[0].state, VmState::Running);
+    let vms_b = mesh.control("site-b").vms().await.unwrap();
+    assert_eq!(
+        vms_b.vms[0].state,
+        VmState::MigratedAway {
+            to: "site-a".into()
+        }
+    );
+    let recs = mesh
+        .control("site-a")
+        .migrations()
+        .await
+        .unwrap()
+        .migrations;
     assert_eq!(recs.len(), 2, "one outgoing and one incoming at A");
     assert!(recs.iter().all(|r| r.outcome == Some(Outcome::Succeeded)));
 
