@@ -20,6 +20,7 @@ pub mod vcpu;
 pub mod vcpu_state;
 pub mod virtio;
 pub mod vm;
+pub mod workload_model;
 
 pub use config::{MachineConfig, MemoryWorkloadConfig, VmConfig};
 pub use migration::{

@@ -1,0 +1,437 @@
+//! `wanmig demo`: the main job with embedded defaults. Two sites run in this
+//! process on loopback, joined by the WAN emulator (100 ms RTT, 250 Mbit/s
+//! by default); a KVM guest whose memory holds the documented demo mix
+//! (see `wanmig_codec::mix`) and keeps dirtying memory runs at site A; a
+//! smoltcp client at site A holds a TCP session to the guest's echo service
+//! across the stretched L2 segment; the guest live-migrates to site B
+//! through the gateways; then the demo checks what an operator would: the
+//! memory digests matched at the handover, the guest's own deterministic
+//! results continue exactly as an unmigrated run's, and the TCP session
+//! survived with every byte in order.
+//!
+//! Errors are `anyhow`: this is an edge (a command), not a library API.
+
+pub mod echo_client;
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use wanmig_codec::mix::{self, MixSpec};
+use wanmig_netem::LinkParams;
+use wanmig_vmm::config::NetConfig;
+use wanmig_vmm::workload_model::{first_mismatch, HostWorkingSet};
+use wanmig_vmm::{MemoryWorkloadConfig, VmConfig};
+
+use crate::lab::{Link, MeshBuilder};
+use crate::migration::{MigrateRequest, MigrationRecord, Outcome, VmHost, VmHosting};
+use echo_client::{EchoClient, EchoClientConfig, EchoStats};
+
+const SITE_A: &str = "site-a";
+const SITE_B: &str = "site-b";
+const SEGMENT: &str = "lan";
+const VM: &str = "demo-vm";
+const GUEST_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
+const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 20);
+const GUEST_MAC: [u8; 6] = [0x02, 0x57, 0x4d, 0x00, 0x00, 0x10];
+const CLIENT_MAC: [u8; 6] = [0x02, 0x57, 0x4d, 0x00, 0x00, 0x20];
+const ECHO_PORT: u16 = 7000;
+/// Guest pages the memory workload writes per iteration; the iteration
+/// period sets the dirty rate.
+const PAGES_PER_ITERATION: u64 = 32;
+
+/// What the demo runs (every field has a default; see `wanmig demo --help`).
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    pub rtt: Duration,
+    pub rate_bps: u64,
+    /// Random loss probability on each direction of the WAN (0..1).
+    pub loss: f64,
+    pub mem_bytes: u64,
+    /// Bytes per second the guest's memory workload dirties.
+    pub dirty_bytes_per_sec: u64,
+    /// Pages in the workload's working set.
+    pub working_set_pages: u64,
+    pub downtime: Duration,
+    /// Bytes per second the TCP client offers.
+    pub echo_rate: u64,
+    pub seed: u64,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        DemoOptions {
+            rtt: Duration::from_millis(100),
+            rate_bps: 250_000_000,
+            loss: 0.0,
+            mem_bytes: 512 << 20,
+            dirty_bytes_per_sec: 5 << 20,
+            working_set_pages: 8192,
+            downtime: Duration::from_millis(300),
+            echo_rate: 256 << 10,
+            seed: 0x00de_0001,
+        }
+    }
+}
+
+/// The emulated WAN, as the report states it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LinkReport {
+    pub rtt_ms: f64,
+    pub rate_mbit: f64,
+    pub loss_percent: f64,
+}
+
+/// The guest's TCP session, as the client saw it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TcpReport {
+    #[serde(flatten)]
+    pub stats: EchoStats,
+    /// Bytes verified after the VM resumed at site B.
+    pub bytes_verified_after_move: u64,
+}
+
+/// The demo's result (`--json` prints it).
+#[derive(Debug, Clone, Serialize)]
+pub struct DemoReport {
+    pub link: LinkReport,
+    pub migration_id: String,
+    pub outcome: String,
+    pub total_ms: u64,
+    pub downtime_ms: Option<f64>,
+    pub rounds: u32,
+    pub guest_mem_bytes: u64,
+    /// Guest page bytes the source relayed (all rounds).
+    pub guest_bytes_sent: u64,
+    pub wire_bytes: u64,
+    /// Guest bytes sent ÷ wire bytes.
+    pub reduction: f64,
+    pub pages_zero: u64,
+    pub pages_ref: u64,
+    pub pages_delta: u64,
+    pub pages_compressed: u64,
+    pub pages_raw: u64,
+    /// BLAKE3 of guest memory at the handover, equal at both sites.
+    pub memory_digest: Option<String>,
+    pub memory_verified: bool,
+    /// The guest's memory-workload digests at site B equal an unmigrated
+    /// run's at the same iterations.
+    pub workload_verified: bool,
+    pub workload_iterations_checked: u64,
+    pub tcp_session_survived: bool,
+    pub tcp: TcpReport,
+}
+
+impl DemoReport {
+    /// Whether everything the demo checks held.
+    pub fn ok(&self) -> bool {
+        self.outcome == Outcome::Succeeded.label()
+            && self.memory_verified
+            && self.workload_verified
+            && self.tcp_session_survived
+    }
+}
+
+/// Writes `bytes` of the demo memory mix to `path`.
+fn write_memory_image(path: &Path, bytes: u64, seed: u64) -> Result<()> {
+    let mut f = std::io::BufWriter::new(
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+    );
+    let spec = MixSpec::demo();
+    let chunk_pages = 4096u64;
+    let mut buf = vec![0u8; (chunk_pages * 4096) as usize];
+    let pages = bytes / 4096;
+    let mut first = 0u64;
+    while first < pages {
+        let n = chunk_pages.min(pages - first);
+        let part = &mut buf[..(n * 4096) as usize];
+        mix::fill(seed, first, &spec, part);
+        f.write_all(part)
+            .with_context(|| format!("writing {}", path.display()))?;
+        first += n;
+    }
+    f.flush()
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+fn vm_config(opts: &DemoOptions, mem_image: &Path) -> VmConfig {
+    let pages_per_sec = (opts.dirty_bytes_per_sec / 4096).max(1);
+    let period = Duration::from_secs_f64(PAGES_PER_ITERATION as f64 / pages_per_sec as f64);
+    VmConfig {
+        mem_size: opts.mem_bytes,
+        memory_workload: Some(MemoryWorkloadConfig {
+            seed: opts.seed,
+            working_set_pages: opts.working_set_pages,
+            pages_per_iteration: PAGES_PER_ITERATION,
+            iterations: 0,
+            iteration_period: period,
+        }),
+        net: Some(NetConfig {
+            mac: GUEST_MAC,
+            ip: GUEST_IP,
+            prefix_len: 15,
+            port: ECHO_PORT,
+            tap: None,
+        }),
+        disk: None,
+        mem_image: Some(mem_image.to_path_buf()),
+    }
+}
+
+/// The working set as the guest finds it: the demo mix from
+/// `WORKLOAD_BASE` on (the preloaded image covers it).
+fn initial_working_set(opts: &DemoOptions) -> HostWorkingSet {
+    let base_page = wanmig_guest_abi::WORKLOAD_BASE / 4096;
+    let mut bytes = vec![0u8; (opts.working_set_pages * 4096) as usize];
+    mix::fill(opts.seed, base_page, &MixSpec::demo(), &mut bytes);
+    HostWorkingSet::from_bytes(opts.working_set_pages, &bytes)
+}
+
+/// Checks the guest's reported digests against an unmigrated run.
+fn check_workload(
+    opts: &DemoOptions,
+    w: &MemoryWorkloadConfig,
+    samples: Vec<(u64, u64)>,
+    site: &str,
+) -> bool {
+    match first_mismatch(w, initial_working_set(opts), samples) {
+        None => true,
+        Some((it, got, want)) => {
+            tracing::error!(
+                site,
+                iteration = it,
+                got,
+                want,
+                "guest digest differs from the unmigrated run"
+            );
+            false
+        }
+    }
+}
+
+/// Plugs the VM's virtio-net card into `site`'s segment, unless the
+/// gateway already did.
+async fn attach_vm_port(gw: &crate::GatewayHandle) -> Result<()> {
+    if let Some(port) = gw.vm_host().take_net_port(VM) {
+        gw.overlay()
+            .attach_frame_channels(SEGMENT, port.into_parts())
+            .await
+            .context("attaching the VM's network card to the segment")?;
+    }
+    Ok(())
+}
+
+/// The VM's memory-workload samples at this host.
+fn samples(host: &VmHost) -> Vec<(u64, u64)> {
+    host.with_vm(VM, |v| {
+        v.reports()
+            .mem_samples()
+            .iter()
+            .map(|s| (s.iteration, s.digest))
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+async fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !ok() {
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// Runs the demo; `progress` sees the migration record while it runs.
+pub async fn run(
+    opts: DemoOptions,
+    mut progress: impl FnMut(&MigrationRecord),
+) -> Result<DemoReport> {
+    if !(0.0..1.0).contains(&opts.loss) {
+        bail!("--loss must be at least 0% and below 100%");
+    }
+    let params = LinkParams::wan(opts.rtt, opts.rate_bps).with_random_loss(opts.loss);
+    let mesh = MeshBuilder::new(2)
+        .link(Link {
+            forward: params.clone(),
+            reverse: params,
+        })
+        .hints(opts.rate_bps as f64 / 1e6, opts.rtt)
+        .extra_config(&format!(
+            "[overlay]\n[[overlay.segment]]\nname = \"{SEGMENT}\"\nvni = 100\n\n\
+             [migration]\nstore_dir = \"stores/{{site}}\"\n"
+        ))
+        .start()
+        .await
+        .context("starting the two sites")?;
+    if !mesh.wait_all_up(Duration::from_secs(20)).await {
+        bail!("the two gateways did not peer within 20 s");
+    }
+    let (gw_a, gw_b) = (mesh.gw(SITE_A), mesh.gw(SITE_B));
+
+    // The guest, with realistic memory content, at site A.
+    let image = mesh.dir().join("demo-memory.img");
+    let (img, bytes, seed) = (image.clone(), opts.mem_bytes, opts.seed);
+    tokio::task::spawn_blocking(move || write_memory_image(&img, bytes, seed))
+        .await
+        .context("memory image thread")??;
+    let config = vm_config(&opts, &image);
+    let workload = config.memory_workload.clone().expect("set above");
+    let host_a: Arc<VmHost> = gw_a.vm_host().clone();
+    let h = host_a.clone();
+    let c = config.clone();
+    tokio::task::spawn_blocking(move || h.start(VM, c))
+        .await
+        .context("VM start thread")?
+        .context("starting the guest at site A")?;
+    attach_vm_port(gw_a).await?;
+
+    // The client at site A and its TCP session to the guest.
+    let (_, client_port) = gw_a
+        .overlay()
+        .attach_port(SEGMENT)
+        .await
+        .context("attaching the client to the segment")?;
+    let client = EchoClient::start(
+        EchoClientConfig {
+            mac: CLIENT_MAC,
+            ip: CLIENT_IP,
+            prefix_len: 15,
+            server: GUEST_IP,
+            port: ECHO_PORT,
+            rate: opts.echo_rate,
+        },
+        client_port,
+    )
+    .context("starting the TCP client")?;
+    let c = &client;
+    if !tokio::task::block_in_place(|| c.wait_verified(64 << 10, Duration::from_secs(60))) {
+        let overlay = gw_a.overlay().state().await.ok();
+        let serial = host_a.serial(VM);
+        let net = host_a.with_vm(VM, |v| {
+            (
+                v.reports().latest(wanmig_guest_abi::REPORT_NET_STATUS),
+                v.reports().mem_samples().len(),
+            )
+        });
+        bail!(
+            "the TCP session to the guest did not carry 64 KiB within 60 s: client {:?}; \
+             guest net status and memory samples {:?}; \
+             segments at site A: {:?}; guest console (last lines): {:?}",
+            client.stats(),
+            net,
+            overlay.map(|o| o.segments),
+            serial.iter().rev().take(5).collect::<Vec<_>>()
+        );
+    }
+    wait_for(
+        "the guest's memory workload",
+        Duration::from_secs(60),
+        || samples(&host_a).len() >= 10,
+    )
+    .await?;
+
+    let at_a = samples(&host_a);
+    let at_a_ok = check_workload(&opts, &workload, at_a, SITE_A);
+
+    // The live migration.
+    let started = Instant::now();
+    let (id, task) = gw_a
+        .migration()
+        .begin(MigrateRequest {
+            vm: VM.into(),
+            to: SITE_B.into(),
+            downtime: Some(opts.downtime),
+            scope: None,
+        })
+        .context("starting the migration")?;
+    let mut task = task;
+    let outcome = loop {
+        tokio::select! {
+            r = &mut task => break r.context("migration task")?,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                if let Some(rec) = gw_a.migration().record(&id) {
+                    progress(&rec);
+                }
+            }
+        }
+    };
+    let total_ms = started.elapsed().as_millis() as u64;
+    let record = gw_a
+        .migration()
+        .record(&id)
+        .context("the migration's record is gone")?;
+    progress(&record);
+    let verified_at_move = client.stats().bytes_verified;
+
+    let mut workload_verified = false;
+    let mut checked = 0;
+    let mut after_move = 0;
+    if outcome == Outcome::Succeeded {
+        attach_vm_port(gw_b).await?;
+        let host_b = gw_b.vm_host().clone();
+        // Let the guest run on at B, then compare its own results.
+        wait_for(
+            "the guest's memory workload at site B",
+            Duration::from_secs(60),
+            || samples(&host_b).len() >= 10,
+        )
+        .await?;
+        let at_b = samples(&host_b);
+        checked = at_b.len() as u64;
+        workload_verified = at_a_ok && check_workload(&opts, &workload, at_b, SITE_B);
+        let c = &client;
+        let target = verified_at_move + (128 << 10);
+        tokio::task::block_in_place(|| c.wait_verified(target, Duration::from_secs(60)));
+        after_move = client
+            .stats()
+            .bytes_verified
+            .saturating_sub(verified_at_move);
+    }
+    let tcp = client.stop();
+    let tcp_session_survived = tcp.connected
+        && !tcp.reset
+        && tcp.mismatched == 0
+        && tcp.error.is_none()
+        && after_move >= 128 << 10;
+    let p = &record.progress;
+    let report = DemoReport {
+        link: LinkReport {
+            rtt_ms: opts.rtt.as_secs_f64() * 1e3,
+            rate_mbit: opts.rate_bps as f64 / 1e6,
+            loss_percent: opts.loss * 100.0,
+        },
+        migration_id: id,
+        outcome: outcome.label().to_string(),
+        total_ms,
+        downtime_ms: record.downtime_ms,
+        rounds: record.rounds,
+        guest_mem_bytes: opts.mem_bytes,
+        guest_bytes_sent: p.bytes_in,
+        wire_bytes: p.bytes_out,
+        reduction: p.reduction_ratio(),
+        pages_zero: p.zero,
+        pages_ref: p.refs,
+        pages_delta: p.delta,
+        pages_compressed: p.compressed,
+        pages_raw: p.raw,
+        memory_verified: outcome == Outcome::Succeeded && record.memory_digest.is_some(),
+        memory_digest: record.memory_digest.clone(),
+        workload_verified,
+        workload_iterations_checked: checked,
+        tcp_session_survived,
+        tcp: TcpReport {
+            stats: tcp,
+            bytes_verified_after_move: after_move,
+        },
+    };
+    mesh.shutdown().await;
+    Ok(report)
+}
