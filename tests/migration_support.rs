@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wanmig_gateway::migration::{VmHost, VmHosting};
-use wanmig_guest_abi::memory_workload::{MemoryWorkload, WorkingSet, WORDS_PER_PAGE};
 use wanmig_vmm::guest_control::MemSample;
+use wanmig_vmm::workload_model::reference_digests;
 use wanmig_vmm::{MemoryWorkloadConfig, VmConfig};
 
 pub const WAIT: Duration = Duration::from_secs(90);
@@ -31,25 +31,10 @@ pub fn dirtying_vm(mem_mib: u64, pages_per_iteration: u64, period: Duration) -> 
     }
 }
 
-struct Model(Vec<u64>);
-impl WorkingSet for Model {
-    fn pages(&self) -> u64 {
-        self.0.len() as u64 / WORDS_PER_PAGE
-    }
-    fn read(&self, page: u64, word: u64) -> u64 {
-        self.0[(page * WORDS_PER_PAGE + word) as usize]
-    }
-    fn write(&mut self, page: u64, word: u64, value: u64) {
-        self.0[(page * WORDS_PER_PAGE + word) as usize] = value;
-    }
-}
-
 /// What an unmigrated run reports for iterations 1..=n.
 pub fn reference(config: &VmConfig, n: u64) -> Vec<(u64, u64)> {
     let w = config.memory_workload.as_ref().expect("a memory workload");
-    let mut model = Model(vec![0; (w.working_set_pages * WORDS_PER_PAGE) as usize]);
-    let mut work = MemoryWorkload::new(w.seed, w.pages_per_iteration);
-    (0..n).map(|_| work.step(&mut model)).collect()
+    reference_digests(w, n)
 }
 
 /// Asserts every sample equals the unmigrated reference at its iteration.

@@ -100,9 +100,25 @@ mod tests {
     #[test]
     fn mismatches_are_found_and_matches_pass() {
         let r = reference_digests(&cfg(), 10);
-        assert_eq!(first_mismatch(&cfg(), r[4..].iter().copied()), None);
+        let zero = || HostWorkingSet::zeroed(16);
+        assert_eq!(first_mismatch(&cfg(), zero(), r[4..].iter().copied()), None);
         let mut bad = r.clone();
         bad[6].1 ^= 1;
-        assert_eq!(first_mismatch(&cfg(), bad), Some((7, r[6].1 ^ 1, r[6].1)));
+        assert_eq!(
+            first_mismatch(&cfg(), zero(), bad),
+            Some((7, r[6].1 ^ 1, r[6].1))
+        );
+    }
+
+    #[test]
+    fn a_preloaded_working_set_changes_the_reference() {
+        let bytes: Vec<u8> = (0..16 * 4096).map(|i| (i % 251) as u8).collect();
+        let pre = reference_digests_from(&cfg(), HostWorkingSet::from_bytes(16, &bytes), 5);
+        assert_ne!(pre, reference_digests(&cfg(), 5));
+        let zeros = HostWorkingSet::from_bytes(16, &[0u8; 100]);
+        assert_eq!(
+            reference_digests_from(&cfg(), zeros, 5),
+            reference_digests(&cfg(), 5)
+        );
     }
 }

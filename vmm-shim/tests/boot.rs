@@ -3,7 +3,8 @@
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use wanmig_guest_abi::memory_workload::{MemoryWorkload, WorkingSet, WORDS_PER_PAGE};
+use wanmig_guest_abi::memory_workload::WORDS_PER_PAGE;
+use wanmig_vmm::workload_model::{reference_digests, reference_digests_from, HostWorkingSet};
 use wanmig_vmm::{MemoryWorkloadConfig, RunExit, Vm, VmConfig};
 
 fn capture() -> (Arc<Mutex<Vec<String>>>, wanmig_vmm::serial::SerialSink) {
@@ -13,20 +14,6 @@ fn capture() -> (Arc<Mutex<Vec<String>>>, wanmig_vmm::serial::SerialSink) {
         lines,
         Box::new(move |s: &str| l.lock().unwrap().push(s.to_string())),
     )
-}
-
-/// The workload's working set as a plain host-side model.
-struct Model(Vec<u64>);
-impl WorkingSet for Model {
-    fn pages(&self) -> u64 {
-        self.0.len() as u64 / WORDS_PER_PAGE
-    }
-    fn read(&self, page: u64, word: u64) -> u64 {
-        self.0[(page * WORDS_PER_PAGE + word) as usize]
-    }
-    fn write(&mut self, page: u64, word: u64, value: u64) {
-        self.0[(page * WORDS_PER_PAGE + word) as usize] = value;
-    }
 }
 
 #[test]
@@ -61,9 +48,7 @@ fn guest_boots_prints_reports_and_exits() {
         "serial: {lines:#?}"
     );
 
-    let mut model = Model(vec![0; (256 * WORDS_PER_PAGE) as usize]);
-    let mut work = MemoryWorkload::new(w.seed, w.pages_per_iteration);
-    let expected: Vec<(u64, u64)> = (0..20).map(|_| work.step(&mut model)).collect();
+    let expected = reference_digests(&w, 20);
     let got: Vec<(u64, u64)> = vm
         .reports()
         .mem_samples()
@@ -111,12 +96,11 @@ fn mem_image_preloads_memory_the_workload_reads() {
         );
     }
 
-    let mut model = Model(vec![
+    let initial = HostWorkingSet(vec![
         0xabab_abab_abab_abab;
         (1024 * WORDS_PER_PAGE) as usize
     ]);
-    let mut work = MemoryWorkload::new(w.seed, w.pages_per_iteration);
-    let expected: Vec<(u64, u64)> = (0..10).map(|_| work.step(&mut model)).collect();
+    let expected = reference_digests_from(&w, initial, 10);
     let got: Vec<(u64, u64)> = vm
         .reports()
         .mem_samples()
