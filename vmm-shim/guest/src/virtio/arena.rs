@@ -11,7 +11,9 @@ use wanmig_guest_abi as abi;
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
 /// Reserve `size` bytes aligned to `align` (a power of two). The memory is
-/// zero: the VMM hands the guest zeroed RAM and nothing else uses the heap.
+/// not necessarily zero: a VM started with a preloaded memory image has the
+/// image's bytes here, so [`bytes`] clears what it hands out (virtqueue
+/// rings must start zeroed, or the device reads a garbage ring index).
 fn reserve(size: u64, align: u64) -> Option<u64> {
     let start = NEXT.load(Ordering::Relaxed);
     let base = (abi::HEAP_BASE + start).checked_add(align - 1)? & !(align - 1);
@@ -28,8 +30,12 @@ pub fn bytes(len: usize, align: u64) -> Option<&'static mut [u8]> {
     let addr = reserve(len as u64, align)?;
     // SAFETY: [addr, addr+len) lies in the heap, which is identity-mapped
     // RAM used by nothing else, and `reserve` hands each range out once, so
-    // this is the only reference to it. Zeroed bytes are valid `u8`s.
-    Some(unsafe { core::slice::from_raw_parts_mut(addr as *mut u8, len) })
+    // this is the only reference to it; it is zeroed before the slice is
+    // made, and zeroed bytes are valid `u8`s.
+    unsafe {
+        core::ptr::write_bytes(addr as *mut u8, 0, len);
+        Some(core::slice::from_raw_parts_mut(addr as *mut u8, len))
+    }
 }
 
 /// Move `value` into the heap for the rest of the run.
