@@ -106,13 +106,12 @@ impl ControlClient {
         name: &str,
         config: &wanmig_vmm::VmConfig,
     ) -> Result<Option<crate::migration::VmInfo>, ClientError> {
-        let req = self
-            .http
-            .post(format!("http://{}/v1/vms", self.addr))
-            .json(&crate::migration::api::StartVmRequest {
+        let req = self.http.post(format!("http://{}/v1/vms", self.addr)).json(
+            &crate::migration::api::StartVmRequest {
                 name: name.to_string(),
                 config: config.clone(),
-            });
+            },
+        );
         self.send(req).await
     }
 

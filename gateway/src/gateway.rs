@@ -147,10 +147,13 @@ impl Gateway {
         let mut control_addr = None;
         if let Some(c) = &config.control {
             let token = control::load_or_create_token(&c.token_file)?;
-            let app = control::router(peering.clone(), token.clone()).merge(
-                control::overlay_router(peering.clone(), overlay.clone(), token.clone()),
-            )
-            .merge(control::migration_router(migration.clone(), token));
+            let app = control::router(peering.clone(), token.clone())
+                .merge(control::overlay_router(
+                    peering.clone(),
+                    overlay.clone(),
+                    token.clone(),
+                ))
+                .merge(control::migration_router(migration.clone(), token));
             let (addr, task) =
                 serve_http("control.listen", c.listen, app, stop.subscribe()).await?;
             control_addr = Some(addr);

@@ -32,7 +32,9 @@ pub fn netns_status() -> Result<(), String> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let euid = unsafe { geteuid() };
     if euid != 0 {
-        return Err(format!("not root (euid {euid}); namespaces and TAP need CAP_NET_ADMIN"));
+        return Err(format!(
+            "not root (euid {euid}); namespaces and TAP need CAP_NET_ADMIN"
+        ));
     }
     if !Path::new("/dev/net/tun").exists() {
         return Err("/dev/net/tun is missing".into());
@@ -65,7 +67,9 @@ fn gate(test: &str, what: &str, env: &str, status: Result<(), String>) -> bool {
             if required {
                 panic!("{test}: needs {what} but {reason} ({env}=1 is set, so this fails instead of skipping)");
             }
-            eprintln!("SKIPPED {test}: needs {what}: {reason} (set {env}=1 to make this a failure)");
+            eprintln!(
+                "SKIPPED {test}: needs {what}: {reason} (set {env}=1 to make this a failure)"
+            );
             false
         }
     }
@@ -80,7 +84,12 @@ pub fn require_kvm(test: &str) -> bool {
 /// Returns true when the test may create namespaces, TAP devices and veths.
 /// Panics when they are unavailable and `WANMIG_REQUIRE_NETNS=1`.
 pub fn require_netns(test: &str) -> bool {
-    gate(test, "network namespaces (root)", "WANMIG_REQUIRE_NETNS", netns_status())
+    gate(
+        test,
+        "network namespaces (root)",
+        "WANMIG_REQUIRE_NETNS",
+        netns_status(),
+    )
 }
 
 /// A name unique across this process's calls and across concurrently running
