@@ -327,8 +327,18 @@ impl Peering {
         let runtime = quinn::default_runtime()
             .ok_or_else(|| crate::GatewayError::Runtime("no tokio runtime is running".into()))?;
         let local = socket.local_addr().ok();
+        // quinn caps UDP payloads at 1472 bytes by default, so MTU discovery
+        // could never exceed a 1500-byte path and every full 1514-byte
+        // overlay frame would be split in two even on jumbo or loopback
+        // paths. Allow what the largest peer hint allows; discovery still
+        // backs off on smaller paths.
+        let mut endpoint_config = quinn::EndpointConfig::default();
+        let plan = transport_tuning::WindowPlan::for_links(config.peers.iter().map(|p| &p.hints));
+        if let Err(e) = endpoint_config.max_udp_payload_size(plan.mtu_upper_bound.max(1200)) {
+            tracing::warn!("keeping quinn's default UDP payload limit: {e}");
+        }
         let endpoint = Endpoint::new(
-            quinn::EndpointConfig::default(),
+            endpoint_config,
             Some(server),
             socket,
             runtime,
