@@ -223,6 +223,27 @@ async fn kernel_tcp_at_1500_mtu_and_arp_suppression_across_two_sites() {
     assert_eq!(join(srv).await.expect("server"), total);
     assert_eq!((sent, counted), (total, total));
 
+    // ping at full MTU: a 1500-byte IP packet with DF set crosses (no black
+    // hole: the overlay fragments inside QUIC, never the inner packet).
+    let ping = na.run(&[
+        "ping",
+        "-c",
+        "3",
+        "-W",
+        "5",
+        "-s",
+        "1472",
+        "-M",
+        "do",
+        "198.18.40.2",
+    ]);
+    let out = String::from_utf8_lossy(&ping.stdout);
+    assert!(
+        ping.status.success() && out.contains("3 received"),
+        "ping at full MTU failed (is iputils-ping installed? .ci/run installs it): {out} {}",
+        String::from_utf8_lossy(&ping.stderr)
+    );
+
     // Full-size frames did not fit one datagram: fragmented and rebuilt.
     let (ma, mb) = (ga.overlay().metrics(), gb.overlay().metrics());
     let frag_tx = ma.fragments.with_label_values(&["tx"]).get();
