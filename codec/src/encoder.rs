@@ -40,6 +40,10 @@ pub struct EncoderConfig {
     pub max_session_fingerprints: usize,
     /// Send pages that look incompressible raw instead of through zstd.
     pub detect_incompressible: bool,
+    /// `false`: send every page raw — the plain pre-copy baseline that the
+    /// benchmarks measure beside the reduced stream (no zero detection,
+    /// references, deltas or compression).
+    pub reduce: bool,
 }
 
 impl Default for EncoderConfig {
@@ -52,6 +56,7 @@ impl Default for EncoderConfig {
             delta_max_bytes: 1024,
             max_session_fingerprints: 16 << 20,
             detect_incompressible: true,
+            reduce: true,
         }
     }
 }
@@ -207,6 +212,11 @@ impl Encoder {
     fn encode_page(&mut self, gfn: Gfn, page: &PageBytes) {
         self.stats.pages_in += 1;
         self.stats.bytes_in += PAGE_SIZE as u64;
+        if !self.cfg.reduce {
+            self.writer.push_raw(gfn, page);
+            self.stats.raw += 1;
+            return;
+        }
         if is_zero(page) {
             self.writer.push_zero(gfn);
             self.cache.remove(gfn);
