@@ -20,6 +20,7 @@ async fn demo_migrates_a_guest_with_a_live_tcp_session_and_verifies_it() {
         rtt: Duration::from_millis(40),
         mem_bytes: 64 << 20,
         working_set_pages: 2048,
+        warm_clone: true,
         ..DemoOptions::default()
     };
     let mut updates = 0u32;
@@ -54,6 +55,12 @@ async fn demo_migrates_a_guest_with_a_live_tcp_session_and_verifies_it() {
     );
     assert!(report.downtime_ms.is_some(), "{json}");
     assert!(updates > 0, "the progress callback never ran");
+    // A clone of the same image moved to the same site finds its pages in
+    // the destination's (now warm) page store.
+    let clone = report.warm_clone.as_ref().expect("a warm-clone report");
+    assert!(clone.memory_verified && clone.workload_verified, "{json}");
+    assert!(clone.pages_ref > 0, "{json}");
+    assert!(clone.wire_bytes * 5 < report.wire_bytes, "{json}");
     for key in [
         "total_ms",
         "downtime_ms",

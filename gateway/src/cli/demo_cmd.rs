@@ -40,6 +40,13 @@ pub struct DemoArgs {
     /// Downtime budget of the final stop-and-copy round.
     #[arg(long, default_value = "300ms", value_parser = parse_duration)]
     downtime: Duration,
+    /// Send memory unreduced (plain pre-copy), to compare against.
+    #[arg(long)]
+    no_reduction: bool,
+    /// After the move, migrate a second VM booted from the same image to the
+    /// same site, whose page store is then warm.
+    #[arg(long)]
+    warm_clone: bool,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -124,6 +131,17 @@ fn print_human(r: &DemoReport) {
         r.tcp.bytes_verified_after_move,
         r.tcp.stats.longest_stall_ms
     );
+    if let Some(c) = &r.warm_clone {
+        println!(
+            "  warm clone       {}: {} ms, {:.1} MiB on the wire, reduction {:.1}x, {} pages by reference, verified {}",
+            c.outcome,
+            c.total_ms,
+            mib(c.wire_bytes),
+            c.reduction,
+            c.pages_ref,
+            c.memory_verified && c.workload_verified
+        );
+    }
 }
 
 pub async fn run(a: DemoArgs) -> Result<()> {
@@ -134,6 +152,8 @@ pub async fn run(a: DemoArgs) -> Result<()> {
         mem_bytes: a.mem,
         dirty_bytes_per_sec: a.dirty_rate,
         downtime: a.downtime,
+        reduction: !a.no_reduction,
+        warm_clone: a.warm_clone,
         ..DemoOptions::default()
     };
     if let Err(e) = kvm_available() {

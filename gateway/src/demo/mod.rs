@@ -60,6 +60,12 @@ pub struct DemoOptions {
     /// Bytes per second the TCP client offers.
     pub echo_rate: u64,
     pub seed: u64,
+    /// `false`: send every page raw (the plain pre-copy baseline).
+    pub reduction: bool,
+    /// After the first move, migrate a second VM booted from the same
+    /// memory image to the same site: the destination's page store is then
+    /// warm, and the report says how much that saves.
+    pub warm_clone: bool,
 }
 
 impl Default for DemoOptions {
@@ -74,6 +80,8 @@ impl Default for DemoOptions {
             downtime: Duration::from_millis(300),
             echo_rate: 256 << 10,
             seed: 0x00de_0001,
+            reduction: true,
+            warm_clone: false,
         }
     }
 }
@@ -124,12 +132,32 @@ pub struct DemoReport {
     pub workload_iterations_checked: u64,
     pub tcp_session_survived: bool,
     pub tcp: TcpReport,
+    /// The second migration (a clone of the same image to the same site),
+    /// when asked for.
+    pub warm_clone: Option<CloneReport>,
+}
+
+/// The warm-store migration of a clone.
+#[derive(Debug, Clone, Serialize)]
+pub struct CloneReport {
+    pub outcome: String,
+    pub total_ms: u64,
+    pub downtime_ms: Option<f64>,
+    pub guest_bytes_sent: u64,
+    pub wire_bytes: u64,
+    pub reduction: f64,
+    pub pages_ref: u64,
+    pub memory_verified: bool,
+    pub workload_verified: bool,
 }
 
 impl DemoReport {
     /// Whether everything the demo checks held.
     pub fn ok(&self) -> bool {
         self.outcome == Outcome::Succeeded.label()
+            && self.warm_clone.as_ref().is_none_or(|c| {
+                c.outcome == Outcome::Succeeded.label() && c.memory_verified && c.workload_verified
+            })
             && self.memory_verified
             && self.workload_verified
             && self.tcp_session_survived
@@ -227,8 +255,8 @@ async fn attach_vm_port(gw: &crate::GatewayHandle) -> Result<()> {
 }
 
 /// The VM's memory-workload samples at this host.
-fn samples(host: &VmHost) -> Vec<(u64, u64)> {
-    host.with_vm(VM, |v| {
+fn samples_of(host: &VmHost, vm: &str) -> Vec<(u64, u64)> {
+    host.with_vm(vm, |v| {
         v.reports()
             .mem_samples()
             .iter()
@@ -236,6 +264,48 @@ fn samples(host: &VmHost) -> Vec<(u64, u64)> {
             .collect()
     })
     .unwrap_or_default()
+}
+
+fn samples(host: &VmHost) -> Vec<(u64, u64)> {
+    samples_of(host, VM)
+}
+
+/// Migrates `vm` from `from` to `to`, feeding `progress`; returns the
+/// outcome, the final record and the elapsed milliseconds.
+async fn migrate(
+    from: &crate::GatewayHandle,
+    vm: &str,
+    to: &str,
+    downtime: Duration,
+    progress: &mut impl FnMut(&MigrationRecord),
+) -> Result<(Outcome, MigrationRecord, u64)> {
+    let started = Instant::now();
+    let (id, mut task) = from
+        .migration()
+        .begin(MigrateRequest {
+            vm: vm.into(),
+            to: to.into(),
+            downtime: Some(downtime),
+            scope: None,
+        })
+        .context("starting the migration")?;
+    let outcome = loop {
+        tokio::select! {
+            r = &mut task => break r.context("migration task")?,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                if let Some(rec) = from.migration().record(&id) {
+                    progress(&rec);
+                }
+            }
+        }
+    };
+    let total_ms = started.elapsed().as_millis() as u64;
+    let record = from
+        .migration()
+        .record(&id)
+        .context("the migration's record is gone")?;
+    progress(&record);
+    Ok((outcome, record, total_ms))
 }
 
 async fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> Result<()> {
@@ -266,7 +336,12 @@ pub async fn run(
         .hints(opts.rate_bps as f64 / 1e6, opts.rtt)
         .extra_config(&format!(
             "[overlay]\n[[overlay.segment]]\nname = \"{SEGMENT}\"\nvni = 100\n\n\
-             [migration]\nstore_dir = \"stores/{{site}}\"\n"
+             [migration]\nstore_dir = \"stores/{{site}}\"\n{}",
+            if opts.reduction {
+                ""
+            } else {
+                "[migration.codec]\nreduce = false\n"
+            }
         ))
         .start()
         .await
@@ -342,33 +417,9 @@ pub async fn run(
     let at_a_ok = check_workload(&opts, &workload, at_a, SITE_A);
 
     // The live migration.
-    let started = Instant::now();
-    let (id, task) = gw_a
-        .migration()
-        .begin(MigrateRequest {
-            vm: VM.into(),
-            to: SITE_B.into(),
-            downtime: Some(opts.downtime),
-            scope: None,
-        })
-        .context("starting the migration")?;
-    let mut task = task;
-    let outcome = loop {
-        tokio::select! {
-            r = &mut task => break r.context("migration task")?,
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {
-                if let Some(rec) = gw_a.migration().record(&id) {
-                    progress(&rec);
-                }
-            }
-        }
-    };
-    let total_ms = started.elapsed().as_millis() as u64;
-    let record = gw_a
-        .migration()
-        .record(&id)
-        .context("the migration's record is gone")?;
-    progress(&record);
+    let (outcome, record, total_ms) =
+        migrate(gw_a, VM, SITE_B, opts.downtime, &mut progress).await?;
+    let id = record.id.clone();
     let verified_at_move = client.stats().bytes_verified;
 
     let mut workload_verified = false;
@@ -401,6 +452,11 @@ pub async fn run(
         && tcp.mismatched == 0
         && tcp.error.is_none()
         && after_move >= 128 << 10;
+    let warm_clone = if opts.warm_clone && outcome == Outcome::Succeeded {
+        Some(migrate_clone(&opts, &config, gw_a, gw_b, &mut progress).await?)
+    } else {
+        None
+    };
     let p = &record.progress;
     let report = DemoReport {
         link: LinkReport {
@@ -431,7 +487,61 @@ pub async fn run(
             stats: tcp,
             bytes_verified_after_move: after_move,
         },
+        warm_clone,
     };
     mesh.shutdown().await;
     Ok(report)
+}
+
+/// Boots a second VM from the same memory image at site A (no NIC) and
+/// migrates it to site B, whose page store now holds the first VM's pages.
+async fn migrate_clone(
+    opts: &DemoOptions,
+    config: &VmConfig,
+    gw_a: &crate::GatewayHandle,
+    gw_b: &crate::GatewayHandle,
+    progress: &mut impl FnMut(&MigrationRecord),
+) -> Result<CloneReport> {
+    const CLONE: &str = "demo-vm-clone";
+    let workload = config.memory_workload.clone().expect("the demo sets it");
+    let clone = VmConfig {
+        net: None,
+        ..config.clone()
+    };
+    let host_a = gw_a.vm_host().clone();
+    let h = host_a.clone();
+    tokio::task::spawn_blocking(move || h.start(CLONE, clone))
+        .await
+        .context("VM start thread")?
+        .context("starting the clone at site A")?;
+    wait_for(
+        "the clone's memory workload",
+        Duration::from_secs(60),
+        || samples_of(&host_a, CLONE).len() >= 5,
+    )
+    .await?;
+    let (outcome, record, total_ms) = migrate(gw_a, CLONE, SITE_B, opts.downtime, progress).await?;
+    let mut workload_verified = false;
+    if outcome == Outcome::Succeeded {
+        let host_b = gw_b.vm_host().clone();
+        wait_for(
+            "the clone's memory workload at site B",
+            Duration::from_secs(60),
+            || samples_of(&host_b, CLONE).len() >= 5,
+        )
+        .await?;
+        workload_verified = check_workload(opts, &workload, samples_of(&host_b, CLONE), SITE_B);
+    }
+    let p = &record.progress;
+    Ok(CloneReport {
+        outcome: outcome.label().to_string(),
+        total_ms,
+        downtime_ms: record.downtime_ms,
+        guest_bytes_sent: p.bytes_in,
+        wire_bytes: p.bytes_out,
+        reduction: p.reduction_ratio(),
+        pages_ref: p.refs,
+        memory_verified: outcome == Outcome::Succeeded && record.memory_digest.is_some(),
+        workload_verified,
+    })
 }
