@@ -37,6 +37,9 @@ pub mod stream_kind {
     /// A relayed live migration, one stream per migration (see
     /// [`crate::migration`]).
     pub const MIGRATION: u8 = 3;
+    /// A follow-on storage migration lane (on-demand or background), two
+    /// streams per copy (see [`crate::storage_relay`]).
+    pub const STORAGE: u8 = 4;
 }
 
 /// Application close / reset codes on peering connections and streams.
@@ -337,16 +340,13 @@ impl Peering {
         if let Err(e) = endpoint_config.max_udp_payload_size(plan.mtu_upper_bound.max(1200)) {
             tracing::warn!("keeping quinn's default UDP payload limit: {e}");
         }
-        let endpoint = Endpoint::new(
-            endpoint_config,
-            Some(server),
-            socket,
-            runtime,
-        )
-        .map_err(|source| crate::GatewayError::Bind {
-            addr: local.unwrap_or(config.listen),
-            source,
-        })?;
+        let endpoint =
+            Endpoint::new(endpoint_config, Some(server), socket, runtime).map_err(|source| {
+                crate::GatewayError::Bind {
+                    addr: local.unwrap_or(config.listen),
+                    source,
+                }
+            })?;
         let now = Instant::now();
         let peers = config
             .peers

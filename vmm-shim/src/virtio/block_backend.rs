@@ -1,6 +1,6 @@
-//! Where a virtio-block device's bytes live: the [`BlockBackend`] trait and
-//! its raw (sparse) file implementation. Storage migration plugs a
-//! remote-backed disk in behind the same trait.
+//! Where a virtio-block device's bytes live: the [`BlockBackend`] trait, its
+//! raw (sparse) file implementation, and [`RemoteBackend`], the adapter that
+//! puts a storage migration's remote-backed disk behind the same trait.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -137,6 +137,32 @@ impl BlockBackend for RawFileBackend {
     }
 }
 
+/// A follow-on storage migration's destination disk
+/// ([`wanmig_storage::RemoteDisk`]) as a virtio-block backend: reads of
+/// blocks not yet local wait for them (or fail with `TimedOut`, never with
+/// made-up data); writes land locally; `flush` makes data and presence
+/// durable.
+#[derive(Debug, Clone)]
+pub struct RemoteBackend(pub std::sync::Arc<wanmig_storage::RemoteDisk>);
+
+impl BlockBackend for RemoteBackend {
+    fn len(&self) -> u64 {
+        self.0.len()
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.0.read_at(offset, buf)
+    }
+
+    fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        self.0.write_at(offset, buf)
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,5 +183,34 @@ mod tests {
         assert_eq!(buf, [7u8; 512]);
         // Reading past the end of the file fails instead of inventing bytes.
         assert!(again.read_at((1 << 20) - 256, &mut buf).is_err());
+    }
+
+    #[test]
+    fn remote_backend_serves_a_remote_disk() {
+        use wanmig_storage::copy::{CopyConfig, InProcessCopy};
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.img");
+        let dst = dir.path().join("dst.img");
+        let len = 4u64 << 20;
+        std::fs::write(&src, vec![0u8; len as usize]).unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&src).unwrap();
+        f.write_all_at(&[9u8; 4096], 3 << 20).unwrap();
+        drop(f);
+        let copy = InProcessCopy::start(&src, &dst, len, CopyConfig::default()).unwrap();
+        let b = RemoteBackend(std::sync::Arc::clone(copy.disk()));
+        assert_eq!(b.len(), len);
+        // A read of a block the copy may not have reached yet waits for it.
+        let mut buf = [0u8; 4096];
+        b.read_at(3 << 20, &mut buf).unwrap();
+        assert_eq!(buf, [9u8; 4096]);
+        b.write_at(4096, &[5u8; 512]).unwrap();
+        b.flush().unwrap();
+        let mut back = [0u8; 512];
+        b.read_at(4096, &mut back).unwrap();
+        assert_eq!(back, [5u8; 512]);
+        assert!(copy
+            .disk()
+            .wait_all_local(std::time::Duration::from_secs(20)));
+        copy.shutdown().unwrap();
     }
 }

@@ -26,7 +26,7 @@ mod guest_tests;
 mod testdriver;
 
 pub use block::{BlockStats, VirtioBlock};
-pub use block_backend::{BlockBackend, RawFileBackend};
+pub use block_backend::{BlockBackend, RawFileBackend, RemoteBackend};
 pub use bus::{VirtioBus, WindowOverlap};
 pub use device::{DeviceError, VirtioDevice};
 pub use mmio::VirtioMmio;

@@ -1,0 +1,372 @@
+//! Destination side of the storage relay: a [`RemoteDisk`] fed over two
+//! `STORAGE` streams (on-demand and background), a session loop that
+//! reports outages as link down and reconnects, and the completion
+//! handshake (complete + fsync locally, then `Done`, then the source's
+//! `Released`).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use quinn::{RecvStream, SendStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use wanmig_storage::{FetchRequest, Fetcher, LinkDown, Priority, RemoteDisk, RemoteDiskConfig};
+
+use super::frame::{read_frame, Frame, Lane};
+use super::{lock, StorageRelayError};
+use crate::peering::{stream_kind, Peering};
+
+/// What an import did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ImportReport {
+    pub disk_bytes: u64,
+    /// Block payload bytes received (after zero elision and zstd).
+    pub wire_bytes: u64,
+    pub total_ms: u64,
+    /// How many times the session was re-established after a link loss.
+    pub reconnects: u64,
+}
+
+type Lanes = (mpsc::UnboundedSender<Frame>, mpsc::UnboundedSender<Frame>);
+
+/// Sends the disk's fetch requests into the current session's lanes.
+#[derive(Default)]
+struct LaneFetcher {
+    lanes: Mutex<Option<Lanes>>,
+}
+
+impl Fetcher for LaneFetcher {
+    fn fetch(&self, request: FetchRequest) -> Result<(), LinkDown> {
+        let lanes = lock(&self.lanes);
+        let Some((demand, background)) = lanes.as_ref() else {
+            return Err(LinkDown);
+        };
+        let lane = match request.priority {
+            Priority::OnDemand => demand,
+            Priority::Background => background,
+        };
+        lane.send(Frame::request(&request)).map_err(|_| LinkDown)
+    }
+}
+
+/// A running import. Dropping it (or [`StorageImport::abort`]) stops the
+/// transfer without saving anything, as a crash would; the copy resumes from
+/// the last saved bitmap on the next import of the same path.
+pub struct StorageImport {
+    disk: Arc<RemoteDisk>,
+    task: Option<JoinHandle<Result<ImportReport, StorageRelayError>>>,
+}
+
+impl std::fmt::Debug for StorageImport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorageImport")
+            .field("disk", &self.disk)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StorageImport {
+    /// The remote-backed disk (put it behind the VM's virtio-block device).
+    pub fn disk(&self) -> &Arc<RemoteDisk> {
+        &self.disk
+    }
+
+    /// Waits until every block is local, durable, confirmed to the source
+    /// and the source copy released.
+    pub async fn finish(mut self) -> Result<ImportReport, StorageRelayError> {
+        let task = self.task.take().ok_or_else(|| StorageRelayError::Link {
+            peer: String::new(),
+            message: "import already finished".into(),
+        })?;
+        task.await.map_err(|e| StorageRelayError::Link {
+            peer: String::new(),
+            message: format!("import task failed: {e}"),
+        })?
+    }
+
+    /// Stops the transfer at once, saving nothing (a destination crash).
+    pub fn abort(mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for StorageImport {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+struct Target {
+    peering: Peering,
+    peer: String,
+    name: String,
+    disk_len: u64,
+    block_size: u32,
+}
+
+struct Session {
+    holes: Vec<std::ops::Range<u64>>,
+    demand: (SendStream, RecvStream),
+    background: (SendStream, RecvStream),
+}
+
+enum Failure {
+    /// The source refused: retrying will not help.
+    Refused(String),
+    /// The link broke: reconnect and resume.
+    Link(String),
+}
+
+async fn open_lane(
+    t: &Target,
+    lane: Lane,
+) -> Result<(SendStream, RecvStream, Vec<std::ops::Range<u64>>), Failure> {
+    let (mut send, mut recv) = t
+        .peering
+        .open_stream(&t.peer, stream_kind::STORAGE)
+        .await
+        .map_err(|e| Failure::Link(e.to_string()))?;
+    let open = Frame::Open {
+        lane,
+        name: t.name.clone(),
+        disk_len: t.disk_len,
+        block_size: t.block_size,
+    };
+    send.write_all(&open.encode())
+        .await
+        .map_err(|e| Failure::Link(e.to_string()))?;
+    match read_frame(&mut recv).await {
+        Ok(Frame::Holes(h)) => Ok((send, recv, h)),
+        Ok(Frame::Error(m)) => Err(Failure::Refused(m)),
+        Ok(other) => Err(Failure::Refused(format!("unexpected answer {other:?}"))),
+        Err(e) => Err(Failure::Link(e.to_string())),
+    }
+}
+
+async fn connect(t: &Target) -> Result<Session, Failure> {
+    let (ds, dr, holes) = open_lane(t, Lane::OnDemand).await?;
+    let (bs, br, _) = open_lane(t, Lane::Background).await?;
+    Ok(Session {
+        holes,
+        demand: (ds, dr),
+        background: (bs, br),
+    })
+}
+
+pub(crate) async fn start_import(
+    peering: Peering,
+    peer: &str,
+    name: &str,
+    local_path: &Path,
+    disk_len: u64,
+    config: RemoteDiskConfig,
+) -> Result<StorageImport, StorageRelayError> {
+    let target = Target {
+        peering,
+        peer: peer.to_string(),
+        name: name.to_string(),
+        disk_len,
+        block_size: config.block_size,
+    };
+    // The source validates its disk before anything is created here.
+    let session = connect(&target).await.map_err(|f| match f {
+        Failure::Refused(message) => StorageRelayError::Refused {
+            peer: peer.to_string(),
+            name: name.to_string(),
+            message,
+        },
+        Failure::Link(message) => StorageRelayError::Link {
+            peer: peer.to_string(),
+            message,
+        },
+    })?;
+    let fetcher = Arc::new(LaneFetcher::default());
+    let path: PathBuf = local_path.to_owned();
+    let f2: Arc<dyn Fetcher> = fetcher.clone();
+    let disk = tokio::task::spawn_blocking(move || RemoteDisk::open(&path, disk_len, config, f2))
+        .await
+        .map_err(|e| StorageRelayError::Link {
+            peer: peer.to_string(),
+            message: format!("opening the local copy: {e}"),
+        })??;
+    let disk = Arc::new(disk);
+    let task = tokio::spawn(run(target, Arc::clone(&disk), fetcher, session));
+    Ok(StorageImport {
+        disk,
+        task: Some(task),
+    })
+}
+
+async fn run(
+    t: Target,
+    disk: Arc<RemoteDisk>,
+    fetcher: Arc<LaneFetcher>,
+    first: Session,
+) -> Result<ImportReport, StorageRelayError> {
+    let started = Instant::now();
+    let mut reconnects = 0u64;
+    let mut session = Some(first);
+    let mut first_session = true;
+    loop {
+        let s = match session.take() {
+            Some(s) => s,
+            None => match connect(&t).await {
+                Ok(s) => {
+                    reconnects += 1;
+                    s
+                }
+                Err(Failure::Refused(message)) => {
+                    return Err(StorageRelayError::Refused {
+                        peer: t.peer.clone(),
+                        name: t.name.clone(),
+                        message,
+                    })
+                }
+                Err(Failure::Link(m)) => {
+                    tracing::debug!(peer = %t.peer, "storage reconnect failed: {m}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            },
+        };
+        match drive(&t, &disk, &fetcher, s, first_session).await {
+            Ok(()) => break,
+            Err(Failure::Refused(message)) => {
+                *lock(&fetcher.lanes) = None;
+                return Err(StorageRelayError::Refused {
+                    peer: t.peer.clone(),
+                    name: t.name.clone(),
+                    message,
+                });
+            }
+            Err(Failure::Link(m)) => {
+                *lock(&fetcher.lanes) = None;
+                disk.link_down();
+                tracing::warn!(peer = %t.peer, disk = %t.name, "storage link lost: {m}; resuming when it returns");
+                first_session = false;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    let m = disk.metrics().snapshot();
+    Ok(ImportReport {
+        disk_bytes: disk.len(),
+        wire_bytes: m.bytes_after_reduction,
+        total_ms: started.elapsed().as_millis() as u64,
+        reconnects,
+    })
+}
+
+/// Runs one session until the source confirms the release (`Ok`) or it fails.
+async fn drive(
+    t: &Target,
+    disk: &Arc<RemoteDisk>,
+    fetcher: &LaneFetcher,
+    s: Session,
+    first: bool,
+) -> Result<(), Failure> {
+    let (dtx, drx) = mpsc::unbounded_channel();
+    let (btx, brx) = mpsc::unbounded_channel();
+    *lock(&fetcher.lanes) = Some((dtx.clone(), btx));
+    {
+        let d = Arc::clone(disk);
+        let holes = s.holes;
+        tokio::task::spawn_blocking(move || {
+            if first {
+                d.apply_source_holes(&holes)?;
+                d.start();
+            } else {
+                d.link_up();
+            }
+            Ok::<(), wanmig_storage::StorageError>(())
+        })
+        .await
+        .map_err(|e| Failure::Link(e.to_string()))?
+        .map_err(|e| Failure::Refused(e.to_string()))?;
+    }
+    let (dsend, drecv) = s.demand;
+    let (bsend, brecv) = s.background;
+    tokio::select! {
+        r = read_lane(drecv, Arc::clone(disk)) => r,
+        r = read_lane(brecv, Arc::clone(disk)) => match r {
+            Ok(()) => Err(Failure::Link("background stream ended".into())),
+            Err(e) => Err(e),
+        },
+        r = write_lane(dsend, drx) => r,
+        r = write_lane(bsend, brx) => r,
+        r = ticker(Arc::clone(disk), dtx, t.name.clone()) => r,
+    }
+}
+
+/// Feeds arriving blocks to the disk; `Ok` when the source says `Released`.
+async fn read_lane(mut recv: RecvStream, disk: Arc<RemoteDisk>) -> Result<(), Failure> {
+    loop {
+        match read_frame(&mut recv).await {
+            Ok(Frame::Block { block, payload }) => {
+                // A 64 KiB local write per block: brief enough to do inline
+                // on this task.
+                if let Err(e) = disk.on_block_arrived(block, &payload) {
+                    tracing::warn!("storage block {block} rejected: {e}; it will be fetched again");
+                }
+            }
+            Ok(Frame::Released) => return Ok(()),
+            Ok(Frame::Error(m)) => return Err(Failure::Refused(m)),
+            Ok(other) => return Err(Failure::Refused(format!("unexpected frame {other:?}"))),
+            Err(e) => return Err(Failure::Link(e.to_string())),
+        }
+    }
+}
+
+async fn write_lane(
+    mut send: SendStream,
+    mut rx: mpsc::UnboundedReceiver<Frame>,
+) -> Result<(), Failure> {
+    while let Some(f) = rx.recv().await {
+        send.write_all(&f.encode())
+            .await
+            .map_err(|e| Failure::Link(e.to_string()))?;
+    }
+    Err(Failure::Link("request lane closed".into()))
+}
+
+/// Drives the disk's timers; when every block is local, completes the disk
+/// (fsync + bitmap) and sends `Done` once. Never returns `Ok`: the demand
+/// reader ends the session on `Released`.
+async fn ticker(
+    disk: Arc<RemoteDisk>,
+    demand: mpsc::UnboundedSender<Frame>,
+    name: String,
+) -> Result<(), Failure> {
+    let mut done_sent = false;
+    let mut every = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        every.tick().await;
+        let d = Arc::clone(&disk);
+        let r = tokio::task::spawn_blocking(move || {
+            d.tick()?;
+            if d.is_all_local() {
+                d.complete().map(|()| true)
+            } else {
+                Ok(false)
+            }
+        })
+        .await
+        .map_err(|e| Failure::Link(e.to_string()))?;
+        match r {
+            Ok(true) if !done_sent => {
+                tracing::info!(disk = %name, "storage copy complete locally; confirming to the source");
+                demand
+                    .send(Frame::Done)
+                    .map_err(|_| Failure::Link("request lane closed".into()))?;
+                done_sent = true;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(disk = %name, "storage tick: {e}"),
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! The storage relay: carries a follow-on storage migration between two
+//! gateways over the peering connection (stream kind
+//! [`stream_kind::STORAGE`]).
+//!
+//! - Source side ([`source`]): serves disks the operator (or the migration)
+//!   exported with [`StorageRelay::export`]; answers each `Open` with the
+//!   disk's hole blocks (after validating the file: missing, truncated or
+//!   wrong size is an error before anything moves), then serves block
+//!   requests with [`wanmig_storage::SourceDisk`] and zstd
+//!   ([`wanmig_storage::wire::BlockEncoder`]); on `Done` releases the source
+//!   copy by policy.
+//! - Destination side ([`dest`]): [`StorageRelay::import`] opens a
+//!   [`wanmig_storage::RemoteDisk`] whose [`wanmig_storage::Fetcher`] sends
+//!   requests over two streams — on-demand and background — so on-demand
+//!   fetches never queue behind background data (the source also gives the
+//!   on-demand stream a higher send priority). A lost connection is reported
+//!   as link down; the session reconnects and the copy resumes where it
+//!   stopped.
+
+pub mod dest;
+pub mod frame;
+pub mod source;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use wanmig_storage::{ReleasePolicy, RemoteDiskConfig, SourceDisk, StorageError};
+
+use crate::peering::{stream_kind, Peering, PeeringError};
+
+pub use dest::{ImportReport, StorageImport};
+pub use frame::{Frame, FrameError, Lane};
+
+/// Why a storage relay operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageRelayError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Peering(#[from] PeeringError),
+    #[error("storage export name '{0}' is invalid: use letters, digits, '.', '-', '_' only")]
+    BadName(String),
+    #[error("source site '{peer}' refused disk '{name}': {message}")]
+    Refused {
+        peer: String,
+        name: String,
+        message: String,
+    },
+    #[error("storage stream to '{peer}': {message} (the copy resumes when the link returns)")]
+    Link { peer: String, message: String },
+}
+
+/// A disk the source side may serve.
+#[derive(Debug, Clone)]
+pub(crate) struct Export {
+    pub path: PathBuf,
+    pub disk_len: u64,
+    pub policy: ReleasePolicy,
+    pub released: bool,
+}
+
+pub(crate) struct Inner {
+    pub peering: Peering,
+    pub exports: Mutex<HashMap<String, Export>>,
+    pub zstd_level: i32,
+}
+
+/// The gateway's storage relay (both sides). Cheap to clone.
+#[derive(Clone)]
+pub struct StorageRelay {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for StorageRelay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorageRelay").finish_non_exhaustive()
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 200
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
+}
+
+impl StorageRelay {
+    /// Registers the `STORAGE` stream handler on `peering` and starts
+    /// serving exported disks. Must be called inside a tokio runtime.
+    pub fn start(peering: Peering, zstd_level: i32) -> Result<Self, StorageRelayError> {
+        let streams = peering.subscribe_streams(stream_kind::STORAGE, 16)?;
+        let inner = Arc::new(Inner {
+            peering,
+            exports: Mutex::new(HashMap::new()),
+            zstd_level,
+        });
+        tokio::spawn(source::accept_loop(Arc::clone(&inner), streams));
+        Ok(StorageRelay { inner })
+    }
+
+    /// Lets peers fetch the disk at `path` under `name`. The file is
+    /// validated now (missing, truncated or wrong size is an error here).
+    /// After the destination confirms the copy is durable, the file is
+    /// released by `policy`.
+    pub fn export(
+        &self,
+        name: &str,
+        path: &Path,
+        disk_len: u64,
+        policy: ReleasePolicy,
+    ) -> Result<(), StorageRelayError> {
+        if !valid_name(name) {
+            return Err(StorageRelayError::BadName(name.to_string()));
+        }
+        SourceDisk::open(path, disk_len, wanmig_storage::DEFAULT_BLOCK_SIZE)?;
+        lock(&self.inner.exports).insert(
+            name.to_string(),
+            Export {
+                path: path.to_owned(),
+                disk_len,
+                policy,
+                released: false,
+            },
+        );
+        Ok(())
+    }
+
+    /// Whether the export `name` was released after a confirmed copy.
+    pub fn is_released(&self, name: &str) -> bool {
+        lock(&self.inner.exports)
+            .get(name)
+            .is_some_and(|e| e.released)
+    }
+
+    /// Starts (or resumes, from `<local_path>.presence`) fetching the disk
+    /// `name` from `peer` into `local_path`. Returns once the source has
+    /// validated the disk and the background copy runs; the returned
+    /// [`StorageImport`] gives the [`wanmig_storage::RemoteDisk`] to put
+    /// behind the VM's virtio-block device.
+    pub async fn import(
+        &self,
+        peer: &str,
+        name: &str,
+        local_path: &Path,
+        disk_len: u64,
+        config: RemoteDiskConfig,
+    ) -> Result<StorageImport, StorageRelayError> {
+        if !valid_name(name) {
+            return Err(StorageRelayError::BadName(name.to_string()));
+        }
+        dest::start_import(
+            self.inner.peering.clone(),
+            peer,
+            name,
+            local_path,
+            disk_len,
+            config,
+        )
+        .await
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

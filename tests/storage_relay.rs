@@ -1,0 +1,240 @@
+//! Follow-on storage migration through two real gateways (QUIC + mutual TLS)
+//! over the WAN emulator relay: the destination's remote-backed disk is fed
+//! by the storage relay while a writer at the destination keeps writing and
+//! reading back its blocks. Checks the digests after completion, a link cut
+//! mid-copy, and a destination crash mid-copy.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use wanmig_gateway::lab::{Link, Mesh, MeshBuilder};
+use wanmig_gateway::storage_relay::StorageRelay;
+use wanmig_storage::testdisk::{build_image, ImageMix};
+use wanmig_storage::{disk_digest, ReleasePolicy, RemoteDisk, RemoteDiskConfig};
+
+const DISK: u64 = 12 << 20;
+
+fn mix() -> ImageMix {
+    ImageMix {
+        text: 30,
+        binary: 20,
+        random: 30,
+        zeros: 5,
+        partial: 15,
+    }
+}
+
+async fn mesh(rate_bps: u64) -> Mesh {
+    let mesh = MeshBuilder::new(2)
+        .link(Link::wan(Duration::from_millis(20), rate_bps))
+        .prepare()
+        .await
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    assert!(mesh.wait_all_up(Duration::from_secs(10)).await);
+    mesh
+}
+
+/// Deterministic contents for writer iteration `i`.
+fn pattern(i: u64) -> Vec<u8> {
+    (0..4096u64).map(|k| (i * 31 + k * 7) as u8).collect()
+}
+
+fn offset_of(i: u64) -> u64 {
+    // Spread over the disk, unaligned to blocks, some spanning two blocks.
+    (i * 977 * 4096 + (i % 3) * 1000) % (DISK - 8192)
+}
+
+/// Writes at the destination while the copy runs, reading each write back.
+fn writer(disk: Arc<RemoteDisk>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<u64>> {
+    std::thread::spawn(move || {
+        let mut done = Vec::new();
+        let mut i = 0;
+        while !stop.load(Ordering::Acquire) && i < 200 {
+            let p = pattern(i);
+            disk.write_at(offset_of(i), &p)
+                .expect("write at destination");
+            let mut back = vec![0u8; p.len()];
+            disk.read_at(offset_of(i), &mut back)
+                .expect("read at destination");
+            assert_eq!(back, p, "read-back of write {i}");
+            done.push(i);
+            i += 1;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        done
+    })
+}
+
+/// The source image with the destination's writes applied, in order.
+fn expected_digest(source_copy: &Path, writes: &[u64]) -> blake3::Hash {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(source_copy)
+        .unwrap();
+    for &i in writes {
+        f.write_all_at(&pattern(i), offset_of(i)).unwrap();
+    }
+    drop(f);
+    disk_digest(source_copy).unwrap()
+}
+
+fn config() -> RemoteDiskConfig {
+    RemoteDiskConfig {
+        persist_every_blocks: 16,
+        ..RemoteDiskConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_with_writes_at_destination_and_link_cut() {
+    let mesh = mesh(60_000_000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.img");
+    let dst = dir.path().join("dst.img");
+    build_image(&src, DISK, mix(), 7).unwrap();
+    let before = disk_digest(&src).unwrap();
+    let oracle = dir.path().join("oracle.img");
+    std::fs::copy(&src, &oracle).unwrap();
+
+    let a = StorageRelay::start(mesh.gw("site-a").peering().clone(), 1).unwrap();
+    let b = StorageRelay::start(mesh.gw("site-b").peering().clone(), 1).unwrap();
+    a.export("vm1.img", &src, DISK, ReleasePolicy::Keep)
+        .unwrap();
+    let import = b
+        .import("site-a", "vm1.img", &dst, DISK, config())
+        .await
+        .unwrap();
+    let disk = Arc::clone(import.disk());
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = writer(Arc::clone(&disk), Arc::clone(&stop));
+
+    // Cut the WAN mid-copy for longer than the idle timeout, then restore.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (present, total) = disk.progress();
+    assert!(present < total, "the copy must still be running at the cut");
+    mesh.relay("site-a", "site-b").cut();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    mesh.relay("site-a", "site-b").restore();
+
+    let report = tokio::time::timeout(Duration::from_secs(60), import.finish())
+        .await
+        .expect("copy finishes after the link returns")
+        .unwrap();
+    stop.store(true, Ordering::Release);
+    let writes = tokio::task::spawn_blocking(move || w.join().unwrap())
+        .await
+        .unwrap();
+    assert!(!writes.is_empty());
+    assert!(
+        report.reconnects >= 1,
+        "the session was re-established: {report:?}"
+    );
+    assert!(
+        report.wire_bytes > 0 && report.wire_bytes < DISK,
+        "{report:?}"
+    );
+    assert!(disk.is_all_local());
+    assert!(a.is_released("vm1.img"));
+    assert_eq!(disk_digest(&src).unwrap(), before, "source kept unchanged");
+    assert_eq!(
+        disk_digest(&dst).unwrap(),
+        expected_digest(&oracle, &writes)
+    );
+    mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destination_crash_leaves_source_intact_and_copy_resumes() {
+    let mesh = mesh(30_000_000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.img");
+    let dst = dir.path().join("dst.img");
+    build_image(&src, DISK, mix(), 11).unwrap();
+    let before = disk_digest(&src).unwrap();
+
+    let a = StorageRelay::start(mesh.gw("site-a").peering().clone(), 1).unwrap();
+    let b = StorageRelay::start(mesh.gw("site-b").peering().clone(), 1).unwrap();
+    a.export("vm2.img", &src, DISK, ReleasePolicy::Delete)
+        .unwrap();
+    let import = b
+        .import("site-a", "vm2.img", &dst, DISK, config())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (present, total) = import.disk().progress();
+    assert!(present < total, "crash must happen mid-copy");
+    import.abort();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        src.exists() && !a.is_released("vm2.img"),
+        "source not released"
+    );
+    assert_eq!(disk_digest(&src).unwrap(), before, "source unchanged");
+
+    // A new import of the same path resumes from the saved bitmap.
+    let import = b
+        .import("site-a", "vm2.img", &dst, DISK, config())
+        .await
+        .unwrap();
+    let (resumed_at, _) = import.disk().progress();
+    assert!(resumed_at > 0, "resumed from the saved bitmap");
+    let disk = Arc::clone(import.disk());
+    tokio::time::timeout(Duration::from_secs(60), import.finish())
+        .await
+        .expect("resumed copy finishes")
+        .unwrap();
+    assert!(disk.is_all_local());
+    assert_eq!(disk_digest(&dst).unwrap(), before);
+    assert!(
+        !src.exists(),
+        "released by the Delete policy after confirmation"
+    );
+    mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_source_disk_is_refused_before_anything_moves() {
+    let mesh = mesh(1_000_000_000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.img");
+    build_image(&src, DISK, mix(), 3).unwrap();
+    let a = StorageRelay::start(mesh.gw("site-a").peering().clone(), 1).unwrap();
+    let b = StorageRelay::start(mesh.gw("site-b").peering().clone(), 1).unwrap();
+    // Missing file: refused at export.
+    assert!(a
+        .export(
+            "x.img",
+            &dir.path().join("missing.img"),
+            DISK,
+            ReleasePolicy::Keep
+        )
+        .is_err());
+    // Truncated after export: the source refuses the import.
+    a.export("t.img", &src, DISK, ReleasePolicy::Keep).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&src)
+        .unwrap()
+        .set_len(DISK / 2)
+        .unwrap();
+    let dst = dir.path().join("dst.img");
+    let e = b
+        .import("site-a", "t.img", &dst, DISK, config())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("t.img"), "{e}");
+    // Unknown name.
+    let e = b
+        .import("site-a", "nope.img", &dst, DISK, config())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("no disk"), "{e}");
+    assert!(!dst.exists(), "nothing created at the destination");
+    mesh.shutdown().await;
+}
