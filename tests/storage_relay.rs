@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use wanmig_gateway::lab::{Link, Mesh, MeshBuilder};
-use wanmig_gateway::storage_relay::StorageRelay;
 use wanmig_storage::testdisk::{build_image, ImageMix};
 use wanmig_storage::{disk_digest, ReleasePolicy, RemoteDisk, RemoteDiskConfig};
 
@@ -102,8 +101,8 @@ async fn copy_with_writes_at_destination_and_link_cut() {
     let oracle = dir.path().join("oracle.img");
     std::fs::copy(&src, &oracle).unwrap();
 
-    let a = StorageRelay::start(mesh.gw("site-a").peering().clone(), 1).unwrap();
-    let b = StorageRelay::start(mesh.gw("site-b").peering().clone(), 1).unwrap();
+    let a = mesh.gw("site-a").storage().clone();
+    let b = mesh.gw("site-b").storage().clone();
     a.export("vm1.img", &src, DISK, ReleasePolicy::Keep)
         .unwrap();
     let import = b
@@ -158,8 +157,8 @@ async fn destination_crash_leaves_source_intact_and_copy_resumes() {
     build_image(&src, DISK, mix(), 11).unwrap();
     let before = disk_digest(&src).unwrap();
 
-    let a = StorageRelay::start(mesh.gw("site-a").peering().clone(), 1).unwrap();
-    let b = StorageRelay::start(mesh.gw("site-b").peering().clone(), 1).unwrap();
+    let a = mesh.gw("site-a").storage().clone();
+    let b = mesh.gw("site-b").storage().clone();
     a.export("vm2.img", &src, DISK, ReleasePolicy::Delete)
         .unwrap();
     let import = b
@@ -204,8 +203,8 @@ async fn bad_source_disk_is_refused_before_anything_moves() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src.img");
     build_image(&src, DISK, mix(), 3).unwrap();
-    let a = StorageRelay::start(mesh.gw("site-a").peering().clone(), 1).unwrap();
-    let b = StorageRelay::start(mesh.gw("site-b").peering().clone(), 1).unwrap();
+    let a = mesh.gw("site-a").storage().clone();
+    let b = mesh.gw("site-b").storage().clone();
     // Missing file: refused at export.
     assert!(a
         .export(

@@ -105,6 +105,8 @@ impl Gateway {
             Some(migration_metrics),
         )?;
         tasks.push(migration_task);
+        // Follow-on storage migration: serves exported disks, imports them.
+        let storage = crate::storage_relay::StorageRelay::start(peering.clone(), 3)?;
 
         let mut metrics_addr = None;
         if let Some(m) = &config.metrics {
@@ -165,6 +167,7 @@ impl Gateway {
             overlay,
             migration,
             vm_host,
+            storage,
             config,
             metrics_addr,
             control_addr,
@@ -207,6 +210,7 @@ pub struct GatewayHandle {
     overlay: OverlayHandle,
     migration: MigrationService,
     vm_host: Arc<VmHost>,
+    storage: crate::storage_relay::StorageRelay,
     config: GatewayConfig,
     metrics_addr: Option<SocketAddr>,
     control_addr: Option<SocketAddr>,
@@ -230,6 +234,11 @@ impl GatewayHandle {
     /// `attach_frame_channels`), read MAC tables and counters.
     pub fn overlay(&self) -> &OverlayHandle {
         &self.overlay
+    }
+
+    /// Follow-on storage migration: export disks, import them from peers.
+    pub fn storage(&self) -> &crate::storage_relay::StorageRelay {
+        &self.storage
     }
 
     /// Live migration: start migrations, read their records.

@@ -60,6 +60,8 @@ pub enum GatewayError {
     Overlay(#[from] overlay_service::OverlayError),
     #[error(transparent)]
     Peering(#[from] PeeringError),
+    #[error(transparent)]
+    Storage(#[from] storage_relay::StorageRelayError),
     #[error("runtime: {0}")]
     Runtime(String),
 }
