@@ -6,8 +6,10 @@
 //! Run: `cargo bench -p wanmig-benches --bench wan_goodput`
 //! Environment: `WANMIG_BENCH_BYTES=N` sets the transfer size (default
 //! 200 MB), `WANMIG_BENCH_ONLY=quic|tcp` and `WANMIG_BENCH_CC=bbr|cubic`
-//! narrow the run, `WANMIG_BENCH_VERBOSE=1` prints progress. The TCP rows
-//! need root (namespaces and TUN); without it they are skipped, saying so.
+//! narrow the run, `WANMIG_BENCH_VERBOSE=1` prints progress and, every
+//! 100 ms, the QUIC sender's congestion window, RTT and losses next to the
+//! emulator's delivered rate and queue drops. The TCP rows need root
+//! (namespaces and TUN); without it they are skipped, saying so.
 
 use std::time::Duration;
 
@@ -49,8 +51,9 @@ async fn quic(cc: &str, loss: f64, bytes: u64) -> Result<Vec<GoodputRow>> {
         "gateways did not peer through the emulator"
     );
     let mut rows = Vec::new();
+    let verbose = std::env::var_os("WANMIG_BENCH_VERBOSE").is_some();
+    let trace = verbose.then(|| trace_path(&mesh));
     for phase in ["cold", "warm"] {
-        let verbose = std::env::var_os("WANMIG_BENCH_VERBOSE").is_some();
         let mut next = 0u64;
         let r = probe::run(mesh.gw("site-a"), "site-b", bytes, |sent| {
             if verbose && sent >= next {
@@ -70,8 +73,43 @@ async fn quic(cc: &str, loss: f64, bytes: u64) -> Result<Vec<GoodputRow>> {
             RATE_BPS,
         ));
     }
+    if let Some(t) = trace {
+        t.abort();
+    }
     mesh.shutdown().await;
     Ok(rows)
+}
+
+/// With WANMIG_BENCH_VERBOSE: every 100 ms, the sender's congestion window,
+/// RTT, packets sent/lost and the emulator's deliveries and queue drops —
+/// what shows which of them holds the goodput back.
+fn trace_path(mesh: &wanmig_e2e::Mesh) -> tokio::task::JoinHandle<()> {
+    let conn = mesh.gw("site-a").live_connection("site-b");
+    let relay = mesh.relay("site-a", "site-b").clone();
+    tokio::spawn(async move {
+        let Ok(conn) = conn else { return };
+        let t0 = std::time::Instant::now();
+        let mut last = (0u64, 0u64);
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let s = conn.stats().path;
+            let r = relay.stats();
+            let fwd = r.forward.delivered_bytes;
+            eprintln!(
+                "  t={:6.2}s cwnd={:9} rtt={:6.1}ms sent={} lost={} fwd={:6.1}Mbit/s qdrop={} ldrop={} inflight={}",
+                t0.elapsed().as_secs_f64(),
+                s.cwnd,
+                s.rtt.as_secs_f64() * 1e3,
+                s.sent_packets - last.1,
+                s.lost_packets,
+                (fwd - last.0) as f64 * 8.0 / 0.1 / 1e6,
+                r.forward.dropped_queue,
+                r.forward.dropped_loss,
+                r.forward.in_flight,
+            );
+            last = (fwd, s.sent_packets);
+        }
+    })
 }
 
 async fn tcp(cc: &str, loss: f64, bytes: u64) -> Result<Vec<GoodputRow>> {
