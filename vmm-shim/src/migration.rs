@@ -248,6 +248,9 @@ fn run_source<S: MigrationStream>(
         Message::HelloAck => {}
         other => return Err(unexpected("hello-ack", &other)),
     }
+    // At least one round trip to the destination (it also created its VM
+    // in between): the source's digest at the pause overlaps it.
+    let round_trip = started.elapsed();
 
     vm.set_dirty_logging(true)?;
     vm.take_dirty_pages()?;
@@ -260,13 +263,17 @@ fn run_source<S: MigrationStream>(
         let bytes = tx.send_pages(vm, &gfns)?;
         let elapsed = t0.elapsed();
         if rounds.is_empty() {
-            // The destination digests all of memory during the downtime
-            // (the source's digest overlaps with sending): measure it once,
-            // after round 0 has touched every page, so the planner's
-            // downtime predictions include it.
+            // At the pause the source digests all of its memory while
+            // `Complete` goes to the destination and its confirmation comes
+            // back: the pause grows by whatever part of the digest that
+            // round trip does not cover (plus a little for the state and
+            // the destination's table digest). Measure it once, after
+            // round 0 has touched every page, so the planner's downtime
+            // predictions include it.
             let t = Instant::now();
             memory::digest(vm.memory());
-            planner.set_stop_overhead(t.elapsed() + Duration::from_millis(5));
+            let uncovered = t.elapsed().saturating_sub(round_trip);
+            planner.set_stop_overhead(uncovered + Duration::from_millis(5));
         }
         let dirty = vm.take_dirty_pages()?;
         let r = RoundResult {
@@ -308,27 +315,47 @@ fn run_source<S: MigrationStream>(
     last.extend_from_slice(&gfns);
     last.sort_unstable();
     last.dedup();
-    // Memory no longer changes: digest it while the last pages and the
-    // state go out.
+    // Memory no longer changes. The last pages, the state and `Complete`
+    // go out at once; the source digests its memory while they travel and
+    // the destination digests what it holds (see `memory::BlockDigests`),
+    // so the pause waits for the later of the two instead of their sum.
     let (digest, state) = std::thread::scope(|scope| {
         let mem = vm.memory();
         let digesting = scope.spawn(move || memory::digest(mem));
         let sent = tx.send_pages(vm, &last).and_then(|_| {
             let state = vm.save_state()?.encode();
             tx.send(&Message::State(state.clone()))?;
+            tx.send(&Message::Complete)?;
             Ok(state)
         });
+        // A panicked digest thread yields a digest nothing matches.
         let digest = digesting.join().unwrap_or([0; 32]);
         sent.map(|state| (digest, state))
     })?;
-    tx.send(&Message::Complete { digest })?;
-    match tx.recv()? {
+    tracing::debug!(
+        ms = paused_at.elapsed().as_secs_f64() * 1e3,
+        pages = last.len(),
+        "final pages, state and complete sent; memory digested"
+    );
+    tx.send(&Message::Digest { digest })?;
+    let confirmed = tx.recv()?;
+    tracing::debug!(
+        ms = paused_at.elapsed().as_secs_f64() * 1e3,
+        "destination confirmed"
+    );
+    match confirmed {
         Message::Confirmed { digest: theirs } if theirs == digest => {}
         Message::Confirmed { digest: theirs } => {
-            return Err(MigrationError::DigestMismatch {
+            // The destination saw our digest too and aborts; prefer its
+            // word (it names what it holds) when it comes.
+            let mismatch = MigrationError::DigestMismatch {
                 source_digest: memory::hex(&digest),
                 destination_digest: memory::hex(&theirs),
-            })
+            };
+            return Err(match tx.recv() {
+                Err(e @ MigrationError::PeerAborted(_)) => e,
+                _ => mismatch,
+            });
         }
         other => return Err(unexpected("confirmed", &other)),
     }
@@ -340,8 +367,13 @@ fn run_source<S: MigrationStream>(
     tx.send(&Message::Handover)?;
     *handed_over = true;
     vm.release();
+    tracing::debug!(
+        ms = paused_at.elapsed().as_secs_f64() * 1e3,
+        "handed over and released"
+    );
     let resumed = tx.recv();
     let downtime = paused_at.elapsed();
+    tracing::debug!(ms = downtime.as_secs_f64() * 1e3, "destination resumed");
     match resumed {
         Ok(Message::Resumed) => {}
         Ok(other) => {
@@ -467,8 +499,14 @@ fn run_destination<S: MigrationStream>(
     let vm = Vm::create_empty(config, serial)?;
     rx.send(&Message::HelloAck)?;
     let pages = memory::page_count(vm.memory());
+    // Kept current as pages arrive, so at `Complete` only the last few
+    // blocks written need hashing, not all of memory (see `BlockDigests`).
+    let mut hashes = memory::BlockDigests::zeroed(vm.memory());
     let mut pages_received = 0u64;
     let mut state: Option<VmState> = None;
+    // The gateway may pass the source's digest on ahead of a `Complete` it
+    // holds back while it fills missing pages.
+    let mut source_digest: Option<[u8; 32]> = None;
     loop {
         let msg = match rx.recv() {
             Err(MigrationError::Stream(StreamError::Closed)) => {
@@ -483,30 +521,51 @@ fn run_destination<S: MigrationStream>(
                         return Err(MigrationError::BadPage { gfn, pages });
                     }
                     memory::write_page(vm.memory(), gfn, data).map_err(VmError::from)?;
+                    hashes.mark(vm.memory(), gfn);
                 }
                 pages_received += batch.len() as u64;
             }
             Message::State(blob) => state = Some(VmState::decode(&blob)?),
-            Message::Complete { digest } => {
+            Message::Digest { digest } => source_digest = Some(digest),
+            Message::Complete => {
                 let state = state
                     .take()
                     .ok_or(MigrationError::Incomplete("the VM state arrived"))?;
-                let ours = vm.memory_digest();
-                if ours != digest {
-                    return Err(MigrationError::DigestMismatch {
-                        source_digest: memory::hex(&digest),
-                        destination_digest: memory::hex(&ours),
-                    });
+                let ours = hashes.digest(vm.memory());
+                let check = |theirs: [u8; 32]| {
+                    if theirs == ours {
+                        Ok(())
+                    } else {
+                        Err(MigrationError::DigestMismatch {
+                            source_digest: memory::hex(&theirs),
+                            destination_digest: memory::hex(&ours),
+                        })
+                    }
+                };
+                if let Some(theirs) = source_digest {
+                    check(theirs)?;
                 }
                 vm.restore_state(state)?;
                 rx.send(&Message::Confirmed { digest: ours })?;
-                match rx.recv() {
-                    Ok(Message::Handover) => {}
-                    Ok(other) => return Err(unexpected("handover", &other)),
-                    Err(MigrationError::Stream(StreamError::Closed)) => {
-                        return Err(MigrationError::Incomplete("the source handed the VM over"))
+                // The source's digest (unless it came already), then the
+                // handover. The source hands over only on equal digests;
+                // this side aborts if the source's digest differs. (A
+                // gateway that lost the link after this point passes on a
+                // settled `Handover` that may overtake the digest: the
+                // source compared before handing over, so it is accepted.)
+                loop {
+                    match rx.recv() {
+                        Ok(Message::Digest { digest }) if source_digest.is_none() => {
+                            check(digest)?;
+                            source_digest = Some(digest);
+                        }
+                        Ok(Message::Handover) => break,
+                        Ok(other) => return Err(unexpected("digest, then handover", &other)),
+                        Err(MigrationError::Stream(StreamError::Closed)) => {
+                            return Err(MigrationError::Incomplete("the source handed the VM over"))
+                        }
+                        Err(e) => return Err(e),
                     }
-                    Err(e) => return Err(e),
                 }
                 vm.announce();
                 vm.resume()?;

@@ -11,15 +11,18 @@
 //! Conversation (S = source, D = destination):
 //! S→D `Hello`, D→S `HelloAck` (or `Abort`), S→D `Pages`* (round 0: all of
 //! memory, then dirty pages, then the final pages while paused), S→D
-//! `State`, S→D `Complete(digest)`, D→S `Confirmed(digest)` once it holds
-//! and has applied complete state, S→D `Handover` (S has released the VM),
-//! D→S `Resumed`. Either side may send `Abort(reason)` instead.
+//! `State`, S→D `Complete`, D→S `Confirmed(digest)` once it holds and has
+//! applied complete state (the digest of the memory it holds), S→D
+//! `Digest(digest)` of its own memory at the pause (hashed while `Complete`
+//! travels, so the check costs no extra round trip), S→D `Handover` only if
+//! the two digests are equal (S has released the VM), D→S `Resumed`. The
+//! destination checks the source's digest too, and aborts on a mismatch. Either side may send `Abort(reason)` instead.
 
 use crate::config::MachineConfig;
 use wanmig_guest_abi::PAGE_SIZE;
 
 /// Version of this protocol.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Magic at the start of `Hello`.
 pub const HELLO_MAGIC: [u8; 8] = *b"WANMIGVM";
 /// Largest payload accepted (a page batch of 4096 pages plus headers).
@@ -42,10 +45,13 @@ pub enum Message {
     Pages(PageBatch),
     /// The VM state blob (see `state::VmState`).
     State(Vec<u8>),
-    /// All pages and the state are sent; BLAKE3 of guest memory at pause.
-    Complete { digest: [u8; 32] },
-    /// The destination holds and has applied complete state.
+    /// All pages and the state are sent.
+    Complete,
+    /// The destination holds and has applied complete state; the memory
+    /// digest (`memory::digest`) of what it holds.
     Confirmed { digest: [u8; 32] },
+    /// The source's memory digest at the pause.
+    Digest { digest: [u8; 32] },
     /// The source has released the VM; the destination runs it.
     Handover,
     /// The destination is running the VM.
@@ -146,6 +152,7 @@ const T_CONFIRMED: u8 = 6;
 const T_HANDOVER: u8 = 7;
 const T_RESUMED: u8 = 8;
 const T_ABORT: u8 = 9;
+const T_DIGEST: u8 = 10;
 
 /// Appends `msg` as one frame to `out`.
 pub fn encode(msg: &Message, out: &mut Vec<u8>) {
@@ -172,13 +179,14 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
             out.extend_from_slice(blob);
             T_STATE
         }
-        Message::Complete { digest } => {
-            out.extend_from_slice(digest);
-            T_COMPLETE
-        }
+        Message::Complete => T_COMPLETE,
         Message::Confirmed { digest } => {
             out.extend_from_slice(digest);
             T_CONFIRMED
+        }
+        Message::Digest { digest } => {
+            out.extend_from_slice(digest);
+            T_DIGEST
         }
         Message::Handover => T_HANDOVER,
         Message::Resumed => T_RESUMED,
@@ -255,15 +263,16 @@ pub fn decode_payload(ty: u8, p: &[u8]) -> Result<Message, ProtocolError> {
             Ok(Message::Pages(batch))
         }
         T_STATE => Ok(Message::State(p.to_vec())),
-        T_COMPLETE => Ok(Message::Complete {
-            digest: digest("complete")?,
-        }),
+        T_COMPLETE => empty("complete", Message::Complete),
         T_CONFIRMED => Ok(Message::Confirmed {
             digest: digest("confirmed")?,
         }),
         T_HANDOVER => empty("handover", Message::Handover),
         T_RESUMED => empty("resumed", Message::Resumed),
         T_ABORT => Ok(Message::Abort(String::from_utf8_lossy(p).into_owned())),
+        T_DIGEST => Ok(Message::Digest {
+            digest: digest("digest")?,
+        }),
         other => Err(ProtocolError::UnknownType(other)),
     }
 }
@@ -303,7 +312,7 @@ impl Decoder {
         }
         let ty = self.buf[0];
         let len = u32::from_le_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
-        if !(T_HELLO..=T_ABORT).contains(&ty) {
+        if !(T_HELLO..=T_DIGEST).contains(&ty) {
             return Err(ProtocolError::UnknownType(ty));
         }
         if len > MAX_PAYLOAD {
@@ -407,7 +416,8 @@ mod tests {
         roundtrip(Message::Pages(b));
         roundtrip(Message::Pages(PageBatch::new()));
         roundtrip(Message::State(b"{\"version\":1}".to_vec()));
-        roundtrip(Message::Complete { digest: [3; 32] });
+        roundtrip(Message::Complete);
+        roundtrip(Message::Digest { digest: [5; 32] });
         roundtrip(Message::Confirmed { digest: [4; 32] });
         roundtrip(Message::Handover);
         roundtrip(Message::Resumed);
@@ -489,7 +499,7 @@ mod tests {
     #[test]
     fn blocking_reader_reports_truncation_and_close() {
         let mut buf = Vec::new();
-        encode(&Message::Complete { digest: [1; 32] }, &mut buf);
+        encode(&Message::Confirmed { digest: [1; 32] }, &mut buf);
         let mut d = Decoder::new();
         let mut r = &buf[..10];
         assert!(matches!(
@@ -506,7 +516,7 @@ mod tests {
         let mut r = &buf[..];
         assert_eq!(
             read_message(&mut r, &mut d).unwrap(),
-            Message::Complete { digest: [1; 32] }
+            Message::Confirmed { digest: [1; 32] }
         );
     }
 

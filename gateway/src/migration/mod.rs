@@ -98,10 +98,11 @@ pub enum StartError {
 
 /// The stop-and-copy budget to give the source shim so the operator's
 /// `downtime` holds across the WAN. The shim's pause lasts the final copy,
-/// the destination's check, and two round trips through the gateways
-/// (Complete→Confirmed, Handover→Resumed); the target is `downtime`
-/// plus one RTT, so the shim's own part gets one RTT less (never less than
-/// a tenth of the budget, so a long link still converges).
+/// the later of its memory digest and the Complete→Confirmed round trip
+/// (the two overlap), and the Handover→Resumed round trip; the issue's
+/// target is `downtime` plus one RTT, so the shim's own part gets one RTT
+/// less (never less than a tenth of the budget, so a long link still
+/// converges).
 pub fn shim_budget(downtime: Duration, rtt: Duration) -> Duration {
     downtime.saturating_sub(rtt).max(downtime / 10)
 }

@@ -62,7 +62,9 @@ impl Phase {
                 }
             }
             Message::State(_) => Phase::StateSent,
-            Message::Complete { .. } => Phase::Completing,
+            Message::Complete => Phase::Completing,
+            // Follows `Complete`, possibly after the destination confirmed.
+            Message::Digest { .. } => self,
             Message::Confirmed { .. } => Phase::Confirmed,
             Message::Handover => Phase::HandedOver,
             Message::Resumed => Phase::Resumed,
@@ -196,11 +198,77 @@ impl Progress {
     }
 }
 
+/// The destination acknowledges batch bytes at least this often.
+pub const ACK_EVERY: u64 = 128 << 10;
+/// Smallest in-flight window (2 MiB: 64 ms at 250 Mbit/s).
+pub const MIN_WINDOW: u64 = 2 << 20;
+/// Largest in-flight window.
+pub const MAX_WINDOW: u64 = 256 << 20;
+
+/// How many batch bytes the source relay lets be in flight (sent to QUIC,
+/// not yet acknowledged by the destination relay): about one
+/// bandwidth-delay product, from the delivery rate the acks show and the
+/// link's RTT. QUIC's own windows are several BDPs (for goodput); without
+/// this the shim would fill them at memory speed, see a bandwidth the WAN
+/// does not have, and leave seconds' worth of pages to drain while paused.
+/// The window is 1.25 × rate × RTT, so it grows while the link has room
+/// and settles once the bottleneck queue makes the RTT grow by a quarter.
+#[derive(Debug, Clone)]
+pub struct FlowWindow {
+    rtt: std::time::Duration,
+    rate: f64,
+    sample_start: Option<(std::time::Instant, u64)>,
+    window: u64,
+}
+
+impl FlowWindow {
+    /// A window for a link with round-trip time `rtt`.
+    pub fn new(rtt: std::time::Duration) -> Self {
+        FlowWindow {
+            rtt: rtt.max(std::time::Duration::from_millis(1)),
+            rate: 0.0,
+            sample_start: None,
+            window: MIN_WINDOW,
+        }
+    }
+
+    /// Bytes allowed in flight.
+    pub fn window(&self) -> u64 {
+        self.window
+    }
+
+    /// The destination has acknowledged `acked` bytes in total at `now`.
+    pub fn on_ack(&mut self, acked: u64, now: std::time::Instant) {
+        let Some((t0, a0)) = self.sample_start else {
+            self.sample_start = Some((now, acked));
+            return;
+        };
+        let elapsed = now.saturating_duration_since(t0);
+        if elapsed < self.rtt {
+            return;
+        }
+        let sample = acked.saturating_sub(a0) as f64 / elapsed.as_secs_f64();
+        // Rises at once, decays slowly: pauses between rounds (the shim
+        // reading dirty logs) must not shrink the window to nothing.
+        self.rate = if sample > self.rate {
+            sample
+        } else {
+            0.75 * self.rate + 0.25 * sample
+        };
+        self.window =
+            ((1.25 * self.rate * self.rtt.as_secs_f64()) as u64).clamp(MIN_WINDOW, MAX_WINDOW);
+        self.sample_start = Some((now, acked));
+    }
+}
+
 /// The source gateway's side of one migration.
 pub struct SourceSession {
     encoder: Encoder,
     phase: Phase,
     progress: Progress,
+    /// Batch bytes sent and acknowledged.
+    batch_sent: u64,
+    batch_acked: u64,
 }
 
 impl SourceSession {
@@ -217,6 +285,8 @@ impl SourceSession {
                 memory_pages,
                 ..Progress::default()
             },
+            batch_sent: 0,
+            batch_acked: 0,
         })
     }
 
@@ -230,6 +300,24 @@ impl SourceSession {
 
     pub fn encoder_stats(&self) -> EncoderStats {
         self.encoder.stats()
+    }
+
+    /// Batch bytes sent and not yet acknowledged by the destination.
+    pub fn in_flight(&self) -> u64 {
+        self.batch_sent - self.batch_acked
+    }
+
+    /// Batch bytes the destination acknowledged.
+    pub fn acked(&self) -> u64 {
+        self.batch_acked
+    }
+
+    fn count_sent(&mut self, frames: &[Frame]) {
+        for f in frames {
+            if let Frame::Batch(b) = f {
+                self.batch_sent += b.len() as u64;
+            }
+        }
     }
 
     /// Sets the zstd level for the following batches.
@@ -249,13 +337,14 @@ impl SourceSession {
                     let page: &PageBytes = data.try_into().ok()?;
                     Some((Gfn(gfn), page))
                 });
-                let frames = self
+                let frames: Vec<Frame> = self
                     .encoder
                     .encode(pages)
                     .into_iter()
                     .map(Frame::Batch)
                     .collect();
                 self.progress.absorb(&self.encoder.stats());
+                self.count_sent(&frames);
                 frames
             }
             other => vec![shim_frame(&other)],
@@ -274,6 +363,16 @@ impl SourceSession {
                 self.progress.nacked += nacks.len() as u64;
                 step.to_peer = resp.batches.into_iter().map(Frame::Batch).collect();
                 self.progress.absorb(&self.encoder.stats());
+                self.count_sent(&step.to_peer);
+            }
+            Frame::Ack(acked) => {
+                if acked > self.batch_sent || acked < self.batch_acked {
+                    return Err(SessionError::Unexpected(format!(
+                        "an ack of {acked} batch bytes (sent {}, acknowledged {})",
+                        self.batch_sent, self.batch_acked
+                    )));
+                }
+                self.batch_acked = acked;
             }
             Frame::Shim(bytes) => {
                 let msg = parse_shim(&bytes)?;
@@ -302,6 +401,7 @@ pub fn frame_name(f: &Frame) -> &'static str {
         Frame::Shim(_) => "a shim message",
         Frame::Resolve { .. } => "resolve",
         Frame::Resolved(_) => "resolved",
+        Frame::Ack(_) => "an ack",
     }
 }
 
@@ -312,6 +412,9 @@ pub struct DestSession<S: ContentStore> {
     /// The source's `Complete`, held while NACKed pages are outstanding.
     held_complete: Option<Message>,
     pages: u64,
+    /// Batch bytes received and acknowledged.
+    batch_received: u64,
+    batch_acked: u64,
 }
 
 impl<S: ContentStore> DestSession<S> {
@@ -321,6 +424,8 @@ impl<S: ContentStore> DestSession<S> {
             phase: Phase::Opening,
             held_complete: None,
             pages: 0,
+            batch_received: 0,
+            batch_acked: 0,
         })
     }
 
@@ -347,6 +452,11 @@ impl<S: ContentStore> DestSession<S> {
         let mut step = Step::default();
         match frame {
             Frame::Batch(bytes) => {
+                self.batch_received += bytes.len() as u64;
+                if self.batch_received - self.batch_acked >= ACK_EVERY {
+                    self.batch_acked = self.batch_received;
+                    step.to_peer.push(Frame::Ack(self.batch_received));
+                }
                 let decoded = self.decoder.decode(&bytes)?;
                 self.pages += decoded.pages.len() as u64;
                 for chunk in decoded.pages.chunks(BATCH_PAGES) {
@@ -372,7 +482,7 @@ impl<S: ContentStore> DestSession<S> {
                 let msg = parse_shim(&bytes)?;
                 self.phase = self.phase.after(&msg);
                 match msg {
-                    Message::Complete { .. } if self.decoder.pending_count() > 0 => {
+                    Message::Complete if self.decoder.pending_count() > 0 => {
                         self.held_complete = Some(msg);
                     }
                     msg => step.to_shim.push(msg),
@@ -503,6 +613,62 @@ mod tests {
     }
 
     #[test]
+    fn the_destination_acks_batch_bytes_and_the_source_counts_them() {
+        let mut src = SourceSession::new(EncoderConfig::default(), Inventory::new(), 64).unwrap();
+        let mut dst = DestSession::new(DecoderConfig::default(), NoStore).unwrap();
+        // Incompressible pages, so the batches exceed one ack interval.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let pages: Vec<(u64, Vec<u8>)> = (0..64)
+            .map(|g| {
+                let data = (0..PAGE_SIZE)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x as u8
+                    })
+                    .collect();
+                (g, data)
+            })
+            .collect();
+        let frames = src.on_shim(batch(&pages));
+        let sent = src.in_flight();
+        assert!(sent > 2 * ACK_EVERY, "{sent}");
+        assert_eq!(src.acked(), 0);
+        let got = pump(&mut src, &mut dst, frames);
+        assert_eq!(pages_of(&got), pages);
+        assert!(src.acked() > sent - ACK_EVERY, "{} of {sent}", src.acked());
+        assert!(src.in_flight() < ACK_EVERY);
+        // Acks beyond what was sent, or going backwards, are violations.
+        assert!(src.on_peer(Frame::Ack(sent + 1)).is_err());
+        assert!(src.on_peer(Frame::Ack(0)).is_err());
+    }
+
+    #[test]
+    fn the_flow_window_follows_the_delivery_rate() {
+        let t0 = std::time::Instant::now();
+        let ms = std::time::Duration::from_millis;
+        let mut w = FlowWindow::new(ms(100));
+        assert_eq!(w.window(), MIN_WINDOW);
+        w.on_ack(0, t0);
+        // Shorter than an RTT: no sample yet.
+        w.on_ack(50 << 20, t0 + ms(50));
+        assert_eq!(w.window(), MIN_WINDOW);
+        // 10 MiB in 100 ms: 1.25 × 100 MiB/s × 100 ms.
+        w.on_ack(10 << 20, t0 + ms(100));
+        assert_eq!(w.window(), (1.25 * (100u64 << 20) as f64 * 0.1) as u64);
+        // An idle RTT (the shim between rounds) shrinks it only by a quarter.
+        let before = w.window();
+        w.on_ack(10 << 20, t0 + ms(200));
+        assert_eq!(w.window(), before * 3 / 4);
+        // A long stall never takes it below the floor.
+        for i in 3..40 {
+            w.on_ack(10 << 20, t0 + ms(100 * i));
+        }
+        assert_eq!(w.window(), MIN_WINDOW);
+    }
+
+    #[test]
     fn unresolved_references_are_nacked_and_complete_waits_for_the_fill() {
         // The source believes the destination holds page(7) (inventory), but
         // the destination's store lost it.
@@ -522,7 +688,7 @@ mod tests {
         assert_eq!(dst.pending(), 1);
 
         // The source's Complete overtakes the fill: it must be held.
-        let complete = Message::Complete { digest: [9; 32] };
+        let complete = Message::Complete;
         let step = dst
             .on_peer(src.on_shim(complete.clone()).remove(0))
             .unwrap();
@@ -558,7 +724,7 @@ mod tests {
         for (msg, src_phase) in [
             (hello, Phase::Copying),
             (Message::State(vec![1, 2, 3]), Phase::StateSent),
-            (Message::Complete { digest: [1; 32] }, Phase::Completing),
+            (Message::Complete, Phase::Completing),
         ] {
             let f = src.on_shim(msg.clone());
             let step = dst.on_peer(f.into_iter().next().unwrap()).unwrap();

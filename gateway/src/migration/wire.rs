@@ -24,7 +24,7 @@ use wanmig_codec::{Fingerprint, Gfn};
 use wanmig_vmm::VmConfig;
 
 /// Version of this session protocol.
-pub const SESSION_VERSION: u32 = 1;
+pub const SESSION_VERSION: u32 = 2;
 /// Magic at the start of `Open`.
 pub const OPEN_MAGIC: [u8; 8] = *b"WMGWMIG1";
 /// Largest frame payload accepted: a codec batch (at most 80 MiB) or an
@@ -68,6 +68,10 @@ pub enum Frame {
     Resolve { id: String, handed_over: bool },
     /// D→S: where the VM of that migration stands now.
     Resolved(Resolution),
+    /// D→S: bytes of `Batch` frames received so far (the source keeps
+    /// what is in flight near one bandwidth-delay product, see
+    /// `session::SourceSession::in_flight`).
+    Ack(u64),
 }
 
 /// The destination's answer to `Resolve`.
@@ -108,6 +112,7 @@ const T_NACK: u8 = 5;
 const T_SHIM: u8 = 6;
 const T_RESOLVE: u8 = 7;
 const T_RESOLVED: u8 = 8;
+const T_ACK: u8 = 9;
 
 /// Appends `frame` to `out`.
 pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
@@ -157,6 +162,10 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
             });
             T_RESOLVED
         }
+        Frame::Ack(bytes) => {
+            out.extend_from_slice(&bytes.to_le_bytes());
+            T_ACK
+        }
     };
     let len = (out.len() - start - 5) as u32;
     out[start] = ty;
@@ -173,6 +182,7 @@ pub fn frame_len(frame: &Frame) -> u64 {
         Frame::Nack(n) => 4 + (n.len() * NACK_ENTRY) as u64,
         Frame::Resolve { id, .. } => 1 + id.len() as u64,
         Frame::Resolved(_) => 1,
+        Frame::Ack(_) => 8,
     }
 }
 
@@ -258,6 +268,10 @@ fn decode_payload(ty: u8, p: &[u8]) -> Result<Frame, WireError> {
             [0] => Ok(Frame::Resolved(Resolution::Discarded)),
             _ => Err(malformed("resolved", format!("{} bytes", p.len()))),
         },
+        T_ACK => match <[u8; 8]>::try_from(p) {
+            Ok(b) => Ok(Frame::Ack(u64::from_le_bytes(b))),
+            Err(_) => Err(malformed("ack", format!("{} bytes", p.len()))),
+        },
         other => Err(WireError::UnknownType(other)),
     }
 }
@@ -298,7 +312,7 @@ impl FrameDecoder {
         }
         let ty = b[0];
         let len = u32::from_le_bytes([b[1], b[2], b[3], b[4]]);
-        if !(T_OPEN..=T_RESOLVED).contains(&ty) {
+        if !(T_OPEN..=T_ACK).contains(&ty) {
             return Err(WireError::UnknownType(ty));
         }
         if len > MAX_FRAME {
@@ -360,6 +374,8 @@ mod tests {
         ]));
         roundtrip(Frame::Nack(Vec::new()));
         roundtrip(Frame::Shim(vec![7, 0, 0, 0, 0]));
+        roundtrip(Frame::Ack(0));
+        roundtrip(Frame::Ack(u64::MAX - 3));
         roundtrip(Frame::Resolve {
             id: "site-a-1".into(),
             handed_over: true,
