@@ -23,13 +23,14 @@ const MIB: u64 = 1 << 20;
 const MIN_WINDOW: u64 = 4 * MIB;
 /// Nor above this (bounds the memory one peer can pin).
 const MAX_WINDOW: u64 = 512 * MIB;
-/// Per-stream window in bandwidth-delay products. Measured on the emulated
-/// 250 Mbit/s × 100 ms link (benches/wan_goodput, BBR): 2 × BDP capped the
-/// goodput at ~78 % (the bottleneck queue inflates the RTT up to 2 × and
-/// window updates lag); 3 × gives 83-90 %. Not more: at 4 × and 8 × a burst
-/// of bottleneck drops during BBR's startup left more than quinn-proto's
-/// 1024 buffered chunks in one stream, and the receiver aborted the whole
-/// connection ("too many gaps in stream buffer").
+/// Per-stream window in bandwidth-delay products: above the congestion
+/// window cap (1.5 × BDP) with room for the receiver's window updates to
+/// lag an RTT, so one stream is limited by the congestion controller, not
+/// by flow control. History (benches/wan_goodput, BBR, before the cap):
+/// 2 × BDP capped goodput at ~78 %; at 4 × and 8 × bursts of bottleneck
+/// drops left more than quinn-proto's 1024 buffered chunks in one stream,
+/// and the receiver aborted the connection ("too many gaps in stream
+/// buffer"). With the cap there are no burst drops; 3 × is kept.
 const STREAM_BDP_MULTIPLE: u64 = 3;
 /// Connection window: room for two full-speed streams.
 const CONN_BDP_MULTIPLE: u64 = 2 * STREAM_BDP_MULTIPLE;
