@@ -2,8 +2,8 @@
 //! that suits CI (a 64 MiB guest over a 40 ms, 250 Mbit/s emulated WAN). It
 //! must succeed and its report must state what it verified: the memory
 //! digest at the handover, the guest's own results against an unmigrated
-//! run, and a TCP session that carried bytes in order before and after the
-//! move. Real KVM, real QUIC, the real overlay.
+//! run, and a TCP session that carried bytes in order before, between and
+//! after the moves A->B and back B->A. Real KVM, real QUIC, the real overlay.
 
 use std::time::Duration;
 
@@ -21,6 +21,7 @@ async fn demo_migrates_a_guest_with_a_live_tcp_session_and_verifies_it() {
         mem_bytes: 64 << 20,
         working_set_pages: 2048,
         warm_clone: true,
+        round_trip: true,
         ..DemoOptions::default()
     };
     let mut updates = 0u32;
@@ -55,6 +56,11 @@ async fn demo_migrates_a_guest_with_a_live_tcp_session_and_verifies_it() {
     );
     assert!(report.downtime_ms.is_some(), "{json}");
     assert!(updates > 0, "the progress callback never ran");
+    // The move back: the session survives it too, every byte in order.
+    let back = report.return_move.as_ref().expect("a return-move report");
+    assert_eq!(back.outcome, "succeeded", "{json}");
+    assert!(back.memory_verified && back.workload_verified, "{json}");
+    assert!(back.tcp_bytes_verified_after_return >= 128 << 10, "{json}");
     // A clone of the same image moved to the same site finds its pages in
     // the destination's (now warm) page store.
     let clone = report.warm_clone.as_ref().expect("a warm-clone report");

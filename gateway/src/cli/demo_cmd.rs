@@ -47,6 +47,10 @@ pub struct DemoArgs {
     /// same site, whose page store is then warm.
     #[arg(long)]
     warm_clone: bool,
+    /// After the move to site B, move the VM back to site A; the TCP session
+    /// must survive both moves.
+    #[arg(long)]
+    round_trip: bool,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -131,6 +135,17 @@ fn print_human(r: &DemoReport) {
         r.tcp.bytes_verified_after_move,
         r.tcp.stats.longest_stall_ms
     );
+    if let Some(b) = &r.return_move {
+        println!(
+            "  move back to A   {}: {} ms, downtime {}, {:.1} MiB on the wire, verified {}, {} TCP bytes in order after it",
+            b.outcome,
+            b.total_ms,
+            b.downtime_ms.map_or("-".into(), |d| format!("{d:.1} ms")),
+            mib(b.wire_bytes),
+            b.memory_verified && b.workload_verified,
+            b.tcp_bytes_verified_after_return
+        );
+    }
     if let Some(c) = &r.warm_clone {
         println!(
             "  warm clone       {}: {} ms, {:.1} MiB on the wire, reduction {:.1}x, {} pages by reference, verified {}",
@@ -154,6 +169,7 @@ pub async fn run(a: DemoArgs) -> Result<()> {
         downtime: a.downtime,
         reduction: !a.no_reduction,
         warm_clone: a.warm_clone,
+        round_trip: a.round_trip,
         ..DemoOptions::default()
     };
     if let Err(e) = kvm_available() {

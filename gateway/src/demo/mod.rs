@@ -66,6 +66,9 @@ pub struct DemoOptions {
     /// memory image to the same site: the destination's page store is then
     /// warm, and the report says how much that saves.
     pub warm_clone: bool,
+    /// After the move to site B, move the VM back to site A (the TCP session
+    /// must survive both moves).
+    pub round_trip: bool,
 }
 
 impl Default for DemoOptions {
@@ -82,6 +85,7 @@ impl Default for DemoOptions {
             seed: 0x00de_0001,
             reduction: true,
             warm_clone: false,
+            round_trip: false,
         }
     }
 }
@@ -135,6 +139,21 @@ pub struct DemoReport {
     /// The second migration (a clone of the same image to the same site),
     /// when asked for.
     pub warm_clone: Option<CloneReport>,
+    /// The move back to site A, when asked for.
+    pub return_move: Option<ReturnReport>,
+}
+
+/// The move back from site B to site A.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReturnReport {
+    pub outcome: String,
+    pub total_ms: u64,
+    pub downtime_ms: Option<f64>,
+    pub wire_bytes: u64,
+    pub memory_verified: bool,
+    pub workload_verified: bool,
+    /// Bytes the TCP client verified after the VM resumed at site A again.
+    pub tcp_bytes_verified_after_return: u64,
 }
 
 /// The warm-store migration of a clone.
@@ -157,6 +176,12 @@ impl DemoReport {
         self.outcome == Outcome::Succeeded.label()
             && self.warm_clone.as_ref().is_none_or(|c| {
                 c.outcome == Outcome::Succeeded.label() && c.memory_verified && c.workload_verified
+            })
+            && self.return_move.as_ref().is_none_or(|r| {
+                r.outcome == Outcome::Succeeded.label()
+                    && r.memory_verified
+                    && r.workload_verified
+                    && r.tcp_bytes_verified_after_return >= 128 << 10
             })
             && self.memory_verified
             && self.workload_verified
@@ -446,6 +471,11 @@ pub async fn run(
             .bytes_verified
             .saturating_sub(verified_at_move);
     }
+    let return_move = if opts.round_trip && outcome == Outcome::Succeeded {
+        Some(move_back(&opts, &workload, gw_a, gw_b, &client, &mut progress).await?)
+    } else {
+        None
+    };
     let tcp = client.stop();
     let tcp_session_survived = tcp.connected
         && !tcp.reset
@@ -488,6 +518,7 @@ pub async fn run(
             bytes_verified_after_move: after_move,
         },
         warm_clone,
+        return_move,
     };
     mesh.shutdown().await;
     Ok(report)
@@ -543,5 +574,56 @@ async fn migrate_clone(
         pages_ref: p.refs,
         memory_verified: outcome == Outcome::Succeeded && record.memory_digest.is_some(),
         workload_verified,
+    })
+}
+
+/// Moves the VM from site B back to site A while the client keeps its TCP
+/// session, and checks the guest's results and the session afterwards.
+async fn move_back(
+    opts: &DemoOptions,
+    workload: &MemoryWorkloadConfig,
+    gw_a: &crate::GatewayHandle,
+    gw_b: &crate::GatewayHandle,
+    client: &EchoClient,
+    progress: &mut impl FnMut(&MigrationRecord),
+) -> Result<ReturnReport> {
+    let last_at_b = samples(gw_b.vm_host()).last().map_or(0, |s| s.0);
+    let (outcome, record, total_ms) = migrate(gw_b, VM, SITE_A, opts.downtime, progress).await?;
+    let verified_at_return = client.stats().bytes_verified;
+    let mut workload_verified = false;
+    let mut after = 0;
+    if outcome == Outcome::Succeeded {
+        attach_vm_port(gw_a).await?;
+        let host_a = gw_a.vm_host().clone();
+        wait_for(
+            "the guest's memory workload back at site A",
+            Duration::from_secs(60),
+            || {
+                samples(&host_a)
+                    .last()
+                    .is_some_and(|s| s.0 >= last_at_b + 10)
+            },
+        )
+        .await?;
+        let fresh: Vec<(u64, u64)> = samples(&host_a)
+            .into_iter()
+            .filter(|s| s.0 > last_at_b)
+            .collect();
+        workload_verified = check_workload(opts, workload, fresh, SITE_A);
+        let target = verified_at_return + (128 << 10);
+        tokio::task::block_in_place(|| client.wait_verified(target, Duration::from_secs(60)));
+        after = client
+            .stats()
+            .bytes_verified
+            .saturating_sub(verified_at_return);
+    }
+    Ok(ReturnReport {
+        outcome: outcome.label().to_string(),
+        total_ms,
+        downtime_ms: record.downtime_ms,
+        wire_bytes: record.progress.bytes_out,
+        memory_verified: outcome == Outcome::Succeeded && record.memory_digest.is_some(),
+        workload_verified,
+        tcp_bytes_verified_after_return: after,
     })
 }
