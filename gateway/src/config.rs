@@ -71,6 +71,18 @@ struct RawConfig {
     /// `[migration]`: page stores, dedup scope, downtime, codec.
     #[serde(default)]
     migration: Option<RawMigration>,
+    /// `[storage]`: follow-on storage migration (disk dir, release policy).
+    #[serde(default)]
+    storage: Option<RawStorage>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    dir: Option<String>,
+    release: Option<String>,
+    block_size_kib: Option<u64>,
+    read_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -156,6 +168,8 @@ pub struct GatewayConfig {
     pub overlay_taps: Vec<crate::overlay_service::TapPortConfig>,
     /// Live migration (`[migration]`).
     pub migration: crate::migration::MigrationSettings,
+    /// Follow-on storage migration (`[storage]`).
+    pub storage: crate::storage_relay::StorageSettings,
 }
 
 /// PEM files of the deployment CA and this site's certificate and key.
@@ -381,6 +395,7 @@ impl Validator<'_> {
         let transport = self.transport(&raw.transport)?;
         let (overlay, overlay_taps) = self.overlay(raw.overlay)?;
         let migration = self.migration(raw.migration)?;
+        let storage = self.storage(raw.storage)?;
         let mut peers: Vec<PeerConfig> = Vec::with_capacity(raw.peers.len());
         for (i, p) in raw.peers.iter().enumerate() {
             let k = |field: &str| format!("peers[{i}].{field}");
@@ -441,7 +456,60 @@ impl Validator<'_> {
             overlay,
             overlay_taps,
             migration,
+            storage,
         })
+    }
+
+    /// `[storage]`: every key optional.
+    fn storage(
+        &self,
+        raw: Option<RawStorage>,
+    ) -> Result<crate::storage_relay::StorageSettings, ConfigError> {
+        let d = crate::storage_relay::StorageSettings::default();
+        let raw = raw.unwrap_or(RawStorage {
+            dir: None,
+            release: None,
+            block_size_kib: None,
+            read_timeout: None,
+        });
+        let dir = self.path(
+            "storage.dir",
+            raw.dir
+                .as_deref()
+                .unwrap_or(crate::storage_relay::DEFAULT_DISK_DIR),
+            false,
+        )?;
+        let release = match raw.release.as_deref() {
+            None => d.release,
+            Some("keep") => wanmig_storage::ReleasePolicy::Keep,
+            Some("delete") => wanmig_storage::ReleasePolicy::Delete,
+            Some(other) => {
+                return Err(self.err(
+                    "storage.release",
+                    format!("{other:?} is not a release policy (use \"keep\" or \"delete\")"),
+                ))
+            }
+        };
+        let mut disk = d.disk;
+        if let Some(kib) = raw.block_size_kib {
+            let ok = kib.is_power_of_two() && (4..=16 * 1024).contains(&kib);
+            if !ok {
+                return Err(self.err(
+                    "storage.block_size_kib",
+                    format!("{kib} is not a power of two in 4..=16384 (KiB)"),
+                ));
+            }
+            disk.block_size = (kib * 1024) as u32;
+        }
+        disk.planner.read_timeout = self.duration(
+            "storage.read_timeout",
+            raw.read_timeout.as_deref(),
+            disk.planner.read_timeout,
+        )?;
+        if disk.planner.read_timeout.is_zero() {
+            return Err(self.err("storage.read_timeout", "must be longer than zero"));
+        }
+        Ok(crate::storage_relay::StorageSettings { dir, release, disk })
     }
 
     /// `[migration]`: every key optional.

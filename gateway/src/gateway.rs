@@ -105,8 +105,10 @@ impl Gateway {
             Some(migration_metrics),
         )?;
         tasks.push(migration_task);
-        // Follow-on storage migration: serves exported disks, imports them.
+        // Follow-on storage migration: serves exported disks, imports them;
+        // a VM's disk follows it when it migrates.
         let storage = crate::storage_relay::StorageRelay::start(peering.clone(), 3)?;
+        vm_host.attach_storage(storage.clone(), config.storage.clone());
 
         let mut metrics_addr = None;
         if let Some(m) = &config.metrics {

@@ -11,8 +11,8 @@ use crate::state::VmState;
 use crate::vcpu::{lock, RunExit, Shared, VcpuError, VcpuHandle};
 use crate::vcpu_state::VcpuCaps;
 use crate::virtio::{
-    channel_pair, ChannelPort, NetBackend, RawFileBackend, TapBackend, VirtioBlock, VirtioBus,
-    VirtioMmio, VirtioNet, VirtioState,
+    channel_pair, BlockBackend, ChannelPort, NetBackend, RawFileBackend, TapBackend, VirtioBlock,
+    VirtioBus, VirtioMmio, VirtioNet, VirtioState,
 };
 use crate::{boot, elf};
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
@@ -70,15 +70,67 @@ pub struct Vm {
     caps: VcpuCaps,
     logging: bool,
     net_port: Mutex<Option<ChannelPort>>,
+    /// The size of a caller-provided disk backend, if one was given.
+    disk_len: Option<u64>,
 }
 
 /// Frames a channel-backed virtio-net card queues before dropping.
 const NET_CHANNEL_FRAMES: usize = 512;
 
+/// A caller-provided disk behind the VM's virtio-block device, used instead
+/// of opening `DiskConfig.path` (e.g. a remote-backed disk that is still
+/// being copied from another site).
+pub type DiskBackend = Box<dyn BlockBackend>;
+
+thread_local! {
+    /// The disk [`with_disk_backend`] hands to the next VM this thread
+    /// creates.
+    static PENDING_DISK: std::cell::RefCell<Option<DiskBackend>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` so that the first VM it creates on this thread (through
+/// [`Vm::create`] or [`Vm::create_empty`], e.g. inside
+/// [`crate::receive_from`]) gets `disk` behind its virtio-block device
+/// instead of opening `DiskConfig.path`. This lets a host give an incoming
+/// VM a remote-backed disk without the migration protocol knowing about
+/// disks. An unused backend is dropped when `f` returns.
+pub fn with_disk_backend<R>(disk: DiskBackend, f: impl FnOnce() -> R) -> R {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            PENDING_DISK.with(|d| d.borrow_mut().take());
+        }
+    }
+    PENDING_DISK.with(|d| *d.borrow_mut() = Some(disk));
+    let _reset = Reset;
+    f()
+}
+
+/// Lets a boxed backend sit behind [`VirtioBlock`] (generic over its
+/// backend).
+struct BoxedDisk(DiskBackend);
+
+impl BlockBackend for BoxedDisk {
+    fn len(&self) -> u64 {
+        self.0.len()
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.0.read_at(offset, buf)
+    }
+    fn write_at(&self, offset: u64, buf: &[u8]) -> std::io::Result<()> {
+        self.0.write_at(offset, buf)
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
 /// Builds the virtio-mmio devices `config` asks for.
 fn build_bus(
     config: &VmConfig,
     mem: &GuestMem,
+    disk_backend: Option<DiskBackend>,
 ) -> Result<(VirtioBus, Option<ChannelPort>), VmError> {
     let dev_err = |what: &'static str| move |e: String| VmError::Device { what, detail: e };
     let mut bus = VirtioBus::new();
@@ -105,9 +157,15 @@ fn build_bus(
             .map_err(dev_err("virtio-net window"))?;
     }
     if let Some(disk) = &config.disk {
-        let backend = RawFileBackend::open(&disk.path)
-            .map_err(|e| format!("{}: {e}", disk.path.display()))
-            .map_err(dev_err("disk"))?;
+        let backend: DiskBackend = match disk_backend {
+            Some(b) => b,
+            None => Box::new(
+                RawFileBackend::open(&disk.path)
+                    .map_err(|e| format!("{}: {e}", disk.path.display()))
+                    .map_err(dev_err("disk"))?,
+            ),
+        };
+        let backend = BoxedDisk(backend);
         let dev = VirtioMmio::new(VirtioBlock::new(backend, "wanmig-disk"), space.clone())
             .map_err(|e| e.to_string())
             .map_err(dev_err("virtio-blk device"))?;
@@ -122,7 +180,18 @@ impl Vm {
     /// Creates a VM from `config`, loads the built-in test guest, and
     /// leaves it paused before its first instruction; call [`Vm::start`].
     pub fn create(config: VmConfig, serial: SerialSink) -> Result<Vm, VmError> {
-        let vm = Vm::create_empty(config, serial)?;
+        let disk = PENDING_DISK.with(|d| d.borrow_mut().take());
+        Vm::create_with_disk(config, serial, disk)
+    }
+
+    /// [`Vm::create`] with `disk` (when given) behind the virtio-block
+    /// device instead of the file at `DiskConfig.path`.
+    pub fn create_with_disk(
+        config: VmConfig,
+        serial: SerialSink,
+        disk: Option<DiskBackend>,
+    ) -> Result<Vm, VmError> {
+        let vm = Vm::create_empty_with_disk(config, serial, disk)?;
         let mem = &vm.shared.mem;
         if let Some(path) = &vm.config.mem_image {
             let image = std::fs::read(path).map_err(|source| VmError::MemImage {
@@ -132,8 +201,9 @@ impl Vm {
             memory::preload(mem, &image)?;
         }
         let entry = elf::load(mem, crate::GUEST_IMAGE)?;
-        let disk_sectors = match &vm.config.disk {
-            Some(d) => {
+        let disk_sectors = match (&vm.config.disk, vm.disk_len) {
+            (Some(_), Some(len)) => len / 512,
+            (Some(d), None) => {
                 std::fs::metadata(&d.path)
                     .map_err(|source| VmError::MemImage {
                         path: d.path.clone(),
@@ -142,7 +212,7 @@ impl Vm {
                     .len()
                     / 512
             }
-            None => 0,
+            (None, _) => 0,
         };
         boot::write_boot_structures(mem, &vm.config.boot_params(disk_sectors))
             .map_err(VmError::Boot)?;
@@ -154,7 +224,19 @@ impl Vm {
     /// Creates a VM with zeroed memory and a reset vCPU (paused), to be
     /// filled by an incoming migration.
     pub fn create_empty(config: VmConfig, serial: SerialSink) -> Result<Vm, VmError> {
+        let disk = PENDING_DISK.with(|d| d.borrow_mut().take());
+        Vm::create_empty_with_disk(config, serial, disk)
+    }
+
+    /// [`Vm::create_empty`] with `disk` (when given) behind the
+    /// virtio-block device instead of the file at `DiskConfig.path`.
+    pub fn create_empty_with_disk(
+        config: VmConfig,
+        serial: SerialSink,
+        disk: Option<DiskBackend>,
+    ) -> Result<Vm, VmError> {
         config.validate()?;
+        let disk_len = disk.as_ref().map(|d| d.len());
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         let vm_fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
         let mem = memory::create(config.mem_size)?;
@@ -170,7 +252,7 @@ impl Vm {
         vcpu.set_fpu(&boot::initial_fpu())
             .map_err(kvm_err("KVM_SET_FPU"))?;
         let caps = VcpuCaps::probe(&kvm, &vcpu);
-        let (bus, net_port) = build_bus(&config, &mem)?;
+        let (bus, net_port) = build_bus(&config, &mem, disk)?;
         tracing::debug!(?caps, "vCPU state capabilities");
         let shared = Arc::new(Shared {
             mem,
@@ -193,6 +275,7 @@ impl Vm {
             caps,
             logging: false,
             net_port: Mutex::new(net_port),
+            disk_len,
         })
     }
 

@@ -159,7 +159,7 @@ pub fn render_vms(list: &VmList) -> String {
     if list.vms.is_empty() {
         return format!("no VMs at {}\n", list.site);
     }
-    let mut rows = vec![["VM", "STATE", "MEMORY", "ITERATION", "NOTE"]
+    let mut rows = vec![["VM", "STATE", "MEMORY", "ITERATION", "DISK", "NOTE"]
         .iter()
         .map(|s| s.to_string())
         .collect::<Vec<_>>()];
@@ -179,6 +179,10 @@ pub fn render_vms(list: &VmList) -> String {
             state,
             human_bytes(v.mem_size),
             v.iteration.to_string(),
+            v.storage
+                .as_ref()
+                .map(|d| d.to_string())
+                .unwrap_or_default(),
             note.unwrap_or_default(),
         ]);
     }
@@ -248,7 +252,7 @@ pub async fn render_site(client: &ControlClient) -> anyhow::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wanmig_gateway::migration::VmInfo;
+    use wanmig_gateway::migration::{DiskState, VmInfo};
 
     #[test]
     fn sizes_parse_with_binary_suffixes() {
@@ -272,6 +276,10 @@ mod tests {
                     mem_size: 64 << 20,
                     iteration: 42,
                     last_error: Some("migration to site-b failed: link down".into()),
+                    storage: Some(DiskState::Copying {
+                        from: "site-b".into(),
+                        path: "disks/web.disk".into(),
+                    }),
                 },
                 VmInfo {
                     name: "db".into(),
@@ -281,12 +289,14 @@ mod tests {
                     mem_size: 32 << 20,
                     iteration: 7,
                     last_error: None,
+                    storage: None,
                 },
             ],
         };
         let t = render_vms(&list);
         assert!(t.contains("running") && t.contains("link down"), "{t}");
         assert!(t.contains("migrated to site-b"), "{t}");
+        assert!(t.contains("copying from site-b"), "{t}");
         assert!(render_vms(&VmList {
             site: "x".into(),
             vms: vec![]

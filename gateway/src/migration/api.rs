@@ -61,7 +61,7 @@ fn host_status(e: &super::HostError) -> StatusCode {
         H::Unknown(_) => StatusCode::NOT_FOUND,
         H::Busy { .. } => StatusCode::CONFLICT,
         H::BadName(_) | H::Config(_) => StatusCode::BAD_REQUEST,
-        H::Start { .. } | H::Migration(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        H::Start { .. } | H::Migration(_) | H::Storage { .. } => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 

@@ -31,7 +31,7 @@ pub use records::{Direction, MigrationRecord, Outcome, Records};
 use relay::RelayContext;
 pub use session::{Phase, Progress};
 use stores::SiteStores;
-pub use vmhost::{HostError, VmHost, VmHosting, VmInfo, VmState};
+pub use vmhost::{DiskState, HostError, VmHost, VmHosting, VmInfo, VmState};
 
 /// Migration settings of a site (the `[migration]` config section).
 #[derive(Debug, Clone)]

@@ -7,14 +7,25 @@
 //! `wanmig-vmm` binary and handing it the stream's other end (its
 //! `--incoming unix:` and admin `migrate` commands); the relay would not
 //! change, because the shim protocol on a unix stream is the boundary.
+//!
+//! With storage attached ([`VmHost::attach_storage`]) a VM's disk follows
+//! it: the source exports the disk when the migration starts; the
+//! destination gives the arriving VM a disk that waits for the handover,
+//! then imports the source's disk into its `[storage] dir` and puts the
+//! remote-backed copy behind the VM's virtio-block device while the
+//! background copy runs ([`DiskState`]).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::os::unix::net::UnixStream;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use wanmig_storage::RemoteDisk;
 use wanmig_vmm::migration::IncomingReport;
 use wanmig_vmm::virtio::ChannelPort;
+use wanmig_vmm::virtio::{BlockBackend, RemoteBackend};
 use wanmig_vmm::{
     migrate_to, receive_from, MigrateOptions, MigrationError, MigrationReport, ReceiveOptions, Vm,
     VmConfig,
@@ -42,6 +53,107 @@ pub enum HostError {
     Start { name: String, reason: String },
     #[error(transparent)]
     Migration(#[from] MigrationError),
+    #[error("disk of VM '{name}': {reason}")]
+    Storage { name: String, reason: String },
+}
+
+/// Where a VM's disk stands at this site after it migrated here with
+/// storage attached.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum DiskState {
+    /// The VM runs on a remote-backed disk; blocks are still copied from
+    /// `from` (missing blocks are fetched on demand).
+    Copying { from: String, path: PathBuf },
+    /// Every block is local and durable; the source copy was released by
+    /// its policy.
+    Local {
+        from: String,
+        path: PathBuf,
+        disk_bytes: u64,
+        wire_bytes: u64,
+        total_ms: u64,
+    },
+    /// The copy failed; the VM's disk reads of missing blocks fail.
+    Failed { from: String, reason: String },
+}
+
+impl std::fmt::Display for DiskState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DiskState::Copying { from, .. } => write!(f, "copying from {from}"),
+            DiskState::Local { total_ms, .. } => write!(f, "local (copied in {total_ms} ms)"),
+            DiskState::Failed { from, reason } => write!(f, "copy from {from} failed: {reason}"),
+        }
+    }
+}
+
+/// How this site exports and imports VM disks (see [`VmHost::attach_storage`]).
+struct Storage {
+    relay: crate::storage_relay::StorageRelay,
+    settings: crate::storage_relay::StorageSettings,
+    runtime: tokio::runtime::Handle,
+}
+
+/// How long an arriving VM's first disk access waits for the import to
+/// start after the handover before it fails.
+const DISK_ATTACH_WAIT: Duration = Duration::from_secs(30);
+
+/// The virtio-block backend of an arriving VM: the VM is built before the
+/// handover, but the source VM writes its disk until then, so the import
+/// starts only after the handover; disk accesses wait for it.
+struct PendingDisk {
+    len: u64,
+    slot: Mutex<Option<Result<RemoteBackend, String>>>,
+    ready: Condvar,
+}
+
+impl PendingDisk {
+    fn set(&self, disk: Result<Arc<RemoteDisk>, String>) {
+        *lock(&self.slot) = Some(disk.map(RemoteBackend));
+        self.ready.notify_all();
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&RemoteBackend) -> std::io::Result<R>) -> std::io::Result<R> {
+        let mut slot = lock(&self.slot);
+        let deadline = std::time::Instant::now() + DISK_ATTACH_WAIT;
+        while slot.is_none() {
+            let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) else {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the disk import did not start after the handover",
+                ));
+            };
+            slot = self
+                .ready
+                .wait_timeout(slot, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        match slot.as_ref() {
+            Some(Ok(disk)) => f(disk),
+            Some(Err(reason)) => Err(std::io::Error::other(reason.clone())),
+            None => unreachable!("waited above"),
+        }
+    }
+}
+
+/// Shares a [`PendingDisk`] with the VM's block device.
+struct PendingBackend(Arc<PendingDisk>);
+
+impl BlockBackend for PendingBackend {
+    fn len(&self) -> u64 {
+        self.0.len
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.0.with(|d| d.read_at(offset, buf))
+    }
+    fn write_at(&self, offset: u64, buf: &[u8]) -> std::io::Result<()> {
+        self.0.with(|d| d.write_at(offset, buf))
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        self.0.with(|d| d.flush())
+    }
 }
 
 /// Where a VM stands at this site.
@@ -89,6 +201,10 @@ pub struct VmInfo {
     pub iteration: u64,
     /// The outcome of the last migration attempt that left the VM here.
     pub last_error: Option<String>,
+    /// The disk's follow-on storage migration, when it migrated here with
+    /// storage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<DiskState>,
 }
 
 /// What the migration relay needs from the VMs at a site.
@@ -134,12 +250,14 @@ struct Entry {
     net_port: Option<ChannelPort>,
     serial: Arc<Mutex<VecDeque<String>>>,
     last_error: Option<String>,
+    storage: Option<DiskState>,
 }
 
 /// VMs running in this process.
 #[derive(Default)]
 pub struct VmHost {
-    vms: Mutex<BTreeMap<String, Entry>>,
+    vms: Arc<Mutex<BTreeMap<String, Entry>>>,
+    storage: Mutex<Option<Arc<Storage>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -174,6 +292,107 @@ fn serial_sink(lines: Arc<Mutex<VecDeque<String>>>) -> wanmig_vmm::serial::Seria
 impl VmHost {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Lets VM disks follow their VMs: exports the disk of a VM that
+    /// migrates away and imports the disk of one that arrives (into
+    /// `settings.dir`). Call inside the tokio runtime the relay runs on.
+    pub fn attach_storage(
+        &self,
+        relay: crate::storage_relay::StorageRelay,
+        settings: crate::storage_relay::StorageSettings,
+    ) {
+        *lock(&self.storage) = Some(Arc::new(Storage {
+            relay,
+            settings,
+            runtime: tokio::runtime::Handle::current(),
+        }));
+    }
+
+    /// The state of `name`'s disk copy here, if it arrived with storage.
+    pub fn disk_state(&self, name: &str) -> Option<DiskState> {
+        lock(&self.vms).get(name).and_then(|e| e.storage.clone())
+    }
+
+    /// Exports the disk of `name` (when it has one and storage is
+    /// attached) so the destination can import it.
+    fn export_disk(&self, name: &str, config: &VmConfig) -> Result<(), HostError> {
+        let (Some(storage), Some(disk)) = (lock(&self.storage).clone(), &config.disk) else {
+            return Ok(());
+        };
+        let err = |reason: String| HostError::Storage {
+            name: name.to_string(),
+            reason,
+        };
+        let len = std::fs::metadata(&disk.path)
+            .map_err(|e| err(format!("cannot read {}: {e}", disk.path.display())))?
+            .len();
+        storage
+            .relay
+            .export(name, &disk.path, len, storage.settings.release)
+            .map_err(|e| err(e.to_string()))
+    }
+
+    /// After the handover: imports `name`'s disk from `from` and hands it
+    /// to the VM's block device; records the copy's progress and outcome.
+    fn start_import(
+        &self,
+        storage: &Arc<Storage>,
+        name: &str,
+        from: &str,
+        path: PathBuf,
+        pending: Arc<PendingDisk>,
+    ) {
+        let vms = Arc::clone(&self.vms);
+        let relay = storage.relay.clone();
+        let disk_config = storage.settings.disk;
+        let (name, from, dest) = (name.to_string(), from.to_string(), path);
+        let (vm, ours) = (name.clone(), dest.clone());
+        let set_state = move |state: DiskState| {
+            if let Some(e) = lock(&vms).get_mut(&vm) {
+                if e.config.disk.as_ref().is_some_and(|d| d.path == ours) {
+                    e.storage = Some(state);
+                }
+            }
+        };
+        storage.runtime.spawn(async move {
+            let import = relay
+                .import(&from, &name, &dest, pending.len, disk_config)
+                .await;
+            let import = match import {
+                Ok(i) => i,
+                Err(e) => {
+                    tracing::warn!(vm = name, from, "disk import failed: {e}");
+                    pending.set(Err(e.to_string()));
+                    set_state(DiskState::Failed {
+                        from,
+                        reason: e.to_string(),
+                    });
+                    return;
+                }
+            };
+            pending.set(Ok(Arc::clone(import.disk())));
+            tracing::info!(vm = name, from, "disk import started");
+            match import.finish().await {
+                Ok(r) => {
+                    tracing::info!(vm = name, from, total_ms = r.total_ms, "disk is local");
+                    set_state(DiskState::Local {
+                        from,
+                        path: dest,
+                        disk_bytes: r.disk_bytes,
+                        wire_bytes: r.wire_bytes,
+                        total_ms: r.total_ms,
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(vm = name, from, "disk copy failed: {e}");
+                    set_state(DiskState::Failed {
+                        from,
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        });
     }
 
     /// Runs `f` on the VM called `name` if it is held here (running, or
@@ -260,6 +479,7 @@ impl VmHosting for VmHost {
                 net_port,
                 serial,
                 last_error: None,
+                storage: None,
             },
         );
         Ok(())
@@ -270,10 +490,15 @@ impl VmHosting for VmHost {
         let e = vms
             .get(name)
             .ok_or_else(|| HostError::Unknown(name.to_string()))?;
-        match e.state {
-            VmState::Running => Ok(e.config.clone()),
-            ref s => Err(Self::busy(name, s, "be migrated")),
-        }
+        let config = match e.state {
+            VmState::Running => e.config.clone(),
+            ref s => return Err(Self::busy(name, s, "be migrated")),
+        };
+        drop(vms);
+        // The relay asks for the config before it opens the migration; the
+        // disk is exported now so the destination can ask for its size.
+        self.export_disk(name, &config)?;
+        Ok(config)
     }
 
     fn migrate_out(
@@ -331,6 +556,35 @@ impl VmHosting for VmHost {
         opts: &ReceiveOptions,
     ) -> Result<IncomingReport, HostError> {
         validate_vm_name(name)?;
+        let mut config = config;
+        let storage = lock(&self.storage).clone();
+        // With storage, the disk comes from `from` into this site's disk
+        // directory; the VM's config names the local copy.
+        let pending = match (&storage, &mut config.disk) {
+            (Some(st), Some(disk)) => {
+                let err = |reason: String| HostError::Storage {
+                    name: name.to_string(),
+                    reason,
+                };
+                let len = st
+                    .runtime
+                    .block_on(st.relay.exported_len(from, name))
+                    .map_err(|e| err(e.to_string()))?;
+                std::fs::create_dir_all(&st.settings.dir).map_err(|e| {
+                    err(format!(
+                        "cannot create the disk directory {} ([storage] dir): {e}",
+                        st.settings.dir.display()
+                    ))
+                })?;
+                disk.path = st.settings.dir.join(format!("{name}.disk"));
+                Some(Arc::new(PendingDisk {
+                    len,
+                    slot: Mutex::new(None),
+                    ready: Condvar::new(),
+                }))
+            }
+            _ => None,
+        };
         config
             .validate()
             .map_err(|e| HostError::Config(e.to_string()))?;
@@ -355,10 +609,18 @@ impl VmHosting for VmHost {
                     net_port: None,
                     serial: serial.clone(),
                     last_error: None,
+                    storage: None,
                 },
             )
         };
-        let result = receive_from(&mut stream, config, serial_sink(serial), opts);
+        let result = match &pending {
+            Some(p) => {
+                wanmig_vmm::vm::with_disk_backend(Box::new(PendingBackend(Arc::clone(p))), || {
+                    receive_from(&mut stream, config.clone(), serial_sink(serial), opts)
+                })
+            }
+            None => receive_from(&mut stream, config.clone(), serial_sink(serial), opts),
+        };
         drop(stream);
         let mut vms = lock(&self.vms);
         match result {
@@ -369,6 +631,16 @@ impl VmHosting for VmHost {
                     e.state = VmState::Running;
                 }
                 tracing::info!(vm = name, from, "VM arrived and runs here");
+                if let (Some(st), Some(p), Some(disk)) = (&storage, pending, &config.disk) {
+                    if let Some(e) = vms.get_mut(name) {
+                        e.storage = Some(DiskState::Copying {
+                            from: from.to_string(),
+                            path: disk.path.clone(),
+                        });
+                    }
+                    drop(vms);
+                    self.start_import(st, name, from, disk.path.clone(), p);
+                }
                 Ok(report)
             }
             Err(err) => {
@@ -411,6 +683,7 @@ impl VmHosting for VmHost {
                     .and_then(|vm| vm.reports().mem_samples().last().map(|s| s.iteration))
                     .unwrap_or(0),
                 last_error: e.last_error.clone(),
+                storage: e.storage.clone(),
             })
             .collect()
     }

@@ -41,6 +41,12 @@ pub enum Frame {
     Done,
     /// Source → destination: the source copy was released by policy.
     Released,
+    /// Destination → source, alone on a stream: how long is exported disk
+    /// `name`? (The destination of a VM migration learns the size this way
+    /// before it creates its copy.)
+    QuerySize(String),
+    /// Source → destination, answer to `QuerySize`.
+    Size(u64),
 }
 
 /// A malformed frame.
@@ -63,6 +69,8 @@ const BLOCK: u8 = 4;
 const ERROR: u8 = 5;
 const DONE: u8 = 6;
 const RELEASED: u8 = 7;
+const QUERY_SIZE: u8 = 8;
+const SIZE: u8 = 9;
 
 impl Frame {
     /// A request frame for `r`.
@@ -115,6 +123,14 @@ impl Frame {
             }
             Frame::Done => b.push(DONE),
             Frame::Released => b.push(RELEASED),
+            Frame::QuerySize(name) => {
+                b.push(QUERY_SIZE);
+                b.extend_from_slice(name.as_bytes());
+            }
+            Frame::Size(len) => {
+                b.push(SIZE);
+                b.extend_from_slice(&len.to_le_bytes());
+            }
         }
         let len = (b.len() - 4) as u32;
         b[..4].copy_from_slice(&len.to_le_bytes());
@@ -175,6 +191,13 @@ impl Frame {
             }
             DONE => Frame::Done,
             RELEASED => Frame::Released,
+            QUERY_SIZE => {
+                let name =
+                    String::from_utf8(r.0.to_vec()).map_err(|_| FrameError::Invalid("name"))?;
+                r.0 = &[];
+                Frame::QuerySize(name)
+            }
+            SIZE => Frame::Size(r.u64("size")?),
             t => return Err(FrameError::UnknownTag(t)),
         };
         if !r.0.is_empty() {
@@ -255,6 +278,8 @@ mod tests {
             disk_len: 16 << 20,
             block_size: 65536,
         });
+        round_trip(Frame::QuerySize("vm-1".into()));
+        round_trip(Frame::Size(16 << 20));
         round_trip(Frame::Holes(vec![0..3, 10..200]));
         round_trip(Frame::Holes(vec![]));
         round_trip(Frame::Request {

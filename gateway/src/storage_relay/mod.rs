@@ -32,6 +32,32 @@ use crate::peering::{stream_kind, Peering, PeeringError};
 pub use dest::{ImportReport, StorageImport};
 pub use frame::{Frame, FrameError, Lane};
 
+/// Where imported disks go when no `[storage] dir` is configured
+/// (relative to the config file).
+pub const DEFAULT_DISK_DIR: &str = "disks";
+
+/// The `[storage]` section: how this site takes in the disks of VMs that
+/// migrate here.
+#[derive(Debug, Clone)]
+pub struct StorageSettings {
+    /// Directory the imported disks (and their presence bitmaps) live in.
+    pub dir: PathBuf,
+    /// What the source does with its copy once this site's copy is durable.
+    pub release: ReleasePolicy,
+    /// Block size, planner windows and read timeout of imported disks.
+    pub disk: RemoteDiskConfig,
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        StorageSettings {
+            dir: PathBuf::from(DEFAULT_DISK_DIR),
+            release: ReleasePolicy::Keep,
+            disk: RemoteDiskConfig::default(),
+        }
+    }
+}
+
 /// Why a storage relay operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageRelayError {
@@ -134,6 +160,35 @@ impl StorageRelay {
         lock(&self.inner.exports)
             .get(name)
             .is_some_and(|e| e.released)
+    }
+
+    /// The size of the disk `peer` exports as `name`.
+    pub async fn exported_len(&self, peer: &str, name: &str) -> Result<u64, StorageRelayError> {
+        if !valid_name(name) {
+            return Err(StorageRelayError::BadName(name.to_string()));
+        }
+        let link = |message: String| StorageRelayError::Link {
+            peer: peer.to_string(),
+            message,
+        };
+        let (mut send, mut recv) = self
+            .inner
+            .peering
+            .open_stream(peer, stream_kind::STORAGE)
+            .await?;
+        send.write_all(&Frame::QuerySize(name.to_string()).encode())
+            .await
+            .map_err(|e| link(e.to_string()))?;
+        match frame::read_frame(&mut recv).await {
+            Ok(Frame::Size(len)) => Ok(len),
+            Ok(Frame::Error(message)) => Err(StorageRelayError::Refused {
+                peer: peer.to_string(),
+                name: name.to_string(),
+                message,
+            }),
+            Ok(other) => Err(link(format!("unexpected answer {other:?}"))),
+            Err(e) => Err(link(e.to_string())),
+        }
     }
 
     /// Starts (or resumes, from `<local_path>.presence`) fetching the disk

@@ -37,6 +37,19 @@ async fn serve(
     mut recv: RecvStream,
 ) -> Result<(), String> {
     let open = read_frame(&mut recv).await.map_err(|e| e.to_string())?;
+    if let Frame::QuerySize(name) = &open {
+        let len = lock(&inner.exports)
+            .get(name)
+            .filter(|e| !e.released)
+            .map(|e| e.disk_len);
+        let answer = match len {
+            Some(len) => Frame::Size(len),
+            None => Frame::Error(format!("no disk '{name}' is exported at this site")),
+        };
+        write(&mut send, &answer).await?;
+        let _ = send.finish();
+        return Ok(());
+    }
     let Frame::Open {
         lane,
         name,

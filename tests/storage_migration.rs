@@ -1,0 +1,157 @@
+//! A real KVM guest with a disk migrates A → B through the WAN emulator;
+//! its disk follows it (follow-on storage migration). Checks: the guest's
+//! disk workload keeps verifying without errors at B while the disk is
+//! still being copied, the copy completes, the destination disk holds what
+//! the guest-abi model says the guest wrote, and the source file is
+//! unchanged since the handover.
+
+use std::time::{Duration, Instant};
+
+use wanmig_e2e::{init_logging, Link, MeshBuilder};
+use wanmig_gateway::migration::{DiskState, MigrateRequest, Outcome, VmHost, VmHosting, VmState};
+use wanmig_guest_abi::virtio::{disk_block_fill, disk_block_last_iteration, DISK_BLOCK_WORDS};
+use wanmig_vmm::config::DiskConfig;
+use wanmig_vmm::VmConfig;
+
+const DISK_LEN: u64 = 4 << 20;
+const SEED: u64 = 0x0510_7a6e;
+const PER_ITERATION: u64 = 64;
+
+/// The guest's latest disk report: [iteration, digest, verified, errors].
+fn disk_report(host: &VmHost, vm: &str) -> Option<[u64; 4]> {
+    host.with_vm(vm, |v| {
+        v.reports()
+            .latest(wanmig_guest_abi::REPORT_DISK_ITERATION)
+            .map(|r| [r.values[0], r.values[1], r.values[2], r.values[3]])
+    })
+    .flatten()
+}
+
+async fn wait_disk_iteration(host: &VmHost, vm: &str, n: u64) -> [u64; 4] {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(r) = disk_report(host, vm) {
+            assert_eq!(r[3], 0, "the guest saw disk errors: {r:?}");
+            if r[0] >= n {
+                return r;
+            }
+        }
+        assert!(Instant::now() < deadline, "disk iteration {n} not reached");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_disk_follows_it_and_stays_consistent() {
+    if !wanmig_testenv::require_kvm("a_vm_disk_follows_it_and_stays_consistent") {
+        return;
+    }
+    init_logging();
+    let rtt = Duration::from_millis(30);
+    let mesh = MeshBuilder::new(2)
+        .link(Link::wan(rtt, 200_000_000))
+        .hints(200.0, rtt)
+        .start()
+        .await
+        .unwrap();
+    assert!(mesh.wait_all_up(Duration::from_secs(20)).await);
+    let (a, b) = (mesh.gw("site-a"), mesh.gw("site-b"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let src_path = dir.path().join("vm1-src.disk");
+    std::fs::File::create(&src_path)
+        .unwrap()
+        .set_len(DISK_LEN)
+        .unwrap();
+    let config = VmConfig {
+        mem_size: 32 << 20,
+        disk: Some(DiskConfig {
+            path: src_path.clone(),
+            seed: SEED,
+            blocks_per_iteration: PER_ITERATION,
+            iterations: 0,
+        }),
+        ..VmConfig::default()
+    };
+    mesh.control("site-a")
+        .start_vm("vm1", &config)
+        .await
+        .expect("the VM starts");
+    wait_disk_iteration(a.vm_host(), "vm1", 5).await;
+
+    let rec = a
+        .migration()
+        .migrate(MigrateRequest {
+            vm: "vm1".into(),
+            to: "site-b".into(),
+            downtime: Some(Duration::from_millis(300)),
+            scope: None,
+        })
+        .await
+        .expect("the migration starts");
+    assert_eq!(rec.outcome, Some(Outcome::Succeeded), "{:?}", rec.error);
+    assert_eq!(b.vm_host().state("vm1"), Some(VmState::Running));
+    // The source VM never runs again: its file is frozen from here on.
+    let src_at_handover = wanmig_storage::disk_digest(&src_path).unwrap();
+    let at_handover = disk_report(a.vm_host(), "vm1").expect("reports at A");
+
+    // The guest keeps writing and verifying at B, on the remote-backed disk.
+    let later = wait_disk_iteration(b.vm_host(), "vm1", at_handover[0] + 5).await;
+    assert_eq!(later[3], 0);
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let local = loop {
+        match b.vm_host().disk_state("vm1") {
+            Some(s @ DiskState::Local { .. }) => break s,
+            Some(DiskState::Failed { reason, .. }) => panic!("disk copy failed: {reason}"),
+            other => assert!(Instant::now() < deadline, "copy not done: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let DiskState::Local {
+        path, disk_bytes, ..
+    } = local
+    else {
+        unreachable!()
+    };
+    assert_eq!(disk_bytes, DISK_LEN);
+    assert_ne!(path, src_path, "B runs on its own copy");
+    let listed = b.vm_host().list();
+    assert!(listed[0].storage.is_some(), "status shows the disk state");
+
+    // Freeze the guest at B and compare its disk with the model.
+    b.vm_host().with_vm("vm1", |v| v.pause().unwrap()).unwrap();
+    let done = disk_report(b.vm_host(), "vm1").unwrap();
+    assert_eq!(done[3], 0, "no disk errors after the copy: {done:?}");
+    let image = std::fs::read(&path).unwrap();
+    assert_eq!(image.len() as u64, DISK_LEN);
+    let total = DISK_LEN / 512;
+    let mut words = [0u64; DISK_BLOCK_WORDS];
+    let mut checked = 0;
+    for block in 0..total {
+        let got = &image[(block * 512) as usize..((block + 1) * 512) as usize];
+        // The report names the iteration just finished (so done[0] + 1
+        // iterations are complete); the guest may be part way through the
+        // next one.
+        let candidates = [
+            disk_block_last_iteration(block, PER_ITERATION, total, done[0] + 1),
+            disk_block_last_iteration(block, PER_ITERATION, total, done[0] + 2),
+        ];
+        let ok = candidates.iter().any(|c| match c {
+            None => got.iter().all(|&b| b == 0),
+            Some(i) => {
+                disk_block_fill(SEED, *i, block, &mut words);
+                let want: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+                got == want.as_slice()
+            }
+        });
+        assert!(ok, "block {block} differs from the model ({candidates:?})");
+        checked += u64::from(candidates[0].is_some());
+    }
+    assert!(checked > 0, "the guest wrote blocks");
+    assert_eq!(
+        wanmig_storage::disk_digest(&src_path).unwrap(),
+        src_at_handover,
+        "the source disk is unchanged since the handover (release = keep)"
+    );
+}
