@@ -24,10 +24,11 @@ pub mod workload_model;
 
 pub use config::{MachineConfig, MemoryWorkloadConfig, VmConfig};
 pub use migration::{
-    migrate_to, receive_from, MigrateOptions, MigrationError, MigrationReport, ReceiveOptions,
+    migrate_to, receive_from, receive_from_with_disk, MigrateOptions, MigrationError,
+    MigrationReport, ReceiveOptions,
 };
 pub use vcpu::RunExit;
-pub use vm::{Vm, VmError};
+pub use vm::{DiskBackend, Vm, VmError};
 
 /// The test guest (vmm-shim/guest), built by build.rs.
 pub static GUEST_IMAGE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/wanmig-guest.elf"));

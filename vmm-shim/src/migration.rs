@@ -456,6 +456,19 @@ pub fn receive_from<S: MigrationStream>(
     serial: SerialSink,
     opts: &ReceiveOptions,
 ) -> Result<(Vm, IncomingReport), MigrationError> {
+    receive_from_with_disk(stream, config, serial, opts, None)
+}
+
+/// [`receive_from`] with `disk` (when given) behind the incoming VM's
+/// virtio-block device instead of the file at `DiskConfig.path` — e.g. a
+/// remote-backed disk that the storage migration is still copying.
+pub fn receive_from_with_disk<S: MigrationStream>(
+    stream: &mut S,
+    config: VmConfig,
+    serial: SerialSink,
+    opts: &ReceiveOptions,
+    disk: Option<crate::vm::DiskBackend>,
+) -> Result<(Vm, IncomingReport), MigrationError> {
     stream
         .set_timeouts(Some(opts.idle_timeout), Some(opts.idle_timeout))
         .map_err(StreamError::from)?;
@@ -465,7 +478,7 @@ pub fn receive_from<S: MigrationStream>(
         scratch: Vec::new(),
         bytes: 0,
     };
-    let result = run_destination(&mut rx, config, serial);
+    let result = run_destination(&mut rx, config, serial, disk);
     if let Err(e) = &result {
         match e {
             MigrationError::PeerAborted(_) | MigrationError::Stream(_) => {}
@@ -481,6 +494,7 @@ fn run_destination<S: MigrationStream>(
     rx: &mut Sender<'_, S>,
     config: VmConfig,
     serial: SerialSink,
+    disk: Option<crate::vm::DiskBackend>,
 ) -> Result<(Vm, IncomingReport), MigrationError> {
     let started = Instant::now();
     let machine = match rx.recv()? {
@@ -496,7 +510,7 @@ fn run_destination<S: MigrationStream>(
     if let Some(why) = config.machine().mismatch(&machine) {
         return Err(MigrationError::ConfigMismatch(why));
     }
-    let vm = Vm::create_empty(config, serial)?;
+    let vm = Vm::create_empty_with_disk(config, serial, disk)?;
     rx.send(&Message::HelloAck)?;
     let pages = memory::page_count(vm.memory());
     // Kept current as pages arrive, so at `Complete` only the last few

@@ -82,31 +82,6 @@ const NET_CHANNEL_FRAMES: usize = 512;
 /// being copied from another site).
 pub type DiskBackend = Box<dyn BlockBackend>;
 
-thread_local! {
-    /// The disk [`with_disk_backend`] hands to the next VM this thread
-    /// creates.
-    static PENDING_DISK: std::cell::RefCell<Option<DiskBackend>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-/// Runs `f` so that the first VM it creates on this thread (through
-/// [`Vm::create`] or [`Vm::create_empty`], e.g. inside
-/// [`crate::receive_from`]) gets `disk` behind its virtio-block device
-/// instead of opening `DiskConfig.path`. This lets a host give an incoming
-/// VM a remote-backed disk without the migration protocol knowing about
-/// disks. An unused backend is dropped when `f` returns.
-pub fn with_disk_backend<R>(disk: DiskBackend, f: impl FnOnce() -> R) -> R {
-    struct Reset;
-    impl Drop for Reset {
-        fn drop(&mut self) {
-            PENDING_DISK.with(|d| d.borrow_mut().take());
-        }
-    }
-    PENDING_DISK.with(|d| *d.borrow_mut() = Some(disk));
-    let _reset = Reset;
-    f()
-}
-
 /// Lets a boxed backend sit behind [`VirtioBlock`] (generic over its
 /// backend).
 struct BoxedDisk(DiskBackend);
@@ -180,8 +155,7 @@ impl Vm {
     /// Creates a VM from `config`, loads the built-in test guest, and
     /// leaves it paused before its first instruction; call [`Vm::start`].
     pub fn create(config: VmConfig, serial: SerialSink) -> Result<Vm, VmError> {
-        let disk = PENDING_DISK.with(|d| d.borrow_mut().take());
-        Vm::create_with_disk(config, serial, disk)
+        Vm::create_with_disk(config, serial, None)
     }
 
     /// [`Vm::create`] with `disk` (when given) behind the virtio-block
@@ -224,8 +198,7 @@ impl Vm {
     /// Creates a VM with zeroed memory and a reset vCPU (paused), to be
     /// filled by an incoming migration.
     pub fn create_empty(config: VmConfig, serial: SerialSink) -> Result<Vm, VmError> {
-        let disk = PENDING_DISK.with(|d| d.borrow_mut().take());
-        Vm::create_empty_with_disk(config, serial, disk)
+        Vm::create_empty_with_disk(config, serial, None)
     }
 
     /// [`Vm::create_empty`] with `disk` (when given) behind the

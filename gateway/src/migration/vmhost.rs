@@ -27,8 +27,8 @@ use wanmig_vmm::migration::IncomingReport;
 use wanmig_vmm::virtio::ChannelPort;
 use wanmig_vmm::virtio::{BlockBackend, RemoteBackend};
 use wanmig_vmm::{
-    migrate_to, receive_from, MigrateOptions, MigrationError, MigrationReport, ReceiveOptions, Vm,
-    VmConfig,
+    migrate_to, receive_from_with_disk, MigrateOptions, MigrationError, MigrationReport,
+    ReceiveOptions, Vm, VmConfig,
 };
 
 /// Serial console lines kept per VM.
@@ -613,14 +613,11 @@ impl VmHosting for VmHost {
                 },
             )
         };
-        let result = match &pending {
-            Some(p) => {
-                wanmig_vmm::vm::with_disk_backend(Box::new(PendingBackend(Arc::clone(p))), || {
-                    receive_from(&mut stream, config.clone(), serial_sink(serial), opts)
-                })
-            }
-            None => receive_from(&mut stream, config.clone(), serial_sink(serial), opts),
-        };
+        let disk = pending
+            .as_ref()
+            .map(|p| Box::new(PendingBackend(Arc::clone(p))) as wanmig_vmm::DiskBackend);
+        let result =
+            receive_from_with_disk(&mut stream, config.clone(), serial_sink(serial), opts, disk);
         drop(stream);
         let mut vms = lock(&self.vms);
         match result {
