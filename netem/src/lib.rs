@@ -17,6 +17,7 @@ pub mod params;
 pub mod relay;
 pub mod tun;
 pub mod units;
+mod workers;
 
 pub use error::NetemError;
 pub use loss::LossModel;

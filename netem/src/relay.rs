@@ -17,12 +17,13 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
-use tokio::task::{AbortHandle, JoinHandle, JoinSet};
+use tokio::task::{AbortHandle, JoinSet};
 
 use crate::error::NetemError;
 use crate::lane::Lane;
 use crate::model::LinkStats;
 use crate::params::LinkParams;
+use crate::workers::Workers;
 
 /// Largest UDP payload.
 const MAX_DATAGRAM: usize = 65_535;
@@ -92,8 +93,7 @@ struct Inner {
     local_addr: SocketAddr,
     /// Dropping the sender tells every receive task to stop.
     stop: Mutex<Option<watch::Sender<()>>>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
-    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    workers: Workers,
 }
 
 impl Inner {
@@ -199,8 +199,7 @@ impl UdpRelay {
                 shared,
                 local_addr,
                 stop: Mutex::new(Some(stop_tx)),
-                tasks: Mutex::new(tasks),
-                threads: Mutex::new(threads),
+                workers: Workers::new(tasks, threads),
             }),
         })
     }
@@ -261,18 +260,7 @@ impl RelayHandle {
     /// and its sockets are closed.
     pub async fn shutdown(self) {
         self.inner.stop();
-        let tasks = std::mem::take(&mut *lock(&self.inner.tasks));
-        for t in tasks {
-            let _ = t.await;
-        }
-        let threads = std::mem::take(&mut *lock(&self.inner.threads));
-        // Sender threads notice the stop within one wait; joining blocks.
-        let _ = tokio::task::spawn_blocking(move || {
-            for t in threads {
-                let _ = t.join();
-            }
-        })
-        .await;
+        self.inner.workers.join().await;
     }
 }
 

@@ -13,7 +13,6 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tun_rs::{AsyncDevice, DeviceBuilder};
 
 use crate::error::NetemError;
@@ -21,6 +20,7 @@ use crate::lane::Lane;
 use crate::model::LinkStats;
 use crate::params::LinkParams;
 use crate::relay::Direction;
+use crate::workers::Workers;
 
 /// The two namespaces, their addresses, and the two directions' knobs.
 /// `forward` is A → B, `reverse` is B → A.
@@ -57,8 +57,7 @@ struct Inner {
     dev_a: String,
     dev_b: String,
     stop: Mutex<Option<watch::Sender<()>>>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
-    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    workers: Workers,
 }
 
 impl Inner {
@@ -234,8 +233,7 @@ impl TunLink {
                 dev_a: name_a,
                 dev_b: name_b,
                 stop: Mutex::new(Some(stop_tx)),
-                tasks: Mutex::new(tasks),
-                threads: Mutex::new(threads),
+                workers: Workers::new(tasks, threads),
             }),
         })
     }
@@ -318,17 +316,7 @@ impl TunLinkHandle {
     /// closed.
     pub async fn shutdown(self) {
         self.inner.stop();
-        let tasks = std::mem::take(&mut *lock(&self.inner.tasks));
-        for t in tasks {
-            let _ = t.await;
-        }
-        let threads = std::mem::take(&mut *lock(&self.inner.threads));
-        let _ = tokio::task::spawn_blocking(move || {
-            for t in threads {
-                let _ = t.join();
-            }
-        })
-        .await;
+        self.inner.workers.join().await;
     }
 }
 
