@@ -20,12 +20,12 @@ use quinn::{RecvStream, SendStream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::oneshot;
-use wanmig_codec::{EncoderConfig, Inventory};
+use wanmig_codec::{ContentStore, EncoderConfig, Inventory};
 use wanmig_vmm::protocol::{self, Message};
 use wanmig_vmm::{MigrateOptions, ReceiveOptions, VmConfig};
 
 use super::records::{Direction, Outcome, Records};
-use super::session::{DestSession, FlowWindow, Phase, SessionError, SourceSession};
+use super::session::{DestSession, FlowWindow, Phase, SessionError, SourceSession, Step};
 use super::stores::SiteStores;
 use super::vmhost::{HostError, VmHosting};
 use super::wire::{self, Frame, FrameDecoder, OpenRequest, Resolution, SESSION_VERSION};
@@ -101,6 +101,42 @@ async fn send_shim(local: &mut UnixStream, msgs: &[Message]) -> Result<(), Relay
         protocol::encode(m, &mut buf);
     }
     local.write_all(&buf).await?;
+    Ok(())
+}
+
+/// Either side's session, as the peer-reading loop drives it.
+trait PeerSession {
+    fn on_peer(&mut self, frame: Frame) -> Result<Step, SessionError>;
+}
+
+impl PeerSession for SourceSession {
+    fn on_peer(&mut self, frame: Frame) -> Result<Step, SessionError> {
+        SourceSession::on_peer(self, frame)
+    }
+}
+
+impl<S: ContentStore> PeerSession for DestSession<S> {
+    fn on_peer(&mut self, frame: Frame) -> Result<Step, SessionError> {
+        DestSession::on_peer(self, frame)
+    }
+}
+
+/// Applies every complete frame buffered in `dec` to `session` (calling
+/// `after_step` after each), sending what each step asks for to the peer
+/// and to the local shim, in order.
+async fn apply_peer_frames<P: PeerSession>(
+    dec: &mut FrameDecoder,
+    session: &mut P,
+    send: &mut SendStream,
+    local: &mut UnixStream,
+    mut after_step: impl FnMut(&P),
+) -> Result<(), RelayError> {
+    while let Some(frame) = dec.next().map_err(|e| RelayError::Session(e.into()))? {
+        let step = session.on_peer(frame)?;
+        after_step(session);
+        send_frames(send, &step.to_peer).await?;
+        send_shim(local, &step.to_shim).await?;
+    }
     Ok(())
 }
 
@@ -322,27 +358,11 @@ async fn source_inner(
                     Err(e) => break LoopEnd::Failed(RelayError::Quic(e.to_string())),
                 };
                 dec.feed(&buf[..n]);
-                let mut failed = None;
-                loop {
-                    let frame = match dec.next() {
-                        Ok(Some(f)) => f,
-                        Ok(None) => break,
-                        Err(e) => { failed = Some(RelayError::Session(e.into())); break; }
-                    };
-                    let step = match session.on_peer(frame) {
-                        Ok(s) => s,
-                        Err(e) => { failed = Some(e.into()); break; }
-                    };
-                    flow.on_ack(session.acked(), std::time::Instant::now());
-                    if let Err(e) = send_frames(&mut send, &step.to_peer).await {
-                        failed = Some(e);
-                        break;
-                    }
-                    if let Err(e) = send_shim(&mut local, &step.to_shim).await {
-                        failed = Some(e);
-                        break;
-                    }
-                }
+                let failed = apply_peer_frames(&mut dec, &mut session, &mut send, &mut local, |s| {
+                    flow.on_ack(s.acked(), std::time::Instant::now())
+                })
+                .await
+                .err();
                 let phase = session.phase();
                 ctx.records.update(id, Direction::Outgoing, |r| r.phase = phase);
                 if let Some(e) = failed {
@@ -674,26 +694,9 @@ async fn run_destination(
                     Err(e) => break LoopEnd::Failed(RelayError::Quic(e.to_string())),
                 };
                 dec.feed(&buf[..n]);
-                let mut failed = None;
-                loop {
-                    let frame = match dec.next() {
-                        Ok(Some(f)) => f,
-                        Ok(None) => break,
-                        Err(e) => { failed = Some(RelayError::Session(e.into())); break; }
-                    };
-                    let step = match session.on_peer(frame) {
-                        Ok(s) => s,
-                        Err(e) => { failed = Some(e.into()); break; }
-                    };
-                    if let Err(e) = send_frames(&mut send, &step.to_peer).await {
-                        failed = Some(e);
-                        break;
-                    }
-                    if let Err(e) = send_shim(&mut local, &step.to_shim).await {
-                        failed = Some(e);
-                        break;
-                    }
-                }
+                let failed = apply_peer_frames(&mut dec, &mut session, &mut send, &mut local, |_| {})
+                    .await
+                    .err();
                 let (phase, pages) = (session.phase(), session.pages());
                 ctx.records.update(&id, Direction::Incoming, |r| {
                     r.phase = phase;
