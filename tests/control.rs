@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use wanmig_e2e::{init_logging, Link, MeshBuilder};
+use wanmig_e2e::{init_logging, MeshBuilder};
 use wanmig_gateway::control_client::{ClientError, ControlClient};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -59,12 +59,7 @@ async fn a_probe_moves_n_bytes_through_the_emulated_link_and_reports_them() {
     init_logging();
     let rtt = Duration::from_millis(30);
     let rate = 50_000_000;
-    let mesh = MeshBuilder::new(2)
-        .link(Link::wan(rtt, rate))
-        .hints(50.0, rtt)
-        .start()
-        .await
-        .unwrap();
+    let mesh = MeshBuilder::new(2).wan(rtt, rate).start().await.unwrap();
     assert!(mesh.wait_all_up(Duration::from_secs(20)).await);
     let relay_before = mesh
         .relay("site-a", "site-b")

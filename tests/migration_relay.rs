@@ -11,7 +11,7 @@ mod support;
 use std::time::Duration;
 
 use support::*;
-use wanmig_e2e::{init_logging, Link, MeshBuilder};
+use wanmig_e2e::{init_logging, MeshBuilder};
 use wanmig_gateway::control_client::ControlClient;
 use wanmig_gateway::migration::api::MigrateBody;
 use wanmig_gateway::migration::{
@@ -131,8 +131,7 @@ async fn vm_moves_a_to_b_and_back_through_the_wan() {
     init_logging();
     let rtt = Duration::from_millis(60);
     let mesh = MeshBuilder::new(2)
-        .link(Link::wan(rtt, 200_000_000))
-        .hints(200.0, rtt)
+        .wan(rtt, 200_000_000)
         .start()
         .await
         .unwrap();

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use wanmig_e2e::{init_logging, Link, Mesh, MeshBuilder};
+use wanmig_e2e::{init_logging, Mesh, MeshBuilder};
 use wanmig_gateway::overlay_service::OverlayState;
 use wanmig_gateway::GatewayHandle;
 use wanmig_overlay::frame::{ArpInfo, ArpOp};
@@ -32,8 +32,7 @@ const RTT: Duration = Duration::from_millis(50);
 async fn two_sites() -> Mesh {
     init_logging();
     let prepared = MeshBuilder::new(2)
-        .link(Link::wan(RTT, 1_000_000_000))
-        .hints(1000.0, RTT)
+        .wan(RTT, 1_000_000_000)
         .prepare()
         .await
         .expect("mesh prepared");

@@ -16,8 +16,7 @@ async fn two_sites_peer_through_the_wan_emulator() {
     init_logging();
     let rtt = Duration::from_millis(40);
     let mesh = MeshBuilder::new(2)
-        .link(Link::wan(rtt, 100_000_000))
-        .hints(100.0, rtt)
+        .wan(rtt, 100_000_000)
         .start()
         .await
         .unwrap();

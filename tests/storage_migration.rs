@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use wanmig_e2e::{init_logging, Link, MeshBuilder};
+use wanmig_e2e::{init_logging, MeshBuilder};
 use wanmig_gateway::migration::{DiskState, MigrateRequest, Outcome, VmHost, VmHosting, VmState};
 use wanmig_guest_abi::virtio::{disk_block_fill, disk_block_last_iteration, DISK_BLOCK_WORDS};
 use wanmig_vmm::config::DiskConfig;
@@ -49,8 +49,7 @@ async fn a_vm_disk_follows_it_and_stays_consistent() {
     init_logging();
     let rtt = Duration::from_millis(30);
     let mesh = MeshBuilder::new(2)
-        .link(Link::wan(rtt, 200_000_000))
-        .hints(200.0, rtt)
+        .wan(rtt, 200_000_000)
         .start()
         .await
         .unwrap();

@@ -89,6 +89,13 @@ impl MeshBuilder {
         self
     }
 
+    /// A symmetric emulated WAN on every peer link, with link hints that
+    /// match it (so the gateways size their windows for the link they get).
+    pub fn wan(self, rtt: Duration, rate_bps: u64) -> Self {
+        self.link(Link::wan(rtt, rate_bps))
+            .hints(rate_bps as f64 / 1e6, rtt)
+    }
+
     /// Link hints written into every peer entry.
     pub fn hints(mut self, bandwidth_mbit: f64, rtt: Duration) -> Self {
         self.bandwidth_mbit = bandwidth_mbit;
