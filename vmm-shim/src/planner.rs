@@ -245,6 +245,18 @@ mod tests {
         }
     }
 
+    /// Feeds `steps` (pages sent, MiB/s, pages dirty after, expected
+    /// decision) to `p` in order, naming the step that went wrong.
+    fn expect_rounds(p: &mut Planner, t: Instant, steps: &[(u64, u64, u64, Decision)]) {
+        for (i, &(pages, mib_s, dirty, expected)) in steps.iter().enumerate() {
+            assert_eq!(
+                p.on_round(round(pages, mib_s, dirty), t),
+                expected,
+                "round {i}"
+            );
+        }
+    }
+
     #[test]
     fn idle_guest_stops_after_round_zero() {
         let t = Instant::now();
@@ -320,23 +332,18 @@ mod tests {
             ..Default::default()
         };
         let mut p = Planner::new(cfg, t);
-        assert_eq!(
-            p.on_round(round(65536, 100, 30_000), t),
-            Decision::NextRound
-        );
-        assert_eq!(
-            p.on_round(round(30_000, 100, 29_500), t),
-            Decision::NextRound
-        );
-        // Stalled twice, but 31k is above the minimum: keep going.
-        assert_eq!(
-            p.on_round(round(29_500, 100, 31_000), t),
-            Decision::NextRound
-        );
-        // A new minimum while stalled: stop here.
-        assert_eq!(
-            p.on_round(round(31_000, 100, 29_000), t),
-            Decision::StopAndCopy(StopReason::SmartStop)
+        use Decision::{NextRound, StopAndCopy};
+        expect_rounds(
+            &mut p,
+            t,
+            &[
+                (65536, 100, 30_000, NextRound),
+                (30_000, 100, 29_500, NextRound),
+                // Stalled twice, but 31k is above the minimum: keep going.
+                (29_500, 100, 31_000, NextRound),
+                // A new minimum while stalled: stop here.
+                (31_000, 100, 29_000, StopAndCopy(StopReason::SmartStop)),
+            ],
         );
     }
 
@@ -373,17 +380,15 @@ mod tests {
             ..Default::default()
         };
         let mut p = Planner::new(cfg, t);
-        assert_eq!(
-            p.on_round(round(65536, 100, 50_000), t),
-            Decision::NextRound
-        );
-        assert_eq!(
-            p.on_round(round(50_000, 100, 25_000), t),
-            Decision::NextRound
-        );
-        assert_eq!(
-            p.on_round(round(25_000, 100, 12_000), t),
-            Decision::StopAndCopy(StopReason::MaxRounds)
+        use Decision::{NextRound, StopAndCopy};
+        expect_rounds(
+            &mut p,
+            t,
+            &[
+                (65536, 100, 50_000, NextRound),
+                (50_000, 100, 25_000, NextRound),
+                (25_000, 100, 12_000, StopAndCopy(StopReason::MaxRounds)),
+            ],
         );
     }
 
