@@ -92,6 +92,14 @@ async fn migrate_and_check(
     assert_eq!(inc.outcome, Some(Outcome::Succeeded));
     assert_eq!(inc.memory_digest.as_deref(), Some(digest.as_str()));
 
+    // What the source shim reported: one entry per live round plus the
+    // final stop-and-copy round, round 0 covering all of memory.
+    assert_eq!(rec.round_pages.len(), rec.rounds as usize + 1);
+    assert_eq!(rec.round_pages[0], mem / 4096);
+    assert!(rec.convergence.is_some() && rec.stop_reason.is_some());
+    assert!(rec.max_throttle.is_some());
+    assert!(rec.state_bytes.unwrap_or(0) > 0, "a VM state blob was sent");
+
     // Exactly one place.
     assert_eq!(
         src.vm_host().state(vm),

@@ -8,6 +8,10 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use wanmig_vmm::migration::ConvergenceMode;
+use wanmig_vmm::planner::StopReason;
+use wanmig_vmm::MigrationReport;
+
 use super::session::{Phase, Progress};
 
 /// Finished migrations kept for status.
@@ -70,11 +74,65 @@ pub struct MigrationRecord {
     pub memory_digest: Option<String>,
     /// How a migration whose link failed late was (or is being) settled.
     pub resolution: Option<String>,
+    /// How the source shim's pre-copy converged ("normal", "auto-converge",
+    /// "smart-stop" or "round-limit"; outgoing, when it finished).
+    #[serde(default)]
+    pub convergence: Option<String>,
+    /// Why the source shim chose stop-and-copy ("fits-budget",
+    /// "smart-stop" or "max-rounds").
+    #[serde(default)]
+    pub stop_reason: Option<String>,
+    /// Highest vCPU throttle the source shim applied, percent.
+    #[serde(default)]
+    pub max_throttle: Option<u8>,
+    /// Pages of each live round, then the final stop-and-copy round's
+    /// pages last (empty until the source shim finished).
+    #[serde(default)]
+    pub round_pages: Vec<u64>,
+    /// Size of the VM state blob, bytes.
+    #[serde(default)]
+    pub state_bytes: Option<u64>,
 }
 
 impl MigrationRecord {
     pub fn finished(&self) -> bool {
         self.outcome.is_some()
+    }
+
+    /// Keeps what the source shim reported about a finished migration.
+    pub fn absorb_report(&mut self, report: &MigrationReport) {
+        self.downtime_ms = Some(report.downtime.as_secs_f64() * 1e3);
+        self.rounds = report.rounds.len() as u32;
+        self.memory_digest = Some(report.memory_digest.clone());
+        self.convergence = Some(convergence_label(report.mode).to_string());
+        self.stop_reason = Some(stop_reason_label(report.stop_reason).to_string());
+        self.max_throttle = Some(report.max_throttle);
+        self.round_pages = report
+            .rounds
+            .iter()
+            .map(|r| r.pages)
+            .chain(std::iter::once(report.final_pages))
+            .collect();
+        self.state_bytes = Some(report.state_bytes);
+    }
+}
+
+/// The record's name for how pre-copy converged.
+pub fn convergence_label(mode: ConvergenceMode) -> &'static str {
+    match mode {
+        ConvergenceMode::Converged => "normal",
+        ConvergenceMode::AutoConverge => "auto-converge",
+        ConvergenceMode::SmartStop => "smart-stop",
+        ConvergenceMode::RoundLimit => "round-limit",
+    }
+}
+
+/// The record's name for why the shim stopped pre-copy.
+pub fn stop_reason_label(reason: StopReason) -> &'static str {
+    match reason {
+        StopReason::FitsBudget => "fits-budget",
+        StopReason::SmartStop => "smart-stop",
+        StopReason::MaxRounds => "max-rounds",
     }
 }
 
@@ -135,6 +193,11 @@ impl Records {
                 rounds: 0,
                 memory_digest: None,
                 resolution: None,
+                convergence: None,
+                stop_reason: None,
+                max_throttle: None,
+                round_pages: Vec::new(),
+                state_bytes: None,
             },
             started: Instant::now(),
         });
@@ -207,5 +270,59 @@ mod tests {
         let all = r.all();
         assert!(all.len() <= KEEP_FINISHED + 1, "{}", all.len());
         assert!(all.iter().any(|m| m.id == id), "in-flight records are kept");
+    }
+
+    fn round(round: u32, pages: u64) -> wanmig_vmm::migration::RoundReport {
+        wanmig_vmm::migration::RoundReport {
+            round,
+            pages,
+            bytes: pages * 4096,
+            elapsed_ms: 10.0,
+            dirty_after: 0,
+            throttle: 0,
+        }
+    }
+
+    #[test]
+    fn a_finished_report_fills_the_convergence_fields() {
+        let report = MigrationReport {
+            memory_pages: 1000,
+            rounds: vec![round(0, 1000), round(1, 80), round(2, 30)],
+            final_pages: 7,
+            total_pages_sent: 1117,
+            total_bytes_sent: 1117 * 4096,
+            downtime: std::time::Duration::from_millis(250),
+            total_time: std::time::Duration::from_secs(3),
+            stop_reason: StopReason::SmartStop,
+            mode: ConvergenceMode::AutoConverge,
+            max_throttle: 40,
+            memory_digest: "ab".repeat(32),
+            state_bytes: 12345,
+        };
+        let r = Records::default();
+        r.insert("m1", "web", "a", "b", Direction::Outgoing);
+        r.update("m1", Direction::Outgoing, |m| m.absorb_report(&report));
+        let m = r.get("m1").unwrap();
+        assert_eq!(m.round_pages, vec![1000, 80, 30, 7]);
+        assert_eq!(m.rounds, 3);
+        assert_eq!(m.convergence.as_deref(), Some("auto-converge"));
+        assert_eq!(m.stop_reason.as_deref(), Some("smart-stop"));
+        assert_eq!(m.max_throttle, Some(40));
+        assert_eq!(m.state_bytes, Some(12345));
+        assert_eq!(m.downtime_ms, Some(250.0));
+
+        // Records serialised before these fields existed still parse.
+        let mut v = serde_json::to_value(&m).unwrap();
+        for k in [
+            "convergence",
+            "stop_reason",
+            "max_throttle",
+            "round_pages",
+            "state_bytes",
+        ] {
+            v.as_object_mut().unwrap().remove(k);
+        }
+        let old: MigrationRecord = serde_json::from_value(v).unwrap();
+        assert!(old.round_pages.is_empty() && old.convergence.is_none());
     }
 }

@@ -196,16 +196,7 @@ pub async fn run_source(
     }
     let (outcome, error) = match &result {
         Ok(report) => {
-            let (downtime, rounds, digest) = (
-                report.downtime.as_secs_f64() * 1e3,
-                report.rounds.len() as u32,
-                report.memory_digest.clone(),
-            );
-            records.update(&id, Direction::Outgoing, |r| {
-                r.downtime_ms = Some(downtime);
-                r.rounds = rounds;
-                r.memory_digest = Some(digest);
-            });
+            records.update(&id, Direction::Outgoing, |r| r.absorb_report(report));
             if let Some(m) = &ctx.metrics {
                 m.downtime.observe(report.downtime.as_secs_f64());
             }
