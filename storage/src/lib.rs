@@ -15,6 +15,8 @@
 //! - [`wire`]: the block payload codec (zero, raw, zstd) and its byte counts.
 //! - [`metrics`]: `wanmig_storage_*` counters and on-demand latency.
 //! - [`digest`]: BLAKE3 of a whole disk file, holes as zeros.
+//! - [`verify`]: the end-of-copy check (digest of blocks the guest did not
+//!   write at the destination, compared at the source before release).
 //! - [`copy`]: an in-process link that drives a whole copy for tests/benches.
 //! - [`testdisk`]: realistic sparse test images (text, binaries, free space).
 //!
@@ -46,6 +48,7 @@ pub mod presence;
 pub mod remote_disk;
 pub mod source;
 pub mod testdisk;
+pub mod verify;
 pub mod wire;
 
 pub use digest::disk_digest;

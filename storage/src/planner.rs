@@ -201,6 +201,7 @@ pub struct Planner {
     demand_in_flight: u32,
     bg_cursor: u64,
     link_up: bool,
+    background: bool,
     waiters: HashMap<WaiterId, Waiter>,
     block_waiters: HashMap<u64, Vec<WaiterId>>,
     next_waiter: u64,
@@ -229,6 +230,7 @@ impl Planner {
             demand_in_flight: 0,
             bg_cursor: 0,
             link_up: true,
+            background: true,
             waiters: HashMap::new(),
             block_waiters: HashMap::new(),
             next_waiter: 0,
@@ -414,6 +416,18 @@ impl Planner {
     /// The link is back: queued blocks are requested again by `poll_fetch`.
     pub fn link_up(&mut self) {
         self.link_up = true;
+    }
+
+    /// Turns the background copy on or off (on by default). Off, only blocks
+    /// a guest request waits for are fetched: the disk stays remote-backed
+    /// (`wanmig migrate --no-storage`) until it is turned on again.
+    pub fn set_background(&mut self, enabled: bool) {
+        self.background = enabled;
+    }
+
+    /// Whether the background copy is on.
+    pub fn is_background_enabled(&self) -> bool {
+        self.background
     }
 
     /// The next fetch request to send, if the link is up and the windows
@@ -632,6 +646,9 @@ impl Planner {
     }
 
     fn poll_background(&mut self, now: Instant) -> Option<FetchRequest> {
+        if !self.background {
+            return None;
+        }
         let budget = self.config.window_blocks.checked_sub(self.bg_in_flight)?;
         if budget == 0 {
             return None;

@@ -28,7 +28,7 @@ use std::io;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -42,7 +42,14 @@ use crate::planner::{
     Arrival, Event, FetchRequest, IoPlan, Planner, PlannerConfig, PlannerStats, Priority, WaiterId,
 };
 use crate::presence::{sidecar_path, PresenceBitmap};
-use crate::wire::{BlockDecoder, Decoded};
+use crate::wire::{BlockContent, BlockDecoder, Decoded};
+
+/// Where the set of blocks the guest wrote at the destination is saved.
+pub fn written_path(disk: &Path) -> PathBuf {
+    let mut name = disk.as_os_str().to_owned();
+    name.push(".written");
+    PathBuf::from(name)
+}
 
 /// The link to the source is down; the request was not sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -115,6 +122,13 @@ pub struct RemoteDisk {
     fetcher: Arc<dyn Fetcher>,
     metrics: Arc<StorageMetrics>,
     all_local: AtomicBool,
+    /// Blocks the guest wrote here (for the end-of-copy check,
+    /// [`crate::verify`]); marked before the bytes are written.
+    written: Mutex<PresenceBitmap>,
+    /// `<path>.written`: the written set, saved with the presence bitmap.
+    written_path: PathBuf,
+    /// How many written blocks the saved written set holds.
+    written_saved: AtomicU64,
 }
 
 impl std::fmt::Debug for RemoteDisk {
@@ -173,6 +187,9 @@ impl RemoteDisk {
         );
         let all_local = presence.is_complete();
         let planner = Planner::new(presence, config.planner);
+        let written_path = written_path(path);
+        let written = PresenceBitmap::load(&written_path, geometry)?
+            .unwrap_or_else(|| PresenceBitmap::new(geometry));
         Ok(RemoteDisk {
             path: path.to_owned(),
             sidecar,
@@ -194,7 +211,76 @@ impl RemoteDisk {
             fetcher,
             metrics: Arc::new(StorageMetrics::default()),
             all_local: AtomicBool::new(all_local),
+            written_saved: AtomicU64::new(written.present_count()),
+            written: Mutex::new(written),
+            written_path,
         })
+    }
+
+    /// Turns the background copy on or off (see
+    /// [`Planner::set_background`]); on, missing blocks are requested now.
+    pub fn set_background(&self, enabled: bool) {
+        let mut st = self.lock();
+        st.planner.set_background(enabled);
+        let reqs = self.settle(&mut st, Instant::now());
+        drop(st);
+        self.send(reqs);
+    }
+
+    /// Whether the background copy is on.
+    pub fn is_background_enabled(&self) -> bool {
+        self.lock().planner.is_background_enabled()
+    }
+
+    /// How many blocks the guest wrote at this site.
+    pub fn written_blocks(&self) -> u64 {
+        self.written_set().present_count()
+    }
+
+    /// The blocks the guest wrote at this site so far.
+    pub fn written_set(&self) -> PresenceBitmap {
+        self.written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The end-of-copy check's digest of this copy ([`crate::verify`]) and
+    /// the written set it excludes. Every block must be local. Reads the
+    /// whole local copy (holes are not read); the guest may keep writing
+    /// meanwhile: a block written while it is hashed is in the returned set.
+    pub fn verification_digest(&self) -> Result<([u8; 32], PresenceBitmap), StorageError> {
+        let missing = self.lock().planner.presence().missing_count();
+        if missing > 0 {
+            return Err(StorageError::NotComplete { missing });
+        }
+        let extents = crate::extents::allocated_extents(&self.file, self.len())
+            .map_err(|e| StorageError::io("map extents of local disk copy", &self.path, e))?;
+        let g = self.geometry;
+        let mut buf = Vec::new();
+        let mut hashes = Vec::with_capacity(g.block_count() as usize);
+        for b in 0..g.block_count() {
+            let off = g.block_offset(b);
+            let len = g.block_len(b);
+            if !crate::extents::overlaps(&extents, off..off + len as u64) {
+                hashes.push(crate::verify::block_hash(BlockContent::Zero));
+                continue;
+            }
+            buf.resize(len, 0);
+            self.file
+                .read_exact_at(&mut buf, off)
+                .map_err(|e| StorageError::io("read local disk copy", &self.path, e))?;
+            hashes.push(crate::verify::block_hash(BlockContent::Data(&buf)));
+        }
+        let written = self.written_set();
+        Ok((crate::verify::combine(g, &hashes, &written), written))
+    }
+
+    fn mark_written(&self, offset: u64, len: u64) {
+        let mut w = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        for b in self.geometry.blocks_touching(offset, len) {
+            w.set(b);
+        }
     }
 
     /// Disk size in bytes.
@@ -319,9 +405,11 @@ impl RemoteDisk {
         let len = buf.len() as u64;
         if self.is_all_local() {
             self.geometry.check_range(offset, len)?;
+            self.mark_written(offset, len);
             return self.file.write_all_at(buf, offset);
         }
         let mut st = self.wait_ready(Op::Write, offset, len)?;
+        self.mark_written(offset, len);
         // Under the lock, so no arriving block can land between our write
         // and marking the blocks present.
         self.file.write_all_at(buf, offset)?;
@@ -350,9 +438,17 @@ impl RemoteDisk {
             st.persist_due = false;
             st.planner.presence().clone()
         };
+        let written = self.written_set();
         self.file
             .sync_data()
             .map_err(|e| StorageError::io("fsync local disk copy", &self.path, e))?;
+        // The written set only grows; save it when it did (it excludes
+        // blocks from the end-of-copy check, so it must survive a restart).
+        if written.present_count() != self.written_saved.load(Ordering::Relaxed) {
+            written.save(&self.written_path)?;
+            self.written_saved
+                .store(written.present_count(), Ordering::Relaxed);
+        }
         snapshot.save(&self.sidecar)
     }
 

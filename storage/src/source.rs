@@ -127,6 +127,15 @@ impl SourceDisk {
         Ok(BlockContent::Data(buf))
     }
 
+    /// Every block's hash in block order, for the end-of-copy check
+    /// ([`crate::verify`]); holes are not read.
+    pub fn block_hashes(&self) -> Result<Vec<crate::verify::BlockHash>, StorageError> {
+        let mut buf = Vec::new();
+        (0..self.geometry.block_count())
+            .map(|b| Ok(crate::verify::block_hash(self.read_block(b, &mut buf)?)))
+            .collect()
+    }
+
     /// Serves a fetch request block by block; stops at the first error (a
     /// request for blocks past the end is an error, not a panic).
     pub fn serve(

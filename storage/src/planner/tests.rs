@@ -510,3 +510,32 @@ proptest! {
         prop_assert_eq!(events.iter().filter(|e| **e == Event::AllLocal).count(), 1);
     }
 }
+
+#[test]
+fn background_off_fetches_only_on_demand_until_turned_on() {
+    let t0 = Instant::now();
+    let mut p = planner(10, cfg(4, 4, 4));
+    p.set_background(false);
+    assert!(!p.is_background_enabled());
+    assert!(drain_fetches(&mut p, t0).is_empty(), "no background copy");
+    let IoPlan::Wait(id) = p.guest_read(t0, 3 * 4096, 4096).unwrap() else {
+        panic!("block 3 is missing")
+    };
+    assert_eq!(
+        drain_fetches(&mut p, t0),
+        vec![FetchRequest {
+            first_block: 3,
+            count: 1,
+            priority: Priority::OnDemand
+        }]
+    );
+    deliver(&mut p, t0, 3);
+    assert_eq!(drain_events(&mut p), vec![Event::Ready(id)]);
+    assert!(drain_fetches(&mut p, t0).is_empty(), "still no background");
+    p.set_background(true);
+    let bg: Vec<u64> = drain_fetches(&mut p, t0)
+        .iter()
+        .flat_map(|r| r.blocks())
+        .collect();
+    assert_eq!(bg, vec![0, 1, 2, 4], "the window, skipping the local block");
+}

@@ -224,3 +224,63 @@ fn hole_blocks_are_local_zeros_without_a_fetch() {
     assert!(buf.iter().all(|&b| b == 0));
     assert_eq!(disk.metrics().snapshot().hole_blocks_skipped, 4);
 }
+
+/// The end-of-copy check against a real source file: equal when the copy is
+/// faithful (guest writes excluded), different when a copied block was
+/// corrupted behind the disk's back; the written set survives a reopen.
+#[test]
+fn verification_digest_matches_the_source_except_guest_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocks = 6u64;
+    let src_path = dir.path().join("src.img");
+    let mut src = Vec::new();
+    for b in 0..blocks {
+        src.extend(if b == 4 {
+            vec![0u8; BS as usize]
+        } else {
+            source_block(b)
+        });
+    }
+    std::fs::write(&src_path, &src).unwrap();
+    let source = crate::SourceDisk::open(&src_path, blocks * u64::from(BS), BS).unwrap();
+
+    let (disk, _rec) = open(&dir, blocks);
+    disk.set_background(false);
+    assert!(!disk.is_background_enabled());
+    disk.write_at(u64::from(BS), &vec![0x55; BS as usize])
+        .unwrap();
+    for b in 0..blocks {
+        if b == 1 {
+            continue;
+        }
+        let p = if b == 4 { vec![0] } else { payload(b) };
+        disk.on_block_arrived(b, &p).unwrap();
+    }
+    assert!(disk.is_all_local());
+    // Written after the copy: excluded as well.
+    disk.write_at(2 * u64::from(BS) + 10, b"guest").unwrap();
+    disk.complete().unwrap();
+    let (digest, written) = disk.verification_digest().unwrap();
+    assert_eq!(written.present_count(), 2);
+    assert_eq!(disk.written_blocks(), 2);
+    let expect =
+        crate::verify::combine(source.geometry(), &source.block_hashes().unwrap(), &written);
+    assert_eq!(digest, expect);
+
+    // Reopened (a restart), the written set is still known.
+    let path = disk.path().to_owned();
+    drop(disk);
+    let again = RemoteDisk::open(
+        &path,
+        blocks * u64::from(BS),
+        config(),
+        Arc::new(Recorder::default()),
+    )
+    .unwrap();
+    assert_eq!(again.written_set(), written);
+    // A block changed behind the disk's back is caught.
+    let f = OpenOptions::new().write(true).open(&path).unwrap();
+    f.write_all_at(b"bitrot", 3 * u64::from(BS)).unwrap();
+    let (bad, _) = again.verification_digest().unwrap();
+    assert_ne!(bad, expect);
+}
