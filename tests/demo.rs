@@ -3,7 +3,9 @@
 //! must succeed and its report must state what it verified: the memory
 //! digest at the handover, the guest's own results against an unmigrated
 //! run, and a TCP session that carried bytes in order before, between and
-//! after the moves A->B and back B->A. Real KVM, real QUIC, the real overlay.
+//! after the moves A->B and back B->A, and a disk that followed the VM to
+//! site B and holds what the guest wrote. Real KVM, real QUIC, the real
+//! overlay, a real disk file.
 
 use std::time::Duration;
 
@@ -56,6 +58,56 @@ async fn demo_migrates_a_guest_with_a_live_tcp_session_and_verifies_it() {
     );
     assert!(report.downtime_ms.is_some(), "{json}");
     assert!(updates > 0, "the progress callback never ran");
+    // The per-run data the scenario report plots.
+    assert_eq!(
+        (report.mix.as_str(), report.workload.as_str()),
+        ("busy", "moderate")
+    );
+    assert_eq!(report.dirty_bytes_per_sec, 5 << 20);
+    // Every live round, then the final stop-and-copy round.
+    assert_eq!(report.round_pages.len() as u32, report.rounds + 1, "{json}");
+    assert!(
+        report.convergence.is_some() && report.stop_reason.is_some(),
+        "{json}"
+    );
+    assert!(
+        report.round_pages[0] >= (64 << 20) / 4096,
+        "round 0 sends all of memory: {json}"
+    );
+    let kinds = &report.wire_by_kind;
+    assert_eq!(
+        kinds.zero + kinds.reference + kinds.raw + kinds.zstd_section_and_headers,
+        report.wire_bytes,
+        "{json}"
+    );
+    assert!(
+        kinds.zero > 0 && kinds.reference > 0 && kinds.raw > 0,
+        "{json}"
+    );
+    assert!(report.progress_series.len() >= 2, "{json}");
+    let last = report.progress_series.last().unwrap();
+    assert_eq!(last.wire_bytes, report.wire_bytes, "{json}");
+    assert!(
+        report
+            .progress_series
+            .windows(2)
+            .all(|w| w[0].t_ms <= w[1].t_ms && w[0].wire_bytes <= w[1].wire_bytes),
+        "{json}"
+    );
+    // The disk followed the VM and holds what the guest wrote.
+    let storage = report.storage.as_ref().expect("a storage report");
+    assert_eq!(storage.disk_bytes, 64 << 20, "{json}");
+    assert!(storage.verified, "{json}");
+    assert_eq!(
+        (storage.guest_errors, storage.blocks_mismatched),
+        (0, 0),
+        "{json}"
+    );
+    assert!(storage.iterations > storage.iterations_at_source, "{json}");
+    assert!(
+        storage.wire_bytes > 0 && storage.wire_bytes < storage.disk_bytes,
+        "{json}"
+    );
     // The move back: the session survives it too, every byte in order.
     let back = report.return_move.as_ref().expect("a return-move report");
     assert_eq!(back.outcome, "succeeded", "{json}");
@@ -77,6 +129,9 @@ async fn demo_migrates_a_guest_with_a_live_tcp_session_and_verifies_it() {
         "tcp_session_survived",
         "memory_verified",
         "link",
+        "storage",
+        "round_pages",
+        "progress_series",
     ] {
         assert!(
             json.contains(&format!("\"{key}\"")),

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use wanmig_gateway::demo::{self, DemoOptions, DemoReport};
+use wanmig_gateway::demo::{self, DemoOptions, DemoReport, GuestWorkload, MemoryMix};
 use wanmig_gateway::migration::MigrationRecord;
 use wanmig_netem::units::{parse_duration, parse_percent, parse_rate, parse_size};
 
@@ -26,17 +26,42 @@ pub struct DemoArgs {
     /// Bottleneck rate of the emulated WAN (e.g. 250mbit, 1gbit).
     #[arg(long, default_value = "250mbit", value_parser = parse_rate)]
     rate: u64,
-    /// Random packet loss on each direction (e.g. 0.1%).
+    /// Mean packet loss on each direction (e.g. 0.1%); independent unless
+    /// --loss-burst makes it bursty.
     #[arg(long, default_value = "0%", value_parser = parse_percent)]
     loss: f64,
-    /// Guest memory (e.g. 512MiB); filled with the demo memory mix (40%
-    /// zero pages, 15% duplicated pages, 30% text, 5% sparse pointer pages,
-    /// 10% incompressible).
+    /// Make the loss bursty (Gilbert-Elliott) with this mean burst length in
+    /// packets (e.g. 4); --loss stays the mean loss rate.
+    #[arg(long, value_name = "PACKETS")]
+    loss_burst: Option<f64>,
+    /// Uniform delay variation added to each direction (e.g. 5ms).
+    #[arg(long, default_value = "0ms", value_parser = parse_duration)]
+    jitter: Duration,
+    /// Guest memory (e.g. 512MiB), filled with the --mix.
     #[arg(long, default_value = "512MiB", value_parser = parse_size)]
     mem: u64,
-    /// How fast the guest dirties memory, bytes per second (e.g. 5MiB).
+    /// What guest memory holds: `fresh` (a freshly booted VM, 90% zero
+    /// pages), `busy` (a long-running VM: 40% zero pages, 15% duplicated
+    /// pages, 30% text, 5% sparse pointer pages, 10% incompressible) or
+    /// `incompressible` (all pages).
+    #[arg(long, value_enum, default_value = "busy")]
+    mix: MemoryMix,
+    /// How hard the guest dirties memory: `idle` (128 KiB/s), `moderate`
+    /// (--dirty-rate) or `write-heavy` (twice the link rate, at least
+    /// 16 MiB/s: converges only by auto-converge or smart stop).
+    #[arg(long, value_enum, default_value = "moderate")]
+    workload: GuestWorkload,
+    /// How fast the moderate guest dirties memory, bytes per second (e.g.
+    /// 5MiB).
     #[arg(long, default_value = "5MiB", value_parser = parse_size)]
     dirty_rate: u64,
+    /// Size of the VM's sparse disk, which the guest's disk workload writes
+    /// and which follows the VM to site B after the compute move.
+    #[arg(long, default_value = "64MiB", value_parser = parse_size)]
+    disk: u64,
+    /// Run the VM without a disk (no storage migration).
+    #[arg(long)]
+    no_disk: bool,
     /// Downtime budget of the final stop-and-copy round.
     #[arg(long, default_value = "300ms", value_parser = parse_duration)]
     downtime: Duration,
@@ -90,8 +115,14 @@ fn show(bar: &ProgressBar, r: &MigrationRecord) {
 fn print_human(r: &DemoReport) {
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     println!(
-        "wanmig demo — two sites, {:.0} ms RTT, {:.0} Mbit/s, {:.2}% loss",
-        r.link.rtt_ms, r.link.rate_mbit, r.link.loss_percent
+        "wanmig demo — two sites, {:.0} ms RTT (jitter {:.0} ms), {:.0} Mbit/s, {:.2}% loss ({})",
+        r.link.rtt_ms, r.link.jitter_ms, r.link.rate_mbit, r.link.loss_percent, r.link.loss_model
+    );
+    println!(
+        "  guest            {} memory mix, {} workload ({:.1} MiB/s dirtied)",
+        r.mix,
+        r.workload,
+        mib(r.dirty_bytes_per_sec)
     );
     println!("  migration {}: {}", r.migration_id, r.outcome);
     println!("  total time       {} ms", r.total_ms);
@@ -99,7 +130,12 @@ fn print_human(r: &DemoReport) {
         Some(d) => println!("  downtime         {d:.1} ms"),
         None => println!("  downtime         -"),
     }
-    println!("  rounds           {}", r.rounds);
+    println!(
+        "  rounds           {} (pages per round {:?}; convergence {})",
+        r.rounds,
+        r.round_pages,
+        r.convergence.as_deref().unwrap_or("-")
+    );
     println!(
         "  guest memory     {:.1} MiB (sent {:.1} MiB over all rounds)",
         mib(r.guest_mem_bytes),
@@ -135,6 +171,17 @@ fn print_human(r: &DemoReport) {
         r.tcp.bytes_verified_after_move,
         r.tcp.stats.longest_stall_ms
     );
+    if let Some(s) = &r.storage {
+        println!(
+            "  disk             {:.1} MiB copied to site B in {} ms, {:.1} MiB on the wire, verified {} ({} guest iterations, {} errors)",
+            mib(s.disk_bytes),
+            s.total_ms,
+            mib(s.wire_bytes),
+            s.verified,
+            s.iterations,
+            s.guest_errors
+        );
+    }
     if let Some(b) = &r.return_move {
         println!(
             "  move back to A   {}: {} ms, downtime {}, {:.1} MiB on the wire, verified {}, {} TCP bytes in order after it",
@@ -164,8 +211,13 @@ pub async fn run(a: DemoArgs) -> Result<()> {
         rtt: a.rtt,
         rate_bps: a.rate,
         loss: a.loss,
+        loss_burst: a.loss_burst,
+        jitter: a.jitter,
         mem_bytes: a.mem,
+        mix: a.mix,
+        workload: a.workload,
         dirty_bytes_per_sec: a.dirty_rate,
+        disk_bytes: (!a.no_disk).then_some(a.disk),
         downtime: a.downtime,
         reduction: !a.no_reduction,
         warm_clone: a.warm_clone,

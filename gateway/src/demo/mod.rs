@@ -7,29 +7,39 @@
 //! through the gateways; then the demo checks what an operator would: the
 //! memory digests matched at the handover, the guest's own deterministic
 //! results continue exactly as an unmigrated run's, and the TCP session
-//! survived with every byte in order.
+//! survived with every byte in order. The VM has a disk by default
+//! ([`disk`]): after the compute move the follow-on storage copy brings it
+//! to site B, and the demo checks the copy against what the guest wrote.
+//!
+//! The knobs the scenario matrix turns — memory mix, guest workload
+//! ([`guest`]), link jitter and bursty loss — are options here, and the
+//! report carries the per-run series the matrix plots ([`series`]).
 //!
 //! Errors are `anyhow`: this is an edge (a command), not a library API.
 
+pub mod disk;
 pub mod echo_client;
+pub mod guest;
+pub mod series;
 
-use std::io::Write;
 use std::net::Ipv4Addr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
-use wanmig_codec::mix::{self, MixSpec};
-use wanmig_netem::LinkParams;
+use wanmig_netem::{JitterDist, LinkParams, LossModel};
 use wanmig_vmm::config::NetConfig;
-use wanmig_vmm::workload_model::{first_mismatch, HostWorkingSet};
+use wanmig_vmm::workload_model::first_mismatch;
 use wanmig_vmm::{MemoryWorkloadConfig, VmConfig};
 
 use crate::lab::{Link, MeshBuilder};
 use crate::migration::{MigrateRequest, MigrationRecord, Outcome, VmHost, VmHosting};
+use disk::StorageReport;
 use echo_client::{EchoClient, EchoClientConfig, EchoStats};
+use guest::GuestShape;
+pub use guest::{GuestWorkload, MemoryMix};
+use series::{ProgressSample, Series};
 
 const SITE_A: &str = "site-a";
 const SITE_B: &str = "site-b";
@@ -40,19 +50,27 @@ const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 20);
 const GUEST_MAC: [u8; 6] = [0x02, 0x57, 0x4d, 0x00, 0x00, 0x10];
 const CLIENT_MAC: [u8; 6] = [0x02, 0x57, 0x4d, 0x00, 0x00, 0x20];
 const ECHO_PORT: u16 = 7000;
-/// Guest pages the memory workload writes per iteration; the iteration
-/// period sets the dirty rate.
-const PAGES_PER_ITERATION: u64 = 32;
+/// How often the demo reads the source's migration record.
+const SAMPLE_PERIOD: Duration = Duration::from_millis(100);
 
 /// What the demo runs (every field has a default; see `wanmig demo --help`).
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
     pub rtt: Duration,
     pub rate_bps: u64,
-    /// Random loss probability on each direction of the WAN (0..1).
+    /// Mean loss probability on each direction of the WAN (0..1).
     pub loss: f64,
+    /// `Some(n)`: the loss comes in bursts of `n` packets on average
+    /// (Gilbert-Elliott, mean rate `loss`); `None`: independent loss.
+    pub loss_burst: Option<f64>,
+    /// Spread of the uniform delay variation on each direction.
+    pub jitter: Duration,
     pub mem_bytes: u64,
-    /// Bytes per second the guest's memory workload dirties.
+    /// What the guest's memory holds.
+    pub mix: MemoryMix,
+    /// How hard the guest dirties memory.
+    pub workload: GuestWorkload,
+    /// Bytes per second the moderate workload dirties.
     pub dirty_bytes_per_sec: u64,
     /// Pages in the workload's working set.
     pub working_set_pages: u64,
@@ -69,6 +87,9 @@ pub struct DemoOptions {
     /// After the move to site B, move the VM back to site A (the TCP session
     /// must survive both moves).
     pub round_trip: bool,
+    /// `Some(bytes)`: the VM gets a sparse disk of this size that its disk
+    /// workload writes, and the storage copy follows the compute move.
+    pub disk_bytes: Option<u64>,
 }
 
 impl Default for DemoOptions {
@@ -77,7 +98,11 @@ impl Default for DemoOptions {
             rtt: Duration::from_millis(100),
             rate_bps: 250_000_000,
             loss: 0.0,
+            loss_burst: None,
+            jitter: Duration::ZERO,
             mem_bytes: 512 << 20,
+            mix: MemoryMix::Busy,
+            workload: GuestWorkload::Moderate,
             dirty_bytes_per_sec: 5 << 20,
             working_set_pages: 8192,
             downtime: Duration::from_millis(300),
@@ -86,7 +111,56 @@ impl Default for DemoOptions {
             reduction: true,
             warm_clone: false,
             round_trip: false,
+            disk_bytes: Some(64 << 20),
         }
+    }
+}
+
+impl DemoOptions {
+    /// The bytes per second the guest dirties under this workload.
+    pub fn effective_dirty_rate(&self) -> u64 {
+        self.workload
+            .dirty_bytes_per_sec(self.dirty_bytes_per_sec, self.rate_bps)
+    }
+
+    /// The loss model of each direction of the link.
+    pub fn loss_model(&self) -> LossModel {
+        match self.loss_burst {
+            _ if self.loss <= 0.0 => LossModel::None,
+            None => LossModel::Random { p: self.loss },
+            Some(burst) => bursty_loss(self.loss, burst),
+        }
+    }
+
+    /// One direction of the emulated WAN.
+    pub fn link_params(&self) -> LinkParams {
+        LinkParams::wan(self.rtt, self.rate_bps)
+            .with_loss(self.loss_model())
+            .with_jitter(self.jitter, JitterDist::Uniform)
+    }
+
+    fn guest(&self) -> GuestShape {
+        GuestShape {
+            mem_bytes: self.mem_bytes,
+            mix: self.mix,
+            seed: self.seed,
+            dirty_bytes_per_sec: self.effective_dirty_rate(),
+            working_set_pages: self.working_set_pages,
+        }
+    }
+}
+
+/// Gilbert-Elliott loss with mean rate `mean` in bursts of `burst` packets
+/// on average: every packet in the bad state is lost, none in the good
+/// one, so `r = 1 / burst` and `p = mean · r / (1 − mean)`.
+pub fn bursty_loss(mean: f64, burst: f64) -> LossModel {
+    let r = (1.0 / burst.max(1.0)).min(1.0);
+    let p = (mean * r / (1.0 - mean)).clamp(0.0, 1.0);
+    LossModel::GilbertElliott {
+        p,
+        r,
+        loss_bad: 1.0,
+        loss_good: 0.0,
     }
 }
 
@@ -96,6 +170,39 @@ pub struct LinkReport {
     pub rtt_ms: f64,
     pub rate_mbit: f64,
     pub loss_percent: f64,
+    /// "none", "random" or "bursty (mean burst N packets)".
+    pub loss_model: String,
+    pub jitter_ms: f64,
+}
+
+/// Guest pages the migration relayed, by record kind, and the codec bytes
+/// they took on the wire. Zero, reference and raw records have fixed sizes
+/// in the batch format (`wanmig_codec::record`: a 9-byte table entry, plus
+/// a 32-byte fingerprint for a reference, plus the 4096-byte page for a raw
+/// record), so their bytes follow from their counts; deltas and literals
+/// share the zstd section, so `zstd_section_and_headers` is the rest of the
+/// wire bytes (zstd output and batch headers).
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct WireByKind {
+    pub zero: u64,
+    pub reference: u64,
+    pub raw: u64,
+    pub zstd_section_and_headers: u64,
+}
+
+impl WireByKind {
+    fn from_progress(p: &crate::migration::Progress) -> Self {
+        const ENTRY: u64 = 9;
+        let zero = p.zero * ENTRY;
+        let reference = p.refs * (ENTRY + 32);
+        let raw = p.raw * (ENTRY + 4096);
+        WireByKind {
+            zero,
+            reference,
+            raw,
+            zstd_section_and_headers: p.bytes_out.saturating_sub(zero + reference + raw),
+        }
+    }
 }
 
 /// The guest's TCP session, as the client saw it.
@@ -136,6 +243,29 @@ pub struct DemoReport {
     pub workload_iterations_checked: u64,
     pub tcp_session_survived: bool,
     pub tcp: TcpReport,
+    /// "fresh", "busy" or "incompressible".
+    pub mix: String,
+    /// "idle", "moderate" or "write-heavy".
+    pub workload: String,
+    /// Bytes per second the guest's memory workload was set to dirty.
+    pub dirty_bytes_per_sec: u64,
+    /// How the pre-copy converged (normal, auto-converge, smart stop, …),
+    /// as the source's migration record states it.
+    pub convergence: Option<String>,
+    /// Why the source stopped the VM for the final round.
+    pub stop_reason: Option<String>,
+    /// Highest guest throttle (percent) auto-converge applied.
+    pub max_throttle: Option<u8>,
+    /// Bytes of the VM's vCPU/device state blob.
+    pub state_bytes: Option<u64>,
+    /// Pages sent in each round (round 0 = all of memory; the final
+    /// stop-and-copy round last).
+    pub round_pages: Vec<u64>,
+    pub wire_by_kind: WireByKind,
+    /// The source's progress every ~100 ms (goodput over time).
+    pub progress_series: Vec<ProgressSample>,
+    /// The follow-on storage migration, when the VM has a disk.
+    pub storage: Option<StorageReport>,
     /// The second migration (a clone of the same image to the same site),
     /// when asked for.
     pub warm_clone: Option<CloneReport>,
@@ -183,76 +313,21 @@ impl DemoReport {
                     && r.workload_verified
                     && r.tcp_bytes_verified_after_return >= 128 << 10
             })
+            && self.storage.as_ref().is_none_or(|s| s.verified)
             && self.memory_verified
             && self.workload_verified
             && self.tcp_session_survived
     }
 }
 
-/// Writes `bytes` of the demo memory mix to `path`.
-fn write_memory_image(path: &Path, bytes: u64, seed: u64) -> Result<()> {
-    let mut f = std::io::BufWriter::new(
-        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
-    );
-    let spec = MixSpec::demo();
-    let chunk_pages = 4096u64;
-    let mut buf = vec![0u8; (chunk_pages * 4096) as usize];
-    let pages = bytes / 4096;
-    let mut first = 0u64;
-    while first < pages {
-        let n = chunk_pages.min(pages - first);
-        let part = &mut buf[..(n * 4096) as usize];
-        mix::fill(seed, first, &spec, part);
-        f.write_all(part)
-            .with_context(|| format!("writing {}", path.display()))?;
-        first += n;
-    }
-    f.flush()
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
-}
-
-fn vm_config(opts: &DemoOptions, mem_image: &Path) -> VmConfig {
-    let pages_per_sec = (opts.dirty_bytes_per_sec / 4096).max(1);
-    let period = Duration::from_secs_f64(PAGES_PER_ITERATION as f64 / pages_per_sec as f64);
-    VmConfig {
-        mem_size: opts.mem_bytes,
-        memory_workload: Some(MemoryWorkloadConfig {
-            seed: opts.seed,
-            working_set_pages: opts.working_set_pages,
-            pages_per_iteration: PAGES_PER_ITERATION,
-            iterations: 0,
-            iteration_period: period,
-        }),
-        net: Some(NetConfig {
-            mac: GUEST_MAC,
-            ip: GUEST_IP,
-            prefix_len: 15,
-            port: ECHO_PORT,
-            tap: None,
-        }),
-        disk: None,
-        mem_image: Some(mem_image.to_path_buf()),
-    }
-}
-
-/// The working set as the guest finds it: the demo mix from
-/// `WORKLOAD_BASE` on (the preloaded image covers it).
-fn initial_working_set(opts: &DemoOptions) -> HostWorkingSet {
-    let base_page = wanmig_guest_abi::WORKLOAD_BASE / 4096;
-    let mut bytes = vec![0u8; (opts.working_set_pages * 4096) as usize];
-    mix::fill(opts.seed, base_page, &MixSpec::demo(), &mut bytes);
-    HostWorkingSet::from_bytes(opts.working_set_pages, &bytes)
-}
-
 /// Checks the guest's reported digests against an unmigrated run.
 fn check_workload(
-    opts: &DemoOptions,
+    shape: &GuestShape,
     w: &MemoryWorkloadConfig,
     samples: Vec<(u64, u64)>,
     site: &str,
 ) -> bool {
-    match first_mismatch(w, initial_working_set(opts), samples) {
+    match first_mismatch(w, shape.initial_working_set(), samples) {
         None => true,
         Some((it, got, want)) => {
             tracing::error!(
@@ -295,15 +370,24 @@ fn samples(host: &VmHost) -> Vec<(u64, u64)> {
     samples_of(host, VM)
 }
 
-/// Migrates `vm` from `from` to `to`, feeding `progress`; returns the
-/// outcome, the final record and the elapsed milliseconds.
+/// One migration as the source saw it.
+struct Moved {
+    outcome: Outcome,
+    record: MigrationRecord,
+    total_ms: u64,
+    series: Vec<ProgressSample>,
+    round_pages: Vec<u64>,
+}
+
+/// Migrates `vm` from `from` to `to`, feeding `progress` and sampling the
+/// source's record every [`SAMPLE_PERIOD`].
 async fn migrate(
     from: &crate::GatewayHandle,
     vm: &str,
     to: &str,
     downtime: Duration,
     progress: &mut impl FnMut(&MigrationRecord),
-) -> Result<(Outcome, MigrationRecord, u64)> {
+) -> Result<Moved> {
     let started = Instant::now();
     let (id, mut task) = from
         .migration()
@@ -314,11 +398,15 @@ async fn migrate(
             scope: None,
         })
         .context("starting the migration")?;
+    let mut series = Series::default();
+    let mut tick = tokio::time::interval(SAMPLE_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let outcome = loop {
         tokio::select! {
             r = &mut task => break r.context("migration task")?,
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {
+            _ = tick.tick() => {
                 if let Some(rec) = from.migration().record(&id) {
+                    series.observe(started.elapsed().as_millis() as u64, &rec);
                     progress(&rec);
                 }
             }
@@ -329,8 +417,16 @@ async fn migrate(
         .migration()
         .record(&id)
         .context("the migration's record is gone")?;
+    series.observe(total_ms, &record);
     progress(&record);
-    Ok((outcome, record, total_ms))
+    let (series, round_pages) = series.finish(&record);
+    Ok(Moved {
+        outcome,
+        record,
+        total_ms,
+        series,
+        round_pages,
+    })
 }
 
 async fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> Result<()> {
@@ -352,7 +448,14 @@ pub async fn run(
     if !(0.0..1.0).contains(&opts.loss) {
         bail!("--loss must be at least 0% and below 100%");
     }
-    let params = LinkParams::wan(opts.rtt, opts.rate_bps).with_random_loss(opts.loss);
+    if opts.loss_burst.is_some_and(|b| !(b >= 1.0)) {
+        bail!("--loss-burst must be at least 1 packet");
+    }
+    let params = opts.link_params();
+    params
+        .validate()
+        .context("the emulated link's settings (--rtt, --rate, --loss, --jitter)")?;
+    let shape = opts.guest();
     let mesh = MeshBuilder::new(2)
         .link(Link {
             forward: params.clone(),
@@ -378,11 +481,27 @@ pub async fn run(
 
     // The guest, with realistic memory content, at site A.
     let image = mesh.dir().join("demo-memory.img");
-    let (img, bytes, seed) = (image.clone(), opts.mem_bytes, opts.seed);
-    tokio::task::spawn_blocking(move || write_memory_image(&img, bytes, seed))
+    let (img, sh) = (image.clone(), shape.clone());
+    tokio::task::spawn_blocking(move || sh.write_memory_image(&img))
         .await
         .context("memory image thread")??;
-    let config = vm_config(&opts, &image);
+    let disk_seed = opts.seed ^ 0xd15c;
+    let disk = match opts.disk_bytes {
+        Some(bytes) => Some(disk::create(
+            &mesh.dir().join("demo-vm.disk"),
+            bytes,
+            disk_seed,
+        )?),
+        None => None,
+    };
+    let net = NetConfig {
+        mac: GUEST_MAC,
+        ip: GUEST_IP,
+        prefix_len: 15,
+        port: ECHO_PORT,
+        tap: None,
+    };
+    let config = shape.vm_config(&image, net, disk);
     let workload = config.memory_workload.clone().expect("set above");
     let host_a: Arc<VmHost> = gw_a.vm_host().clone();
     let h = host_a.clone();
@@ -439,11 +558,23 @@ pub async fn run(
     .await?;
 
     let at_a = samples(&host_a);
-    let at_a_ok = check_workload(&opts, &workload, at_a, SITE_A);
+    let at_a_ok = check_workload(&shape, &workload, at_a, SITE_A);
+    if opts.disk_bytes.is_some() {
+        wait_for("the guest's disk workload", Duration::from_secs(60), || {
+            disk::guest_report(&host_a, VM).is_some_and(|r| r[0] >= 2)
+        })
+        .await?;
+    }
 
     // The live migration.
-    let (outcome, record, total_ms) =
-        migrate(gw_a, VM, SITE_B, opts.downtime, &mut progress).await?;
+    let Moved {
+        outcome,
+        record,
+        total_ms,
+        series,
+        round_pages,
+    } = migrate(gw_a, VM, SITE_B, opts.downtime, &mut progress).await?;
+    let disk_at_source = disk::guest_report(&host_a, VM).map_or(0, |r| r[0]);
     let id = record.id.clone();
     let verified_at_move = client.stats().bytes_verified;
 
@@ -462,7 +593,7 @@ pub async fn run(
         .await?;
         let at_b = samples(&host_b);
         checked = at_b.len() as u64;
-        workload_verified = at_a_ok && check_workload(&opts, &workload, at_b, SITE_B);
+        workload_verified = at_a_ok && check_workload(&shape, &workload, at_b, SITE_B);
         let c = &client;
         let target = verified_at_move + (128 << 10);
         tokio::task::block_in_place(|| c.wait_verified(target, Duration::from_secs(60)));
@@ -471,6 +602,12 @@ pub async fn run(
             .bytes_verified
             .saturating_sub(verified_at_move);
     }
+    let storage = match (opts.disk_bytes, outcome) {
+        (Some(_), Outcome::Succeeded) => {
+            Some(check_storage(gw_b.vm_host(), disk_seed, disk_at_source).await?)
+        }
+        _ => None,
+    };
     let return_move = if opts.round_trip && outcome == Outcome::Succeeded {
         Some(move_back(&opts, &workload, gw_a, gw_b, &client, &mut progress).await?)
     } else {
@@ -493,6 +630,15 @@ pub async fn run(
             rtt_ms: opts.rtt.as_secs_f64() * 1e3,
             rate_mbit: opts.rate_bps as f64 / 1e6,
             loss_percent: opts.loss * 100.0,
+            loss_model: match opts.loss_model() {
+                LossModel::None => "none".into(),
+                LossModel::Random { .. } => "random".into(),
+                LossModel::GilbertElliott { .. } => format!(
+                    "bursty (Gilbert-Elliott, mean burst {} packets)",
+                    opts.loss_burst.unwrap_or(1.0)
+                ),
+            },
+            jitter_ms: opts.jitter.as_secs_f64() * 1e3,
         },
         migration_id: id,
         outcome: outcome.label().to_string(),
@@ -517,11 +663,75 @@ pub async fn run(
             stats: tcp,
             bytes_verified_after_move: after_move,
         },
+        mix: opts.mix.label().into(),
+        workload: opts.workload.label().into(),
+        dirty_bytes_per_sec: shape.dirty_bytes_per_sec,
+        convergence: record.convergence.clone(),
+        stop_reason: record.stop_reason.clone(),
+        max_throttle: record.max_throttle,
+        state_bytes: record.state_bytes,
+        // The shim's own per-round counts when the record has them; else
+        // what the sampling saw.
+        round_pages: if record.round_pages.is_empty() {
+            round_pages
+        } else {
+            record.round_pages.clone()
+        },
+        wire_by_kind: WireByKind::from_progress(p),
+        progress_series: series,
+        storage,
         warm_clone,
         return_move,
     };
     mesh.shutdown().await;
     Ok(report)
+}
+
+/// Waits for the VM's disk to be local at `host`, then pauses the guest,
+/// checks the disk against the guest-abi model of what the guest wrote,
+/// and lets it run on.
+async fn check_storage(host: &Arc<VmHost>, seed: u64, at_source: u64) -> Result<StorageReport> {
+    let (path, disk_bytes, wire_bytes, total_ms) = disk::wait_local(host, VM).await?;
+    host.with_vm(VM, |v| v.pause())
+        .context("the VM is gone from site B")?
+        .context("pausing the guest to check its disk")?;
+    let report = disk::guest_report(host, VM);
+    let p = path.clone();
+    let image = tokio::task::spawn_blocking(move || std::fs::read(&p))
+        .await
+        .context("disk read thread")?
+        .with_context(|| format!("reading the destination disk {}", path.display()));
+    let mismatched = match (&image, report) {
+        (Ok(img), Some(r)) => {
+            let (img, reported) = (img.clone(), r[0]);
+            tokio::task::spawn_blocking(move || disk::mismatched_blocks(&img, seed, reported))
+                .await
+                .context("disk check thread")?
+        }
+        _ => u64::MAX,
+    };
+    host.with_vm(VM, |v| v.resume())
+        .context("the VM is gone from site B")?
+        .context("resuming the guest after the disk check")?;
+    let image = image?;
+    let [iterations, _, _, errors] = report.context("the guest never reported disk iterations")?;
+    if mismatched > 0 {
+        tracing::error!(
+            mismatched,
+            iterations,
+            "the destination disk differs from what the guest wrote"
+        );
+    }
+    Ok(StorageReport {
+        disk_bytes,
+        wire_bytes,
+        total_ms,
+        verified: mismatched == 0 && errors == 0 && image.len() as u64 == disk_bytes,
+        iterations,
+        iterations_at_source: at_source,
+        guest_errors: errors,
+        blocks_mismatched: mismatched,
+    })
 }
 
 /// Boots a second VM from the same memory image at site A (no NIC) and
@@ -535,8 +745,11 @@ async fn migrate_clone(
 ) -> Result<CloneReport> {
     const CLONE: &str = "demo-vm-clone";
     let workload = config.memory_workload.clone().expect("the demo sets it");
+    // The clone has no NIC, and no disk: the original's source disk is
+    // the first VM's.
     let clone = VmConfig {
         net: None,
+        disk: None,
         ..config.clone()
     };
     let host_a = gw_a.vm_host().clone();
@@ -551,7 +764,12 @@ async fn migrate_clone(
         || samples_of(&host_a, CLONE).len() >= 5,
     )
     .await?;
-    let (outcome, record, total_ms) = migrate(gw_a, CLONE, SITE_B, opts.downtime, progress).await?;
+    let Moved {
+        outcome,
+        record,
+        total_ms,
+        ..
+    } = migrate(gw_a, CLONE, SITE_B, opts.downtime, progress).await?;
     let mut workload_verified = false;
     if outcome == Outcome::Succeeded {
         let host_b = gw_b.vm_host().clone();
@@ -561,7 +779,8 @@ async fn migrate_clone(
             || samples_of(&host_b, CLONE).len() >= 5,
         )
         .await?;
-        workload_verified = check_workload(opts, &workload, samples_of(&host_b, CLONE), SITE_B);
+        workload_verified =
+            check_workload(&opts.guest(), &workload, samples_of(&host_b, CLONE), SITE_B);
     }
     let p = &record.progress;
     Ok(CloneReport {
@@ -588,7 +807,12 @@ async fn move_back(
     progress: &mut impl FnMut(&MigrationRecord),
 ) -> Result<ReturnReport> {
     let last_at_b = samples(gw_b.vm_host()).last().map_or(0, |s| s.0);
-    let (outcome, record, total_ms) = migrate(gw_b, VM, SITE_A, opts.downtime, progress).await?;
+    let Moved {
+        outcome,
+        record,
+        total_ms,
+        ..
+    } = migrate(gw_b, VM, SITE_A, opts.downtime, progress).await?;
     let verified_at_return = client.stats().bytes_verified;
     let mut workload_verified = false;
     let mut after = 0;
@@ -609,7 +833,7 @@ async fn move_back(
             .into_iter()
             .filter(|s| s.0 > last_at_b)
             .collect();
-        workload_verified = check_workload(opts, workload, fresh, SITE_A);
+        workload_verified = check_workload(&opts.guest(), workload, fresh, SITE_A);
         let target = verified_at_return + (128 << 10);
         tokio::task::block_in_place(|| client.wait_verified(target, Duration::from_secs(60)));
         after = client
