@@ -1,0 +1,165 @@
+//! A QEMU Machine Protocol client over a unix socket: the greeting and
+//! capability negotiation, commands and their replies, with asynchronous
+//! events skipped. [`parse`] classifies one line of the protocol (no I/O);
+//! [`Qmp`] wraps it around a blocking socket.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value};
+
+/// One message from QEMU.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Message {
+    /// `{"QMP": {...}}`, sent once on connect.
+    Greeting,
+    /// `{"return": ...}`: a command succeeded.
+    Return(Value),
+    /// `{"error": {"class": ..., "desc": ...}}`: a command failed.
+    Error { class: String, desc: String },
+    /// `{"event": NAME, ...}`: something happened (not a reply).
+    Event(String),
+}
+
+/// Classifies one line QEMU sent.
+pub fn parse(line: &str) -> Result<Message> {
+    let v: Value = serde_json::from_str(line)
+        .with_context(|| format!("QMP sent a line that is not JSON: {line:?}"))?;
+    if v.get("QMP").is_some() {
+        return Ok(Message::Greeting);
+    }
+    if let Some(r) = v.get("return") {
+        return Ok(Message::Return(r.clone()));
+    }
+    if let Some(e) = v.get("error") {
+        let field = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("?").to_string();
+        return Ok(Message::Error {
+            class: field("class"),
+            desc: field("desc"),
+        });
+    }
+    if let Some(name) = v.get("event").and_then(Value::as_str) {
+        return Ok(Message::Event(name.to_string()));
+    }
+    bail!("QMP sent a message of unknown shape: {line}")
+}
+
+/// A negotiated QMP session.
+pub struct Qmp {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+    /// For error messages: which QEMU this is.
+    who: String,
+}
+
+impl Qmp {
+    /// Connects to `path` (retrying until QEMU has created it, up to
+    /// `timeout`), reads the greeting and leaves negotiation mode.
+    pub fn connect(path: &Path, who: &str, timeout: Duration) -> Result<Self> {
+        let deadline = Instant::now() + timeout;
+        let stream = loop {
+            match UnixStream::connect(path) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(e).with_context(|| {
+                        format!(
+                            "{who}: QMP socket {} did not accept within {timeout:?}",
+                            path.display()
+                        )
+                    })
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .context("setting the QMP read timeout")?;
+        let writer = stream.try_clone().context("cloning the QMP socket")?;
+        let mut q = Qmp {
+            reader: BufReader::new(stream),
+            writer,
+            who: who.to_string(),
+        };
+        match q.read()? {
+            Message::Greeting => {}
+            other => bail!("{who}: expected the QMP greeting, got {other:?}"),
+        }
+        q.execute("qmp_capabilities", json!({}))?;
+        Ok(q)
+    }
+
+    fn read(&mut self) -> Result<Message> {
+        let mut line = String::new();
+        let n = self
+            .reader
+            .read_line(&mut line)
+            .with_context(|| format!("{}: reading from QMP", self.who))?;
+        if n == 0 {
+            bail!("{}: QEMU closed its QMP socket (did it exit?)", self.who);
+        }
+        parse(line.trim_end())
+    }
+
+    /// Runs `command` with `arguments`; returns its `return` value, or an
+    /// error carrying QEMU's description.
+    pub fn execute(&mut self, command: &str, arguments: Value) -> Result<Value> {
+        let mut msg = json!({ "execute": command });
+        if arguments.as_object().is_some_and(|o| !o.is_empty()) {
+            msg["arguments"] = arguments;
+        }
+        let mut text = msg.to_string();
+        text.push('\n');
+        self.writer
+            .write_all(text.as_bytes())
+            .with_context(|| format!("{}: sending {command}", self.who))?;
+        loop {
+            match self.read()? {
+                Message::Return(v) => return Ok(v),
+                Message::Error { class, desc } => {
+                    return Err(anyhow!("{}: {command} failed: {class}: {desc}", self.who))
+                }
+                Message::Event(_) => continue,
+                Message::Greeting => bail!("{}: unexpected second QMP greeting", self.who),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_the_protocol_messages() {
+        assert_eq!(
+            parse(r#"{"QMP": {"version": {"qemu": {"micro": 22, "minor": 2, "major": 7}}, "capabilities": ["oob"]}}"#).unwrap(),
+            Message::Greeting
+        );
+        assert_eq!(
+            parse(r#"{"return": {}}"#).unwrap(),
+            Message::Return(json!({}))
+        );
+        assert_eq!(
+            parse(r#"{"error": {"class": "GenericError", "desc": "Parameter 'x' is unexpected"}}"#)
+                .unwrap(),
+            Message::Error {
+                class: "GenericError".into(),
+                desc: "Parameter 'x' is unexpected".into()
+            }
+        );
+        assert_eq!(
+            parse(r#"{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "MIGRATION", "data": {"status": "setup"}}"#)
+                .unwrap(),
+            Message::Event("MIGRATION".into())
+        );
+    }
+
+    #[test]
+    fn rejects_what_is_not_qmp() {
+        assert!(parse("not json").is_err());
+        assert!(parse(r#"{"something": 1}"#).is_err());
+    }
+}
