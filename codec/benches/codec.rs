@@ -182,14 +182,14 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Bytes((PAGES * PAGE_SIZE) as u64));
     g.sample_size(10);
     let demo = ws.iter().find(|w| w.name == "demo_mix").expect("demo");
-    for level in [-5, -1, 1, 3, 6] {
+    for level in [wanmig_codec::LZ4_LEVEL, -5, -1, 1, 3, 6] {
         let wire: usize = {
             let mut enc = primed_encoder(demo);
             enc.set_level(level).expect("level");
             enc.encode(pages(&demo.pages)).iter().map(Vec::len).sum()
         };
         println!(
-            "demo mix at zstd level {level}: wire = {:.1}% of guest memory",
+            "demo mix at level {level}: wire = {:.1}% of guest memory",
             100.0 * wire as f64 / demo.pages.len() as f64
         );
         g.bench_function(format!("level_{level}"), |b| {

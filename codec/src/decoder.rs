@@ -10,11 +10,15 @@
 //! wrong data, and a late Fill never overwrites a newer version of a page.
 //!
 //! A batch is checked completely (structure, lengths, decompression, delta
-//! encodings, Fill hashes) before any state changes, so a rejected batch
-//! leaves the decoder as it was.
+//! encodings, Fill hashes) before any page state changes, so a rejected
+//! batch leaves the decoder's pages as they were. (A rejected batch of a
+//! long-distance stream does end that stream: later batches of it are
+//! refused, see [`crate::compress`].) Batches must be decoded in the order
+//! the encoder produced them.
 
 use std::collections::HashMap;
 
+use crate::compress::{LongDistance, SectionDecoder, MAX_WINDOW_LOG, MIN_WINDOW_LOG};
 use crate::error::CodecError;
 use crate::fingerprint::Fingerprint;
 use crate::page::{zero_page, Gfn, PageBytes, PAGE_SIZE};
@@ -30,6 +34,10 @@ pub struct DecoderConfig {
     pub session_cache_bytes: usize,
     /// Also record every received page in the content store.
     pub store_received: bool,
+    /// log2 of the largest long-distance window a source may use (memory
+    /// this side holds for the stream): at least the source's
+    /// `codec.long_distance.window_log`.
+    pub max_window_log: u32,
 }
 
 impl Default for DecoderConfig {
@@ -37,6 +45,7 @@ impl Default for DecoderConfig {
         DecoderConfig {
             session_cache_bytes: 256 << 20,
             store_received: true,
+            max_window_log: LongDistance::default().window_log,
         }
     }
 }
@@ -76,19 +85,25 @@ pub struct Decoder<S: ContentStore> {
     store: S,
     session: PageCache<Fingerprint>,
     pending: HashMap<Gfn, Fingerprint>,
-    dctx: zstd::bulk::Decompressor<'static>,
+    sections: SectionDecoder,
     a: Vec<u8>,
     stats: DecoderStats,
 }
 
 impl<S: ContentStore> Decoder<S> {
     pub fn new(cfg: DecoderConfig, store: S) -> Result<Self, CodecError> {
+        if !(MIN_WINDOW_LOG..=MAX_WINDOW_LOG).contains(&cfg.max_window_log) {
+            return Err(CodecError::Config {
+                key: "decoder.max_window_log",
+                why: format!("must be between {MIN_WINDOW_LOG} and {MAX_WINDOW_LOG}"),
+            });
+        }
         Ok(Decoder {
+            sections: SectionDecoder::new(cfg.max_window_log)?,
             session: PageCache::new(cfg.session_cache_bytes / PAGE_SIZE),
             cfg,
             store,
             pending: HashMap::new(),
-            dctx: zstd::bulk::Decompressor::new().map_err(CodecError::Zstd)?,
             a: Vec::new(),
             stats: DecoderStats::default(),
         })
@@ -166,7 +181,7 @@ impl<S: ContentStore> Decoder<S> {
     }
 
     fn decode_with(&mut self, batch: &[u8], a: &mut Vec<u8>) -> Result<Decoded, CodecError> {
-        let parsed = record::parse(batch, &mut self.dctx, a)?;
+        let parsed = record::parse(batch, &mut self.sections, a)?;
 
         // Check every Fill's content before changing any state.
         let mut a_at = 0usize;

@@ -7,20 +7,47 @@
 //! against the version last sent, when the delta is small; the rest goes into
 //! the batch's zstd section, or its raw section when it looks incompressible.
 //!
+//! Hashing: BLAKE3 over every page was ~15% of the encoder's instructions on
+//! the demo mix, yet most pages (text, incompressible) are sent in full and
+//! never referenced. So "sent this session" is keyed by a cheap *keyed*
+//! 64-bit xxh3 of the content (a random key per session, so a guest cannot
+//! aim collisions), and BLAKE3 is computed only when a record needs it: a
+//! Ref (on a pre-filter hit), a Delta (base and target), the inventory check
+//! (only when the destination holds anything), or a NACK answer. A pre-filter
+//! hit is verified byte-for-byte when the cached copy is at hand; otherwise
+//! the Ref carries the page's own BLAKE3, so the destination either resolves
+//! exactly that content or NACKs — correctness never rests on xxh3.
+//!
 //! Sans-IO: [`Encoder::encode`] takes pages and returns the batches to put
 //! on the wire; [`Encoder::on_nack`] takes the destination's NACKs and returns
 //! resend batches plus the pages it must be given again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::compress::{LongDistance, SectionEncoder, MAX_WINDOW_LOG, MIN_WINDOW_LOG};
 use crate::error::CodecError;
 use crate::fingerprint::Fingerprint;
 use crate::inventory::Inventory;
 use crate::page::{is_zero, looks_incompressible, Gfn, PageBytes, PAGE_SIZE};
 use crate::page_cache::PageCache;
 use crate::record::{BatchWriter, MAX_DELTA_LEN, MAX_RECORDS};
+
+/// What the encoder's page cache keeps beside each page: its keyed xxh3, and
+/// its BLAKE3 once something needed it.
+#[derive(Clone, Copy)]
+struct Meta {
+    quick: u64,
+    fp: Option<Fingerprint>,
+}
+
+impl Meta {
+    /// The BLAKE3 of `data` (the page this describes), computed once.
+    fn fingerprint(&mut self, data: &PageBytes) -> Fingerprint {
+        *self.fp.get_or_insert_with(|| Fingerprint::of(data))
+    }
+}
 
 /// Encoder settings (a `[codec]` table in the gateway config).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -30,7 +57,8 @@ pub struct EncoderConfig {
     pub batch_pages: usize,
     /// Records (of any kind) per batch before it is emitted.
     pub batch_records: usize,
-    /// Initial zstd level (the level controller changes it at run time).
+    /// Initial level (the level controller changes it at run time): a zstd
+    /// level -7..=19, or -8 for LZ4 (fastest, for CPU-bound links).
     pub level: i32,
     /// Memory for last-sent page copies (delta bases, NACK answers), bytes.
     pub cache_bytes: usize,
@@ -44,6 +72,10 @@ pub struct EncoderConfig {
     /// benchmarks measure beside the reduced stream (no zero detection,
     /// references, deltas or compression).
     pub reduce: bool,
+    /// Compress all batches through one zstd stream with long-distance
+    /// matching (`[codec.long_distance] window_log = 27`); for links slower
+    /// than the codec. Batches then decode only in order. Off by default.
+    pub long_distance: Option<LongDistance>,
 }
 
 impl Default for EncoderConfig {
@@ -57,6 +89,7 @@ impl Default for EncoderConfig {
             max_session_fingerprints: 16 << 20,
             detect_incompressible: true,
             reduce: true,
+            long_distance: None,
         }
     }
 }
@@ -79,7 +112,18 @@ impl EncoderConfig {
             return bad("codec.batch_records", "must be between 1 and 65536");
         }
         if !(crate::level::MIN_LEVEL..=crate::level::MAX_LEVEL).contains(&self.level) {
-            return bad("codec.level", "must be a zstd level between -7 and 19");
+            return bad(
+                "codec.level",
+                "must be a zstd level between -7 and 19, or -8 for LZ4",
+            );
+        }
+        if let Some(ld) = self.long_distance {
+            if !(MIN_WINDOW_LOG..=MAX_WINDOW_LOG).contains(&ld.window_log) {
+                return bad(
+                    "codec.long_distance.window_log",
+                    "must be between 10 and 30 (log2 of the window in bytes)",
+                );
+            }
         }
         if self.delta_max_bytes > MAX_DELTA_LEN {
             return bad("codec.delta_max_bytes", "must be at most 8192");
@@ -134,12 +178,19 @@ pub struct NackResponse {
 pub struct Encoder {
     cfg: EncoderConfig,
     inventory: Inventory,
-    /// Content sent this session → a gfn it was sent as (to verify against).
-    sent: HashMap<Fingerprint, Gfn>,
-    cache: PageCache<Gfn>,
+    /// Keyed xxh3 of content sent this session → a gfn it was sent as (to
+    /// verify against).
+    sent: HashMap<u64, Gfn>,
+    /// The xxh3 key of this session.
+    quick_seed: u64,
+    /// Content the destination NACKed whose `sent` entry could not be found
+    /// (its cached copy was gone): never referenced again until resent.
+    forgotten: HashSet<Fingerprint>,
+    cache: PageCache<Gfn, Meta>,
     writer: BatchWriter,
-    zstd: zstd::bulk::Compressor<'static>,
-    level: i32,
+    /// Delta bytes being tried before their fingerprints are computed.
+    delta_scratch: Vec<u8>,
+    sections: SectionEncoder,
     /// Literal pages in the batch being built (for stats at finish).
     literals_in_batch: u64,
     stats: EncoderStats,
@@ -149,15 +200,18 @@ impl Encoder {
     /// A new session. `inventory` is what the destination reported holding.
     pub fn new(cfg: EncoderConfig, inventory: Inventory) -> Result<Self, CodecError> {
         cfg.validate()?;
-        let zstd = zstd::bulk::Compressor::new(cfg.level).map_err(CodecError::Zstd)?;
+        let level = if cfg.level == 0 { 1 } else { cfg.level };
+        let sections = SectionEncoder::new(level, cfg.long_distance)?;
         Ok(Encoder {
-            level: cfg.level,
+            sections,
             cache: PageCache::new(cfg.cache_bytes / PAGE_SIZE),
             cfg,
             inventory,
             sent: HashMap::new(),
+            quick_seed: rand::random(),
+            forgotten: HashSet::new(),
             writer: BatchWriter::new(),
-            zstd,
+            delta_scratch: Vec::new(),
             literals_in_batch: 0,
             stats: EncoderStats::default(),
         })
@@ -167,23 +221,43 @@ impl Encoder {
         self.stats
     }
 
+    /// The level in force (a zstd level, or [`crate::LZ4_LEVEL`]).
     pub fn level(&self) -> i32 {
-        self.level
+        self.sections.level()
     }
 
-    /// Sets the zstd level for the following batches (clamped to -7..=19).
+    /// Sets the level for the following batches (clamped to -8..=19; -8 is
+    /// LZ4, 0 means 1). With long-distance matching on, a change restarts
+    /// the stream (zstd changes levels only at a frame start), so change it
+    /// no more often than every few seconds.
     pub fn set_level(&mut self, level: i32) -> Result<(), CodecError> {
         // zstd reads 0 as "default" (3); treat it as 1.
         let level = match level.clamp(crate::level::MIN_LEVEL, crate::level::MAX_LEVEL) {
             0 => 1,
             l => l,
         };
-        if level != self.level {
-            self.zstd
-                .set_compression_level(level)
-                .map_err(CodecError::Zstd)?;
-            self.level = level;
+        self.sections.set_level(level)
+    }
+
+    /// Long-distance matching in force.
+    pub fn long_distance(&self) -> Option<LongDistance> {
+        self.sections.long_distance()
+    }
+
+    /// Turns long-distance matching on (a new stream starts with the next
+    /// batch) or off, from the next batch. The destination must allow the
+    /// window (`DecoderConfig::max_window_log`).
+    pub fn set_long_distance(&mut self, long: Option<LongDistance>) -> Result<(), CodecError> {
+        if let Some(ld) = long {
+            if !(MIN_WINDOW_LOG..=MAX_WINDOW_LOG).contains(&ld.window_log) {
+                return Err(CodecError::Config {
+                    key: "codec.long_distance.window_log",
+                    why: "must be between 10 and 30 (log2 of the window in bytes)".into(),
+                });
+            }
         }
+        self.cfg.long_distance = long;
+        self.sections.set_long_distance(long);
         Ok(())
     }
 
@@ -223,36 +297,46 @@ impl Encoder {
             self.stats.zero += 1;
             return;
         }
-        let fp = Fingerprint::of(page);
-        if let Some(&holder) = self.sent.get(&fp) {
-            // Verify when we still hold the content: never trust a
-            // fingerprint match alone when the bytes are at hand.
-            let verified = match self.cache.get(holder) {
-                Some((cfp, data)) if *cfp == fp => data == page,
-                _ => true,
-            };
+        let quick = xxhash_rust::xxh3::xxh3_64_with_seed(page, self.quick_seed);
+        // BLAKE3 of `page`, computed when first needed.
+        let mut fp: Option<Fingerprint> = None;
+        if let Some(&holder) = self.sent.get(&quick) {
+            let full = *fp.get_or_insert_with(|| Fingerprint::of(page));
+            // Verify when we still hold the content: never trust a hash
+            // match alone when the bytes are at hand.
+            let verified = !self.forgotten.contains(&full)
+                && match self.cache.get(holder) {
+                    Some((m, data)) if m.quick == quick => data == page,
+                    _ => true,
+                };
             if verified {
-                self.writer.push_ref(gfn, &fp);
-                self.cache.put(gfn, fp, page);
+                self.writer.push_ref(gfn, &full);
+                self.cache.put(gfn, Meta { quick, fp }, page);
                 self.stats.ref_session += 1;
                 return;
             }
-            self.stats.collisions += 1;
-            tracing::warn!(%gfn, %fp, "BLAKE3 fingerprint matched different content; sending in full");
-        } else if self.inventory.contains(&fp) {
-            self.writer.push_ref(gfn, &fp);
-            self.cache.put(gfn, fp, page);
-            self.stats.ref_inventory += 1;
-            return;
+            if !self.forgotten.contains(&full) {
+                self.stats.collisions += 1;
+                tracing::warn!(%gfn, "content hash matched different content; sending in full");
+            }
+        } else if !self.inventory.is_empty() {
+            let full = *fp.get_or_insert_with(|| Fingerprint::of(page));
+            if self.inventory.contains(&full) {
+                self.writer.push_ref(gfn, &full);
+                self.cache.put(gfn, Meta { quick, fp }, page);
+                self.stats.ref_inventory += 1;
+                return;
+            }
         }
         let mut done = false;
-        if let Some((base_fp, old)) = self.cache.get(gfn) {
-            let base_fp = *base_fp;
-            if self
-                .writer
-                .try_push_delta(gfn, &base_fp, &fp, old, page, self.cfg.delta_max_bytes)
-                .is_some()
-            {
+        if let Some((meta, old)) = self.cache.get_mut(gfn) {
+            self.delta_scratch.clear();
+            let limit = self.cfg.delta_max_bytes.min(MAX_DELTA_LEN);
+            if crate::delta::encode(old, page, limit, &mut self.delta_scratch).is_some() {
+                let base = meta.fingerprint(old);
+                let target = *fp.get_or_insert_with(|| Fingerprint::of(page));
+                self.writer
+                    .push_delta(gfn, &base, &target, &self.delta_scratch);
                 self.stats.delta += 1;
                 done = true;
             }
@@ -266,15 +350,20 @@ impl Encoder {
                 self.literals_in_batch += 1;
             }
         }
-        if self.sent.len() < self.cfg.max_session_fingerprints {
-            self.sent.insert(fp, gfn);
+        if !self.forgotten.is_empty() {
+            // Sent in full again: the destination will hold it.
+            let full = *fp.get_or_insert_with(|| Fingerprint::of(page));
+            self.forgotten.remove(&full);
         }
-        self.cache.put(gfn, fp, page);
+        if self.sent.len() < self.cfg.max_session_fingerprints {
+            self.sent.insert(quick, gfn);
+        }
+        self.cache.put(gfn, Meta { quick, fp }, page);
     }
 
     fn finish_batch(&mut self) -> Vec<u8> {
         let mut out = Vec::new();
-        let s = self.writer.finish(&mut self.zstd, &mut out);
+        let s = self.writer.finish_with(&mut self.sections, &mut out);
         if s.a_compressed {
             self.stats.compressed += self.literals_in_batch;
         } else {
@@ -295,17 +384,24 @@ impl Encoder {
         let mut resp = NackResponse::default();
         for &(gfn, fp) in nacks {
             self.inventory.remove(&fp);
-            self.sent.remove(&fp);
-            match self.cache.get(gfn) {
-                Some((cfp, data)) if *cfp == fp => {
-                    let data = *data;
+            let held = self.cache.get_mut(gfn).map(|(meta, data)| {
+                (meta.fingerprint(data) == fp).then(|| (meta.quick, Box::new(*data)))
+            });
+            match held {
+                Some(Some((quick, data))) => {
                     self.writer.push_fill(gfn, &fp, &data);
                     self.stats.fill += 1;
                     // The destination will hold it once the fill arrives.
-                    self.sent.insert(fp, gfn);
+                    self.forgotten.remove(&fp);
+                    self.sent.insert(quick, gfn);
                 }
-                Some(_) => {}
-                None => resp.refetch.push(gfn),
+                Some(None) => {
+                    self.forgotten.insert(fp);
+                }
+                None => {
+                    self.forgotten.insert(fp);
+                    resp.refetch.push(gfn);
+                }
             }
             if self.writer.payload_pages() >= self.cfg.batch_pages
                 || self.writer.records() >= self.cfg.batch_records

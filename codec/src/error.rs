@@ -51,6 +51,8 @@ pub enum CodecError {
     FillMismatch { gfn: crate::page::Gfn },
     #[error("zstd failed on a batch: {0}")]
     Zstd(std::io::Error),
+    #[error("LZ4 section does not decode: {0} (corrupt stream; abort the session)")]
+    Lz4(String),
     #[error("page store {path}: {op} failed: {source} (check the store directory's permissions and free space)")]
     StoreIo {
         path: PathBuf,

@@ -22,8 +22,9 @@ use crate::error::CodecError;
 
 /// Highest zstd level the codec uses.
 pub const MAX_LEVEL: i32 = 19;
-/// Lowest (fastest) zstd level the codec uses.
-pub const MIN_LEVEL: i32 = -7;
+/// Lowest (fastest) level the codec uses: LZ4 ([`crate::LZ4_LEVEL`]), one
+/// step below zstd's fastest mode (-7).
+pub const MIN_LEVEL: i32 = crate::compress::LZ4_LEVEL;
 
 /// Controller settings.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -58,7 +59,7 @@ mod humantime_secs {
 impl Default for LevelConfig {
     fn default() -> Self {
         LevelConfig {
-            min_level: -5,
+            min_level: MIN_LEVEL,
             max_level: 9,
             headroom: 1.3,
             cpu_share: 1.0,
@@ -294,10 +295,26 @@ mod tests {
 
     #[test]
     fn fast_link_lowers_the_level_when_cpu_bound() {
-        // 40 Gbit/s: the CPU is the bottleneck at any level; go fastest.
-        let (c, _) = run(40e9 / 8.0, 3, 40);
+        // 400 Gbit/s: the CPU is the bottleneck at any level; go fastest
+        // (LZ4).
+        let (c, _) = run(400e9 / 8.0, 3, 80);
         assert_eq!(c.level(), LevelConfig::default().min_level);
+        assert_eq!(c.level(), crate::LZ4_LEVEL);
         assert_eq!(c.bottleneck(), Bottleneck::Cpu);
+        // 40 Gbit/s: the model's best level is a negative one where CPU and
+        // link balance; the controller finds it.
+        let link = 40e9 / 8.0;
+        let goodput = |l: i32| {
+            let (rate, ratio) = model(l);
+            rate.min(link / ratio)
+        };
+        let best = (MIN_LEVEL..=LevelConfig::default().max_level)
+            .filter(|&l| l != 0)
+            .max_by(|a, b| goodput(*a).total_cmp(&goodput(*b)))
+            .unwrap();
+        assert!(best < 0);
+        let (c, seen) = run(link, 3, 80);
+        assert_eq!(c.level(), best, "{seen:?}");
     }
 
     #[test]

@@ -28,6 +28,7 @@
 //! integrity; the codec's own checks are about trust (references are
 //! verified against content) and robustness (hostile lengths are errors).
 
+pub mod compress;
 pub mod decoder;
 pub mod delta;
 pub mod encoder;
@@ -41,6 +42,7 @@ pub mod page_cache;
 pub mod record;
 pub mod store;
 
+pub use compress::{LongDistance, LZ4_LEVEL};
 pub use decoder::{Decoded, Decoder, DecoderConfig, DecoderStats};
 pub use encoder::{Encoder, EncoderConfig, EncoderStats, NackResponse};
 pub use error::CodecError;

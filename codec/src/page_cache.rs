@@ -1,7 +1,8 @@
-//! A bounded in-memory cache of pages with their fingerprints, CLOCK
-//! eviction under a page-count cap. The encoder keys it by gfn (the version
-//! of each page last sent: delta base, reference verification, NACK answer);
-//! the decoder keys it by fingerprint (content received this session).
+//! A bounded in-memory cache of pages with a little metadata each (their
+//! fingerprint), CLOCK eviction under a page-count cap. The encoder keys it
+//! by gfn (the version of each page last sent: delta base, reference
+//! verification, NACK answer); the decoder keys it by fingerprint (content
+//! received this session).
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -9,24 +10,25 @@ use std::hash::Hash;
 use crate::fingerprint::Fingerprint;
 use crate::page::PageBytes;
 
-struct Slot<K> {
+struct Slot<K, M> {
     key: K,
-    fp: Fingerprint,
+    meta: M,
     data: Box<PageBytes>,
     referenced: bool,
     live: bool,
 }
 
-/// key → (fingerprint, content), at most `capacity` pages.
-pub struct PageCache<K> {
-    slots: Vec<Slot<K>>,
+/// key → (metadata, content), at most `capacity` pages. The metadata is
+/// the content's fingerprint unless the user chooses otherwise.
+pub struct PageCache<K, M = Fingerprint> {
+    slots: Vec<Slot<K, M>>,
     index: HashMap<K, usize>,
     free: Vec<usize>,
     hand: usize,
     capacity: usize,
 }
 
-impl<K: Hash + Eq + Copy> PageCache<K> {
+impl<K: Hash + Eq + Copy, M> PageCache<K, M> {
     pub fn new(capacity_pages: usize) -> Self {
         PageCache {
             slots: Vec::new(),
@@ -46,21 +48,29 @@ impl<K: Hash + Eq + Copy> PageCache<K> {
     }
 
     /// The entry under `key`, if still cached (marks it recently used).
-    pub fn get(&mut self, key: K) -> Option<(&Fingerprint, &PageBytes)> {
+    pub fn get(&mut self, key: K) -> Option<(&M, &PageBytes)> {
+        let (meta, data) = self.get_mut(key)?;
+        Some((meta, data))
+    }
+
+    /// Like [`PageCache::get`], with the metadata writable (to fill in
+    /// something computed lazily from the content).
+    pub fn get_mut(&mut self, key: K) -> Option<(&mut M, &PageBytes)> {
         let &i = self.index.get(&key)?;
         let s = &mut self.slots[i];
         s.referenced = true;
-        Some((&s.fp, &s.data))
+        Some((&mut s.meta, &s.data))
     }
 
-    /// Stores `page` (content `fp`) under `key`, replacing what was there.
-    pub fn put(&mut self, key: K, fp: Fingerprint, page: &PageBytes) {
+    /// Stores `page` (described by `meta`) under `key`, replacing what was
+    /// there.
+    pub fn put(&mut self, key: K, meta: M, page: &PageBytes) {
         if self.capacity == 0 {
             return;
         }
         if let Some(&i) = self.index.get(&key) {
             let s = &mut self.slots[i];
-            s.fp = fp;
+            s.meta = meta;
             *s.data = *page;
             s.referenced = true;
             return;
@@ -70,7 +80,7 @@ impl<K: Hash + Eq + Copy> PageCache<K> {
         } else if self.slots.len() < self.capacity {
             self.slots.push(Slot {
                 key,
-                fp,
+                meta,
                 data: Box::new(*page),
                 referenced: true,
                 live: true,
@@ -82,7 +92,7 @@ impl<K: Hash + Eq + Copy> PageCache<K> {
         };
         let s = &mut self.slots[i];
         s.key = key;
-        s.fp = fp;
+        s.meta = meta;
         *s.data = *page;
         s.referenced = true;
         s.live = true;
@@ -125,7 +135,7 @@ mod tests {
 
     #[test]
     fn bounded_and_keeps_recently_used() {
-        let mut c = PageCache::new(4);
+        let mut c: PageCache<Gfn> = PageCache::new(4);
         let page = |b: u8| [b; PAGE_SIZE];
         for g in 0..4u8 {
             c.put(Gfn(g as u64), Fingerprint::of(&page(g)), &page(g));

@@ -1,12 +1,17 @@
 //! The versioned wire format of records and batches.
 //!
-//! A batch is self-delimiting and self-contained (it decodes without any
-//! earlier batch's compression state):
+//! A batch is self-delimiting, and self-contained unless it is part of a
+//! long-distance stream (flag bit 2: it then decodes only after every
+//! earlier batch of its stream, see [`crate::compress`]):
 //!
 //! ```text
 //! header (32 bytes, little-endian)
-//!   0  magic "WMCB"          4  version (1)        5  flags (bit 0: section A is zstd)
-//!   6  reserved u16 = 0      8  total_len u32 (whole batch incl. header)
+//!   0  magic "WMCB"          4  version (2)
+//!   5  flags: how section A is stored — bit 0 zstd frame, bit 1 LZ4 block,
+//!      bit 2 long-distance zstd stream, bit 3 (with bit 2) a new stream
+//!      starts here; none: stored as is
+//!   6  level i8 (the level the source encoded at; informational)
+//!   7  reserved u8 = 0       8  total_len u32 (whole batch incl. header)
 //!  12  record_count u32     16  table_len u32
 //!  20  a_raw_len u32        24  a_stored_len u32  28  b_len u32
 //! record table (table_len bytes): per record `kind u8, gfn u64`, then
@@ -16,14 +21,18 @@
 //!   3 Literal —                               4096 bytes in section A
 //!   4 Raw     —                               4096 bytes in section B
 //!   5 Fill    fingerprint[32]                 4096 bytes in section A (a NACK answer)
-//! section A (a_stored_len bytes): zstd frame of a_raw_len bytes, or stored as is
+//! section A (a_stored_len bytes): a_raw_len bytes, compressed as the flags say
 //! section B (b_len bytes): incompressible pages, stored as is
 //! ```
+//!
+//! Version 1 (one zstd frame per batch, no level byte) is refused with
+//! [`CodecError::UnsupportedVersion`]: both gateways must run the same build.
 //!
 //! Parsing checks every length and count against the header, the limits
 //! below and the record table before anything is allocated or decompressed,
 //! and returns [`CodecError`] — never panics — on any inconsistency.
 
+use crate::compress::{self, LimitedVec, SectionDecoder, SectionEncoder, KNOWN_FLAGS};
 use crate::delta;
 use crate::error::CodecError;
 use crate::fingerprint::{Fingerprint, FINGERPRINT_LEN};
@@ -32,7 +41,7 @@ use crate::page::{Gfn, PageBytes, PAGE_SIZE};
 /// Magic at the start of every batch.
 pub const BATCH_MAGIC: [u8; 4] = *b"WMCB";
 /// Batch format version this build writes and reads.
-pub const BATCH_VERSION: u8 = 1;
+pub const BATCH_VERSION: u8 = 2;
 /// Bytes of batch header.
 pub const HEADER_LEN: usize = 32;
 /// Most records in one batch.
@@ -43,8 +52,6 @@ pub const MAX_SECTION_LEN: usize = 32 << 20;
 pub const MAX_BATCH_LEN: usize = 80 << 20;
 /// Largest delta the decoder accepts (the encoder emits far smaller ones).
 pub const MAX_DELTA_LEN: usize = 2 * PAGE_SIZE;
-
-const FLAG_A_ZSTD: u8 = 1;
 
 /// Record kind byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,6 +181,20 @@ impl BatchWriter {
         self.payload_pages += 1;
     }
 
+    /// Pushes a delta record from content `base` to content `target` whose
+    /// delta bytes (from [`delta::encode`], at most [`MAX_DELTA_LEN`]) are
+    /// `delta`.
+    pub fn push_delta(&mut self, gfn: Gfn, base: &Fingerprint, target: &Fingerprint, delta: &[u8]) {
+        debug_assert!(delta.len() <= MAX_DELTA_LEN);
+        let len = delta.len();
+        self.a.extend_from_slice(delta);
+        self.head(Kind::Delta, gfn);
+        self.table.extend_from_slice(base.as_bytes());
+        self.table.extend_from_slice(target.as_bytes());
+        self.table.extend_from_slice(&(len as u16).to_le_bytes());
+        self.payload_pages += usize::from(len * 4 >= PAGE_SIZE);
+    }
+
     /// Pushes a delta record from `old` (content `base`) to `new` (content
     /// `target`) if the delta fits in `limit` bytes; returns its length.
     pub fn try_push_delta(
@@ -203,33 +224,50 @@ impl BatchWriter {
         zstd: &mut zstd::bulk::Compressor<'static>,
         out: &mut Vec<u8>,
     ) -> BatchSummary {
-        let mut flags = 0u8;
-        self.scratch.clear();
-        let mut a_stored: &[u8] = &self.a;
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        let mut flags = 0;
         if !self.a.is_empty() {
-            // Capacity a.len() - 1: zstd reports "too small" for output that
-            // would not shrink, and we store the section as is.
-            self.scratch.reserve(self.a.len());
-            let cap = self.a.len() - 1;
-            let mut buf = std::mem::take(&mut self.scratch);
-            buf.truncate(0);
-            let r = {
-                let mut limited = LimitedVec { v: &mut buf, cap };
-                zstd.compress_to_buffer(&self.a, &mut limited)
+            scratch.reserve(self.a.len());
+            let mut limited = LimitedVec {
+                v: &mut scratch,
+                cap: self.a.len() - 1,
             };
-            self.scratch = buf;
-            if r.is_ok() && self.scratch.len() < self.a.len() {
-                flags |= FLAG_A_ZSTD;
-                a_stored = &self.scratch;
+            if matches!(zstd.compress_to_buffer(&self.a, &mut limited), Ok(n) if n < self.a.len()) {
+                flags = compress::FLAG_A_ZSTD;
             }
         }
+        let s = self.emit(flags, 0, &scratch, out);
+        self.scratch = scratch;
+        s
+    }
+
+    /// Emits the batch into `out` (replacing its content) and resets the
+    /// writer, compressing section A with `sections` (its method and level).
+    pub fn finish_with(
+        &mut self,
+        sections: &mut SectionEncoder,
+        out: &mut Vec<u8>,
+    ) -> BatchSummary {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let flags = sections.compress(&self.a, &mut scratch);
+        let level = sections.level().clamp(i8::MIN as i32, i8::MAX as i32) as i8;
+        let s = self.emit(flags, level, &scratch, out);
+        self.scratch = scratch;
+        s
+    }
+
+    /// Writes the batch: `stored` is section A as compressed per `flags`
+    /// (ignored when `flags` is 0: section A goes as is).
+    fn emit(&mut self, flags: u8, level: i8, stored: &[u8], out: &mut Vec<u8>) -> BatchSummary {
+        let a_stored: &[u8] = if flags == 0 { &self.a } else { stored };
         let total = HEADER_LEN + self.table.len() + a_stored.len() + self.b.len();
         out.clear();
         out.reserve(total);
         out.extend_from_slice(&BATCH_MAGIC);
         out.push(BATCH_VERSION);
         out.push(flags);
-        out.extend_from_slice(&[0, 0]);
+        out.extend_from_slice(&[level as u8, 0]);
         for v in [
             total,
             self.records,
@@ -244,7 +282,7 @@ impl BatchWriter {
         out.extend_from_slice(a_stored);
         out.extend_from_slice(&self.b);
         let summary = BatchSummary {
-            a_compressed: flags & FLAG_A_ZSTD != 0,
+            a_compressed: flags != 0,
             a_raw_len: self.a.len(),
             wire_len: total,
         };
@@ -254,33 +292,6 @@ impl BatchWriter {
         self.records = 0;
         self.payload_pages = 0;
         summary
-    }
-}
-
-/// A `Vec` that zstd may fill only up to `cap` bytes, so that compressing
-/// incompressible data fails fast instead of producing a larger output.
-struct LimitedVec<'a> {
-    v: &'a mut Vec<u8>,
-    cap: usize,
-}
-
-// SAFETY: the pointer and capacity describe the Vec's own allocation, whose
-// capacity is at least `cap` (the caller reserved a.len() > cap bytes);
-// `filled_until` is only called by zstd with n <= capacity() after it wrote
-// n initialised bytes.
-unsafe impl zstd::zstd_safe::WriteBuf for LimitedVec<'_> {
-    fn as_slice(&self) -> &[u8] {
-        self.v.as_slice()
-    }
-    fn capacity(&self) -> usize {
-        self.cap.min(self.v.capacity())
-    }
-    fn as_mut_ptr(&mut self) -> *mut u8 {
-        self.v.as_mut_ptr()
-    }
-    unsafe fn filled_until(&mut self, n: usize) {
-        // SAFETY: zstd initialised the first n <= capacity() bytes.
-        unsafe { self.v.set_len(n) }
     }
 }
 
@@ -337,10 +348,11 @@ pub struct ParsedBatch<'a> {
 }
 
 /// Parses and checks one batch, which must be exactly `buf`. Section A is
-/// decompressed (or copied) into `a_out`; its delta encodings are validated.
+/// decompressed (or copied) into `a_out` by `sections`; its delta encodings
+/// are validated.
 pub fn parse<'a>(
     buf: &'a [u8],
-    dctx: &mut zstd::bulk::Decompressor<'static>,
+    sections: &mut SectionDecoder,
     a_out: &mut Vec<u8>,
 ) -> Result<ParsedBatch<'a>, CodecError> {
     if buf.len() < HEADER_LEN {
@@ -352,7 +364,7 @@ pub fn parse<'a>(
     }
     check_magic_version(buf)?;
     let flags = buf[5];
-    if flags & !FLAG_A_ZSTD != 0 || buf[6] != 0 || buf[7] != 0 {
+    if flags & !KNOWN_FLAGS != 0 || buf[7] != 0 {
         return Err(CodecError::Invalid(
             "unknown batch flags or reserved bits set",
         ));
@@ -493,29 +505,7 @@ pub fn parse<'a>(
     }
 
     // Section A: decompress into exactly a_raw_len bytes (never more).
-    a_out.clear();
-    if flags & FLAG_A_ZSTD != 0 {
-        a_out.reserve(a_raw_len);
-        let n = dctx
-            .decompress_to_buffer(a_stored, &mut *a_out)
-            .map_err(CodecError::Zstd)?;
-        if n != a_raw_len {
-            return Err(CodecError::LengthMismatch {
-                what: "decompressed section A",
-                declared: a_raw_len as u64,
-                actual: n as u64,
-            });
-        }
-    } else {
-        if a_stored_len != a_raw_len {
-            return Err(CodecError::LengthMismatch {
-                what: "stored section A",
-                declared: a_raw_len as u64,
-                actual: a_stored_len as u64,
-            });
-        }
-        a_out.extend_from_slice(a_stored);
-    }
+    sections.decompress(flags, a_stored, a_raw_len, a_out)?;
     for (at, len, gfn) in deltas {
         delta::validate(&a_out[at..at + len as usize])
             .map_err(|why| CodecError::BadDelta { gfn, why })?;
@@ -542,7 +532,7 @@ mod tests {
     fn batch_parses_back() {
         let out = one_literal_batch();
         assert_eq!(frame_len(&out).unwrap(), Some(out.len()));
-        let mut d = zstd::bulk::Decompressor::new().unwrap();
+        let mut d = SectionDecoder::new(27).unwrap();
         let mut a = Vec::new();
         let p = parse(&out, &mut d, &mut a).unwrap();
         assert_eq!(
@@ -571,7 +561,7 @@ mod tests {
         let mut out = Vec::new();
         let s = w.finish(&mut z, &mut out);
         assert!(!s.a_compressed);
-        let mut d = zstd::bulk::Decompressor::new().unwrap();
+        let mut d = SectionDecoder::new(27).unwrap();
         let mut a = Vec::new();
         parse(&out, &mut d, &mut a).unwrap();
         assert_eq!(&a[..], &page[..]);
@@ -580,7 +570,7 @@ mod tests {
     #[test]
     fn header_lies_are_rejected() {
         let good = one_literal_batch();
-        let mut d = zstd::bulk::Decompressor::new().unwrap();
+        let mut d = SectionDecoder::new(27).unwrap();
         let mut a = Vec::new();
         // Declared section A larger than its records need.
         let mut bad = good.clone();

@@ -220,7 +220,7 @@ proptest! {
     fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
         let mut dec = Decoder::new(DecoderConfig::default(), NoStore).unwrap();
         let _ = dec.decode(&bytes);
-        let mut with_magic = b"WMCB\x01\x00\x00\x00".to_vec();
+        let mut with_magic = b"WMCB\x02\x00\x00\x00".to_vec();
         with_magic.extend_from_slice(&bytes);
         let _ = dec.decode(&with_magic);
     }

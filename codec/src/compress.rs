@@ -1,0 +1,522 @@
+//! Section A's compression: how a batch's compressible bytes are shrunk on
+//! the source and restored on the destination.
+//!
+//! Three methods, chosen by the encoder's level and options:
+//! - **zstd, one frame per batch** (levels −7..=19): each batch decodes on
+//!   its own;
+//! - **LZ4, one block per batch** ([`LZ4_LEVEL`]): the CPU-bound choice.
+//!   zstd is sequence-bound on short-match text (the demo mix's text runs at
+//!   ~250 MB/s at level 1 and barely faster at negative levels on this
+//!   machine), LZ4 encodes the same text ~1.5× faster at a lower ratio;
+//! - **zstd long-distance stream** ([`LongDistance`]): one zstd frame that
+//!   spans the whole session, with long-distance matching and a large
+//!   window, flushed at every batch boundary so each batch decodes as soon as
+//!   it arrives — but only in order, after every earlier stream batch. It
+//!   finds duplicates that page dedup misses (content repeated at unaligned
+//!   offsets, or pages that differ slightly from one sent long ago).
+//!
+//! A stream batch with [`FLAG_A_STREAM_START`] starts a new stream (a new
+//! frame, an empty window): the encoder restarts when its level changes
+//! (zstd applies a new level only at a frame start) or after an error.
+//! On the destination, a stream batch that fails to decode leaves the
+//! stream's state unknown, so every later stream batch is refused until a new
+//! stream starts; the session should be aborted anyway.
+
+use serde::{Deserialize, Serialize};
+use zstd::zstd_safe::{self, CParameter, DParameter, InBuffer, OutBuffer, ResetDirective};
+
+use crate::error::CodecError;
+
+/// The level value that selects LZ4 instead of zstd (below zstd's fastest).
+pub const LZ4_LEVEL: i32 = -8;
+
+/// Section A is one zstd frame.
+pub const FLAG_A_ZSTD: u8 = 1;
+/// Section A is one LZ4 block.
+pub const FLAG_A_LZ4: u8 = 2;
+/// Section A continues the session's long-distance zstd stream.
+pub const FLAG_A_STREAM: u8 = 4;
+/// With [`FLAG_A_STREAM`]: a new stream starts with this batch.
+pub const FLAG_A_STREAM_START: u8 = 8;
+/// Every flag bit this version knows.
+pub const KNOWN_FLAGS: u8 = FLAG_A_ZSTD | FLAG_A_LZ4 | FLAG_A_STREAM | FLAG_A_STREAM_START;
+
+/// Long-distance matching across the whole migration stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LongDistance {
+    /// log2 of the match window in bytes (27 = 128 MiB). The source keeps
+    /// this much recent stream history, and so must the destination: its
+    /// `DecoderConfig::max_window_log` must be at least this.
+    pub window_log: u32,
+}
+
+impl Default for LongDistance {
+    fn default() -> Self {
+        LongDistance { window_log: 27 }
+    }
+}
+
+/// Smallest and largest window the codec accepts (zstd's own limits are
+/// 10..=31; above 30 the memory cost is not worth it).
+pub const MIN_WINDOW_LOG: u32 = 10;
+pub const MAX_WINDOW_LOG: u32 = 30;
+
+fn zstd_err(code: usize) -> CodecError {
+    CodecError::Zstd(std::io::Error::other(zstd_safe::get_error_name(code)))
+}
+
+/// The source's section compressor: keeps the contexts across batches.
+pub struct SectionEncoder {
+    level: i32,
+    bulk: zstd::bulk::Compressor<'static>,
+    lz4_buf: Vec<u8>,
+    long: Option<LongDistance>,
+    stream: Option<zstd_safe::CCtx<'static>>,
+    /// The next stream batch starts a new stream.
+    restart: bool,
+}
+
+impl SectionEncoder {
+    pub fn new(level: i32, long: Option<LongDistance>) -> Result<Self, CodecError> {
+        let zstd_level = if level == LZ4_LEVEL { 1 } else { level };
+        Ok(SectionEncoder {
+            level,
+            bulk: zstd::bulk::Compressor::new(zstd_level).map_err(CodecError::Zstd)?,
+            lz4_buf: Vec::new(),
+            long,
+            stream: None,
+            restart: true,
+        })
+    }
+
+    pub fn level(&self) -> i32 {
+        self.level
+    }
+
+    pub fn long_distance(&self) -> Option<LongDistance> {
+        self.long
+    }
+
+    /// Takes effect from the next section; a running long-distance stream
+    /// restarts (zstd changes the level only at a frame start).
+    pub fn set_level(&mut self, level: i32) -> Result<(), CodecError> {
+        if level == self.level {
+            return Ok(());
+        }
+        if level != LZ4_LEVEL {
+            self.bulk
+                .set_compression_level(level)
+                .map_err(CodecError::Zstd)?;
+        }
+        self.level = level;
+        self.restart = true;
+        Ok(())
+    }
+
+    /// Turns long-distance matching on or off from the next section.
+    pub fn set_long_distance(&mut self, long: Option<LongDistance>) {
+        if long != self.long {
+            self.long = long;
+            self.stream = None;
+            self.restart = true;
+        }
+    }
+
+    /// Compresses section `a` into `out` (cleared first). Returns the batch
+    /// flags; 0 means "stored": `out` is empty and `a` goes out as is
+    /// because compression would not shrink it.
+    pub fn compress(&mut self, a: &[u8], out: &mut Vec<u8>) -> u8 {
+        out.clear();
+        if a.is_empty() {
+            return 0;
+        }
+        if self.level == LZ4_LEVEL {
+            return self.lz4(a, out);
+        }
+        if self.long.is_some() {
+            match self.stream_compress(a, out) {
+                Ok(flags) => return flags,
+                Err(e) => {
+                    // Start over with a fresh stream; this batch goes stored.
+                    tracing::warn!(error = %e, "long-distance zstd stream failed; restarting it");
+                    self.stream = None;
+                    self.restart = true;
+                    out.clear();
+                    return 0;
+                }
+            }
+        }
+        // Capacity a.len() - 1: zstd reports "too small" for output that
+        // would not shrink, and the section is stored as is.
+        out.reserve(a.len());
+        let mut limited = LimitedVec {
+            v: out,
+            cap: a.len() - 1,
+        };
+        match self.bulk.compress_to_buffer(a, &mut limited) {
+            Ok(n) if n < a.len() => FLAG_A_ZSTD,
+            _ => {
+                out.clear();
+                0
+            }
+        }
+    }
+
+    fn lz4(&mut self, a: &[u8], out: &mut Vec<u8>) -> u8 {
+        if self.lz4_buf.len() < a.len() {
+            self.lz4_buf.resize(a.len(), 0);
+        }
+        // One byte less than the input: LZ4 gives up when it cannot shrink.
+        let dst = &mut self.lz4_buf[..a.len() - 1];
+        match lz4::block::compress_to_buffer(
+            a,
+            Some(lz4::block::CompressionMode::DEFAULT),
+            false,
+            dst,
+        ) {
+            Ok(n) if n > 0 && n < a.len() => {
+                out.extend_from_slice(&self.lz4_buf[..n]);
+                FLAG_A_LZ4
+            }
+            _ => 0,
+        }
+    }
+
+    fn stream_compress(&mut self, a: &[u8], out: &mut Vec<u8>) -> Result<u8, CodecError> {
+        let long = self.long.expect("stream mode");
+        let mut flags = FLAG_A_STREAM;
+        if self.restart || self.stream.is_none() {
+            let mut c = zstd_safe::CCtx::create();
+            for p in [
+                CParameter::CompressionLevel(self.level),
+                CParameter::EnableLongDistanceMatching(true),
+                CParameter::WindowLog(long.window_log),
+            ] {
+                c.set_parameter(p).map_err(zstd_err)?;
+            }
+            self.stream = Some(c);
+            self.restart = false;
+            flags |= FLAG_A_STREAM_START;
+        }
+        let cctx = self.stream.as_mut().expect("created above");
+        out.reserve(zstd_safe::compress_bound(a.len()) + 64);
+        let mut input = InBuffer::around(a);
+        loop {
+            let mut output = OutBuffer::around_pos(out, out.len());
+            let left = cctx
+                .compress_stream2(
+                    &mut output,
+                    &mut input,
+                    zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_flush,
+                )
+                .map_err(zstd_err)?;
+            if left == 0 && input.pos == a.len() {
+                return Ok(flags);
+            }
+            out.reserve(left.max(4096));
+        }
+    }
+}
+
+/// The destination's section decompressor: keeps the contexts across
+/// batches, including the long-distance stream's window.
+pub struct SectionDecoder {
+    bulk: zstd::bulk::Decompressor<'static>,
+    stream: Option<zstd_safe::DCtx<'static>>,
+    /// A stream batch failed: refuse the stream until it restarts.
+    broken: bool,
+    max_window_log: u32,
+}
+
+impl SectionDecoder {
+    /// `max_window_log` bounds the memory a long-distance stream may make
+    /// this side hold (2^max_window_log bytes).
+    pub fn new(max_window_log: u32) -> Result<Self, CodecError> {
+        Ok(SectionDecoder {
+            bulk: zstd::bulk::Decompressor::new().map_err(CodecError::Zstd)?,
+            stream: None,
+            broken: false,
+            max_window_log,
+        })
+    }
+
+    /// Restores section A (`stored`, compressed as `flags` say) into `out`,
+    /// which must come out exactly `raw_len` bytes long.
+    pub fn decompress(
+        &mut self,
+        flags: u8,
+        stored: &[u8],
+        raw_len: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CodecError> {
+        out.clear();
+        let methods = flags & (FLAG_A_ZSTD | FLAG_A_LZ4 | FLAG_A_STREAM);
+        if flags & FLAG_A_STREAM_START != 0 && methods != FLAG_A_STREAM {
+            return Err(CodecError::Invalid(
+                "batch flags: stream start without stream",
+            ));
+        }
+        let n = match methods {
+            0 => {
+                if stored.len() != raw_len {
+                    return Err(CodecError::LengthMismatch {
+                        what: "stored section A",
+                        declared: raw_len as u64,
+                        actual: stored.len() as u64,
+                    });
+                }
+                out.extend_from_slice(stored);
+                raw_len
+            }
+            FLAG_A_ZSTD => {
+                out.reserve(raw_len);
+                self.bulk
+                    .decompress_to_buffer(stored, &mut *out)
+                    .map_err(CodecError::Zstd)?
+            }
+            FLAG_A_LZ4 => {
+                out.resize(raw_len, 0);
+                let n = lz4::block::decompress_to_buffer(stored, Some(raw_len as i32), out)
+                    .map_err(|e| CodecError::Lz4(e.to_string()))?;
+                out.truncate(n);
+                n
+            }
+            FLAG_A_STREAM => {
+                let start = flags & FLAG_A_STREAM_START != 0;
+                let r = self.stream_decompress(start, stored, raw_len, out);
+                self.broken = r.is_err();
+                r?
+            }
+            _ => {
+                return Err(CodecError::Invalid(
+                    "batch flags name more than one compression method",
+                ))
+            }
+        };
+        if n != raw_len {
+            return Err(CodecError::LengthMismatch {
+                what: "decompressed section A",
+                declared: raw_len as u64,
+                actual: n as u64,
+            });
+        }
+        Ok(())
+    }
+
+    fn stream_decompress(
+        &mut self,
+        start: bool,
+        stored: &[u8],
+        raw_len: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<usize, CodecError> {
+        if start {
+            let mut d = zstd_safe::DCtx::create();
+            d.set_parameter(DParameter::WindowLogMax(self.max_window_log))
+                .map_err(zstd_err)?;
+            self.stream = Some(d);
+            self.broken = false;
+        }
+        if self.broken {
+            return Err(CodecError::Invalid(
+                "long-distance stream batch after a failed one (the stream cannot continue; abort the session)",
+            ));
+        }
+        let Some(dctx) = self.stream.as_mut() else {
+            return Err(CodecError::Invalid(
+                "long-distance stream batch before the stream's start",
+            ));
+        };
+        // One byte of room beyond raw_len, to notice a section that
+        // decodes to more than it declares.
+        out.reserve(raw_len + 1);
+        let mut limited = LimitedVec {
+            v: out,
+            cap: raw_len + 1,
+        };
+        let mut input = InBuffer::around(stored);
+        let mut output = OutBuffer::around(&mut limited);
+        loop {
+            let (in_before, out_before) = (input.pos, output.pos());
+            dctx.decompress_stream(&mut output, &mut input)
+                .map_err(zstd_err)?;
+            let progressed = input.pos != in_before || output.pos() != out_before;
+            if !progressed || output.pos() > raw_len {
+                break;
+            }
+        }
+        if input.pos != stored.len() {
+            return Err(CodecError::Invalid(
+                "long-distance stream section has bytes left after its content",
+            ));
+        }
+        Ok(output.pos())
+    }
+
+    /// Forgets the stream (e.g. before reusing the decoder).
+    pub fn reset_stream(&mut self) {
+        if let Some(d) = self.stream.as_mut() {
+            let _ = d.reset(ResetDirective::SessionOnly);
+        }
+        self.stream = None;
+        self.broken = false;
+    }
+}
+
+/// A `Vec` that zstd may fill only up to `cap` bytes, so that compressing
+/// incompressible data fails fast instead of producing a larger output.
+pub(crate) struct LimitedVec<'a> {
+    pub(crate) v: &'a mut Vec<u8>,
+    pub(crate) cap: usize,
+}
+
+// SAFETY: the pointer and capacity describe the Vec's own allocation, whose
+// capacity is at least `cap` or is reported as smaller (`capacity()` takes
+// the minimum); `filled_until` is only called by zstd with n <= capacity()
+// after it wrote n initialised bytes.
+unsafe impl zstd_safe::WriteBuf for LimitedVec<'_> {
+    fn as_slice(&self) -> &[u8] {
+        self.v.as_slice()
+    }
+    fn capacity(&self) -> usize {
+        self.cap.min(self.v.capacity())
+    }
+    fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.v.as_mut_ptr()
+    }
+    unsafe fn filled_until(&mut self, n: usize) {
+        // SAFETY: zstd initialised the first n <= capacity() bytes.
+        unsafe { self.v.set_len(n) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(n: usize, seed: u64) -> Vec<u8> {
+        let words: [&[u8]; 6] = [
+            b"alpha ", b"beta ", b"gamma ", b"delta\n", b"x = 1; ", b"fn ",
+        ];
+        let mut x = seed | 1;
+        let mut v = Vec::new();
+        while v.len() < n {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            v.extend_from_slice(words[(x % 6) as usize]);
+        }
+        v.truncate(n);
+        v
+    }
+
+    fn round_trip(enc: &mut SectionEncoder, dec: &mut SectionDecoder, a: &[u8]) -> (u8, usize) {
+        let mut stored = Vec::new();
+        let flags = enc.compress(a, &mut stored);
+        let stored: &[u8] = if flags == 0 { a } else { &stored };
+        let mut out = Vec::new();
+        dec.decompress(flags, stored, a.len(), &mut out).unwrap();
+        assert_eq!(out, a);
+        (flags, stored.len())
+    }
+
+    #[test]
+    fn every_method_round_trips() {
+        let a = text(100_000, 3);
+        let mut dec = SectionDecoder::new(27).unwrap();
+        for (level, long, want) in [
+            (1, None, FLAG_A_ZSTD),
+            (-5, None, FLAG_A_ZSTD),
+            (LZ4_LEVEL, None, FLAG_A_LZ4),
+            (
+                3,
+                Some(LongDistance { window_log: 20 }),
+                FLAG_A_STREAM | FLAG_A_STREAM_START,
+            ),
+        ] {
+            let mut enc = SectionEncoder::new(level, long).unwrap();
+            let (flags, len) = round_trip(&mut enc, &mut dec, &a);
+            assert_eq!(flags, want, "level {level}");
+            assert!(len < a.len() / 2, "level {level}: {len}");
+        }
+    }
+
+    #[test]
+    fn stream_matches_across_batches_and_restarts_on_level_change() {
+        let mut enc = SectionEncoder::new(3, Some(LongDistance::default())).unwrap();
+        let mut dec = SectionDecoder::new(27).unwrap();
+        let a = text(64 << 10, 9);
+        let (f1, first) = round_trip(&mut enc, &mut dec, &a);
+        assert_eq!(f1, FLAG_A_STREAM | FLAG_A_STREAM_START);
+        // The same content again, one byte shifted: found in the window.
+        let (f2, again) = round_trip(&mut enc, &mut dec, &a[1..]);
+        assert_eq!(f2, FLAG_A_STREAM);
+        assert!(again * 20 < first, "repeat cost {again} vs first {first}");
+        enc.set_level(5).unwrap();
+        let (f3, restarted) = round_trip(&mut enc, &mut dec, &a[1..]);
+        assert_eq!(f3, FLAG_A_STREAM | FLAG_A_STREAM_START);
+        assert!(restarted > again * 5, "a restarted stream has no history");
+    }
+
+    #[test]
+    fn incompressible_section_is_stored_by_every_method() {
+        let mut x = 0x9e3779b97f4a7c15u64;
+        let a: Vec<u8> = (0..8192)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        for level in [1, LZ4_LEVEL] {
+            let mut enc = SectionEncoder::new(level, None).unwrap();
+            let mut out = Vec::new();
+            assert_eq!(enc.compress(&a, &mut out), 0);
+            assert!(out.is_empty());
+        }
+    }
+
+    #[test]
+    fn broken_stream_is_refused_until_it_restarts() {
+        let mut enc = SectionEncoder::new(1, Some(LongDistance { window_log: 20 })).unwrap();
+        let mut dec = SectionDecoder::new(20).unwrap();
+        let a = text(20_000, 4);
+        let mut s1 = Vec::new();
+        let f1 = enc.compress(&a, &mut s1);
+        let mut s2 = Vec::new();
+        let f2 = enc.compress(&a, &mut s2);
+        let mut out = Vec::new();
+        // A continuation before any start.
+        assert!(dec.decompress(f2, &s2, a.len(), &mut out).is_err());
+        dec.decompress(f1, &s1, a.len(), &mut out).unwrap();
+        let mut bad = s2.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 0xff;
+        bad.truncate(bad.len() - 2);
+        assert!(dec.decompress(f2, &bad, a.len(), &mut out).is_err());
+        assert!(
+            dec.decompress(f2, &s2, a.len(), &mut out).is_err(),
+            "a stream that failed must not continue"
+        );
+        // A fresh stream decodes again.
+        let mut enc = SectionEncoder::new(1, Some(LongDistance { window_log: 20 })).unwrap();
+        let (f, _) = round_trip(&mut enc, &mut dec, &a);
+        assert_ne!(f & FLAG_A_STREAM_START, 0);
+    }
+
+    #[test]
+    fn window_larger_than_the_decoder_allows_is_an_error() {
+        let mut enc = SectionEncoder::new(1, Some(LongDistance { window_log: 24 })).unwrap();
+        let mut dec = SectionDecoder::new(20).unwrap();
+        let a = text(200_000, 5);
+        let mut s = Vec::new();
+        let f = enc.compress(&a, &mut s);
+        let mut out = Vec::new();
+        assert!(matches!(
+            dec.decompress(f, &s, a.len(), &mut out),
+            Err(CodecError::Zstd(_))
+        ));
+    }
+}
