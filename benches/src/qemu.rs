@@ -42,8 +42,13 @@
 //!   halts for good (an idle guest). Before migrating, QEMU's own
 //!   `calc-dirty-rate` (page sampling, 1 s; whole MiB/s) measures the rate
 //!   the guest actually dirties at, and the result reports it.
-//! - **Figures.** `total_ms` and `downtime_ms` are QEMU's `total-time` and
-//!   `downtime`; `wire_bytes` is the growth of the destination-side TUN
+//! - **Figures.** `total_ms` runs from `migrate` to the destination's
+//!   `RESUME` event, `downtime_ms` from the source's `STOP` event to it
+//!   (QMP event timestamps; both QEMUs share the host clock). QEMU's own
+//!   `total-time` and `downtime` are reported beside them but are the
+//!   source's view: pre-copy without a return path calls the migration
+//!   complete once the last bytes sit in the source's socket buffers, which
+//!   on a long fat link is well before they arrive. `wire_bytes` is the growth of the destination-side TUN
 //!   device's `rx_bytes` (IP packets that crossed A → B: the migration
 //!   stream with its TCP/IP headers), `sent_bytes` that of the source
 //!   side's `tx_bytes` (also counting packets the emulated link dropped,
@@ -226,11 +231,17 @@ impl Default for QemuScenario {
 /// What one QEMU migration did.
 #[derive(Debug, Clone, Serialize)]
 pub struct QemuResult {
-    /// QEMU's `total-time` (wall time from `migrate` on, if QEMU reported
-    /// none).
+    /// From `migrate` to the guest running at the destination (its RESUME
+    /// event); to the end of polling if it never resumed.
     pub total_ms: u64,
-    /// QEMU's `downtime`, once completed.
+    /// From the source's STOP event to the destination's RESUME event,
+    /// once completed.
     pub downtime_ms: Option<f64>,
+    /// QEMU's own `total-time` and `downtime`: the source's view, which
+    /// ends when the last bytes are written into its sockets, before they
+    /// have crossed the link (shorter than the real figures on a WAN).
+    pub qemu_total_ms: Option<u64>,
+    pub qemu_downtime_ms: Option<u64>,
     /// IP bytes that crossed the link from the source's namespace to the
     /// destination's (A → B, received at B's interface).
     pub wire_bytes: u64,
@@ -511,6 +522,7 @@ impl Run {
 
         let before = self.counters()?;
         let started = Instant::now();
+        let started_us = unix_us();
         sq.execute("migrate", json!({ "uri": uri }))?;
         let deadline = started + s.timeout();
         let (last, timed_out) = loop {
@@ -525,22 +537,27 @@ impl Run {
                 Phase::Running => std::thread::sleep(Duration::from_millis(100)),
             }
         };
-        let wall_ms = started.elapsed().as_millis() as u64;
         let completed = last.phase() == Phase::Completed;
 
-        // The destination resumes the guest right after the last section.
+        // The source calls it complete once the last bytes are in its
+        // sockets; the guest runs again when the destination has loaded
+        // them and emits RESUME.
         let mut dst_status = String::new();
         if completed {
-            let until = Instant::now() + Duration::from_secs(10);
+            let until = Instant::now() + Duration::from_secs(30);
             loop {
                 let v = dq.execute("query-status", json!({}))?;
                 dst_status = v["status"].as_str().unwrap_or("?").to_string();
-                if dst_status == "running" || Instant::now() >= until {
+                let resumed = dq.last_event("RESUME").is_some();
+                if (dst_status == "running" && resumed) || Instant::now() >= until {
                     break;
                 }
-                std::thread::sleep(Duration::from_millis(50));
+                std::thread::sleep(Duration::from_millis(10));
             }
         }
+        let wall_ms = started.elapsed().as_millis() as u64;
+        let stopped_us = sq.last_event("STOP").and_then(|e| e.at_us);
+        let resumed_us = dq.last_event("RESUME").and_then(|e| e.at_us);
         let after = self.counters()?;
         let memory_spot_check = if completed {
             spot_check(s, &mut dq, &self.dir)?
@@ -580,12 +597,18 @@ impl Run {
             note += "; destination memory differs from the image (spot check)";
         }
         Ok(QemuResult {
-            total_ms: last.total_time_ms.unwrap_or(wall_ms),
-            downtime_ms: if completed {
-                last.downtime_ms.map(|d| d as f64)
-            } else {
-                None
+            total_ms: match resumed_us {
+                Some(r) if completed => r.saturating_sub(started_us) / 1000,
+                _ => wall_ms,
             },
+            downtime_ms: match (stopped_us, resumed_us) {
+                (Some(stop), Some(resume)) if completed => {
+                    Some(resume.saturating_sub(stop) as f64 / 1000.0)
+                }
+                _ => None,
+            },
+            qemu_total_ms: last.total_time_ms,
+            qemu_downtime_ms: last.downtime_ms,
             wire_bytes: after.b_rx.saturating_sub(before.b_rx),
             sent_bytes: after.a_tx.saturating_sub(before.a_tx),
             wire_bytes_reverse: after.a_rx.saturating_sub(before.a_rx),
@@ -602,6 +625,13 @@ impl Run {
             memory_spot_check,
         })
     }
+}
+
+/// Now, in microseconds since the Unix epoch (the clock of QMP timestamps).
+fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 fn qemu_version(qemu: &Path) -> String {

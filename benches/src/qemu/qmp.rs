@@ -1,7 +1,7 @@
 //! A QEMU Machine Protocol client over a unix socket: the greeting and
 //! capability negotiation, commands and their replies, with asynchronous
-//! events skipped. [`parse`] classifies one line of the protocol (no I/O);
-//! [`Qmp`] wraps it around a blocking socket.
+//! asynchronous events kept with their timestamps. [`parse`] classifies one
+//! line of the protocol (no I/O); [`Qmp`] wraps it around a blocking socket.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -21,7 +21,17 @@ pub enum Message {
     /// `{"error": {"class": ..., "desc": ...}}`: a command failed.
     Error { class: String, desc: String },
     /// `{"event": NAME, ...}`: something happened (not a reply).
-    Event(String),
+    Event(Event),
+}
+
+/// An asynchronous event and when QEMU emitted it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub name: String,
+    /// Wall-clock time (microseconds since the Unix epoch) of the event's
+    /// `timestamp`, when it had one.
+    pub at_us: Option<u64>,
+    pub data: Value,
 }
 
 /// Classifies one line QEMU sent.
@@ -42,7 +52,17 @@ pub fn parse(line: &str) -> Result<Message> {
         });
     }
     if let Some(name) = v.get("event").and_then(Value::as_str) {
-        return Ok(Message::Event(name.to_string()));
+        let ts = v.get("timestamp");
+        let part = |k: &str| ts.and_then(|t| t.get(k)).and_then(Value::as_u64);
+        let at_us = match (part("seconds"), part("microseconds")) {
+            (Some(s), Some(us)) => Some(s * 1_000_000 + us),
+            _ => None,
+        };
+        return Ok(Message::Event(Event {
+            name: name.to_string(),
+            at_us,
+            data: v.get("data").cloned().unwrap_or(Value::Null),
+        }));
     }
     bail!("QMP sent a message of unknown shape: {line}")
 }
@@ -53,6 +73,8 @@ pub struct Qmp {
     writer: UnixStream,
     /// For error messages: which QEMU this is.
     who: String,
+    /// Events received so far, oldest first.
+    events: Vec<Event>,
 }
 
 impl Qmp {
@@ -82,6 +104,7 @@ impl Qmp {
             reader: BufReader::new(stream),
             writer,
             who: who.to_string(),
+            events: Vec::new(),
         };
         match q.read()? {
             Message::Greeting => {}
@@ -121,10 +144,18 @@ impl Qmp {
                 Message::Error { class, desc } => {
                     return Err(anyhow!("{}: {command} failed: {class}: {desc}", self.who))
                 }
-                Message::Event(_) => continue,
+                Message::Event(e) => self.events.push(e),
                 Message::Greeting => bail!("{}: unexpected second QMP greeting", self.who),
             }
         }
+    }
+}
+
+impl Qmp {
+    /// The last event called `name` received so far (events arrive with
+    /// command replies: run a command to collect newer ones).
+    pub fn last_event(&self, name: &str) -> Option<&Event> {
+        self.events.iter().rev().find(|e| e.name == name)
     }
 }
 
@@ -153,8 +184,16 @@ mod tests {
         assert_eq!(
             parse(r#"{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "MIGRATION", "data": {"status": "setup"}}"#)
                 .unwrap(),
-            Message::Event("MIGRATION".into())
+            Message::Event(Event {
+                name: "MIGRATION".into(),
+                at_us: Some(1_000_002),
+                data: json!({"status": "setup"})
+            })
         );
+        let Message::Event(e) = parse(r#"{"event": "RESUME"}"#).unwrap() else {
+            panic!("not an event")
+        };
+        assert_eq!((e.name.as_str(), e.at_us), ("RESUME", None));
     }
 
     #[test]
