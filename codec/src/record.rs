@@ -590,6 +590,29 @@ mod tests {
         for n in 0..good.len() {
             assert!(parse(&good[..n], &mut d, &mut a).is_err());
         }
+        // Version 1 (before LZ4 and long-distance streams): refused by name.
+        let mut bad = good.clone();
+        bad[4] = 1;
+        let Err(e) = parse(&bad, &mut d, &mut a) else {
+            panic!("version 1 accepted")
+        };
+        assert!(matches!(
+            e,
+            CodecError::UnsupportedVersion {
+                found: 1,
+                supported: 2,
+                ..
+            }
+        ));
+        assert!(e.to_string().contains("same wanmig version"), "{e}");
+        assert!(frame_len(&bad).is_err());
+        // Unknown flag bits.
+        let mut bad = good.clone();
+        bad[5] |= 0x80;
+        assert!(matches!(
+            parse(&bad, &mut d, &mut a),
+            Err(CodecError::Invalid(_))
+        ));
         // Unknown kind.
         let mut bad = good.clone();
         bad[HEADER_LEN] = 77;
