@@ -1,6 +1,8 @@
 //! Codec throughput per core (one thread), per record kind and on the demo
-//! mix, for encode and decode; and the demo mix's reduction ratio with a
-//! cold and a warm destination store.
+//! mix, for encode and decode; the demo mix's reduction ratio with a cold
+//! and a warm destination store; encode speed and wire share by level
+//! (LZ4 = -8); and what long-distance matching buys on the demo mix and on
+//! memory holding the same text at unaligned offsets.
 //!
 //! Run: `cargo bench -p wanmig-codec --bench codec -- --warm-up-time 1 --measurement-time 3`
 
@@ -10,7 +12,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use wanmig_codec::mix::{self, MixSpec, PageKind};
 use wanmig_codec::{
     ContentStore, Decoder, DecoderConfig, Encoder, EncoderConfig, Fingerprint, Gfn, Inventory,
-    NoStore, PageBytes, PageStore, PAGE_SIZE,
+    LongDistance, NoStore, PageBytes, PageStore, PAGE_SIZE,
 };
 
 const PAGES: usize = 4096; // 16 MiB per iteration
@@ -161,8 +163,64 @@ fn report_ratios() {
     );
 }
 
+/// Memory holding one 1 MiB text (a log, a file in the page cache) 16
+/// times, each copy `13 * j` bytes further along than page-aligned: page
+/// dedup finds nothing, a long-distance window finds every copy.
+fn shifted_copies() -> Vec<u8> {
+    let blob = mix::generate(5, 256, &MixSpec::only(PageKind::Text));
+    let mut mem = vec![0u8; PAGES * PAGE_SIZE];
+    for (j, copy) in mem.chunks_exact_mut(blob.len()).enumerate() {
+        let shift = 13 * j + 1;
+        copy[..shift].fill(b' ');
+        copy[shift..].copy_from_slice(&blob[..blob.len() - shift]);
+    }
+    mem
+}
+
+/// Wire bytes ÷ guest bytes of `mem` at `level`, with or without the
+/// long-distance stream, checked to decode exactly.
+fn wire_share(mem: &[u8], level: i32, long: Option<LongDistance>) -> f64 {
+    let cfg = EncoderConfig {
+        level,
+        long_distance: long,
+        ..EncoderConfig::default()
+    };
+    let mut enc = Encoder::new(cfg, Inventory::new()).expect("encoder");
+    let mut dec = Decoder::new(DecoderConfig::default(), NoStore).expect("decoder");
+    let mut wire = 0usize;
+    let mut pages_out = 0usize;
+    for b in enc.encode(pages(mem)) {
+        wire += b.len();
+        let d = dec.decode(&b).expect("decode");
+        for (g, p) in d.pages {
+            let at = g.0 as usize * PAGE_SIZE;
+            assert!(mem[at..at + PAGE_SIZE] == p[..], "{g} differs");
+            pages_out += 1;
+        }
+    }
+    assert_eq!(pages_out * PAGE_SIZE, mem.len());
+    wire as f64 / mem.len() as f64
+}
+
+fn report_long_distance() {
+    let ld = Some(LongDistance::default());
+    let demo = mix::generate(42, PAGES, &MixSpec::demo());
+    let shifted = shifted_copies();
+    for (name, mem) in [("demo mix", &demo), ("unaligned copies", &shifted)] {
+        for level in [1, 3, 6] {
+            println!(
+                "{name} at level {level}: wire = {:.1}% of guest memory per batch, {:.1}% with long-distance matching (window 2^{})",
+                100.0 * wire_share(mem, level, None),
+                100.0 * wire_share(mem, level, ld),
+                LongDistance::default().window_log,
+            );
+        }
+    }
+}
+
 fn bench(c: &mut Criterion) {
     report_ratios();
+    report_long_distance();
     let ws = workloads();
     let mut g = c.benchmark_group("encode");
     g.throughput(Throughput::Bytes((PAGES * PAGE_SIZE) as u64));
@@ -198,6 +256,27 @@ fn bench(c: &mut Criterion) {
                     let mut enc = primed_encoder(demo);
                     enc.set_level(level).expect("level");
                     enc
+                },
+                |mut enc| black_box(enc.encode(pages(&demo.pages))),
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    g.finish();
+    // Long-distance matching costs CPU: encode speed with it, by level.
+    let mut g = c.benchmark_group("encode_demo_mix_long_distance");
+    g.throughput(Throughput::Bytes((PAGES * PAGE_SIZE) as u64));
+    g.sample_size(10);
+    for level in [1, 3] {
+        g.bench_function(format!("level_{level}"), |b| {
+            b.iter_batched(
+                || {
+                    let cfg = EncoderConfig {
+                        level,
+                        long_distance: Some(LongDistance::default()),
+                        ..EncoderConfig::default()
+                    };
+                    Encoder::new(cfg, Inventory::new()).expect("encoder")
                 },
                 |mut enc| black_box(enc.encode(pages(&demo.pages))),
                 BatchSize::PerIteration,
