@@ -161,6 +161,26 @@ impl EncoderStats {
     pub fn refs(&self) -> u64 {
         self.ref_inventory + self.ref_session
     }
+
+    /// What happened between `earlier` (a snapshot of the same encoder's
+    /// stats) and `self`: one sample for the level controller.
+    pub fn since(&self, earlier: &EncoderStats) -> EncoderStats {
+        let d = |a: u64, b: u64| a.saturating_sub(b);
+        EncoderStats {
+            pages_in: d(self.pages_in, earlier.pages_in),
+            zero: d(self.zero, earlier.zero),
+            ref_inventory: d(self.ref_inventory, earlier.ref_inventory),
+            ref_session: d(self.ref_session, earlier.ref_session),
+            delta: d(self.delta, earlier.delta),
+            compressed: d(self.compressed, earlier.compressed),
+            raw: d(self.raw, earlier.raw),
+            fill: d(self.fill, earlier.fill),
+            collisions: d(self.collisions, earlier.collisions),
+            bytes_in: d(self.bytes_in, earlier.bytes_in),
+            bytes_out: d(self.bytes_out, earlier.bytes_out),
+            batches: d(self.batches, earlier.batches),
+        }
+    }
 }
 
 /// What to do about a set of NACKs.

@@ -18,6 +18,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use crate::encoder::EncoderStats;
 use crate::error::CodecError;
 
 /// Highest zstd level the codec uses.
@@ -151,6 +152,21 @@ impl LevelController {
         if bytes_per_sec.is_finite() && bytes_per_sec > 0.0 {
             self.link_rate = Some(bytes_per_sec);
         }
+    }
+
+    /// One `Encoder::encode` call (or several): `delta` is the difference of
+    /// the encoder's stats after and before ([`EncoderStats::since`]),
+    /// `level` the level it ran at, `cpu` the CPU time it took.
+    pub fn on_encoded(&mut self, level: i32, delta: &EncoderStats, cpu: Duration) {
+        self.on_codec_sample(level, delta.bytes_in, delta.bytes_out, cpu);
+    }
+
+    /// Whether to turn long-distance matching on: the link is the
+    /// bottleneck even at the highest level allowed, so spare CPU remains
+    /// after zstd has done what it can per batch. (Turn it off again when
+    /// this returns false and [`LevelController::bottleneck`] says `Cpu`.)
+    pub fn advise_long_distance(&self) -> bool {
+        self.level >= self.cfg.max_level && self.bottleneck() == Bottleneck::Link
     }
 
     /// The encoder turned `guest_bytes` into `wire_bytes` at `level`, using
@@ -315,6 +331,28 @@ mod tests {
         assert!(best < 0);
         let (c, seen) = run(link, 3, 80);
         assert_eq!(c.level(), best, "{seen:?}");
+    }
+
+    #[test]
+    fn long_distance_is_advised_only_when_link_bound_at_the_top() {
+        // 10 Mbit/s: link-bound even at the highest level.
+        let (c, _) = run(10e6 / 8.0, 1, 80);
+        assert_eq!(c.level(), LevelConfig::default().max_level);
+        assert!(c.advise_long_distance());
+        // 40 Gbit/s: CPU-bound; no.
+        let (c, _) = run(40e9 / 8.0, 1, 80);
+        assert!(!c.advise_long_distance());
+        // Samples through on_encoded count like on_codec_sample.
+        let mut c = LevelController::new(LevelConfig::default(), 9).unwrap();
+        let delta = EncoderStats {
+            bytes_in: 1 << 30,
+            bytes_out: 1 << 28,
+            ..EncoderStats::default()
+        };
+        c.on_encoded(9, &delta, Duration::from_secs(1));
+        c.on_link_rate(1e6);
+        assert_eq!(c.bottleneck(), Bottleneck::Link);
+        assert!(c.advise_long_distance());
     }
 
     #[test]

@@ -7,8 +7,10 @@
 //! [`Decoder`] rebuilds the pages, resolving references from this session and
 //! from the site's persistent [`PageStore`], and NACKing what it cannot
 //! resolve. The [`Inventory`] tells a source what a destination holds at
-//! session start. [`level`] picks the zstd level from measured link and codec
-//! rates; [`mix`] generates the deterministic demo memory mix.
+//! session start. [`compress`] shrinks each batch's compressible section
+//! (zstd per batch, LZ4, or one long-distance zstd stream). [`level`] picks
+//! the level from measured link and codec rates; [`mix`] generates the
+//! deterministic demo memory mix.
 //!
 //! No sockets, no clocks: callers move the bytes and pass measurements in.
 //!
@@ -27,6 +29,37 @@
 //! Batches carry no checksum of their own: the QUIC/TLS stream provides
 //! integrity; the codec's own checks are about trust (references are
 //! verified against content) and robustness (hostile lengths are errors).
+//! Batches must reach [`Decoder::decode`] in the order the encoder made
+//! them (one ordered stream); with long-distance matching that is required
+//! for decoding at all.
+//!
+//! How the relay drives adaptation (all inputs are measurements the relay
+//! takes; the codec reads no clocks):
+//! ```text
+//! let mut ctl = LevelController::new(level_cfg, enc.level())?;
+//! // per Encoder::encode call (or a few of them):
+//! let before = enc.stats();
+//! let t0 = thread_cpu_time();                // CLOCK_THREAD_CPUTIME_ID, or
+//! let batches = enc.encode(pages);          //   an Instant as an upper bound
+//! ctl.on_encoded(enc.level(), &enc.stats().since(&before), thread_cpu_time() - t0);
+//! // whenever the send path has a rate (wire bytes/s the QUIC stream took
+//! // while it was backlogged, or the path's estimate/link hint):
+//! ctl.on_link_rate(bytes_per_sec);
+//! // then, at most every dwell (default 500 ms):
+//! enc.set_level(ctl.decide(now))?;           // takes effect from the next batch
+//! if ctl.advise_long_distance() && enc.long_distance().is_none() {
+//!     enc.set_long_distance(Some(LongDistance::default()))?;   // link-bound at max level
+//! } else if ctl.bottleneck() == Bottleneck::Cpu && enc.long_distance().is_some() {
+//!     enc.set_long_distance(None)?;
+//! }
+//! ```
+//! The level travels in each batch header (informational; the decoder needs
+//! nothing from it). [`LZ4_LEVEL`] (-8) is the fastest setting: LZ4 instead
+//! of zstd, for links faster than zstd can feed. With long-distance matching
+//! on, each level change restarts the zstd stream (losing its window), so
+//! keep the dwell at seconds, not milliseconds. The destination's
+//! [`DecoderConfig::max_window_log`] must be at least the source's
+//! [`LongDistance::window_log`] (both default to 27: 128 MiB each side).
 
 pub mod compress;
 pub mod decoder;
@@ -48,5 +81,6 @@ pub use encoder::{Encoder, EncoderConfig, EncoderStats, NackResponse};
 pub use error::CodecError;
 pub use fingerprint::Fingerprint;
 pub use inventory::Inventory;
+pub use level::{Bottleneck, LevelConfig, LevelController};
 pub use page::{Gfn, PageBytes, PAGE_SIZE};
 pub use store::{ContentStore, NoStore, PageStore, StoreStats};
