@@ -275,6 +275,10 @@ pub struct QemuResult {
     /// `None` for an idle guest.
     pub guest_dirty_mib_s: Option<f64>,
     pub memory_spot_check: bool,
+    /// QEMU's run state at each end afterwards: "postmigrate" / "running"
+    /// after a move; "running" / "" (not asked) when it did not complete.
+    pub source_status: String,
+    pub destination_status: String,
 }
 
 /// The `qemu-system-x86_64` to use, or why there is none.
@@ -533,9 +537,10 @@ impl Run {
             match st.phase() {
                 Phase::Completed | Phase::Failed => break (st, false),
                 Phase::Running if Instant::now() >= deadline => {
-                    // Best effort: the result says what happened either way.
-                    let _ = sq.execute("migrate_cancel", json!({}));
-                    break (st, true);
+                    sq.execute("migrate_cancel", json!({}))?;
+                    let mut fin = wait_cancelled(&mut sq, st.clone())?;
+                    fin.keep_progress_from(&st);
+                    break (fin, true);
                 }
                 Phase::Running => std::thread::sleep(Duration::from_millis(100)),
             }
@@ -562,6 +567,10 @@ impl Run {
         let stopped_us = sq.last_event("STOP").and_then(|e| e.at_us);
         let resumed_us = dq.last_event("RESUME").and_then(|e| e.at_us);
         let after = self.counters()?;
+        let src_status = sq.execute("query-status", json!({}))?["status"]
+            .as_str()
+            .unwrap_or("?")
+            .to_string();
         let memory_spot_check = if completed {
             spot_check(s, &mut dq, &self.dir)?
         } else {
@@ -582,7 +591,7 @@ impl Run {
                 None => "idle guest".to_string(),
             }
         );
-        if timed_out {
+        if timed_out && !completed {
             note += &format!(
                 "; did not converge within {:?}, cancelled ({} bytes still to send)",
                 s.timeout(),
@@ -626,8 +635,24 @@ impl Run {
             normal_pages: last.normal_pages,
             guest_dirty_mib_s,
             memory_spot_check,
+            source_status: src_status,
+            destination_status: dst_status,
         })
     }
+}
+
+/// Polls `query-migrate` after `migrate_cancel` until QEMU has wound the
+/// migration down (up to 10 s); returns the last status seen.
+fn wait_cancelled(q: &mut qmp::Qmp, mut last: MigrateStatus) -> Result<MigrateStatus> {
+    let until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < until {
+        last = MigrateStatus::from_json(&q.execute("query-migrate", json!({}))?);
+        if matches!(last.status.as_str(), "cancelled" | "failed" | "completed") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(last)
 }
 
 /// Now, in microseconds since the Unix epoch (the clock of QMP timestamps).

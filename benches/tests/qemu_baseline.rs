@@ -10,17 +10,27 @@ use std::time::Duration;
 
 use wanmig_benches::qemu::{self, QemuScenario};
 
+/// Whether the QEMU tests can run here; prints why not when they cannot.
+fn gate(name: &str) -> bool {
+    if !wanmig_testenv::require_netns(name) {
+        return false;
+    }
+    match qemu::available() {
+        Ok(_) => true,
+        Err(why) if std::env::var("WANMIG_REQUIRE_QEMU").is_ok_and(|v| v == "1") => {
+            panic!("{name}: {why} (WANMIG_REQUIRE_QEMU=1 is set)")
+        }
+        Err(why) => {
+            eprintln!("SKIPPED {name}: {why} (set WANMIG_REQUIRE_QEMU=1 to make this a failure)");
+            false
+        }
+    }
+}
+
 #[test]
 fn qemu_migrates_a_dirtying_guest_and_the_wire_carries_less_than_its_memory() {
     let name = "qemu_migrates_a_dirtying_guest_and_the_wire_carries_less_than_its_memory";
-    if !wanmig_testenv::require_netns(name) {
-        return;
-    }
-    if let Err(why) = qemu::available() {
-        if std::env::var("WANMIG_REQUIRE_QEMU").is_ok_and(|v| v == "1") {
-            panic!("{name}: {why} (WANMIG_REQUIRE_QEMU=1 is set)");
-        }
-        eprintln!("SKIPPED {name}: {why} (set WANMIG_REQUIRE_QEMU=1 to make this a failure)");
+    if !gate(name) {
         return;
     }
     let s = QemuScenario {
@@ -35,6 +45,11 @@ fn qemu_migrates_a_dirtying_guest_and_the_wire_carries_less_than_its_memory() {
     eprintln!("{}", serde_json::to_string_pretty(&r).unwrap());
     assert!(r.ok, "migration not ok: {}", r.note);
     assert_eq!(r.status, "completed");
+    assert_eq!(
+        (r.source_status.as_str(), r.destination_status.as_str()),
+        ("postmigrate", "running"),
+        "the guest must run at the destination only"
+    );
     assert!(
         r.memory_spot_check,
         "destination memory differs: {}",
@@ -71,4 +86,34 @@ fn qemu_migrates_a_dirtying_guest_and_the_wire_carries_less_than_its_memory() {
         "implausibly few wire bytes: {}",
         r.wire_bytes
     );
+}
+
+#[test]
+fn qemu_migration_that_cannot_finish_in_time_is_cancelled_and_the_guest_stays_at_the_source() {
+    let name =
+        "qemu_migration_that_cannot_finish_in_time_is_cancelled_and_the_guest_stays_at_the_source";
+    if !gate(name) {
+        return;
+    }
+    // 64 MiB at 10 Mbit/s needs well over 10 s even compressed.
+    let s = QemuScenario {
+        mem_bytes: 64 << 20,
+        rtt: Duration::from_millis(20),
+        rate_bps: 10_000_000,
+        dirty_bytes_per_sec: 0,
+        timeout: Some(Duration::from_secs(3)),
+        ..QemuScenario::demo()
+    };
+    let r = qemu::run_baseline_blocking(&s).expect("the QEMU baseline runs");
+    eprintln!("{}", serde_json::to_string_pretty(&r).unwrap());
+    assert!(!r.ok);
+    assert_eq!(r.status, "cancelled", "{}", r.note);
+    assert_eq!(
+        r.source_status, "running",
+        "the guest must keep running at the source"
+    );
+    assert!(r.note.contains("did not converge"), "{}", r.note);
+    assert_eq!(r.downtime_ms, None);
+    assert_eq!(r.guest_dirty_mib_s, None, "an idle guest has no dirty rate");
+    assert!(r.wire_bytes > 0 && r.wire_bytes < s.mem_bytes);
 }

@@ -62,6 +62,19 @@ impl MigrateStatus {
         }
     }
 
+    /// QEMU drops the `ram` figures once a migration is cancelled: keep
+    /// the progress `earlier` (the last poll before) had, if this has none.
+    pub fn keep_progress_from(&mut self, earlier: &MigrateStatus) {
+        if self.ram_total == 0 {
+            self.ram_transferred = earlier.ram_transferred;
+            self.ram_total = earlier.ram_total;
+            self.ram_remaining = earlier.ram_remaining;
+            self.zero_pages = earlier.zero_pages;
+            self.normal_pages = earlier.normal_pages;
+            self.dirty_sync_count = earlier.dirty_sync_count;
+        }
+    }
+
     pub fn phase(&self) -> Phase {
         match self.status.as_str() {
             "completed" => Phase::Completed,
@@ -109,5 +122,20 @@ mod tests {
         );
         assert_eq!(failed.phase(), Phase::Failed);
         assert!(failed.error.unwrap().contains("Connection reset"));
+    }
+
+    #[test]
+    fn a_cancelled_migration_keeps_the_progress_polled_before() {
+        let before = MigrateStatus::from_json(&json!({"status": "active",
+            "ram": {"transferred": 5000, "total": 9000, "remaining": 4000, "dirty-sync-count": 1}}));
+        let mut after = MigrateStatus::from_json(&json!({"status": "cancelled"}));
+        after.keep_progress_from(&before);
+        assert_eq!(after.status, "cancelled");
+        assert_eq!((after.ram_transferred, after.ram_remaining), (5000, 4000));
+        // A status with its own figures keeps them.
+        let mut done = MigrateStatus::from_json(&json!({"status": "completed",
+            "ram": {"transferred": 9100, "total": 9000, "remaining": 0}}));
+        done.keep_progress_from(&before);
+        assert_eq!((done.ram_transferred, done.ram_remaining), (9100, 0));
     }
 }
