@@ -55,15 +55,8 @@ fn main() -> Result<()> {
     let r = qemu::run_baseline_blocking(&s)?;
     let opt = |v: Option<f64>| v.map_or("-".into(), |d| format!("{d:.0}"));
     println!(
-        "  {:<7} {:>9} {:>11} {:>7} {:>9} {:>7} {:>11}   {}",
-        "outcome",
-        "total ms",
-        "downtime ms",
-        "rounds",
-        "wire MiB",
-        "of RAM",
-        "QEMU MiB",
-        "QEMU's own total/downtime ms"
+        "  {:<7} {:>9} {:>11} {:>7} {:>9} {:>7} {:>11}   QEMU's own total/downtime ms",
+        "outcome", "total ms", "downtime ms", "rounds", "wire MiB", "of RAM", "QEMU MiB",
     );
     println!(
         "  {:<7} {:>9} {:>11} {:>7} {:>9.1} {:>6.1}% {:>11.1}   {}/{}",
