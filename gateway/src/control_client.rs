@@ -149,6 +149,57 @@ impl ControlClient {
         self.send(req).await
     }
 
+    /// `POST /v1/migrations?no_storage=true`: starts a migration that moves
+    /// compute only (the disk stays at this site, read on demand).
+    pub async fn migrate_compute_only(
+        &self,
+        body: &crate::migration::api::MigrateBody,
+    ) -> Result<crate::migration::api::MigrationStarted, ClientError> {
+        let req = self
+            .http
+            .post(format!(
+                "http://{}/v1/migrations?no_storage=true",
+                self.addr
+            ))
+            .json(body)
+            .timeout(Duration::from_secs(30));
+        self.send(req).await
+    }
+
+    /// `GET /v1/storage/{vm}`: the VM's disk copy as this site sees it.
+    pub async fn storage(
+        &self,
+        vm: &str,
+    ) -> Result<crate::migration::api::StorageStatus, ClientError> {
+        let req = self
+            .http
+            .get(format!("http://{}/v1/storage/{vm}", self.addr))
+            .timeout(Duration::from_secs(10));
+        self.send(req).await
+    }
+
+    /// `GET /v1/storage`: disks copied to and from this site.
+    pub async fn storage_list(&self) -> Result<crate::migration::api::StorageList, ClientError> {
+        let req = self
+            .http
+            .get(format!("http://{}/v1/storage", self.addr))
+            .timeout(Duration::from_secs(10));
+        self.send(req).await
+    }
+
+    /// `POST /v1/storage/{vm}/migrate`: starts the background copy of a VM
+    /// that runs here on a remote disk.
+    pub async fn storage_migrate(
+        &self,
+        vm: &str,
+    ) -> Result<crate::migration::api::StorageStatus, ClientError> {
+        let req = self
+            .http
+            .post(format!("http://{}/v1/storage/{vm}/migrate", self.addr))
+            .timeout(Duration::from_secs(30));
+        self.send(req).await
+    }
+
     async fn send<T: serde::de::DeserializeOwned>(
         &self,
         req: reqwest::RequestBuilder,

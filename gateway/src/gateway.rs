@@ -108,6 +108,10 @@ impl Gateway {
         // Follow-on storage migration: serves exported disks, imports them;
         // a VM's disk follows it when it migrates.
         let storage = crate::storage_relay::StorageRelay::start(peering.clone(), 3)?;
+        storage
+            .metrics()
+            .register(&migration_registry)
+            .map_err(crate::metrics::MetricsError::from)?;
         vm_host.attach_storage(storage.clone(), config.storage.clone());
 
         let mut metrics_addr = None;

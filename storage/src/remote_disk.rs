@@ -221,6 +221,9 @@ impl RemoteDisk {
     /// [`Planner::set_background`]); on, missing blocks are requested now.
     pub fn set_background(&self, enabled: bool) {
         let mut st = self.lock();
+        if st.planner.is_background_enabled() == enabled {
+            return;
+        }
         st.planner.set_background(enabled);
         let reqs = self.settle(&mut st, Instant::now());
         drop(st);

@@ -1,7 +1,10 @@
 //! `wanmig migrate VM --to SITE`: starts a live migration at the local
 //! gateway and follows it with a progress display (round, remaining, dirty
-//! set, wire rate, reduction ratio, ETA) until it ends, then prints the
-//! report (`--json` for the final record).
+//! set, wire rate, reduction ratio, ETA) until it ends; then, for a VM with a
+//! disk, follows the storage copy to the destination (blocks local, wire
+//! rate, ETA) until the destination's copy is verified and this site's copy
+//! released, and prints the report (`--json`: the final record plus a
+//! `storage` object). `--no-storage` moves compute only.
 
 use std::time::{Duration, Instant};
 
@@ -37,6 +40,15 @@ pub struct MigrateArgs {
     /// Return right after starting, printing the migration id.
     #[arg(long)]
     pub no_wait: bool,
+    /// Move compute only: the disk stays authoritative at this site and the
+    /// VM reads missing blocks on demand from here; run `wanmig storage
+    /// migrate VM` against the destination's gateway later to copy it.
+    #[arg(long)]
+    pub no_storage: bool,
+    /// After the compute move, give up following the storage copy when it
+    /// reports no progress for this long, e.g. 2m (the copy keeps running).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "2m")]
+    pub storage_stall_timeout: Duration,
     #[command(flatten)]
     pub target: ControlTarget,
 }
@@ -125,7 +137,7 @@ impl ProgressView {
     }
 }
 
-fn rate(bps: f64) -> String {
+pub fn rate(bps: f64) -> String {
     if bps >= 1e9 {
         format!("{:.2} Gbit/s", bps / 1e9)
     } else if bps >= 1e6 {
@@ -198,19 +210,32 @@ pub fn report(r: &MigrationRecord) -> String {
     out
 }
 
+/// `wanmig migrate --json`: the final record plus the storage copy.
+#[derive(Debug, serde::Serialize)]
+struct JsonReport<'a> {
+    #[serde(flatten)]
+    record: &'a MigrationRecord,
+    /// `null` without a disk, after `--no-storage`, or when the compute move
+    /// failed.
+    storage: Option<super::storage_cmd::StorageReport>,
+}
+
 pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
     let client = args.target.client()?;
-    let started = client
-        .migrate(&MigrateBody {
-            request: MigrateRequest {
-                vm: args.vm.clone(),
-                to: args.to.clone(),
-                downtime: args.downtime,
-                scope: args.scope.clone(),
-            },
-            bandwidth_bps: args.bandwidth,
-        })
-        .await?;
+    let body = MigrateBody {
+        request: MigrateRequest {
+            vm: args.vm.clone(),
+            to: args.to.clone(),
+            downtime: args.downtime,
+            scope: args.scope.clone(),
+        },
+        bandwidth_bps: args.bandwidth,
+    };
+    let started = if args.no_storage {
+        client.migrate_compute_only(&body).await?
+    } else {
+        client.migrate(&body).await?
+    };
     if args.no_wait {
         println!("{}", started.id);
         return Ok(());
@@ -243,10 +268,40 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     bar.finish_and_clear();
+    let mut storage = None;
+    let mut storage_error = None;
+    if record.outcome == Some(Outcome::Succeeded) && !args.no_storage {
+        let bar = super::storage_cmd::copy_bar(args.json);
+        match super::storage_cmd::follow_export(&client, &args.vm, &bar, args.storage_stall_timeout)
+            .await
+        {
+            Ok(r) => storage = r,
+            Err(e) => storage_error = Some(e),
+        }
+        bar.finish_and_clear();
+    }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&record)?);
+        let j = JsonReport {
+            record: &record,
+            storage: storage.clone(),
+        };
+        println!("{}", serde_json::to_string_pretty(&j)?);
     } else {
         print!("{}", report(&record));
+        if let Some(s) = &storage {
+            print!("{}", s.text());
+        } else if args.no_storage && record.outcome == Some(Outcome::Succeeded) {
+            println!(
+                "  storage: left at {} (read on demand); run `wanmig storage migrate {}` against {}'s gateway to copy it",
+                record.from, record.vm, record.to
+            );
+        }
+    }
+    if let Some(e) = storage_error {
+        return Err(e.context(format!(
+            "{} runs at {}, but its disk copy did not finish",
+            record.vm, record.to
+        )));
     }
     match record.outcome {
         Some(Outcome::Succeeded) => Ok(()),

@@ -7,6 +7,7 @@ mod gateway_cmd;
 mod migrate_cmd;
 mod probe_cmd;
 mod status_cmd;
+mod storage_cmd;
 mod target;
 mod vm_cmd;
 
@@ -48,6 +49,8 @@ pub enum Command {
     Migrate(migrate_cmd::MigrateArgs),
     /// Place VMs at this site and list them.
     Vm(vm_cmd::VmArgs),
+    /// Copy a migrated VM's disk to where it runs now; list disk copies.
+    Storage(storage_cmd::StorageArgs),
     /// The userspace WAN emulator (delay, jitter, loss, rate, reorder, cuts).
     Netem(Box<wanmig_netem::cli::NetemArgs>),
 }
@@ -80,6 +83,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Probe(a) => probe_cmd::run(a).await,
         Command::Migrate(a) => migrate_cmd::run(a).await,
         Command::Vm(a) => vm_cmd::run(a).await,
+        Command::Storage(a) => storage_cmd::run(a).await,
         Command::Netem(a) => wanmig_netem::cli::run(*a).await.map_err(Into::into),
     }
 }

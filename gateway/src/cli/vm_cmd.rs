@@ -279,6 +279,9 @@ mod tests {
                     storage: Some(DiskState::Copying {
                         from: "site-b".into(),
                         path: "disks/web.disk".into(),
+                        local_blocks: 0,
+                        total_blocks: 0,
+                        wire_bytes: 0,
                     }),
                 },
                 VmInfo {

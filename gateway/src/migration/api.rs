@@ -1,8 +1,9 @@
-//! The control-API routes of VMs and migrations (mounted behind the bearer
-//! token by [`crate::control::migration_router`]): `GET/POST /v1/vms`,
-//! `GET/POST /v1/migrations`, `GET /v1/migrations/{id}`.
+//! The control-API routes of VMs, migrations and their storage copies
+//! (mounted behind the bearer token by [`crate::control::migration_router`]):
+//! `GET/POST /v1/vms`, `GET/POST /v1/migrations`, `GET /v1/migrations/{id}`,
+//! `GET /v1/storage`, `GET /v1/storage/{vm}`, `POST /v1/storage/{vm}/migrate`.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -36,6 +37,40 @@ pub struct MigrateBody {
     /// Cap on the migration's WAN rate, bits per second.
     #[serde(default)]
     pub bandwidth_bps: Option<u64>,
+}
+
+/// `POST /v1/migrations` query: `?no_storage=true` moves compute only — the
+/// disk stays authoritative here and the destination reads missing blocks
+/// on demand until `POST /v1/storage/{vm}/migrate` at the destination
+/// starts the copy. (A query parameter, so existing bodies stay valid.)
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct MigrateQuery {
+    #[serde(default)]
+    pub no_storage: bool,
+}
+
+/// `GET /v1/storage/{vm}` and `POST /v1/storage/{vm}/migrate` answer: the
+/// VM's disk copy as this site sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StorageStatus {
+    pub site: String,
+    pub vm: String,
+    /// This site is the destination: the VM runs here on this disk.
+    #[serde(default)]
+    pub disk: Option<super::DiskState>,
+    /// This site is the source: it exports the VM's disk.
+    #[serde(default)]
+    pub export: Option<crate::storage_relay::ExportStatus>,
+}
+
+/// `GET /v1/storage` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StorageList {
+    pub site: String,
+    /// Disks of VMs that run here, by VM.
+    pub disks: Vec<(String, super::DiskState)>,
+    /// Disks this site exports (VMs that left with their disk).
+    pub exports: Vec<crate::storage_relay::ExportStatus>,
 }
 
 /// `POST /v1/migrations` answer.
@@ -106,10 +141,81 @@ async fn get_migration(State(m): State<MigrationService>, Path(id): Path<String>
     }
 }
 
+fn storage_status(m: &MigrationService, vm: &str) -> StorageStatus {
+    StorageStatus {
+        site: m.site().to_string(),
+        vm: vm.to_string(),
+        disk: m
+            .host()
+            .list()
+            .into_iter()
+            .find(|v| v.name == vm)
+            .and_then(|v| v.storage),
+        export: m
+            .host()
+            .storage_exports()
+            .into_iter()
+            .find(|e| e.name == vm),
+    }
+}
+
+async fn get_storage(State(m): State<MigrationService>, Path(vm): Path<String>) -> Response {
+    let s = storage_status(&m, &vm);
+    if s.disk.is_none() && s.export.is_none() {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no disk of VM '{vm}' is copied to or from {} (see `wanmig vm list`)",
+                m.site()
+            ),
+        );
+    }
+    Json(s).into_response()
+}
+
+async fn list_storage(State(m): State<MigrationService>) -> Json<StorageList> {
+    Json(StorageList {
+        site: m.site().to_string(),
+        disks: m
+            .host()
+            .list()
+            .into_iter()
+            .filter_map(|v| v.storage.map(|s| (v.name, s)))
+            .collect(),
+        exports: m.host().storage_exports(),
+    })
+}
+
+async fn migrate_storage(State(m): State<MigrationService>, Path(vm): Path<String>) -> Response {
+    match m.host().storage_migrate(&vm) {
+        Ok(disk) => Json(StorageStatus {
+            disk: Some(disk),
+            ..storage_status(&m, &vm)
+        })
+        .into_response(),
+        Err(super::HostError::Unknown(_)) => error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "VM '{vm}' does not run at {}: run `wanmig storage migrate {vm}` against the gateway of the site where it runs now (`wanmig vm list` there shows it)",
+                m.site()
+            ),
+        ),
+        Err(e @ super::HostError::Storage { .. }) => error(StatusCode::CONFLICT, e.to_string()),
+        Err(e) => error(host_status(&e), e.to_string()),
+    }
+}
+
 async fn start_migration(
     State(m): State<MigrationService>,
+    Query(q): Query<MigrateQuery>,
     Json(body): Json<MigrateBody>,
 ) -> Response {
+    if let Err(e) = m
+        .host()
+        .set_storage_background(&body.request.vm, !q.no_storage)
+    {
+        return error(StatusCode::BAD_REQUEST, e.to_string());
+    }
     match m.begin_paced(body.request, body.bandwidth_bps) {
         Ok((id, _task)) => (StatusCode::ACCEPTED, Json(MigrationStarted { id })).into_response(),
         Err(e) => {
@@ -131,5 +237,11 @@ pub fn routes(m: MigrationService) -> Router {
         .route("/v1/vms", get(list_vms).post(start_vm))
         .route("/v1/migrations", get(list_migrations).post(start_migration))
         .route("/v1/migrations/{id}", get(get_migration))
+        .route("/v1/storage", get(list_storage))
+        .route("/v1/storage/{vm}", get(get_storage))
+        .route(
+            "/v1/storage/{vm}/migrate",
+            axum::routing::post(migrate_storage),
+        )
         .with_state(m)
 }

@@ -64,7 +64,18 @@ pub enum HostError {
 pub enum DiskState {
     /// The VM runs on a remote-backed disk; blocks are still copied from
     /// `from` (missing blocks are fetched on demand).
-    Copying { from: String, path: PathBuf },
+    Copying {
+        from: String,
+        path: PathBuf,
+        /// Blocks local here (copied, written by the guest, or holes).
+        #[serde(default)]
+        local_blocks: u64,
+        #[serde(default)]
+        total_blocks: u64,
+        /// Block payload bytes received so far.
+        #[serde(default)]
+        wire_bytes: u64,
+    },
     /// Every block is local and durable; the source copy was released by
     /// its policy.
     Local {
@@ -73,18 +84,79 @@ pub enum DiskState {
         disk_bytes: u64,
         wire_bytes: u64,
         total_ms: u64,
+        /// The source checked, before releasing its copy, that every block
+        /// the guest did not write here equals its own disk
+        /// ([`wanmig_storage::verify`]: a digest over those blocks computed
+        /// at both sites).
+        #[serde(default)]
+        verified: bool,
     },
     /// The copy failed; the VM's disk reads of missing blocks fail.
     Failed { from: String, reason: String },
+    /// Migrated with `--no-storage`: the disk stays authoritative at
+    /// `from`; the VM reads missing blocks on demand and writes here. `wanmig
+    /// storage migrate VM` (at this site) starts the background copy.
+    RemoteOnly {
+        from: String,
+        path: PathBuf,
+        local_blocks: u64,
+        total_blocks: u64,
+        wire_bytes: u64,
+    },
+}
+
+fn percent(local: u64, total: u64) -> f64 {
+    if total == 0 {
+        0.0
+    } else {
+        local as f64 * 100.0 / total as f64
+    }
 }
 
 impl std::fmt::Display for DiskState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            DiskState::Copying {
+                from,
+                local_blocks,
+                total_blocks,
+                ..
+            } if *total_blocks > 0 => write!(
+                f,
+                "copying from {from} ({:.0}% local)",
+                percent(*local_blocks, *total_blocks)
+            ),
             DiskState::Copying { from, .. } => write!(f, "copying from {from}"),
-            DiskState::Local { total_ms, .. } => write!(f, "local (copied in {total_ms} ms)"),
+            DiskState::Local {
+                total_ms, verified, ..
+            } => write!(
+                f,
+                "local (copied in {:.1} s{})",
+                *total_ms as f64 / 1e3,
+                if *verified { ", verified" } else { "" }
+            ),
             DiskState::Failed { from, reason } => write!(f, "copy from {from} failed: {reason}"),
+            DiskState::RemoteOnly {
+                from,
+                local_blocks,
+                total_blocks,
+                ..
+            } => write!(
+                f,
+                "remote-only at {from} ({:.0}% local; `wanmig storage migrate` copies the rest)",
+                percent(*local_blocks, *total_blocks)
+            ),
         }
+    }
+}
+
+impl DiskState {
+    /// Whether the disk still depends on the source site.
+    pub fn is_remote(&self) -> bool {
+        matches!(
+            self,
+            DiskState::Copying { .. } | DiskState::RemoteOnly { .. }
+        )
     }
 }
 
@@ -238,6 +310,36 @@ pub trait VmHosting: Send + Sync + 'static {
     /// Settles a VM left [`VmState::HandoverUnconfirmed`]: `to` now says
     /// whether it runs there.
     fn settle_handover(&self, name: &str, to: &str, running_there: bool);
+
+    /// Source side, before a migration of `name`: whether the destination
+    /// should copy the disk in the background right after the compute move
+    /// (`true`, the default) or leave it at this site and read on demand
+    /// (`false`, `wanmig migrate --no-storage`).
+    fn set_storage_background(&self, name: &str, background: bool) -> Result<(), HostError> {
+        if background {
+            Ok(())
+        } else {
+            Err(HostError::Storage {
+                name: name.to_string(),
+                reason: "this VM host does not move disks, so --no-storage does not apply".into(),
+            })
+        }
+    }
+
+    /// Destination side: starts (or resumes) the background copy of
+    /// `name`'s disk, which must run here on a remote-backed disk.
+    fn storage_migrate(&self, name: &str) -> Result<DiskState, HostError> {
+        Err(HostError::Storage {
+            name: name.to_string(),
+            reason: "this VM host does not move disks".into(),
+        })
+    }
+
+    /// Source side: the disks this site exports (one per VM that migrated
+    /// away with a disk) and how far their copies are.
+    fn storage_exports(&self) -> Vec<crate::storage_relay::ExportStatus> {
+        Vec::new()
+    }
 }
 
 struct Entry {
@@ -251,6 +353,35 @@ struct Entry {
     serial: Arc<Mutex<VecDeque<String>>>,
     last_error: Option<String>,
     storage: Option<DiskState>,
+    /// The remote-backed disk while its copy runs (for live progress and
+    /// to start the background copy).
+    disk: Option<Arc<RemoteDisk>>,
+}
+
+/// `state` with live progress from `disk`.
+fn live_disk_state(state: &DiskState, disk: Option<&Arc<RemoteDisk>>) -> DiskState {
+    let Some(disk) = disk else {
+        return state.clone();
+    };
+    let (local, total) = disk.progress();
+    let wire = disk.metrics().snapshot().bytes_after_reduction;
+    match state {
+        DiskState::Copying { from, path, .. } => DiskState::Copying {
+            from: from.clone(),
+            path: path.clone(),
+            local_blocks: local,
+            total_blocks: total,
+            wire_bytes: wire,
+        },
+        DiskState::RemoteOnly { from, path, .. } => DiskState::RemoteOnly {
+            from: from.clone(),
+            path: path.clone(),
+            local_blocks: local,
+            total_blocks: total,
+            wire_bytes: wire,
+        },
+        other => other.clone(),
+    }
 }
 
 /// VMs running in this process.
@@ -309,9 +440,14 @@ impl VmHost {
         }));
     }
 
-    /// The state of `name`'s disk copy here, if it arrived with storage.
+    /// The state of `name`'s disk copy here, if it arrived with storage
+    /// (with live progress while it copies).
     pub fn disk_state(&self, name: &str) -> Option<DiskState> {
-        lock(&self.vms).get(name).and_then(|e| e.storage.clone())
+        lock(&self.vms).get(name).and_then(|e| {
+            e.storage
+                .as_ref()
+                .map(|s| live_disk_state(s, e.disk.as_ref()))
+        })
     }
 
     /// Exports the disk of `name` (when it has one and storage is
@@ -342,22 +478,33 @@ impl VmHost {
         from: &str,
         path: PathBuf,
         pending: Arc<PendingDisk>,
+        background: bool,
     ) {
         let vms = Arc::clone(&self.vms);
+        let vms2 = Arc::clone(&self.vms);
         let relay = storage.relay.clone();
         let disk_config = storage.settings.disk;
         let (name, from, dest) = (name.to_string(), from.to_string(), path);
         let (vm, ours) = (name.clone(), dest.clone());
+        let (vm2, ours2) = (name.clone(), dest.clone());
         let set_state = move |state: DiskState| {
             if let Some(e) = lock(&vms).get_mut(&vm) {
                 if e.config.disk.as_ref().is_some_and(|d| d.path == ours) {
                     e.storage = Some(state);
+                    e.disk = None;
+                }
+            }
+        };
+        let set_disk = move |disk: Arc<RemoteDisk>| {
+            if let Some(e) = lock(&vms2).get_mut(&vm2) {
+                if e.config.disk.as_ref().is_some_and(|d| d.path == ours2) {
+                    e.disk = Some(disk);
                 }
             }
         };
         storage.runtime.spawn(async move {
             let import = relay
-                .import(&from, &name, &dest, pending.len, disk_config)
+                .import_with(&from, &name, &dest, pending.len, disk_config, background)
                 .await;
             let import = match import {
                 Ok(i) => i,
@@ -372,7 +519,8 @@ impl VmHost {
                 }
             };
             pending.set(Ok(Arc::clone(import.disk())));
-            tracing::info!(vm = name, from, "disk import started");
+            set_disk(Arc::clone(import.disk()));
+            tracing::info!(vm = name, from, background, "disk import started");
             match import.finish().await {
                 Ok(r) => {
                     tracing::info!(vm = name, from, total_ms = r.total_ms, "disk is local");
@@ -382,6 +530,7 @@ impl VmHost {
                         disk_bytes: r.disk_bytes,
                         wire_bytes: r.wire_bytes,
                         total_ms: r.total_ms,
+                        verified: r.verified,
                     });
                 }
                 Err(e) => {
@@ -480,6 +629,7 @@ impl VmHosting for VmHost {
                 serial,
                 last_error: None,
                 storage: None,
+                disk: None,
             },
         );
         Ok(())
@@ -494,6 +644,23 @@ impl VmHosting for VmHost {
             VmState::Running => e.config.clone(),
             ref s => return Err(Self::busy(name, s, "be migrated")),
         };
+        // Chaining a second storage copy onto an unfinished one is not
+        // supported: the disk would be at two sites at once.
+        if let Some(d) = e.storage.as_ref().filter(|d| d.is_remote()) {
+            let d = live_disk_state(d, e.disk.as_ref());
+            let hint = match d {
+                DiskState::RemoteOnly { .. } => format!(
+                    "run `wanmig storage migrate {name}` at this site first and wait until it reports the disk local"
+                ),
+                _ => format!(
+                    "wait until its disk copy finishes (`wanmig storage migrate {name}` at this site shows the progress)"
+                ),
+            };
+            return Err(HostError::Storage {
+                name: name.to_string(),
+                reason: format!("its disk is {d}, so it cannot migrate on yet: {hint}"),
+            });
+        }
         drop(vms);
         // The relay asks for the config before it opens the migration; the
         // disk is exported now so the destination can ask for its size.
@@ -558,6 +725,7 @@ impl VmHosting for VmHost {
         validate_vm_name(name)?;
         let mut config = config;
         let storage = lock(&self.storage).clone();
+        let mut background = true;
         // With storage, the disk comes from `from` into this site's disk
         // directory; the VM's config names the local copy.
         let pending = match (&storage, &mut config.disk) {
@@ -566,10 +734,12 @@ impl VmHosting for VmHost {
                     name: name.to_string(),
                     reason,
                 };
-                let len = st
+                let exported = st
                     .runtime
-                    .block_on(st.relay.exported_len(from, name))
+                    .block_on(st.relay.exported_disk(from, name))
                     .map_err(|e| err(e.to_string()))?;
+                let len = exported.len;
+                background = exported.background;
                 std::fs::create_dir_all(&st.settings.dir).map_err(|e| {
                     err(format!(
                         "cannot create the disk directory {} ([storage] dir): {e}",
@@ -610,6 +780,7 @@ impl VmHosting for VmHost {
                     serial: serial.clone(),
                     last_error: None,
                     storage: None,
+                    disk: None,
                 },
             )
         };
@@ -630,13 +801,27 @@ impl VmHosting for VmHost {
                 tracing::info!(vm = name, from, "VM arrived and runs here");
                 if let (Some(st), Some(p), Some(disk)) = (&storage, pending, &config.disk) {
                     if let Some(e) = vms.get_mut(name) {
-                        e.storage = Some(DiskState::Copying {
-                            from: from.to_string(),
-                            path: disk.path.clone(),
+                        let (from, path) = (from.to_string(), disk.path.clone());
+                        e.storage = Some(if background {
+                            DiskState::Copying {
+                                from,
+                                path,
+                                local_blocks: 0,
+                                total_blocks: 0,
+                                wire_bytes: 0,
+                            }
+                        } else {
+                            DiskState::RemoteOnly {
+                                from,
+                                path,
+                                local_blocks: 0,
+                                total_blocks: 0,
+                                wire_bytes: 0,
+                            }
                         });
                     }
                     drop(vms);
-                    self.start_import(st, name, from, disk.path.clone(), p);
+                    self.start_import(st, name, from, disk.path.clone(), p, background);
                 }
                 Ok(report)
             }
@@ -680,9 +865,71 @@ impl VmHosting for VmHost {
                     .and_then(|vm| vm.reports().mem_samples().last().map(|s| s.iteration))
                     .unwrap_or(0),
                 last_error: e.last_error.clone(),
-                storage: e.storage.clone(),
+                storage: e
+                    .storage
+                    .as_ref()
+                    .map(|s| live_disk_state(s, e.disk.as_ref())),
             })
             .collect()
+    }
+
+    fn set_storage_background(&self, name: &str, background: bool) -> Result<(), HostError> {
+        match lock(&self.storage).clone() {
+            Some(st) => {
+                st.relay.set_background(name, background);
+                Ok(())
+            }
+            None if background => Ok(()),
+            None => Err(HostError::Storage {
+                name: name.to_string(),
+                reason: "this gateway moves no disks (storage is not attached), so --no-storage does not apply".into(),
+            }),
+        }
+    }
+
+    fn storage_migrate(&self, name: &str) -> Result<DiskState, HostError> {
+        let mut vms = lock(&self.vms);
+        let e = vms
+            .get_mut(name)
+            .ok_or_else(|| HostError::Unknown(name.to_string()))?;
+        let err = |reason: String| HostError::Storage {
+            name: name.to_string(),
+            reason,
+        };
+        match e.storage.clone() {
+            None => Err(err(match &e.state {
+                VmState::MigratedAway { to } => format!(
+                    "the VM now runs at {to}: run `wanmig storage migrate {name}` against {to}'s gateway"
+                ),
+                _ => "its disk did not migrate here (nothing to copy)".to_string(),
+            })),
+            Some(DiskState::RemoteOnly { from, path, .. }) => {
+                let Some(disk) = e.disk.clone() else {
+                    return Err(err(
+                        "the disk import has not started yet; retry in a moment".into(),
+                    ));
+                };
+                disk.set_background(true);
+                e.storage = Some(DiskState::Copying {
+                    from: from.clone(),
+                    path,
+                    local_blocks: 0,
+                    total_blocks: 0,
+                    wire_bytes: 0,
+                });
+                tracing::info!(vm = name, from, "background disk copy started by the operator");
+                Ok(live_disk_state(e.storage.as_ref().expect("set above"), Some(&disk)))
+            }
+            // Already copying or local: report where it stands (idempotent).
+            Some(s) => Ok(live_disk_state(&s, e.disk.as_ref())),
+        }
+    }
+
+    fn storage_exports(&self) -> Vec<crate::storage_relay::ExportStatus> {
+        lock(&self.storage)
+            .as_ref()
+            .map(|st| st.relay.exports())
+            .unwrap_or_default()
     }
 }
 

@@ -1,9 +1,13 @@
 //! Destination side of the storage relay: a [`RemoteDisk`] fed over two
 //! `STORAGE` streams (on-demand and background), a session loop that
 //! reports outages as link down and reconnects, and the completion
-//! handshake (complete + fsync locally, then `Done`, then the source's
-//! `Released`).
+//! handshake (complete + fsync locally, then `Done` carrying the end-of-copy
+//! digest, then the source's `Released` once its check passed). `Done` is
+//! sent again in every new session until `Released` arrives, and an `Open`
+//! answered with `Released` ends an all-local import successfully: a lost
+//! `Released` never fails a copy that succeeded.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,6 +18,7 @@ use tokio::task::JoinHandle;
 use wanmig_storage::{FetchRequest, Fetcher, LinkDown, Priority, RemoteDisk, RemoteDiskConfig};
 
 use super::frame::{read_frame, Frame, Lane};
+use super::metrics::{CopyOutcome, RelayMetrics};
 use super::{lock, StorageRelayError};
 use crate::peering::{stream_kind, Peering};
 
@@ -26,6 +31,12 @@ pub struct ImportReport {
     pub total_ms: u64,
     /// How many times the session was re-established after a link loss.
     pub reconnects: u64,
+    /// The source checked this copy's digest over every block the guest
+    /// did not write here against its own disk before releasing it
+    /// ([`wanmig_storage::verify`]).
+    pub verified: bool,
+    /// Blocks the guest wrote here (excluded from the check).
+    pub written_blocks: u64,
 }
 
 type Lanes = (mpsc::UnboundedSender<Frame>, mpsc::UnboundedSender<Frame>);
@@ -34,6 +45,9 @@ type Lanes = (mpsc::UnboundedSender<Frame>, mpsc::UnboundedSender<Frame>);
 #[derive(Default)]
 struct LaneFetcher {
     lanes: Mutex<Option<Lanes>>,
+    /// When each on-demand block was last requested (for the latency
+    /// histogram).
+    demand_sent: Mutex<HashMap<u64, Instant>>,
 }
 
 impl Fetcher for LaneFetcher {
@@ -43,7 +57,14 @@ impl Fetcher for LaneFetcher {
             return Err(LinkDown);
         };
         let lane = match request.priority {
-            Priority::OnDemand => demand,
+            Priority::OnDemand => {
+                let now = Instant::now();
+                let mut sent = lock(&self.demand_sent);
+                for b in request.blocks() {
+                    sent.insert(b, now);
+                }
+                demand
+            }
             Priority::Background => background,
         };
         lane.send(Frame::request(&request)).map_err(|_| LinkDown)
@@ -118,6 +139,8 @@ struct Session {
 enum Failure {
     /// The source refused: retrying will not help.
     Refused(String),
+    /// The source already released the disk after checking this copy.
+    Released,
     /// The link broke: reconnect and resume.
     Link(String),
 }
@@ -142,6 +165,7 @@ async fn open_lane(
         .map_err(|e| Failure::Link(e.to_string()))?;
     match read_frame(&mut recv).await {
         Ok(Frame::Holes(h)) => Ok((send, recv, h)),
+        Ok(Frame::Released) => Err(Failure::Released),
         Ok(Frame::Error(m)) => Err(Failure::Refused(m)),
         Ok(other) => Err(Failure::Refused(format!("unexpected answer {other:?}"))),
         Err(e) => Err(Failure::Link(e.to_string())),
@@ -158,20 +182,29 @@ async fn connect(t: &Target) -> Result<Session, Failure> {
     })
 }
 
+/// What to import, from where, into where.
+pub(crate) struct ImportTarget<'a> {
+    pub peer: &'a str,
+    pub name: &'a str,
+    pub local_path: &'a Path,
+    pub disk_len: u64,
+    pub config: RemoteDiskConfig,
+    /// Run the background copy from the start.
+    pub background: bool,
+}
+
 pub(crate) async fn start_import(
     peering: Peering,
-    peer: &str,
-    name: &str,
-    local_path: &Path,
-    disk_len: u64,
-    config: RemoteDiskConfig,
+    metrics: RelayMetrics,
+    it: ImportTarget<'_>,
 ) -> Result<StorageImport, StorageRelayError> {
+    let (peer, name) = (it.peer, it.name);
     let target = Target {
         peering,
         peer: peer.to_string(),
         name: name.to_string(),
-        disk_len,
-        block_size: config.block_size,
+        disk_len: it.disk_len,
+        block_size: it.config.block_size,
     };
     // The source validates its disk before anything is created here.
     let session = connect(&target).await.map_err(|f| match f {
@@ -180,22 +213,36 @@ pub(crate) async fn start_import(
             name: name.to_string(),
             message,
         },
+        Failure::Released => StorageRelayError::Refused {
+            peer: peer.to_string(),
+            name: name.to_string(),
+            message: "the disk was already released after a completed copy".into(),
+        },
         Failure::Link(message) => StorageRelayError::Link {
             peer: peer.to_string(),
             message,
         },
     })?;
     let fetcher = Arc::new(LaneFetcher::default());
-    let path: PathBuf = local_path.to_owned();
+    let path: PathBuf = it.local_path.to_owned();
     let f2: Arc<dyn Fetcher> = fetcher.clone();
-    let disk = tokio::task::spawn_blocking(move || RemoteDisk::open(&path, disk_len, config, f2))
-        .await
-        .map_err(|e| StorageRelayError::Link {
-            peer: peer.to_string(),
-            message: format!("opening the local copy: {e}"),
-        })??;
+    let (disk_len, config, background) = (it.disk_len, it.config, it.background);
+    let disk = tokio::task::spawn_blocking(move || {
+        let d = RemoteDisk::open(&path, disk_len, config, f2)?;
+        // Off before `start` (on is the default: nothing is fetched before
+        // the session's lanes exist).
+        if !background {
+            d.set_background(false);
+        }
+        Ok::<_, wanmig_storage::StorageError>(d)
+    })
+    .await
+    .map_err(|e| StorageRelayError::Link {
+        peer: peer.to_string(),
+        message: format!("opening the local copy: {e}"),
+    })??;
     let disk = Arc::new(disk);
-    let task = tokio::spawn(run(target, Arc::clone(&disk), fetcher, session));
+    let task = tokio::spawn(run(target, Arc::clone(&disk), fetcher, session, metrics));
     Ok(StorageImport {
         disk,
         task: Some(task),
@@ -207,6 +254,27 @@ async fn run(
     disk: Arc<RemoteDisk>,
     fetcher: Arc<LaneFetcher>,
     first: Session,
+    metrics: RelayMetrics,
+) -> Result<ImportReport, StorageRelayError> {
+    let seen = Mutex::new(wanmig_storage::metrics::MetricsSnapshot::default());
+    let r = run_sessions(&t, &disk, &fetcher, first, &metrics, &seen).await;
+    // Count what the last ticks did not.
+    let now = disk.metrics().snapshot();
+    metrics.add_growth(&lock(&seen), &now);
+    metrics.copy_ended(match r {
+        Ok(_) => CopyOutcome::Verified,
+        Err(_) => CopyOutcome::Failed,
+    });
+    r
+}
+
+async fn run_sessions(
+    t: &Target,
+    disk: &Arc<RemoteDisk>,
+    fetcher: &Arc<LaneFetcher>,
+    first: Session,
+    metrics: &RelayMetrics,
+    seen: &Mutex<wanmig_storage::metrics::MetricsSnapshot>,
 ) -> Result<ImportReport, StorageRelayError> {
     let started = Instant::now();
     let mut reconnects = 0u64;
@@ -215,11 +283,23 @@ async fn run(
     loop {
         let s = match session.take() {
             Some(s) => s,
-            None => match connect(&t).await {
+            None => match connect(t).await {
                 Ok(s) => {
                     reconnects += 1;
                     s
                 }
+                Err(Failure::Released) if disk.is_all_local() => {
+                    // Our `Done` got through; its `Released` did not.
+                    tracing::info!(peer = %t.peer, disk = %t.name, "the source had already verified and released the disk");
+                    break;
+                }
+                Err(Failure::Released) => return Err(StorageRelayError::Refused {
+                    peer: t.peer.clone(),
+                    name: t.name.clone(),
+                    message:
+                        "the source released the disk but this copy is incomplete; start a new copy"
+                            .into(),
+                }),
                 Err(Failure::Refused(message)) => {
                     return Err(StorageRelayError::Refused {
                         peer: t.peer.clone(),
@@ -234,8 +314,9 @@ async fn run(
                 }
             },
         };
-        match drive(&t, &disk, &fetcher, s, first_session).await {
+        match drive(t, disk, fetcher, s, first_session, metrics, seen).await {
             Ok(()) => break,
+            Err(Failure::Released) => break,
             Err(Failure::Refused(message)) => {
                 *lock(&fetcher.lanes) = None;
                 return Err(StorageRelayError::Refused {
@@ -259,6 +340,8 @@ async fn run(
         wire_bytes: m.bytes_after_reduction,
         total_ms: started.elapsed().as_millis() as u64,
         reconnects,
+        verified: true,
+        written_blocks: disk.written_blocks(),
     })
 }
 
@@ -266,10 +349,13 @@ async fn run(
 async fn drive(
     t: &Target,
     disk: &Arc<RemoteDisk>,
-    fetcher: &LaneFetcher,
+    fetcher: &Arc<LaneFetcher>,
     s: Session,
     first: bool,
+    metrics: &RelayMetrics,
+    seen: &Mutex<wanmig_storage::metrics::MetricsSnapshot>,
 ) -> Result<(), Failure> {
+    lock(&fetcher.demand_sent).clear();
     let (dtx, drx) = mpsc::unbounded_channel();
     let (btx, brx) = mpsc::unbounded_channel();
     *lock(&fetcher.lanes) = Some((dtx.clone(), btx));
@@ -291,23 +377,34 @@ async fn drive(
     }
     let (dsend, drecv) = s.demand;
     let (bsend, brecv) = s.background;
+    let demand_reader = read_lane(drecv, Arc::clone(disk), Some((fetcher, metrics)));
     tokio::select! {
-        r = read_lane(drecv, Arc::clone(disk)) => r,
-        r = read_lane(brecv, Arc::clone(disk)) => match r {
+        r = demand_reader => r,
+        r = read_lane(brecv, Arc::clone(disk), None) => match r {
             Ok(()) => Err(Failure::Link("background stream ended".into())),
             Err(e) => Err(e),
         },
         r = write_lane(dsend, drx) => r,
         r = write_lane(bsend, brx) => r,
-        r = ticker(Arc::clone(disk), dtx, t.name.clone()) => r,
+        r = ticker(Arc::clone(disk), dtx, t.name.clone(), metrics, seen) => r,
     }
 }
 
 /// Feeds arriving blocks to the disk; `Ok` when the source says `Released`.
-async fn read_lane(mut recv: RecvStream, disk: Arc<RemoteDisk>) -> Result<(), Failure> {
+/// `demand`: this is the on-demand lane; observe each block's latency.
+async fn read_lane(
+    mut recv: RecvStream,
+    disk: Arc<RemoteDisk>,
+    demand: Option<(&LaneFetcher, &RelayMetrics)>,
+) -> Result<(), Failure> {
     loop {
         match read_frame(&mut recv).await {
             Ok(Frame::Block { block, payload }) => {
+                if let Some((fetcher, metrics)) = demand {
+                    if let Some(t) = lock(&fetcher.demand_sent).remove(&block) {
+                        metrics.on_demand_latency(t.elapsed());
+                    }
+                }
                 // A 64 KiB local write per block: brief enough to do inline
                 // on this task.
                 if let Err(e) = disk.on_block_arrived(block, &payload) {
@@ -334,38 +431,65 @@ async fn write_lane(
     Err(Failure::Link("request lane closed".into()))
 }
 
-/// Drives the disk's timers; when every block is local, completes the disk
-/// (fsync + bitmap) and sends `Done` once. Never returns `Ok`: the demand
-/// reader ends the session on `Released`.
+/// Drives the disk's timers, reports progress to the source and adds the
+/// disk's counter growth to the metrics; when every block is local,
+/// completes the disk (fsync + bitmap), computes the end-of-copy digest and
+/// sends `Done` once per session. Never returns `Ok`: the demand reader ends
+/// the session on `Released`.
 async fn ticker(
     disk: Arc<RemoteDisk>,
     demand: mpsc::UnboundedSender<Frame>,
     name: String,
+    metrics: &RelayMetrics,
+    seen: &Mutex<wanmig_storage::metrics::MetricsSnapshot>,
 ) -> Result<(), Failure> {
     let mut done_sent = false;
     let mut every = tokio::time::interval(Duration::from_millis(100));
+    let mut last_progress: Option<Instant> = None;
+    let closed = || Failure::Link("request lane closed".into());
     loop {
         every.tick().await;
+        let now = disk.metrics().snapshot();
+        {
+            let mut seen = lock(seen);
+            metrics.add_growth(&seen, &now);
+            *seen = now;
+        }
+        if last_progress.is_none_or(|t| t.elapsed() >= Duration::from_millis(500)) {
+            let (local_blocks, total_blocks) = disk.progress();
+            demand
+                .send(Frame::Progress {
+                    local_blocks,
+                    total_blocks,
+                })
+                .map_err(|_| closed())?;
+            last_progress = Some(Instant::now());
+        }
         let d = Arc::clone(&disk);
+        let check_now = !done_sent;
         let r = tokio::task::spawn_blocking(move || {
             d.tick()?;
-            if d.is_all_local() {
-                d.complete().map(|()| true)
+            if check_now && d.is_all_local() {
+                d.complete()?;
+                d.verification_digest().map(Some)
             } else {
-                Ok(false)
+                Ok(None)
             }
         })
         .await
         .map_err(|e| Failure::Link(e.to_string()))?;
         match r {
-            Ok(true) if !done_sent => {
-                tracing::info!(disk = %name, "storage copy complete locally; confirming to the source");
+            Ok(Some((digest, written))) => {
+                tracing::info!(disk = %name, written_blocks = written.present_count(), "storage copy complete locally; confirming to the source");
                 demand
-                    .send(Frame::Done)
-                    .map_err(|_| Failure::Link("request lane closed".into()))?;
+                    .send(Frame::Done {
+                        digest,
+                        written: written.to_bytes(),
+                    })
+                    .map_err(|_| closed())?;
                 done_sent = true;
             }
-            Ok(_) => {}
+            Ok(None) => {}
             Err(e) => tracing::warn!(disk = %name, "storage tick: {e}"),
         }
     }

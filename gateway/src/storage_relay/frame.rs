@@ -37,16 +37,31 @@ pub enum Frame {
     Block { block: u64, payload: Vec<u8> },
     /// Either way: the operation failed; the text says why.
     Error(String),
-    /// Destination → source: every block is local and durable.
-    Done,
-    /// Source → destination: the source copy was released by policy.
+    /// Destination → source: every block is local and durable; `digest` is
+    /// the end-of-copy check ([`wanmig_storage::verify`]) over the blocks not
+    /// in `written` (the guest's writes at the destination, a serialized
+    /// [`wanmig_storage::PresenceBitmap`]). Sent again after a reconnect
+    /// until `Released` arrives (the source answers idempotently).
+    Done { digest: [u8; 32], written: Vec<u8> },
+    /// Source → destination: the check passed and the source copy was
+    /// released by policy. Also the answer to an `Open` of a disk already
+    /// released (its `Released` was lost with the link).
     Released,
+    /// Destination → source, now and then: how far the copy is (shown by
+    /// the source's `wanmig migrate`).
+    Progress {
+        local_blocks: u64,
+        total_blocks: u64,
+    },
     /// Destination → source, alone on a stream: how long is exported disk
     /// `name`? (The destination of a VM migration learns the size this way
     /// before it creates its copy.)
     QuerySize(String),
-    /// Source → destination, answer to `QuerySize`.
-    Size(u64),
+    /// Source → destination, answer to `QuerySize`: the size, and whether
+    /// the destination should run the background copy at once (`false`
+    /// after `wanmig migrate --no-storage`: on-demand reads only until
+    /// `wanmig storage migrate`).
+    Size { len: u64, background: bool },
 }
 
 /// A malformed frame.
@@ -71,6 +86,7 @@ const DONE: u8 = 6;
 const RELEASED: u8 = 7;
 const QUERY_SIZE: u8 = 8;
 const SIZE: u8 = 9;
+const PROGRESS: u8 = 10;
 
 impl Frame {
     /// A request frame for `r`.
@@ -121,15 +137,28 @@ impl Frame {
                 b.push(ERROR);
                 b.extend_from_slice(m.as_bytes());
             }
-            Frame::Done => b.push(DONE),
+            Frame::Done { digest, written } => {
+                b.push(DONE);
+                b.extend_from_slice(digest);
+                b.extend_from_slice(written);
+            }
+            Frame::Progress {
+                local_blocks,
+                total_blocks,
+            } => {
+                b.push(PROGRESS);
+                b.extend_from_slice(&local_blocks.to_le_bytes());
+                b.extend_from_slice(&total_blocks.to_le_bytes());
+            }
             Frame::Released => b.push(RELEASED),
             Frame::QuerySize(name) => {
                 b.push(QUERY_SIZE);
                 b.extend_from_slice(name.as_bytes());
             }
-            Frame::Size(len) => {
+            Frame::Size { len, background } => {
                 b.push(SIZE);
                 b.extend_from_slice(&len.to_le_bytes());
+                b.push(u8::from(*background));
             }
         }
         let len = (b.len() - 4) as u32;
@@ -189,7 +218,15 @@ impl Frame {
                 r.0 = &[];
                 Frame::Error(m)
             }
-            DONE => Frame::Done,
+            DONE => {
+                let digest = r.take::<32>("digest")?;
+                let written = std::mem::take(&mut r.0).to_vec();
+                Frame::Done { digest, written }
+            }
+            PROGRESS => Frame::Progress {
+                local_blocks: r.u64("local_blocks")?,
+                total_blocks: r.u64("total_blocks")?,
+            },
             RELEASED => Frame::Released,
             QUERY_SIZE => {
                 let name =
@@ -197,7 +234,14 @@ impl Frame {
                 r.0 = &[];
                 Frame::QuerySize(name)
             }
-            SIZE => Frame::Size(r.u64("size")?),
+            SIZE => Frame::Size {
+                len: r.u64("size")?,
+                background: match r.u8("background")? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(FrameError::Invalid("background")),
+                },
+            },
             t => return Err(FrameError::UnknownTag(t)),
         };
         if !r.0.is_empty() {
@@ -279,7 +323,14 @@ mod tests {
             block_size: 65536,
         });
         round_trip(Frame::QuerySize("vm-1".into()));
-        round_trip(Frame::Size(16 << 20));
+        round_trip(Frame::Size {
+            len: 16 << 20,
+            background: false,
+        });
+        round_trip(Frame::Progress {
+            local_blocks: 5,
+            total_blocks: 9,
+        });
         round_trip(Frame::Holes(vec![0..3, 10..200]));
         round_trip(Frame::Holes(vec![]));
         round_trip(Frame::Request {
@@ -291,7 +342,10 @@ mod tests {
             payload: vec![1, 2, 3],
         });
         round_trip(Frame::Error("no such disk".into()));
-        round_trip(Frame::Done);
+        round_trip(Frame::Done {
+            digest: [7; 32],
+            written: vec![1, 2, 3],
+        });
         round_trip(Frame::Released);
     }
 
@@ -313,6 +367,10 @@ mod tests {
         );
         assert_eq!(
             Frame::decode(&[DONE, 0]),
+            Err(FrameError::Truncated("digest"))
+        );
+        assert_eq!(
+            Frame::decode(&[RELEASED, 0]),
             Err(FrameError::Invalid("trailing bytes"))
         );
         // Every prefix of a valid frame decodes or fails cleanly.

@@ -15,13 +15,17 @@
 //!   fetches never queue behind background data (the source also gives the
 //!   on-demand stream a higher send priority). A lost connection is reported
 //!   as link down; the session reconnects and the copy resumes where it
-//!   stopped.
+//!   stopped. After `Done` the source checks the copy
+//!   ([`wanmig_storage::verify`]) before it releases its own; a lost
+//!   `Released` is asked for again on reconnect.
+//! - [`metrics`]: the `wanmig_storage_*` Prometheus metrics.
 
 pub mod dest;
 pub mod frame;
+pub mod metrics;
 pub mod source;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -31,6 +35,7 @@ use crate::peering::{stream_kind, Peering, PeeringError};
 
 pub use dest::{ImportReport, StorageImport};
 pub use frame::{Frame, FrameError, Lane};
+pub use metrics::{CopyOutcome, RelayMetrics};
 
 /// Where imported disks go when no `[storage] dir` is configured
 /// (relative to the config file).
@@ -84,12 +89,54 @@ pub(crate) struct Export {
     pub disk_len: u64,
     pub policy: ReleasePolicy,
     pub released: bool,
+    /// When a destination first opened it.
+    pub started: Option<std::time::Instant>,
+    pub status: ExportStatus,
+}
+
+/// Where a disk this site exports stands (the source's view of a copy).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ExportStatus {
+    /// The export's name (the VM's name for a migrating VM).
+    pub name: String,
+    pub path: PathBuf,
+    pub disk_bytes: u64,
+    /// The destination that opened it, once one did.
+    pub to: Option<String>,
+    /// Whether the destination runs the background copy at once (`false`
+    /// after `wanmig migrate --no-storage`).
+    pub background: bool,
+    /// Blocks local at the destination, as it last reported.
+    pub local_blocks: u64,
+    pub total_blocks: u64,
+    /// Block payload bytes sent (after zero elision and zstd).
+    pub wire_bytes: u64,
+    /// From the first open to the release, once released.
+    pub total_ms: Option<u64>,
+    /// The destination's copy passed the end-of-copy check
+    /// ([`wanmig_storage::verify`]) and the source copy was released.
+    pub released: bool,
+    pub verified: bool,
+    /// Why the copy cannot finish (e.g. the check failed; the source copy
+    /// is kept).
+    pub error: Option<String>,
 }
 
 pub(crate) struct Inner {
     pub peering: Peering,
     pub exports: Mutex<HashMap<String, Export>>,
+    /// Names whose destination should not start the background copy.
+    pub deferred: Mutex<HashSet<String>>,
     pub zstd_level: i32,
+    pub metrics: RelayMetrics,
+}
+
+/// A disk as a peer exports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExportedDisk {
+    pub len: u64,
+    /// Whether to run the background copy at once.
+    pub background: bool,
 }
 
 /// The gateway's storage relay (both sides). Cheap to clone.
@@ -119,10 +166,16 @@ impl StorageRelay {
     /// serving exported disks. Must be called inside a tokio runtime.
     pub fn start(peering: Peering, zstd_level: i32) -> Result<Self, StorageRelayError> {
         let streams = peering.subscribe_streams(stream_kind::STORAGE, 16)?;
+        let metrics = RelayMetrics::new().map_err(|e| StorageRelayError::Link {
+            peer: String::new(),
+            message: format!("creating the storage metrics: {e}"),
+        })?;
         let inner = Arc::new(Inner {
             peering,
             exports: Mutex::new(HashMap::new()),
+            deferred: Mutex::new(HashSet::new()),
             zstd_level,
+            metrics,
         });
         tokio::spawn(source::accept_loop(Arc::clone(&inner), streams));
         Ok(StorageRelay { inner })
@@ -143,6 +196,7 @@ impl StorageRelay {
             return Err(StorageRelayError::BadName(name.to_string()));
         }
         SourceDisk::open(path, disk_len, wanmig_storage::DEFAULT_BLOCK_SIZE)?;
+        let background = !lock(&self.inner.deferred).contains(name);
         lock(&self.inner.exports).insert(
             name.to_string(),
             Export {
@@ -150,9 +204,66 @@ impl StorageRelay {
                 disk_len,
                 policy,
                 released: false,
+                started: None,
+                status: ExportStatus {
+                    name: name.to_string(),
+                    path: path.to_owned(),
+                    disk_bytes: disk_len,
+                    to: None,
+                    background,
+                    local_blocks: 0,
+                    total_blocks: 0,
+                    wire_bytes: 0,
+                    total_ms: None,
+                    released: false,
+                    verified: false,
+                    error: None,
+                },
             },
         );
         Ok(())
+    }
+
+    /// Whether the destination of `name`'s next export should start the
+    /// background copy at once (`true`, the default) or read on demand only
+    /// until `wanmig storage migrate` (`false`). Call before [`export`].
+    ///
+    /// [`export`]: StorageRelay::export
+    pub fn set_background(&self, name: &str, background: bool) {
+        let mut d = lock(&self.inner.deferred);
+        if background {
+            d.remove(name);
+        } else {
+            d.insert(name.to_string());
+        }
+        if let Some(e) = lock(&self.inner.exports).get_mut(name) {
+            if !e.released {
+                e.status.background = background;
+            }
+        }
+    }
+
+    /// The source's view of the export `name`.
+    pub fn export_status(&self, name: &str) -> Option<ExportStatus> {
+        lock(&self.inner.exports)
+            .get(name)
+            .map(|e| e.status.clone())
+    }
+
+    /// Every disk this site exports, by name.
+    pub fn exports(&self) -> Vec<ExportStatus> {
+        let mut v: Vec<_> = lock(&self.inner.exports)
+            .values()
+            .map(|e| e.status.clone())
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// The `wanmig_storage_*` metrics (register them with the gateway's
+    /// registry).
+    pub fn metrics(&self) -> &RelayMetrics {
+        &self.inner.metrics
     }
 
     /// Whether the export `name` was released after a confirmed copy.
@@ -164,6 +275,16 @@ impl StorageRelay {
 
     /// The size of the disk `peer` exports as `name`.
     pub async fn exported_len(&self, peer: &str, name: &str) -> Result<u64, StorageRelayError> {
+        Ok(self.exported_disk(peer, name).await?.len)
+    }
+
+    /// The size of the disk `peer` exports as `name`, and whether to run
+    /// the background copy at once.
+    pub async fn exported_disk(
+        &self,
+        peer: &str,
+        name: &str,
+    ) -> Result<ExportedDisk, StorageRelayError> {
         if !valid_name(name) {
             return Err(StorageRelayError::BadName(name.to_string()));
         }
@@ -180,7 +301,7 @@ impl StorageRelay {
             .await
             .map_err(|e| link(e.to_string()))?;
         match frame::read_frame(&mut recv).await {
-            Ok(Frame::Size(len)) => Ok(len),
+            Ok(Frame::Size { len, background }) => Ok(ExportedDisk { len, background }),
             Ok(Frame::Error(message)) => Err(StorageRelayError::Refused {
                 peer: peer.to_string(),
                 name: name.to_string(),
@@ -207,13 +328,36 @@ impl StorageRelay {
         if !valid_name(name) {
             return Err(StorageRelayError::BadName(name.to_string()));
         }
+        self.import_with(peer, name, local_path, disk_len, config, true)
+            .await
+    }
+
+    /// [`StorageRelay::import`], with the background copy on or off from
+    /// the start (off: only blocks the guest reads are fetched, until
+    /// [`wanmig_storage::RemoteDisk::set_background`] turns it on).
+    pub async fn import_with(
+        &self,
+        peer: &str,
+        name: &str,
+        local_path: &Path,
+        disk_len: u64,
+        config: RemoteDiskConfig,
+        background: bool,
+    ) -> Result<StorageImport, StorageRelayError> {
+        if !valid_name(name) {
+            return Err(StorageRelayError::BadName(name.to_string()));
+        }
         dest::start_import(
             self.inner.peering.clone(),
-            peer,
-            name,
-            local_path,
-            disk_len,
-            config,
+            self.inner.metrics.clone(),
+            dest::ImportTarget {
+                peer,
+                name,
+                local_path,
+                disk_len,
+                config,
+                background,
+            },
         )
         .await
     }

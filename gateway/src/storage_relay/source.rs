@@ -1,13 +1,16 @@
 //! Source side of the storage relay: answers `STORAGE` streams by serving
 //! an exported disk's blocks, and releases the disk by policy once the
-//! destination confirmed its copy is complete and durable.
+//! destination confirmed its copy is complete and durable and the
+//! end-of-copy check ([`wanmig_storage::verify`]) passed. `Done` and `Open`
+//! of an already released disk are answered with `Released` again, so a
+//! `Released` lost with the link is not an error.
 
 use std::sync::Arc;
 
 use quinn::{RecvStream, SendStream};
 use tokio::sync::mpsc;
 use wanmig_storage::wire::BlockEncoder;
-use wanmig_storage::{release_source, FetchRequest, Priority, SourceDisk};
+use wanmig_storage::{release_source, FetchRequest, PresenceBitmap, Priority, SourceDisk};
 
 use super::frame::{read_frame, Frame, Lane, ReadFrameError};
 use super::{lock, Inner};
@@ -18,7 +21,7 @@ pub(crate) async fn accept_loop(inner: Arc<Inner>, mut streams: mpsc::Receiver<I
         let inner = Arc::clone(&inner);
         tokio::spawn(async move {
             let peer = s.peer.clone();
-            if let Err(e) = serve(inner, s.send, s.recv).await {
+            if let Err(e) = serve(inner, &peer, s.send, s.recv).await {
                 tracing::info!(%peer, "storage stream ended: {e}");
             }
         });
@@ -31,8 +34,26 @@ async fn write(send: &mut SendStream, f: &Frame) -> Result<(), String> {
         .map_err(|e| format!("writing to the destination: {e}"))
 }
 
+/// Checks the destination's end-of-copy digest against this disk.
+fn verify(disk: &SourceDisk, digest: &[u8; 32], written: &[u8]) -> Result<(), String> {
+    let written = PresenceBitmap::from_bytes(written, disk.geometry(), disk.path())
+        .map_err(|e| format!("the destination's written-block set is unusable: {e}"))?;
+    let hashes = disk.block_hashes().map_err(|e| e.to_string())?;
+    let ours = wanmig_storage::verify::combine(disk.geometry(), &hashes, &written);
+    if &ours == digest {
+        Ok(())
+    } else {
+        Err(format!(
+            "end-of-copy check failed: the destination's copy ({}) differs from the source disk ({}) in blocks the guest did not write there; the source copy is kept: remove the destination's copy and its .presence/.written files, then run `wanmig storage migrate` again",
+            wanmig_storage::verify::hex(digest),
+            wanmig_storage::verify::hex(&ours)
+        ))
+    }
+}
+
 async fn serve(
     inner: Arc<Inner>,
+    peer: &str,
     mut send: SendStream,
     mut recv: RecvStream,
 ) -> Result<(), String> {
@@ -41,9 +62,9 @@ async fn serve(
         let len = lock(&inner.exports)
             .get(name)
             .filter(|e| !e.released)
-            .map(|e| e.disk_len);
+            .map(|e| (e.disk_len, e.status.background));
         let answer = match len {
-            Some(len) => Frame::Size(len),
+            Some((len, background)) => Frame::Size { len, background },
             None => Frame::Error(format!("no disk '{name}' is exported at this site")),
         };
         write(&mut send, &answer).await?;
@@ -70,9 +91,17 @@ async fn serve(
         write(&mut send, &Frame::Error(msg.clone())).await?;
         return Err(msg);
     };
-    let opened = if export.released {
-        Err("the disk was already released after a confirmed copy".to_string())
-    } else if export.disk_len != disk_len {
+    if export.released {
+        // The destination did not hear our `Released`: say it again.
+        write(&mut send, &Frame::Released).await?;
+        let _ = send.finish();
+        return Ok(());
+    }
+    if let Some(e) = lock(&inner.exports).get_mut(&name) {
+        e.status.to = Some(peer.to_string());
+        e.started.get_or_insert_with(std::time::Instant::now);
+    }
+    let opened = if export.disk_len != disk_len {
         Err(format!(
             "the destination expects {disk_len} bytes but the exported disk has {}",
             export.disk_len
@@ -129,8 +158,16 @@ async fn serve(
                 encoder = enc;
                 match frames {
                     Ok(frames) => {
+                        let mut bytes = 0u64;
                         for f in &frames {
                             write(&mut send, f).await?;
+                            if let Frame::Block { payload, .. } = f {
+                                bytes += payload.len() as u64;
+                            }
+                        }
+                        inner.metrics.served(bytes);
+                        if let Some(e) = lock(&inner.exports).get_mut(&name) {
+                            e.status.wire_bytes += bytes;
                         }
                     }
                     Err(e) => {
@@ -139,9 +176,31 @@ async fn serve(
                     }
                 }
             }
-            Frame::Done => {
+            Frame::Progress {
+                local_blocks,
+                total_blocks,
+            } => {
+                if let Some(e) = lock(&inner.exports).get_mut(&name) {
+                    e.status.local_blocks = local_blocks;
+                    e.status.total_blocks = total_blocks;
+                }
+            }
+            Frame::Done { digest, written } => {
                 let export = lock(&inner.exports).get(&name).cloned();
                 if let Some(export) = export.filter(|e| !e.released) {
+                    let d = Arc::clone(&disk);
+                    let checked =
+                        tokio::task::spawn_blocking(move || verify(&d, &digest, &written))
+                            .await
+                            .map_err(|e| e.to_string())?;
+                    if let Err(msg) = checked {
+                        tracing::error!(disk = %name, %peer, "{msg}");
+                        if let Some(e) = lock(&inner.exports).get_mut(&name) {
+                            e.status.error = Some(msg.clone());
+                        }
+                        write(&mut send, &Frame::Error(msg.clone())).await?;
+                        return Err(msg);
+                    }
                     let path = export.path.clone();
                     let policy = export.policy;
                     let r = tokio::task::spawn_blocking(move || release_source(&path, policy))
@@ -153,8 +212,14 @@ async fn serve(
                     }
                     if let Some(e) = lock(&inner.exports).get_mut(&name) {
                         e.released = true;
+                        e.status.released = true;
+                        e.status.verified = true;
+                        e.status.error = None;
+                        e.status.local_blocks = disk.geometry().block_count();
+                        e.status.total_blocks = disk.geometry().block_count();
+                        e.status.total_ms = e.started.map(|t| t.elapsed().as_millis() as u64);
                     }
-                    tracing::info!(disk = %name, ?policy, "storage copy confirmed by the destination; source copy released");
+                    tracing::info!(disk = %name, ?policy, "storage copy confirmed and verified by the destination; source copy released");
                 }
                 write(&mut send, &Frame::Released).await?;
             }
