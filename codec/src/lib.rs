@@ -73,6 +73,7 @@ pub mod mix;
 pub mod page;
 pub mod page_cache;
 pub mod record;
+mod slab;
 pub mod store;
 
 pub use compress::{LongDistance, LZ4_LEVEL};

@@ -2,18 +2,19 @@
 //! fingerprint), CLOCK eviction under a page-count cap. The encoder keys it
 //! by gfn (the version of each page last sent: delta base, reference
 //! verification, NACK answer); the decoder keys it by fingerprint (content
-//! received this session).
+//! received this session). The pages themselves live in a [`PageSlab`]
+//! (slot `i`'s page at slab index `i`).
 
 use std::collections::HashMap;
 use std::hash::Hash;
 
 use crate::fingerprint::Fingerprint;
 use crate::page::PageBytes;
+use crate::slab::PageSlab;
 
 struct Slot<K, M> {
     key: K,
     meta: M,
-    data: Box<PageBytes>,
     referenced: bool,
     live: bool,
 }
@@ -22,6 +23,7 @@ struct Slot<K, M> {
 /// the content's fingerprint unless the user chooses otherwise.
 pub struct PageCache<K, M = Fingerprint> {
     slots: Vec<Slot<K, M>>,
+    data: PageSlab,
     index: HashMap<K, usize>,
     free: Vec<usize>,
     hand: usize,
@@ -32,6 +34,7 @@ impl<K: Hash + Eq + Copy, M> PageCache<K, M> {
     pub fn new(capacity_pages: usize) -> Self {
         PageCache {
             slots: Vec::new(),
+            data: PageSlab::new(),
             index: HashMap::new(),
             free: Vec::new(),
             hand: 0,
@@ -59,7 +62,7 @@ impl<K: Hash + Eq + Copy, M> PageCache<K, M> {
         let &i = self.index.get(&key)?;
         let s = &mut self.slots[i];
         s.referenced = true;
-        Some((&mut s.meta, &s.data))
+        Some((&mut s.meta, self.data.get(i)))
     }
 
     /// Stores `page` (described by `meta`) under `key`, replacing what was
@@ -71,8 +74,8 @@ impl<K: Hash + Eq + Copy, M> PageCache<K, M> {
         if let Some(&i) = self.index.get(&key) {
             let s = &mut self.slots[i];
             s.meta = meta;
-            *s.data = *page;
             s.referenced = true;
+            self.data.get_mut(i).copy_from_slice(page);
             return;
         }
         let i = if let Some(i) = self.free.pop() {
@@ -81,10 +84,10 @@ impl<K: Hash + Eq + Copy, M> PageCache<K, M> {
             self.slots.push(Slot {
                 key,
                 meta,
-                data: Box::new(*page),
                 referenced: true,
                 live: true,
             });
+            self.data.push(page);
             self.index.insert(key, self.slots.len() - 1);
             return;
         } else {
@@ -93,8 +96,8 @@ impl<K: Hash + Eq + Copy, M> PageCache<K, M> {
         let s = &mut self.slots[i];
         s.key = key;
         s.meta = meta;
-        *s.data = *page;
         s.referenced = true;
+        self.data.get_mut(i).copy_from_slice(page);
         s.live = true;
         self.index.insert(key, i);
     }
