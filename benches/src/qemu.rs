@@ -14,8 +14,8 @@
 //!   four multifd sockets hold several times the demo path's 3 MB BDP).
 //!   Raising them too made things worse for QEMU: its bandwidth estimate
 //!   counts bytes parked in socket buffers as sent, so it stops the guest
-//!   with more still to cross (demo scenario: 1.2 s downtime with 32 MiB
-//!   send buffers against 0.6 s with the default). The congestion
+//!   with more still to cross (demo scenario, single runs: 1.2 s downtime
+//!   with 32 MiB send buffers, 0.6–1.0 s with the default). The congestion
 //!   controller is the kernel's default (named in the note).
 //! - **QEMU.** Debian's QEMU, TCG (`-accel tcg`, works without KVM and is
 //!   what a stock x86 package does everywhere), `-nodefaults`, no disk, no
@@ -585,7 +585,7 @@ impl Run {
             sysctl(&self.ns.0, "net.ipv4.tcp_congestion_control"),
             match guest_dirty_mib_s {
                 Some(r) => format!(
-                    "guest dirties {} pages/s over {} pages at 8 MiB (QEMU measured {r:.1} MiB/s of distinct pages)",
+                    "guest dirties {} pages/s over {} pages at 8 MiB (QEMU's page sampling saw {r:.0} MiB/s of distinct pages)",
                     dirty.pages_per_sec, dirty.ws_pages
                 ),
                 None => "idle guest".to_string(),
