@@ -1,6 +1,12 @@
 //! Shared code of the benchmarks: the kernel-TCP baseline over the netem
-//! TUN link ([`tcp_baseline`]) and the goodput result rows they print.
+//! TUN link ([`tcp_baseline`]), the goodput result rows they print, QEMU's
+//! live-migration baseline ([`qemu`]) and the scenario runner and report
+//! of issue #7 ([`scenario`]).
 
+#[path = "src/qemu.rs"]
+pub mod qemu;
+#[path = "src/scenario/mod.rs"]
+pub mod scenario;
 pub mod tcp_baseline;
 
 use serde::Serialize;

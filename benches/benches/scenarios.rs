@@ -1,121 +1,80 @@
-//! The end-to-end migration scenario: issue #5's figures, measured side by
-//! side in one run on this machine. A 512 MiB guest holding the demo memory
-//! mix and dirtying 5 MiB/s moves between two sites over an emulated
-//! 250 Mbit/s, 100 ms RTT WAN (the `wanmig demo` path: real KVM, real QUIC,
-//! the real overlay with a live TCP session):
+//! The scenario matrix of issue #7 (see `wanmig_benches::scenario`): each
+//! scenario moves a KVM guest between two sites over the emulated WAN with
+//! wanmig and then with plain pre-copy (reduction off), on the same link in
+//! the same run, and QEMU's own migration where asked; prints progress and
+//! an ETA, and writes per-run JSON, `scenarios.json` and `report.md` with
+//! SVG charts.
 //!
-//! 1. with data reduction (cold page store), then a clone of the same image
-//!    to the same site (warm page store);
-//! 2. the same move with reduction off (plain pre-copy).
+//! ```sh
+//! WANMIG_SCENARIO_SET=full WANMIG_REPORT_DIR=docs/report cargo bench -p wanmig-benches --bench scenarios
+//! ```
 //!
-//! Prints a table and writes `target/scenarios.json`. Needs /dev/kvm;
-//! without it, prints why and exits. `WANMIG_SCENARIO_MEM=128MiB` shrinks
-//! the guest for a quick look.
+//! Environment:
+//! - `WANMIG_SCENARIO_SET`: `quick` (3 CI-size scenarios), `report`
+//!   (the sweeps the charts need, default) or `full` (every link, and every
+//!   guest at two reference links; about 40 minutes on 2 cores).
+//! - `WANMIG_REPORT_DIR`: where to write (default `target/scenarios`);
+//!   relative paths are taken from the workspace root.
+//! - `WANMIG_SCENARIO_QEMU`: `never`, `clean` (clean links with the
+//!   moderate busy guest; default) or `always`. QEMU needs root and
+//!   Debian's qemu-system-x86; without them its column says why not.
+//! - `WANMIG_SCENARIO_FILTER`: run only scenarios whose name contains this.
+//!
+//! Needs /dev/kvm; without it, prints why and exits.
 
-use std::time::Duration;
+use std::path::PathBuf;
 
-use wanmig_gateway::demo::{self, DemoOptions, DemoReport};
-
-fn mib(b: u64) -> f64 {
-    b as f64 / (1 << 20) as f64
-}
-
-fn row(name: &str, r: &DemoReport) {
-    println!(
-        "  {name:<28} {:>8} {:>10} {:>6} {:>10.1} {:>7.1}% {:>9.2}x  {}",
-        r.total_ms,
-        r.downtime_ms.map_or("-".into(), |d| format!("{d:.0}")),
-        r.rounds,
-        mib(r.wire_bytes),
-        100.0 * r.wire_bytes as f64 / r.guest_mem_bytes as f64,
-        r.reduction,
-        if r.ok() { "verified" } else { "CHECKS FAILED" }
-    );
-}
+use wanmig_benches::scenario::matrix::Set;
+use wanmig_benches::scenario::run::QemuPolicy;
+use wanmig_benches::scenario::{run_set, RunnerOptions};
 
 fn main() {
     if let Err(why) = wanmig_testenv::kvm_status() {
         println!("scenarios: skipped, needs KVM: {why}");
         return;
     }
-    let mem = std::env::var("WANMIG_SCENARIO_MEM")
-        .ok()
-        .map(|v| {
-            wanmig_netem::units::parse_size(&v).expect("WANMIG_SCENARIO_MEM: a size like 128MiB")
-        })
-        .unwrap_or(512 << 20);
+    let set = match std::env::var("WANMIG_SCENARIO_SET") {
+        Ok(v) => Set::parse(&v).unwrap_or_else(|| {
+            eprintln!("WANMIG_SCENARIO_SET={v:?}: use quick, report or full");
+            std::process::exit(2)
+        }),
+        Err(_) => Set::Report,
+    };
+    let qemu = match std::env::var("WANMIG_SCENARIO_QEMU").as_deref() {
+        Ok("never") => QemuPolicy::Never,
+        Ok("always") => QemuPolicy::Always,
+        Ok("clean") | Err(_) => QemuPolicy::CleanLinks,
+        Ok(other) => {
+            eprintln!("WANMIG_SCENARIO_QEMU={other:?}: use never, clean or always");
+            std::process::exit(2)
+        }
+    };
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out_dir = std::env::var_os("WANMIG_REPORT_DIR")
+        .map(PathBuf::from)
+        .map(|p| if p.is_absolute() { p } else { root.join(p) })
+        .unwrap_or_else(|| root.join("target/scenarios"));
+    let opts = RunnerOptions {
+        set,
+        out_dir,
+        qemu,
+        filter: std::env::var("WANMIG_SCENARIO_FILTER").ok(),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let base = DemoOptions {
-        rtt: Duration::from_millis(100),
-        rate_bps: 250_000_000,
-        mem_bytes: mem,
-        dirty_bytes_per_sec: 5 << 20,
-        ..DemoOptions::default()
-    };
-    let reduced = runtime
-        .block_on(demo::run(
-            DemoOptions {
-                warm_clone: true,
-                ..base.clone()
-            },
-            |_| {},
-        ))
-        .expect("the reduced migration runs");
-    let raw = runtime
-        .block_on(demo::run(
-            DemoOptions {
-                reduction: false,
-                ..base.clone()
-            },
-            |_| {},
-        ))
-        .expect("the unreduced migration runs");
-
-    println!(
-        "migration scenario: {} MiB guest, demo memory mix, dirtying 5 MiB/s, 250 Mbit/s, 100 ms RTT",
-        mem >> 20
-    );
-    println!(
-        "  {:<28} {:>8} {:>10} {:>6} {:>10} {:>8} {:>10}",
-        "run", "total ms", "downtime", "rounds", "wire MiB", "of mem", "reduction"
-    );
-    row("reduced, cold page store", &reduced);
-    row("raw pre-copy (reduction off)", &raw);
-    if let Some(c) = &reduced.warm_clone {
-        println!(
-            "  {:<28} {:>8} {:>10} {:>6} {:>10.1} {:>7.1}% {:>9.2}x  {}",
-            "clone, warm page store",
-            c.total_ms,
-            c.downtime_ms.map_or("-".into(), |d| format!("{d:.0}")),
-            "",
-            mib(c.wire_bytes),
-            100.0 * c.wire_bytes as f64 / mem as f64,
-            c.reduction,
-            if c.memory_verified && c.workload_verified {
-                "verified"
-            } else {
-                "CHECKS FAILED"
+    match runtime.block_on(run_set(&opts)) {
+        Ok(results) => {
+            let failed = results.iter().filter(|r| !r.wanmig.ok).count();
+            if failed > 0 {
+                println!("scenarios: {failed} wanmig run(s) failed their checks (see the report)");
             }
-        );
-        println!(
-            "  warm vs cold wire bytes: {:.1}x less",
-            reduced.wire_bytes as f64 / c.wire_bytes.max(1) as f64
-        );
-    }
-    println!(
-        "  reduced vs raw: time {:.2}x, wire bytes {:.2}x; downtime goal <= {} ms (300 ms + one RTT)",
-        raw.total_ms as f64 / reduced.total_ms.max(1) as f64,
-        raw.wire_bytes as f64 / reduced.wire_bytes.max(1) as f64,
-        300 + 100
-    );
-    let json = serde_json::json!({ "reduced": reduced, "raw": raw });
-    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/scenarios.json");
-    match std::fs::write(&out, serde_json::to_string_pretty(&json).expect("json")) {
-        Ok(()) => println!("  wrote {}", out.display()),
-        Err(e) => println!("  could not write {}: {e}", out.display()),
+        }
+        Err(e) => {
+            eprintln!("scenarios: {e:#}");
+            std::process::exit(1)
+        }
     }
 }

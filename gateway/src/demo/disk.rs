@@ -40,6 +40,8 @@ pub struct StorageReport {
     pub guest_errors: u64,
     /// Blocks that differ from the model (0 when verified).
     pub blocks_mismatched: u64,
+    /// Why the copy or the check failed, when it did.
+    pub error: Option<String>,
 }
 
 /// Creates a sparse disk of `bytes` at `path` and the VM's disk config.

@@ -64,7 +64,9 @@ pub enum GuestWorkload {
     /// Dirties memory faster than the link carries it (twice the link rate,
     /// at least 16 MiB/s), over a working set larger than the downtime
     /// budget can send: plain pre-copy cannot converge, only auto-converge
-    /// (throttling the guest) or a smart stop can.
+    /// (throttling the guest) or a smart stop can. (Each page write changes
+    /// one word, so wanmig's deltas of re-dirtied pages may still converge
+    /// normally.)
     WriteHeavy,
 }
 

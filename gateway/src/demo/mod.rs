@@ -448,7 +448,7 @@ pub async fn run(
     if !(0.0..1.0).contains(&opts.loss) {
         bail!("--loss must be at least 0% and below 100%");
     }
-    if opts.loss_burst.is_some_and(|b| !(b >= 1.0)) {
+    if opts.loss_burst.is_some_and(|b| b.is_nan() || b < 1.0) {
         bail!("--loss-burst must be at least 1 packet");
     }
     let params = opts.link_params();
@@ -604,7 +604,7 @@ pub async fn run(
     }
     let storage = match (opts.disk_bytes, outcome) {
         (Some(_), Outcome::Succeeded) => {
-            Some(check_storage(gw_b.vm_host(), disk_seed, disk_at_source).await?)
+            Some(check_storage(gw_b.vm_host(), disk_seed, disk_at_source).await)
         }
         _ => None,
     };
@@ -687,34 +687,64 @@ pub async fn run(
     Ok(report)
 }
 
-/// Waits for the VM's disk to be local at `host`, then pauses the guest,
-/// checks the disk against the guest-abi model of what the guest wrote,
-/// and lets it run on.
-async fn check_storage(host: &Arc<VmHost>, seed: u64, at_source: u64) -> Result<StorageReport> {
+/// Waits for the VM's disk to be local at `host` and for the guest to
+/// report disk iterations there, then pauses the guest, checks the disk
+/// against the guest-abi model of what the guest wrote, and lets it run
+/// on. A copy or check that fails is reported (`verified: false`, `error`),
+/// not returned as an error, so the rest of the report survives.
+async fn check_storage(host: &Arc<VmHost>, seed: u64, at_source: u64) -> StorageReport {
+    let mut out = StorageReport {
+        disk_bytes: 0,
+        wire_bytes: 0,
+        total_ms: 0,
+        verified: false,
+        iterations: 0,
+        iterations_at_source: at_source,
+        guest_errors: 0,
+        blocks_mismatched: 0,
+        error: None,
+    };
+    if let Err(e) = verify_disk(host, seed, at_source, &mut out).await {
+        tracing::error!("the demo's disk check failed: {e:#}");
+        out.verified = false;
+        out.error = Some(format!("{e:#}"));
+    }
+    out
+}
+
+async fn verify_disk(
+    host: &Arc<VmHost>,
+    seed: u64,
+    at_source: u64,
+    out: &mut StorageReport,
+) -> Result<()> {
     let (path, disk_bytes, wire_bytes, total_ms) = disk::wait_local(host, VM).await?;
+    (out.disk_bytes, out.wire_bytes, out.total_ms) = (disk_bytes, wire_bytes, total_ms);
+    wait_for(
+        "the guest's disk iterations at site B after the copy",
+        Duration::from_secs(30),
+        || disk::guest_report(host, VM).is_some_and(|r| r[0] > at_source),
+    )
+    .await?;
     host.with_vm(VM, |v| v.pause())
         .context("the VM is gone from site B")?
         .context("pausing the guest to check its disk")?;
     let report = disk::guest_report(host, VM);
     let p = path.clone();
-    let image = tokio::task::spawn_blocking(move || std::fs::read(&p))
-        .await
-        .context("disk read thread")?
-        .with_context(|| format!("reading the destination disk {}", path.display()));
-    let mismatched = match (&image, report) {
-        (Ok(img), Some(r)) => {
-            let (img, reported) = (img.clone(), r[0]);
-            tokio::task::spawn_blocking(move || disk::mismatched_blocks(&img, seed, reported))
-                .await
-                .context("disk check thread")?
-        }
-        _ => u64::MAX,
-    };
+    let checked = tokio::task::spawn_blocking(move || {
+        let image = std::fs::read(&p)?;
+        let bad = report.map(|r| disk::mismatched_blocks(&image, seed, r[0]));
+        Ok::<_, std::io::Error>((image.len() as u64, bad))
+    })
+    .await;
     host.with_vm(VM, |v| v.resume())
         .context("the VM is gone from site B")?
         .context("resuming the guest after the disk check")?;
-    let image = image?;
-    let [iterations, _, _, errors] = report.context("the guest never reported disk iterations")?;
+    let (len, mismatched) = checked
+        .context("disk check thread")?
+        .with_context(|| format!("reading the destination disk {}", path.display()))?;
+    let [iterations, _, _, errors] = report.context("the guest's disk report vanished")?;
+    let mismatched = mismatched.unwrap_or(u64::MAX);
     if mismatched > 0 {
         tracing::error!(
             mismatched,
@@ -722,16 +752,11 @@ async fn check_storage(host: &Arc<VmHost>, seed: u64, at_source: u64) -> Result<
             "the destination disk differs from what the guest wrote"
         );
     }
-    Ok(StorageReport {
-        disk_bytes,
-        wire_bytes,
-        total_ms,
-        verified: mismatched == 0 && errors == 0 && image.len() as u64 == disk_bytes,
-        iterations,
-        iterations_at_source: at_source,
-        guest_errors: errors,
-        blocks_mismatched: mismatched,
-    })
+    out.iterations = iterations;
+    out.guest_errors = errors;
+    out.blocks_mismatched = mismatched;
+    out.verified = mismatched == 0 && errors == 0 && len == disk_bytes;
+    Ok(())
 }
 
 /// Boots a second VM from the same memory image at site A (no NIC) and

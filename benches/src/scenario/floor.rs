@@ -1,0 +1,168 @@
+//! The physical floor of one scenario: the least time any migration of
+//! this guest could take on this link.
+//!
+//! **Unique compressed bytes** `U`: the guest's memory image (the mix the
+//! demo preloads, `wanmig_codec::mix` with the scenario's seed), split into
+//! 4 KiB pages; zero pages dropped (a zero page needs no payload);
+//! remaining pages deduplicated by content (BLAKE3) so each distinct page
+//! counts once; the distinct pages, concatenated in first-seen order,
+//! compressed as one zstd stream at level [`FLOOR_ZSTD_LEVEL`].
+//!
+//! **Re-sent dirty bytes** `R`: while `U` crosses the link (`U / rate`
+//! seconds) the guest keeps writing; each page write changes one 8-byte
+//! word, so a perfect encoder re-sends [`RESEND_BYTES_PER_PAGE`] bytes
+//! (the word and its address) per distinct page dirtied in that time. With
+//! `n` uniformly random page writes into a working set of `w` pages the
+//! expected distinct pages are `w · (1 − (1 − 1/w)^n)`.
+//!
+//! **Floor** = `(U + R) · 8 / rate + HANDSHAKE_RTTS · RTT`: the migration
+//! session's open (Hello → HelloAck) and the handover's confirmation
+//! (Complete → Confirmed) each need a round trip that no byte count hides.
+//! The QUIC connection is up before a migration starts, so its handshake is
+//! not counted. Jitter and loss do not lower the floor and are ignored.
+
+use std::collections::HashSet;
+use std::io::Write;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use wanmig_codec::mix::{self, MixSpec};
+
+/// zstd level of the floor's compression (the highest regular level).
+pub const FLOOR_ZSTD_LEVEL: i32 = 19;
+/// Bytes a perfect encoder needs to re-send one page write.
+pub const RESEND_BYTES_PER_PAGE: f64 = 16.0;
+/// Round trips a migration cannot avoid.
+pub const HANDSHAKE_RTTS: f64 = 2.0;
+const PAGE: usize = 4096;
+
+/// The link-independent part of the floor: one memory image's unique
+/// compressed bytes.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct ImageFloor {
+    pub mem_bytes: u64,
+    pub zero_pages: u64,
+    pub distinct_pages: u64,
+    /// `U`: the distinct non-zero pages after zstd.
+    pub unique_compressed_bytes: u64,
+}
+
+/// Computes [`ImageFloor`] of `mem_bytes` of `spec` with `seed`.
+pub fn image_floor(spec: &MixSpec, seed: u64, mem_bytes: u64) -> Result<ImageFloor> {
+    let pages = mem_bytes / PAGE as u64;
+    let mut seen: HashSet<[u8; 32]> = HashSet::new();
+    let mut zero_pages = 0;
+    let mut enc = zstd::stream::Encoder::new(Vec::new(), FLOOR_ZSTD_LEVEL)
+        .context("starting the floor's zstd stream")?;
+    // Match over a window as long as memory, so nothing a long-range
+    // matcher would find is missed.
+    enc.long_distance_matching(true)
+        .context("enabling zstd long-distance matching")?;
+    let chunk = 1024u64;
+    let mut buf = vec![0u8; chunk as usize * PAGE];
+    let mut first = 0;
+    while first < pages {
+        let n = chunk.min(pages - first);
+        let part = &mut buf[..n as usize * PAGE];
+        mix::fill(seed, first, spec, part);
+        for page in part.chunks_exact(PAGE) {
+            if page.iter().all(|&b| b == 0) {
+                zero_pages += 1;
+            } else if seen.insert(*blake3::hash(page).as_bytes()) {
+                enc.write_all(page)
+                    .context("compressing the floor's pages")?;
+            }
+        }
+        first += n;
+    }
+    let out = enc.finish().context("finishing the floor's zstd stream")?;
+    Ok(ImageFloor {
+        mem_bytes,
+        zero_pages,
+        distinct_pages: seen.len() as u64,
+        unique_compressed_bytes: out.len() as u64,
+    })
+}
+
+/// The floor of one scenario.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Floor {
+    pub unique_compressed_bytes: u64,
+    /// `R`: bytes to re-send the pages dirtied while `U` is in flight.
+    pub resend_bytes: u64,
+    pub handshake_ms: f64,
+    pub floor_ms: f64,
+}
+
+/// Expected distinct pages hit by `writes` uniform random page writes into
+/// `working_set` pages.
+pub fn distinct_pages_dirtied(writes: f64, working_set: u64) -> f64 {
+    if working_set == 0 || writes <= 0.0 {
+        return 0.0;
+    }
+    let w = working_set as f64;
+    w * (1.0 - (1.0 - 1.0 / w).powf(writes))
+}
+
+/// The floor of `image` on a link of `rate_bps` and `rtt_ms`, with a guest
+/// writing `dirty_bytes_per_sec` (in 4 KiB page writes) into
+/// `working_set_pages`.
+pub fn floor(
+    image: &ImageFloor,
+    rate_bps: u64,
+    rtt_ms: f64,
+    dirty_bytes_per_sec: u64,
+    working_set_pages: u64,
+) -> Floor {
+    let rate = rate_bps.max(1) as f64;
+    let u = image.unique_compressed_bytes as f64;
+    let in_flight_s = u * 8.0 / rate;
+    let writes = dirty_bytes_per_sec as f64 / PAGE as f64 * in_flight_s;
+    let resend = distinct_pages_dirtied(writes, working_set_pages) * RESEND_BYTES_PER_PAGE;
+    let handshake_ms = HANDSHAKE_RTTS * rtt_ms;
+    Floor {
+        unique_compressed_bytes: image.unique_compressed_bytes,
+        resend_bytes: resend.round() as u64,
+        handshake_ms,
+        floor_ms: (u + resend) * 8.0 / rate * 1e3 + handshake_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wanmig_codec::mix::PageKind;
+
+    #[test]
+    fn zero_and_duplicate_pages_cost_nothing_and_random_pages_cost_their_size() {
+        let zero = image_floor(&MixSpec::only(PageKind::Zero), 1, 4 << 20).unwrap();
+        assert_eq!(zero.zero_pages, 1024);
+        assert_eq!(zero.distinct_pages, 0);
+        assert!(zero.unique_compressed_bytes < 64);
+        let dup = image_floor(&MixSpec::only(PageKind::Duplicate), 1, 4 << 20).unwrap();
+        assert!(dup.distinct_pages <= 64, "{dup:?}");
+        let rnd = image_floor(&MixSpec::only(PageKind::Incompressible), 1, 4 << 20).unwrap();
+        assert_eq!(rnd.distinct_pages, 1024);
+        assert!(rnd.unique_compressed_bytes >= 4 << 20, "{rnd:?}");
+        let busy = image_floor(&MixSpec::demo(), 1, 4 << 20).unwrap();
+        assert!(busy.unique_compressed_bytes < rnd.unique_compressed_bytes / 3);
+    }
+
+    #[test]
+    fn the_floor_is_bytes_at_the_rate_plus_two_round_trips() {
+        let image = ImageFloor {
+            mem_bytes: 1 << 30,
+            zero_pages: 0,
+            distinct_pages: 1,
+            unique_compressed_bytes: 12_500_000,
+        };
+        let f = floor(&image, 100_000_000, 50.0, 0, 0);
+        assert_eq!(f.resend_bytes, 0);
+        assert!((f.floor_ms - (1000.0 + 100.0)).abs() < 1e-6, "{f:?}");
+        // A writing guest adds at most 16 bytes per working-set page.
+        let g = floor(&image, 100_000_000, 50.0, 400 << 20, 1000);
+        assert!(g.resend_bytes > 15_000 && g.resend_bytes <= 16_000, "{g:?}");
+        assert!((distinct_pages_dirtied(1.0, 10) - 1.0).abs() < 1e-9);
+        assert!(distinct_pages_dirtied(1e9, 10) <= 10.0);
+    }
+}

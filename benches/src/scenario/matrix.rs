@@ -1,0 +1,361 @@
+//! The scenario matrix: links (RTT × rate × loss), guests (workload × memory
+//! mix), and the named sets the runner offers (`quick`, `report`, `full`).
+//! Pure data: no I/O.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use wanmig_gateway::demo::{DemoOptions, GuestWorkload, MemoryMix};
+
+/// RTTs of the matrix, milliseconds.
+pub const RTTS_MS: [u64; 5] = [1, 20, 50, 100, 150];
+/// Rates of the matrix, Mbit/s.
+pub const RATES_MBIT: [u64; 3] = [100, 250, 1000];
+/// Mean burst length of the bursty loss, packets.
+pub const BURST_PACKETS: f64 = 4.0;
+/// The disk of scenarios that have one.
+pub const DISK_BYTES: u64 = 16 << 20;
+
+/// Loss on each direction of a link. Lossy links also carry jitter (see
+/// [`LinkSpec::jitter`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Loss {
+    /// No loss, no jitter.
+    Clean,
+    /// 0.1% independent loss.
+    Random01,
+    /// 1% mean loss in Gilbert-Elliott bursts of [`BURST_PACKETS`] packets.
+    Bursty1,
+}
+
+impl Loss {
+    pub const ALL: [Loss; 3] = [Loss::Clean, Loss::Random01, Loss::Bursty1];
+
+    pub fn mean(self) -> f64 {
+        match self {
+            Loss::Clean => 0.0,
+            Loss::Random01 => 0.001,
+            Loss::Bursty1 => 0.01,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Loss::Clean => "0%",
+            Loss::Random01 => "0.1%",
+            Loss::Bursty1 => "1% bursty",
+        }
+    }
+}
+
+/// One emulated link (both directions alike).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct LinkSpec {
+    pub rtt_ms: u64,
+    pub rate_mbit: u64,
+    pub loss: Loss,
+}
+
+impl LinkSpec {
+    pub fn new(rtt_ms: u64, rate_mbit: u64, loss: Loss) -> Self {
+        LinkSpec {
+            rtt_ms,
+            rate_mbit,
+            loss,
+        }
+    }
+
+    pub fn rtt(&self) -> Duration {
+        Duration::from_millis(self.rtt_ms)
+    }
+
+    pub fn rate_bps(&self) -> u64 {
+        self.rate_mbit * 1_000_000
+    }
+
+    /// Lossy links get uniform jitter of ±5% of the one-way delay (at
+    /// least 0.2 ms): loss on a WAN comes with queueing variation. Clean
+    /// links have none.
+    pub fn jitter(&self) -> Duration {
+        match self.loss {
+            Loss::Clean => Duration::ZERO,
+            _ => Duration::from_micros((self.rtt_ms * 1000 / 2 / 20).max(200)),
+        }
+    }
+
+    pub fn label(&self) -> String {
+        format!(
+            "{} ms / {} Mbit/s / {}",
+            self.rtt_ms,
+            self.rate_mbit,
+            self.loss.label()
+        )
+    }
+
+    pub fn slug(&self) -> String {
+        let loss = match self.loss {
+            Loss::Clean => "clean",
+            Loss::Random01 => "loss0.1",
+            Loss::Bursty1 => "loss1b",
+        };
+        format!("{}ms-{}M-{loss}", self.rtt_ms, self.rate_mbit)
+    }
+
+    /// Every link of the matrix (45).
+    pub fn all() -> Vec<LinkSpec> {
+        let mut v = Vec::new();
+        for &rate in &RATES_MBIT {
+            for &rtt in &RTTS_MS {
+                for loss in Loss::ALL {
+                    v.push(LinkSpec::new(rtt, rate, loss));
+                }
+            }
+        }
+        v
+    }
+}
+
+/// One scenario: a guest on a link.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Scenario {
+    pub link: LinkSpec,
+    pub workload: GuestWorkload,
+    pub mix: MemoryMix,
+    pub mem_bytes: u64,
+    /// Pages the memory workload writes into.
+    pub working_set_pages: u64,
+    /// The VM's disk, when it has one.
+    pub disk_bytes: Option<u64>,
+    pub seed: u64,
+}
+
+impl Scenario {
+    pub fn new(link: LinkSpec, workload: GuestWorkload, mix: MemoryMix, mem_bytes: u64) -> Self {
+        Scenario {
+            link,
+            workload,
+            mix,
+            mem_bytes,
+            // A quarter of memory, at most the demo's 32 MiB.
+            working_set_pages: (mem_bytes / 4096 / 4).min(8192),
+            disk_bytes: None,
+            seed: 0x5ce_0001,
+        }
+    }
+
+    /// The same scenario with a sparse disk of [`DISK_BYTES`] that follows
+    /// the VM (wanmig runs only).
+    pub fn with_disk(self) -> Self {
+        Scenario {
+            disk_bytes: Some(DISK_BYTES),
+            ..self
+        }
+    }
+
+    /// A file-name-safe unique name.
+    pub fn slug(&self) -> String {
+        format!(
+            "{}-{}-{}-{}M",
+            self.link.slug(),
+            self.workload.label(),
+            self.mix.label(),
+            self.mem_bytes >> 20
+        )
+    }
+
+    /// The demo's options for this scenario, with or without reduction.
+    /// The raw pre-copy baseline runs without the disk: it is a baseline
+    /// for the memory migration, which ends before the storage copy starts.
+    pub fn demo_options(&self, reduction: bool) -> DemoOptions {
+        DemoOptions {
+            rtt: self.link.rtt(),
+            rate_bps: self.link.rate_bps(),
+            loss: self.link.loss.mean(),
+            loss_burst: (self.link.loss == Loss::Bursty1).then_some(BURST_PACKETS),
+            jitter: self.link.jitter(),
+            mem_bytes: self.mem_bytes,
+            mix: self.mix,
+            workload: self.workload,
+            working_set_pages: self.working_set_pages,
+            disk_bytes: if reduction { self.disk_bytes } else { None },
+            seed: self.seed,
+            reduction,
+            warm_clone: false,
+            round_trip: false,
+            ..DemoOptions::default()
+        }
+    }
+}
+
+/// Which scenarios to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Set {
+    /// Four 64 MiB scenarios (what CI runs).
+    Quick,
+    /// The sweeps the report's plots need, 128 MiB guests (19 scenarios;
+    /// the guest sweep with a disk).
+    Report,
+    /// Every link with the moderate busy guest (no disk), and every guest ×
+    /// mix at two reference links (with a disk): 61 scenarios, 128 MiB
+    /// guests, about 40 minutes on 2 cores.
+    Full,
+}
+
+impl Set {
+    pub fn parse(s: &str) -> Option<Set> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "quick" => Some(Set::Quick),
+            "report" => Some(Set::Report),
+            "full" => Some(Set::Full),
+            _ => None,
+        }
+    }
+
+    /// The scenarios of this set, deduplicated, in run order.
+    pub fn scenarios(self) -> Vec<Scenario> {
+        use GuestWorkload::*;
+        use MemoryMix::*;
+        const MEM: u64 = 128 << 20;
+        let mut v = Vec::new();
+        match self {
+            Set::Quick => v.extend(quick()),
+            Set::Report => {
+                // RTT sweep on a clean 250 Mbit/s link, rate sweep at 100 ms.
+                for rtt in RTTS_MS {
+                    v.push(Scenario::new(
+                        LinkSpec::new(rtt, 250, Loss::Clean),
+                        Moderate,
+                        Busy,
+                        MEM,
+                    ));
+                }
+                for rate in RATES_MBIT {
+                    v.push(Scenario::new(
+                        LinkSpec::new(100, rate, Loss::Clean),
+                        Moderate,
+                        Busy,
+                        MEM,
+                    ));
+                }
+                // Loss at the reference link.
+                for loss in [Loss::Random01, Loss::Bursty1] {
+                    v.push(Scenario::new(
+                        LinkSpec::new(100, 250, loss),
+                        Moderate,
+                        Busy,
+                        MEM,
+                    ));
+                }
+                v.extend(guest_sweep(LinkSpec::new(100, 250, Loss::Clean), MEM));
+                v.push(Scenario::new(
+                    LinkSpec::new(150, 100, Loss::Bursty1),
+                    WriteHeavy,
+                    Busy,
+                    MEM,
+                ));
+            }
+            Set::Full => {
+                for link in LinkSpec::all() {
+                    v.push(Scenario::new(link, Moderate, Busy, MEM));
+                }
+                v.extend(guest_sweep(LinkSpec::new(50, 250, Loss::Clean), MEM));
+                v.extend(guest_sweep(LinkSpec::new(150, 100, Loss::Bursty1), MEM));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        v.retain(|s| seen.insert(s.slug()));
+        v
+    }
+}
+
+/// Every workload × mix at `link`.
+fn guest_sweep(link: LinkSpec, mem: u64) -> Vec<Scenario> {
+    let mut v = Vec::new();
+    for w in [
+        GuestWorkload::Idle,
+        GuestWorkload::Moderate,
+        GuestWorkload::WriteHeavy,
+    ] {
+        for m in [MemoryMix::Fresh, MemoryMix::Busy, MemoryMix::Incompressible] {
+            v.push(Scenario::new(link, w, m, mem).with_disk());
+        }
+    }
+    v
+}
+
+/// The CI subset: small guests, each a different stress; the first has a
+/// disk (the guest sweeps of the larger sets cover disks on lossy links).
+pub fn quick() -> Vec<Scenario> {
+    const MEM: u64 = 64 << 20;
+    vec![
+        Scenario::new(
+            LinkSpec::new(20, 250, Loss::Clean),
+            GuestWorkload::Moderate,
+            MemoryMix::Busy,
+            MEM,
+        )
+        .with_disk(),
+        Scenario::new(
+            LinkSpec::new(50, 100, Loss::Bursty1),
+            GuestWorkload::Moderate,
+            MemoryMix::Busy,
+            MEM,
+        ),
+        Scenario::new(
+            LinkSpec::new(20, 100, Loss::Clean),
+            GuestWorkload::WriteHeavy,
+            MemoryMix::Busy,
+            MEM,
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_matrix_has_every_link_once_and_the_sets_are_unique() {
+        let links = LinkSpec::all();
+        assert_eq!(links.len(), 45);
+        let slugs: std::collections::HashSet<_> = links.iter().map(|l| l.slug()).collect();
+        assert_eq!(slugs.len(), 45);
+        let full = Set::Full.scenarios();
+        // 45 links, plus 2 × 9 guests minus the moderate busy ones already
+        // in the link sweep.
+        assert_eq!(full.len(), 45 + 2 * 8);
+        assert!(Set::Report.scenarios().len() < full.len());
+        assert_eq!(Set::Quick.scenarios().len(), 3);
+        assert_eq!(Set::parse("FULL"), Some(Set::Full));
+        assert_eq!(Set::parse("everything"), None);
+    }
+
+    #[test]
+    fn lossy_links_have_jitter_and_bursty_ones_a_burst_model() {
+        let s = Scenario::new(
+            LinkSpec::new(100, 250, Loss::Bursty1),
+            GuestWorkload::Moderate,
+            MemoryMix::Busy,
+            64 << 20,
+        );
+        let o = s.demo_options(true);
+        assert_eq!(o.jitter, Duration::from_micros(2500));
+        assert!((o.loss_model().mean_loss() - 0.01).abs() < 1e-9);
+        assert!(!s.demo_options(false).reduction);
+        assert_eq!(s.demo_options(true).disk_bytes, None);
+        let d = s.clone().with_disk();
+        assert_eq!(d.demo_options(true).disk_bytes, Some(DISK_BYTES));
+        assert_eq!(
+            d.demo_options(false).disk_bytes,
+            None,
+            "raw runs have no disk"
+        );
+        assert!(quick()[0].disk_bytes.is_some());
+        assert_eq!(
+            LinkSpec::new(100, 250, Loss::Clean).jitter(),
+            Duration::ZERO
+        );
+    }
+}
