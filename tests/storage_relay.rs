@@ -237,3 +237,97 @@ async fn bad_source_disk_is_refused_before_anything_moves() {
     assert!(!dst.exists(), "nothing created at the destination");
     mesh.shutdown().await;
 }
+
+/// The destination heard nothing after its `Done` (the `Released` was lost
+/// and it restarted): importing the same disk into the same complete copy
+/// again is answered with `Released` and succeeds, verified; a fresh copy of
+/// a released disk is refused with a reason, creating nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_release_ack_does_not_fail_a_finished_copy() {
+    let mesh = mesh(1_000_000_000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.img");
+    let dst = dir.path().join("dst.img");
+    build_image(&src, DISK, mix(), 5).unwrap();
+    let before = disk_digest(&src).unwrap();
+    let a = mesh.gw("site-a").storage().clone();
+    let b = mesh.gw("site-b").storage().clone();
+    a.export("vm3.img", &src, DISK, ReleasePolicy::Delete)
+        .unwrap();
+    let first = b
+        .import("site-a", "vm3.img", &dst, DISK, config())
+        .await
+        .unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(60), first.finish())
+        .await
+        .expect("copy finishes")
+        .unwrap();
+    assert!(r.verified);
+    assert!(!src.exists(), "deleted after the confirmed, verified copy");
+    let status = a.export_status("vm3.img").unwrap();
+    assert!(status.released && status.verified, "{status:?}");
+    assert_eq!(status.to.as_deref(), Some("site-b"));
+
+    let again = b
+        .import("site-a", "vm3.img", &dst, DISK, config())
+        .await
+        .expect("the source answers Released again");
+    let r = again.finish().await.unwrap();
+    assert!(r.verified);
+    assert_eq!(disk_digest(&dst).unwrap(), before);
+
+    let elsewhere = dir.path().join("other.img");
+    let e = b
+        .import("site-a", "vm3.img", &elsewhere, DISK, config())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("released"), "{e}");
+    assert!(!elsewhere.exists(), "nothing created");
+    mesh.shutdown().await;
+}
+
+/// A source block changed after the destination copied it (nothing should
+/// write a source disk after the handover): the end-of-copy check catches
+/// it, the import fails with a reason, and the source keeps its file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_end_of_copy_check_catches_a_diverged_copy_and_keeps_the_source() {
+    use std::os::unix::fs::FileExt;
+    let mesh = mesh(20_000_000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.img");
+    let dst = dir.path().join("dst.img");
+    build_image(&src, DISK, mix(), 9).unwrap();
+    let a = mesh.gw("site-a").storage().clone();
+    let b = mesh.gw("site-b").storage().clone();
+    a.export("vm4.img", &src, DISK, ReleasePolicy::Delete)
+        .unwrap();
+    let import = b
+        .import("site-a", "vm4.img", &dst, DISK, config())
+        .await
+        .unwrap();
+    let disk = Arc::clone(import.disk());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !disk.is_block_local(0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "block 0 never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(!disk.is_all_local(), "the change must land mid-copy");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&src)
+        .unwrap()
+        .write_all_at(b"changed behind the copy's back", 100)
+        .unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(60), import.finish())
+        .await
+        .expect("the copy ends")
+        .unwrap_err();
+    assert!(e.to_string().contains("end-of-copy check failed"), "{e}");
+    assert!(src.exists(), "the source copy is kept");
+    let status = a.export_status("vm4.img").unwrap();
+    assert!(!status.released && status.error.is_some(), "{status:?}");
+    mesh.shutdown().await;
+}

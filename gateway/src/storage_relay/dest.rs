@@ -207,22 +207,34 @@ pub(crate) async fn start_import(
         block_size: it.config.block_size,
     };
     // The source validates its disk before anything is created here.
-    let session = connect(&target).await.map_err(|f| match f {
-        Failure::Refused(message) => StorageRelayError::Refused {
-            peer: peer.to_string(),
-            name: name.to_string(),
-            message,
-        },
-        Failure::Released => StorageRelayError::Refused {
-            peer: peer.to_string(),
-            name: name.to_string(),
-            message: "the disk was already released after a completed copy".into(),
-        },
-        Failure::Link(message) => StorageRelayError::Link {
-            peer: peer.to_string(),
-            message,
-        },
-    })?;
+    let released = || {
+        StorageRelayError::Refused {
+        peer: peer.to_string(),
+        name: name.to_string(),
+        message: "the source already released the disk after a verified copy, but this copy is not complete; it cannot be resumed from there".into(),
+    }
+    };
+    let session = match connect(&target).await {
+        Ok(s) => Some(s),
+        // A copy that completed here, whose `Released` was lost before
+        // this site restarted: the import succeeds below if the local copy
+        // is complete.
+        Err(Failure::Released) if it.local_path.exists() => None,
+        Err(Failure::Released) => return Err(released()),
+        Err(Failure::Refused(message)) => {
+            return Err(StorageRelayError::Refused {
+                peer: peer.to_string(),
+                name: name.to_string(),
+                message,
+            })
+        }
+        Err(Failure::Link(message)) => {
+            return Err(StorageRelayError::Link {
+                peer: peer.to_string(),
+                message,
+            })
+        }
+    };
     let fetcher = Arc::new(LaneFetcher::default());
     let path: PathBuf = it.local_path.to_owned();
     let f2: Arc<dyn Fetcher> = fetcher.clone();
@@ -242,6 +254,28 @@ pub(crate) async fn start_import(
         message: format!("opening the local copy: {e}"),
     })??;
     let disk = Arc::new(disk);
+    let Some(session) = session else {
+        if !disk.is_all_local() {
+            return Err(released());
+        }
+        tracing::info!(
+            peer,
+            disk = name,
+            "the source had already verified and released this complete copy"
+        );
+        let report = ImportReport {
+            disk_bytes: disk.len(),
+            wire_bytes: 0,
+            total_ms: 0,
+            reconnects: 0,
+            verified: true,
+            written_blocks: disk.written_blocks(),
+        };
+        return Ok(StorageImport {
+            disk,
+            task: Some(tokio::spawn(async move { Ok(report) })),
+        });
+    };
     let task = tokio::spawn(run(target, Arc::clone(&disk), fetcher, session, metrics));
     Ok(StorageImport {
         disk,
