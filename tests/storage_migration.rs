@@ -259,8 +259,7 @@ async fn no_storage_leaves_the_disk_remote_until_asked_then_deletes_the_source()
             downtime: None,
             scope: None,
         })
-        .err()
-        .expect("refused while the disk is remote");
+        .expect_err("refused while the disk is remote");
     assert!(e.to_string().contains("wanmig storage migrate vm1"), "{e}");
     // Asking A (where the VM no longer runs) says where to ask.
     let e = ctl_a.storage_migrate("vm1").await.unwrap_err();
