@@ -13,7 +13,8 @@
 //! 64-bit xxh3 of the content (a random key per session, so a guest cannot
 //! aim collisions), and BLAKE3 is computed only when a record needs it: a
 //! Ref (on a pre-filter hit), a Delta (base and target), the inventory check
-//! (only when the destination holds anything), or a NACK answer. A pre-filter
+//! (only when the destination holds anything; it comes first then, so an
+//! inventory hit costs no xxh3), or a NACK answer. A pre-filter
 //! hit is verified byte-for-byte when the cached copy is at hand; otherwise
 //! the Ref carries the page's own BLAKE3, so the destination either resolves
 //! exactly that content or NACKs — correctness never rests on xxh3.
@@ -34,11 +35,11 @@ use crate::page::{is_zero, looks_incompressible, Gfn, PageBytes, PAGE_SIZE};
 use crate::page_cache::PageCache;
 use crate::record::{BatchWriter, MAX_DELTA_LEN, MAX_RECORDS};
 
-/// What the encoder's page cache keeps beside each page: its keyed xxh3, and
-/// its BLAKE3 once something needed it.
+/// What the encoder's page cache keeps beside each page: its keyed xxh3 and
+/// its BLAKE3, each once something needed it.
 #[derive(Clone, Copy)]
 struct Meta {
-    quick: u64,
+    quick: Option<u64>,
     fp: Option<Fingerprint>,
 }
 
@@ -47,6 +48,16 @@ impl Meta {
     fn fingerprint(&mut self, data: &PageBytes) -> Fingerprint {
         *self.fp.get_or_insert_with(|| Fingerprint::of(data))
     }
+
+    /// The keyed xxh3 of `data`, computed once.
+    fn quick(&mut self, data: &PageBytes, seed: u64) -> u64 {
+        *self.quick.get_or_insert_with(|| quick_hash(data, seed))
+    }
+}
+
+/// The keyed 64-bit pre-filter hash of a page.
+fn quick_hash(page: &PageBytes, seed: u64) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(page, seed)
 }
 
 /// Encoder settings (a `[codec]` table in the gateway config).
@@ -317,35 +328,42 @@ impl Encoder {
             self.stats.zero += 1;
             return;
         }
-        let quick = xxhash_rust::xxh3::xxh3_64_with_seed(page, self.quick_seed);
         // BLAKE3 of `page`, computed when first needed.
         let mut fp: Option<Fingerprint> = None;
+        if !self.inventory.is_empty() {
+            // Checked first: a hit needs the BLAKE3 anyway, and no xxh3.
+            let full = *fp.get_or_insert_with(|| Fingerprint::of(page));
+            if self.inventory.contains(&full) {
+                self.writer.push_ref(gfn, &full);
+                self.cache.put(gfn, Meta { quick: None, fp }, page);
+                self.stats.ref_inventory += 1;
+                return;
+            }
+        }
+        let seed = self.quick_seed;
+        let quick = quick_hash(page, seed);
         if let Some(&holder) = self.sent.get(&quick) {
             let full = *fp.get_or_insert_with(|| Fingerprint::of(page));
             // Verify when we still hold the content: never trust a hash
             // match alone when the bytes are at hand.
             let verified = !self.forgotten.contains(&full)
-                && match self.cache.get(holder) {
-                    Some((m, data)) if m.quick == quick => data == page,
-                    _ => true,
+                && match self.cache.get_mut(holder) {
+                    Some((m, data)) => m.quick(data, seed) != quick || data == page,
+                    None => true,
                 };
+            let meta = Meta {
+                quick: Some(quick),
+                fp,
+            };
             if verified {
                 self.writer.push_ref(gfn, &full);
-                self.cache.put(gfn, Meta { quick, fp }, page);
+                self.cache.put(gfn, meta, page);
                 self.stats.ref_session += 1;
                 return;
             }
             if !self.forgotten.contains(&full) {
                 self.stats.collisions += 1;
                 tracing::warn!(%gfn, "content hash matched different content; sending in full");
-            }
-        } else if !self.inventory.is_empty() {
-            let full = *fp.get_or_insert_with(|| Fingerprint::of(page));
-            if self.inventory.contains(&full) {
-                self.writer.push_ref(gfn, &full);
-                self.cache.put(gfn, Meta { quick, fp }, page);
-                self.stats.ref_inventory += 1;
-                return;
             }
         }
         let mut done = false;
@@ -378,7 +396,11 @@ impl Encoder {
         if self.sent.len() < self.cfg.max_session_fingerprints {
             self.sent.insert(quick, gfn);
         }
-        self.cache.put(gfn, Meta { quick, fp }, page);
+        let meta = Meta {
+            quick: Some(quick),
+            fp,
+        };
+        self.cache.put(gfn, meta, page);
     }
 
     fn finish_batch(&mut self) -> Vec<u8> {
@@ -404,8 +426,9 @@ impl Encoder {
         let mut resp = NackResponse::default();
         for &(gfn, fp) in nacks {
             self.inventory.remove(&fp);
+            let seed = self.quick_seed;
             let held = self.cache.get_mut(gfn).map(|(meta, data)| {
-                (meta.fingerprint(data) == fp).then(|| (meta.quick, Box::new(*data)))
+                (meta.fingerprint(data) == fp).then(|| (meta.quick(data, seed), Box::new(*data)))
             });
             match held {
                 Some(Some((quick, data))) => {
