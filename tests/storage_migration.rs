@@ -143,12 +143,16 @@ async fn a_vm_disk_follows_it_and_stays_consistent() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let DiskState::Local {
-        path, disk_bytes, ..
+        path,
+        disk_bytes,
+        verified,
+        ..
     } = local
     else {
         unreachable!()
     };
     assert_eq!(disk_bytes, DISK_LEN);
+    assert!(verified, "the source checked B's copy before releasing");
     assert_ne!(path, src_path, "B runs on its own copy");
     let listed = b.vm_host().list();
     assert!(listed[0].storage.is_some(), "status shows the disk state");

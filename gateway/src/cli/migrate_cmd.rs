@@ -324,6 +324,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_json_report_is_the_record_plus_storage() {
+        let record: MigrationRecord = serde_json::from_value(serde_json::json!({
+            "id": "m1", "vm": "web", "from": "a", "to": "b",
+            "direction": "outgoing", "phase": "opening",
+            "progress": Progress::default(),
+            "started_unix_ms": 1, "elapsed_ms": 5, "rounds": 0,
+        }))
+        .unwrap_or_else(|e| panic!("a minimal record: {e}"));
+        let j = serde_json::to_value(JsonReport {
+            record: &record,
+            storage: Some(super::super::storage_cmd::StorageReport {
+                disk_bytes: 1 << 30,
+                wire_bytes: 1 << 20,
+                total_ms: 900,
+                verified: true,
+            }),
+        })
+        .unwrap();
+        assert_eq!(j["vm"], "web");
+        assert_eq!(j["storage"]["disk_bytes"], 1u64 << 30);
+        assert_eq!(j["storage"]["verified"], true);
+    }
+
+    #[test]
     fn rates_parse_with_decimal_suffixes() {
         assert_eq!(parse_rate("100M"), Ok(100_000_000));
         assert_eq!(parse_rate("1.5G"), Ok(1_500_000_000));
