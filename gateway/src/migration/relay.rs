@@ -172,6 +172,12 @@ enum LoopEnd {
     Failed(RelayError),
 }
 
+/// Whether the source relay may take more pages from the shim: both the
+/// batch bytes and the guest bytes in flight are inside their windows.
+fn has_room(session: &SourceSession, wire: &FlowWindow, guest: &FlowWindow) -> bool {
+    session.in_flight() < wire.window() && session.guest_in_flight() < guest.window()
+}
+
 /// Runs an outgoing migration of `vm` to `to` under record `id`; returns
 /// once it has ended, with the outcome recorded.
 pub async fn run_source(
@@ -286,6 +292,7 @@ async fn source_inner(
         .map(|l| Duration::from_secs_f64(l.rtt_ms.max(0.0) / 1e3))
         .unwrap_or(Duration::from_millis(10));
     let mut flow = FlowWindow::new(rtt);
+    let mut guest_flow = FlowWindow::guest(rtt);
 
     let (shim_end, mut local) = local_pair()?;
     let host = ctx.host.clone();
@@ -298,11 +305,22 @@ async fn source_inner(
     // The destination closes its side once the VM runs there; the shim may
     // still be reading `Resumed`, so keep relaying until it is done.
     let mut peer_done = false;
+    let mut stalled_at: Option<std::time::Instant> = None;
+    let mut last_phase = session.phase();
     let end = loop {
+        if stalled_at.is_none() && !has_room(&session, &flow, &guest_flow) {
+            stalled_at = Some(std::time::Instant::now());
+        }
+        if session.phase() != last_phase {
+            last_phase = session.phase();
+            tracing::debug!(phase = ?last_phase, in_flight = session.in_flight(), guest_in_flight = session.guest_in_flight(), window = flow.window(), guest_window = guest_flow.window(), pages = session.progress().pages, "source relay phase");
+        }
         tokio::select! {
             // Backpressure: the shim's writes block while a window's worth
-            // of batches is unacknowledged, so its rounds run at WAN speed.
-            r = local.read(&mut lbuf), if session.in_flight() < flow.window() => {
+            // of batches (or of the guest pages in them) is unacknowledged,
+            // so its rounds run at the speed of the WAN or of the
+            // destination, whichever is slower, and its planner sees it.
+            r = local.read(&mut lbuf), if has_room(&session, &flow, &guest_flow) => {
                 let n = match r {
                     Ok(0) | Err(_) => break LoopEnd::ShimDone,
                     Ok(n) => n,
@@ -350,10 +368,18 @@ async fn source_inner(
                 };
                 dec.feed(&buf[..n]);
                 let failed = apply_peer_frames(&mut dec, &mut session, &mut send, &mut local, |s| {
-                    flow.on_ack(s.acked(), std::time::Instant::now())
+                    let now = std::time::Instant::now();
+                    flow.on_ack(s.acked(), now);
+                    guest_flow.on_ack(s.guest_acked(), now);
                 })
                 .await
                 .err();
+                if let Some(t) = stalled_at {
+                    if has_room(&session, &flow, &guest_flow) {
+                        stalled_at = None;
+                        tracing::trace!(ms = t.elapsed().as_secs_f64() * 1e3, window = flow.window(), guest_window = guest_flow.window(), "flow window stall ended");
+                    }
+                }
                 let phase = session.phase();
                 ctx.records.update(id, Direction::Outgoing, |r| r.phase = phase);
                 if let Some(e) = failed {
@@ -650,7 +676,11 @@ async fn run_destination(
         Err(e) => return Err(refuse(&mut send, e.to_string()).await),
     };
     let inventory = store.inventory_bytes();
-    let mut session = DestSession::new(wanmig_codec::DecoderConfig::default(), store.clone())?;
+    let mut session = DestSession::new(
+        wanmig_codec::DecoderConfig::default(),
+        store.clone(),
+        config.mem_size / 4096,
+    )?;
     ctx.records
         .insert(&id, &vm, &peer, ctx.peering.site(), Direction::Incoming);
     send_frames(&mut send, &[Frame::Accept { inventory }]).await?;
@@ -685,9 +715,16 @@ async fn run_destination(
                     Err(e) => break LoopEnd::Failed(RelayError::Quic(e.to_string())),
                 };
                 dec.feed(&buf[..n]);
+                let before = session.phase();
+                let t = std::time::Instant::now();
                 let failed = apply_peer_frames(&mut dec, &mut session, &mut send, &mut local, |_| {})
                     .await
                     .err();
+                // The final round's timeline (with the source shim's own
+                // debug lines, it shows where a pause goes).
+                if before != Phase::Copying || session.phase() != before {
+                    tracing::debug!(phase = ?session.phase(), pending = session.pending(), ms = t.elapsed().as_secs_f64() * 1e3, bytes = n, pages = session.pages(), zero_skipped = session.zero_skipped(), "destination relay applied peer frames");
+                }
                 let (phase, pages) = (session.phase(), session.pages());
                 ctx.records.update(&id, Direction::Incoming, |r| {
                     r.phase = phase;
@@ -711,6 +748,7 @@ async fn run_destination(
                     }
                 }
                 let phase = session.phase();
+                tracing::debug!(phase = ?phase, "destination relay: shim answered");
                 ctx.records.update(&id, Direction::Incoming, |r| r.phase = phase);
                 if let Err(e) = send_frames(&mut send, &frames).await {
                     if phase.past_handover() {
