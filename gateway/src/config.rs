@@ -74,6 +74,18 @@ struct RawConfig {
     /// `[storage]`: follow-on storage migration (disk dir, release policy).
     #[serde(default)]
     storage: Option<RawStorage>,
+    /// `[vms]`: where this site's VMs run (in this process or one
+    /// `wanmig-vmm` process each).
+    #[serde(default)]
+    vms: Option<RawVms>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVms {
+    host: Option<String>,
+    dir: Option<String>,
+    vmm: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -170,6 +182,30 @@ pub struct GatewayConfig {
     pub migration: crate::migration::MigrationSettings,
     /// Follow-on storage migration (`[storage]`).
     pub storage: crate::storage_relay::StorageSettings,
+    /// Where this site's VMs run (`[vms]`).
+    pub vms: VmsSettings,
+}
+
+/// How this site hosts its VMs (`[vms] host`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VmHostKind {
+    /// In the gateway process (the default; what `wanmig demo` uses).
+    #[default]
+    InProcess,
+    /// One `wanmig-vmm` process per VM, which outlives a gateway restart.
+    Process,
+}
+
+/// The `[vms]` section.
+#[derive(Debug, Clone, Default)]
+pub struct VmsSettings {
+    pub host: VmHostKind,
+    /// State of process-hosted VMs (pid, control socket, config, logs), one
+    /// subdirectory per VM (`[vms] dir`, default `vms` next to the config).
+    pub dir: PathBuf,
+    /// The `wanmig-vmm` binary (`[vms] vmm`); `None`: next to the running
+    /// `wanmig` binary.
+    pub vmm: Option<PathBuf>,
 }
 
 /// PEM files of the deployment CA and this site's certificate and key.
@@ -396,6 +432,7 @@ impl Validator<'_> {
         let (overlay, overlay_taps) = self.overlay(raw.overlay)?;
         let migration = self.migration(raw.migration)?;
         let storage = self.storage(raw.storage)?;
+        let vms = self.vms(raw.vms)?;
         let mut peers: Vec<PeerConfig> = Vec::with_capacity(raw.peers.len());
         for (i, p) in raw.peers.iter().enumerate() {
             let k = |field: &str| format!("peers[{i}].{field}");
@@ -457,7 +494,33 @@ impl Validator<'_> {
             overlay_taps,
             migration,
             storage,
+            vms,
         })
+    }
+
+    /// `[vms]`: every key optional.
+    fn vms(&self, raw: Option<RawVms>) -> Result<VmsSettings, ConfigError> {
+        let raw = raw.unwrap_or(RawVms {
+            host: None,
+            dir: None,
+            vmm: None,
+        });
+        let host = match raw.host.as_deref() {
+            None | Some("in-process") => VmHostKind::InProcess,
+            Some("process") => VmHostKind::Process,
+            Some(other) => {
+                return Err(self.err(
+                    "vms.host",
+                    format!("'{other}' is not a VM host; use \"in-process\" or \"process\""),
+                ))
+            }
+        };
+        let dir = self.path("vms.dir", raw.dir.as_deref().unwrap_or("vms"), false)?;
+        let vmm = match raw.vmm.as_deref() {
+            Some(v) => Some(self.path("vms.vmm", v, true)?),
+            None => None,
+        };
+        Ok(VmsSettings { host, dir, vmm })
     }
 
     /// `[storage]`: every key optional.
@@ -758,6 +821,25 @@ rtt = "100ms"
         let s = e.to_string();
         assert!(s.starts_with(&origin.display().to_string()), "{s}");
         (e, s)
+    }
+
+    #[test]
+    fn vms_section_picks_the_host_and_names_bad_keys() {
+        let d = dir_with_certs();
+        let origin = d.path().join("a.toml");
+        let c = GatewayConfig::parse(GOOD, &origin).unwrap();
+        assert_eq!(c.vms.host, VmHostKind::InProcess);
+        assert_eq!(c.vms.dir, d.path().join("vms"));
+        assert_eq!(c.vms.vmm, None);
+        let text = format!("{GOOD}\n[vms]\nhost = \"process\"\ndir = \"state/vms\"\n");
+        let c = GatewayConfig::parse(&text, &origin).unwrap();
+        assert_eq!(c.vms.host, VmHostKind::Process);
+        assert_eq!(c.vms.dir, d.path().join("state/vms"));
+        let (e, s) = error_for(&format!("{GOOD}\n[vms]\nhost = \"qemu\"\n"));
+        assert_eq!(e.key(), Some("vms.host"), "{s}");
+        assert!(s.contains("in-process"), "{s}");
+        let (e, _) = error_for(&format!("{GOOD}\n[vms]\nvmm = \"no/such/wanmig-vmm\"\n"));
+        assert_eq!(e.key(), Some("vms.vmm"));
     }
 
     #[test]

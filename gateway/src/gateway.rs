@@ -12,10 +12,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::GatewayConfig;
+use crate::config::VmHostKind;
 use crate::control;
 use crate::metrics::Metrics;
 use crate::migration::metrics::MigrationMetrics;
-use crate::migration::{MigrationService, VmHost};
+use crate::migration::{MigrationService, ProcessHost, VmHost, VmHosting};
 use crate::overlay_service::{self, OverlayHandle};
 use crate::peering::{stream_kind, Peering};
 use crate::tls::{self, Identity};
@@ -97,10 +98,36 @@ impl Gateway {
             MigrationMetrics::register(&migration_registry)
                 .map_err(crate::metrics::MetricsError::from)?,
         );
+        // VMs run in this process, or (`[vms] host = "process"`) one
+        // wanmig-vmm process each, re-adopted from `[vms] dir` if a previous
+        // gateway left them running.
         let vm_host = Arc::new(VmHost::new());
+        let process_host = match config.vms.host {
+            VmHostKind::InProcess => None,
+            VmHostKind::Process => {
+                let dir = config.vms.dir.clone();
+                let vmm = config.vms.vmm.clone();
+                let host =
+                    tokio::task::spawn_blocking(move || ProcessHost::open(&dir, vmm.as_deref()))
+                        .await
+                        .map_err(|e| GatewayError::Runtime(e.to_string()))?
+                        .map_err(|e| {
+                            GatewayError::Config(crate::config::ConfigError::Invalid {
+                                path: config.origin.clone(),
+                                key: "vms.dir".into(),
+                                message: e.to_string(),
+                            })
+                        })?;
+                Some(Arc::new(host))
+            }
+        };
+        let hosting: Arc<dyn VmHosting> = match &process_host {
+            Some(p) => p.clone(),
+            None => vm_host.clone(),
+        };
         let (migration, migration_task) = MigrationService::start(
             peering.clone(),
-            vm_host.clone(),
+            hosting,
             config.migration.clone(),
             Some(migration_metrics),
         )?;
@@ -173,6 +200,7 @@ impl Gateway {
             overlay,
             migration,
             vm_host,
+            process_host,
             storage,
             config,
             metrics_addr,
@@ -216,6 +244,7 @@ pub struct GatewayHandle {
     overlay: OverlayHandle,
     migration: MigrationService,
     vm_host: Arc<VmHost>,
+    process_host: Option<Arc<ProcessHost>>,
     storage: crate::storage_relay::StorageRelay,
     config: GatewayConfig,
     metrics_addr: Option<SocketAddr>,
@@ -252,9 +281,16 @@ impl GatewayHandle {
         &self.migration
     }
 
-    /// The VMs this gateway hosts in-process.
+    /// The VMs this gateway hosts in-process (none with `[vms] host =
+    /// "process"`).
     pub fn vm_host(&self) -> &Arc<VmHost> {
         &self.vm_host
+    }
+
+    /// The VMs this gateway hosts in wanmig-vmm processes, with `[vms] host
+    /// = "process"`.
+    pub fn process_host(&self) -> Option<&Arc<ProcessHost>> {
+        self.process_host.as_ref()
     }
 
     pub fn config(&self) -> &GatewayConfig {

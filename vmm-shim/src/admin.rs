@@ -248,7 +248,20 @@ pub fn serve(
 /// Sends one request to the control socket at `path` and returns the
 /// response.
 pub fn request(path: &Path, req: &AdminRequest) -> std::io::Result<AdminResponse> {
+    request_timeout(path, req, None)
+}
+
+/// [`request`], giving up (with `TimedOut`/`WouldBlock`) when the answer
+/// takes longer than `timeout`: a shim busy migrating answers nothing else
+/// until the migration ends, and a caller polling status must not hang.
+pub fn request_timeout(
+    path: &Path,
+    req: &AdminRequest,
+    timeout: Option<Duration>,
+) -> std::io::Result<AdminResponse> {
     let mut s = UnixStream::connect(path)?;
+    s.set_read_timeout(timeout)?;
+    s.set_write_timeout(timeout)?;
     let mut line = serde_json::to_string(req).map_err(std::io::Error::other)?;
     line.push('\n');
     s.write_all(line.as_bytes())?;

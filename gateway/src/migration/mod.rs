@@ -10,6 +10,7 @@
 pub mod api;
 pub mod metrics;
 pub mod pacer;
+pub mod processhost;
 pub mod records;
 pub mod relay;
 pub mod session;
@@ -27,6 +28,7 @@ use wanmig_vmm::planner::PlannerConfig;
 use wanmig_vmm::MigrateOptions;
 
 use crate::peering::{stream_kind, Peering, PeeringError};
+pub use processhost::ProcessHost;
 pub use records::{Direction, MigrationRecord, Outcome, Records};
 use relay::RelayContext;
 pub use session::{Phase, Progress};

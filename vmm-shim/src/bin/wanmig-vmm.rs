@@ -23,6 +23,8 @@ struct Cli {
     cmd: Cmd,
 }
 
+// Parsed once per process: the size of the `run` arguments does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Start a VM (or wait for one to arrive with --incoming) and run it
@@ -120,6 +122,21 @@ struct RunArgs {
     /// Serve a control socket here (status, migrate).
     #[arg(long)]
     control: Option<PathBuf>,
+    /// Take the whole VM configuration from this JSON file (a serialized
+    /// `VmConfig`, as a gateway hosting VMs in processes writes it) instead
+    /// of the flags above.
+    #[arg(long)]
+    config_json: Option<PathBuf>,
+    /// With --incoming: once the VM runs here, write the migration's report
+    /// (pages received, memory digest, time) to this file as JSON, before
+    /// the control socket is served.
+    #[arg(long)]
+    incoming_report: Option<PathBuf>,
+    /// With --incoming: longest silence from the source, in seconds, before
+    /// the migration is given up (the gateway holds a confirmed VM paused
+    /// while it settles a lost link, so it asks for more than the default).
+    #[arg(long, default_value_t = 60)]
+    incoming_idle_timeout_s: u64,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -193,6 +210,15 @@ fn main() -> Result<()> {
 }
 
 fn vm_config(a: &RunArgs) -> Result<VmConfig> {
+    if let Some(path) = &a.config_json {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --config-json {}", path.display()))?;
+        let config: VmConfig = serde_json::from_str(&text).with_context(|| {
+            format!("--config-json {} is not a VM configuration", path.display())
+        })?;
+        config.validate()?;
+        return Ok(config);
+    }
     let memory_workload = match a.workload.as_str() {
         "idle" => None,
         "memory" => Some(MemoryWorkloadConfig {
@@ -258,14 +284,26 @@ fn run(a: RunArgs) -> Result<()> {
             let mut stream = endpoint
                 .accept_one()
                 .with_context(|| format!("cannot accept a migration on {endpoint}"))?;
-            let (vm, report) =
-                wanmig_vmm::receive_from(&mut stream, config, sink, &ReceiveOptions::default())
-                    .context("incoming migration failed; no VM runs here")?;
+            let opts = ReceiveOptions {
+                idle_timeout: Duration::from_secs(a.incoming_idle_timeout_s.max(1)),
+            };
+            let (vm, report) = wanmig_vmm::receive_from(&mut stream, config, sink, &opts)
+                .context("incoming migration failed; no VM runs here")?;
             tracing::info!(
                 pages = report.pages_received,
                 digest = %report.memory_digest,
                 "migration received; the VM runs here now"
             );
+            if let Some(path) = &a.incoming_report {
+                // Written whole (temporary file, then rename): a reader never
+                // sees half a report.
+                let tmp = path.with_extension("tmp");
+                std::fs::write(&tmp, serde_json::to_vec(&report)?)
+                    .and_then(|_| std::fs::rename(&tmp, path))
+                    .with_context(|| {
+                        format!("cannot write --incoming-report {}", path.display())
+                    })?;
+            }
             vm
         }
         None => {
