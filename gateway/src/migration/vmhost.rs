@@ -502,10 +502,38 @@ impl VmHost {
                 }
             }
         };
+        let vms3 = Arc::clone(&self.vms);
+        let (vm3, ours3) = (name.clone(), dest.clone());
+        // Whether the VM still runs here on this disk (else stop retrying).
+        let still_ours = move || {
+            lock(&vms3).get(&vm3).is_some_and(|e| {
+                e.state == VmState::Running
+                    && e.config.disk.as_ref().is_some_and(|d| d.path == ours3)
+            })
+        };
         storage.runtime.spawn(async move {
-            let import = relay
-                .import_with(&from, &name, &dest, pending.len, disk_config, background)
-                .await;
+            // The link may be down right after the handover: keep trying
+            // (the source stays authoritative; guest I/O to missing blocks
+            // waits up to DISK_ATTACH_WAIT meanwhile). A refusal is final.
+            let import = loop {
+                let r = relay
+                    .import_with(&from, &name, &dest, pending.len, disk_config, background)
+                    .await;
+                match r {
+                    Err(
+                        e @ (crate::storage_relay::StorageRelayError::Link { .. }
+                        | crate::storage_relay::StorageRelayError::Peering(_)),
+                    ) if still_ours() => {
+                        tracing::warn!(
+                            vm = name,
+                            from,
+                            "disk import cannot reach the source yet: {e}; retrying"
+                        );
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    other => break other,
+                }
+            };
             let import = match import {
                 Ok(i) => i,
                 Err(e) => {
