@@ -94,9 +94,11 @@ fn host_status(e: &super::HostError) -> StatusCode {
     use super::HostError as H;
     match e {
         H::Unknown(_) => StatusCode::NOT_FOUND,
-        H::Busy { .. } => StatusCode::CONFLICT,
+        // A disk still copying, or missing/wrong: the VM's disk state
+        // conflicts with the request.
+        H::Busy { .. } | H::Storage { .. } => StatusCode::CONFLICT,
         H::BadName(_) | H::Config(_) => StatusCode::BAD_REQUEST,
-        H::Start { .. } | H::Migration(_) | H::Storage { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        H::Start { .. } | H::Migration(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 

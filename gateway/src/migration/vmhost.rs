@@ -395,6 +395,22 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Where an arriving VM's disk copy goes: `<dir>/<name>.disk`, or
+/// `<dir>/<name>.<n>.disk` when an earlier copy is there (a kept copy of an
+/// earlier visit must neither be overwritten nor resumed from: its blocks
+/// are stale).
+fn fresh_disk_path(dir: &std::path::Path, name: &str) -> PathBuf {
+    let taken = |p: &PathBuf| p.exists() || wanmig_storage::presence::sidecar_path(p).exists();
+    let first = dir.join(format!("{name}.disk"));
+    if !taken(&first) {
+        return first;
+    }
+    (1u64..)
+        .map(|n| dir.join(format!("{name}.{n}.disk")))
+        .find(|p| !taken(p))
+        .expect("some suffix is free")
+}
+
 /// Checks a VM name (it appears in paths, logs and URLs).
 pub fn validate_vm_name(name: &str) -> Result<(), HostError> {
     let ok = !name.is_empty()
@@ -774,7 +790,7 @@ impl VmHosting for VmHost {
                         st.settings.dir.display()
                     ))
                 })?;
-                disk.path = st.settings.dir.join(format!("{name}.disk"));
+                disk.path = fresh_disk_path(&st.settings.dir, name);
                 Some(Arc::new(PendingDisk {
                     len,
                     slot: Mutex::new(None),
@@ -964,6 +980,22 @@ impl VmHosting for VmHost {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn arriving_disks_never_reuse_an_earlier_copy() {
+        let d = tempfile::tempdir().unwrap();
+        let first = fresh_disk_path(d.path(), "web");
+        assert_eq!(first, d.path().join("web.disk"));
+        std::fs::write(&first, b"old").unwrap();
+        let second = fresh_disk_path(d.path(), "web");
+        assert_eq!(second, d.path().join("web.1.disk"));
+        // A sidecar alone (the copy file was removed) also marks it taken.
+        std::fs::write(wanmig_storage::presence::sidecar_path(&second), b"x").unwrap();
+        assert_eq!(
+            fresh_disk_path(d.path(), "web"),
+            d.path().join("web.2.disk")
+        );
+    }
 
     #[test]
     fn names_are_checked() {
