@@ -213,5 +213,19 @@ async fn vm_moves_a_to_b_and_back_through_the_wan() {
         .unwrap_or_else(|| panic!("no migration outcome metric in\n{metrics}"));
     assert!(line.ends_with(" 1"), "{line}");
     assert!(metrics.contains("wanmig_migration_pages_total{kind=\"zero\""));
+    // The level the controller set for A's outgoing move, as its record
+    // says.
+    let level: i64 = metrics
+        .lines()
+        .find(|l| l.starts_with("wanmig_migration_codec_level{"))
+        .and_then(|l| l.rsplit(' ').next())
+        .unwrap_or_else(|| panic!("no codec level gauge in\n{metrics}"))
+        .parse()
+        .unwrap();
+    let out = recs
+        .iter()
+        .find(|r| r.direction == Direction::Outgoing)
+        .unwrap();
+    assert_eq!(i64::from(out.progress.level), level);
     mesh.shutdown().await;
 }

@@ -1,7 +1,7 @@
 //! The `wanmig_migration_*` metrics: migrations by outcome, rounds, pages by
-//! record kind, bytes before and after reduction, downtime, and the page
-//! store's size and hit rate. Counters are fed per finished session from the
-//! codec's statistics.
+//! record kind, bytes before and after reduction, downtime, the page
+//! store's size and hit rate, and the codec level in force. Counters are
+//! fed per finished session from the codec's statistics.
 
 use prometheus::{
     Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
@@ -19,6 +19,7 @@ pub struct MigrationMetrics {
     pub downtime: Histogram,
     pub store_bytes: IntGauge,
     pub store_hit_rate: Gauge,
+    pub codec_level: IntGauge,
 }
 
 impl MigrationMetrics {
@@ -67,6 +68,11 @@ impl MigrationMetrics {
             "wanmig_migration_page_store_hit_rate",
             "Share of page-store lookups that found the content",
         )?;
+        let codec_level = IntGauge::new(
+            "wanmig_migration_codec_level",
+            "Compression level the adaptive controller set for the latest outgoing migration batch (zstd level; -8 is LZ4)",
+        )?;
+        registry.register(Box::new(codec_level.clone()))?;
         registry.register(Box::new(outcomes.clone()))?;
         registry.register(Box::new(rounds.clone()))?;
         registry.register(Box::new(pages.clone()))?;
@@ -84,6 +90,7 @@ impl MigrationMetrics {
             downtime,
             store_bytes,
             store_hit_rate,
+            codec_level,
         })
     }
 

@@ -178,6 +178,16 @@ fn has_room(session: &SourceSession, wire: &FlowWindow, guest: &FlowWindow) -> b
     session.in_flight() < wire.window() && session.guest_in_flight() < guest.window()
 }
 
+/// What the QUIC path could carry, bytes per second: the congestion window
+/// per RTT. An upper bound (the window is capped at 1.5 × BDP), used while
+/// the migration does not fill the link, so its own delivery rate says
+/// nothing about the link.
+fn path_rate(c: &quinn::Connection) -> Option<f64> {
+    let path = c.stats().path;
+    let rtt = path.rtt.as_secs_f64();
+    (rtt > 0.0).then(|| path.cwnd as f64 / rtt)
+}
+
 /// Runs an outgoing migration of `vm` to `to` under record `id`; returns
 /// once it has ended, with the outcome recorded.
 pub async fn run_source(
@@ -293,6 +303,10 @@ async fn source_inner(
         .unwrap_or(Duration::from_millis(10));
     let mut flow = FlowWindow::new(rtt);
     let mut guest_flow = FlowWindow::guest(rtt);
+    let connection = ctx.peering.live_connection(to).ok();
+    // Whether the wire window held the shim back since the last level
+    // decision: then the acks' delivery rate is the link's rate.
+    let mut wire_limited = false;
 
     let (shim_end, mut local) = local_pair()?;
     let host = ctx.host.clone();
@@ -311,6 +325,7 @@ async fn source_inner(
         if stalled_at.is_none() && !has_room(&session, &flow, &guest_flow) {
             stalled_at = Some(std::time::Instant::now());
         }
+        wire_limited |= session.in_flight() >= flow.window();
         if session.phase() != last_phase {
             last_phase = session.phase();
             tracing::debug!(phase = ?last_phase, in_flight = session.in_flight(), guest_in_flight = session.guest_in_flight(), window = flow.window(), guest_window = guest_flow.window(), pages = session.progress().pages, "source relay phase");
@@ -327,6 +342,9 @@ async fn source_inner(
                 };
                 shim_dec.feed(&lbuf[..n]);
                 let mut frames = Vec::new();
+                // No await inside: the wall time is the encoder's CPU time
+                // plus whatever preempted this thread (an upper bound).
+                let encoding = std::time::Instant::now();
                 loop {
                     match shim_dec.next() {
                         Ok(Some(msg)) => frames.extend(session.on_shim(msg)),
@@ -338,6 +356,24 @@ async fn source_inner(
                             break;
                         }
                     }
+                }
+                session.on_encode_time(encoding.elapsed());
+                let link_rate = if wire_limited && flow.rate() > 0.0 {
+                    Some(flow.rate())
+                } else {
+                    connection.as_ref().and_then(path_rate)
+                };
+                if let Some(r) = link_rate {
+                    session.on_link_rate(r);
+                }
+                wire_limited = false;
+                match session.adapt(std::time::Instant::now()) {
+                    Ok(level) => {
+                        if let Some(m) = &ctx.metrics {
+                            m.codec_level.set(level.into());
+                        }
+                    }
+                    Err(e) => tracing::warn!("changing the codec level: {e}"),
                 }
                 let phase = session.phase();
                 let progress = session.progress().clone();

@@ -17,8 +17,9 @@
 
 use serde::{Deserialize, Serialize};
 use wanmig_codec::{
-    CodecError, ContentStore, Decoder, DecoderConfig, DecoderStats, Encoder, EncoderConfig,
-    EncoderStats, Gfn, Inventory, PageBytes,
+    Bottleneck, CodecError, ContentStore, Decoder, DecoderConfig, DecoderStats, Encoder,
+    EncoderConfig, EncoderStats, Gfn, Inventory, LevelConfig, LevelController, LongDistance,
+    PageBytes,
 };
 use wanmig_vmm::protocol::{self, Message, PageBatch, ProtocolError, BATCH_PAGES};
 
@@ -165,6 +166,13 @@ pub struct Progress {
     pub delta: u64,
     pub compressed: u64,
     pub raw: u64,
+    /// The compression level in force (zstd level; -8 is LZ4), as the
+    /// level controller set it.
+    #[serde(default)]
+    pub level: i32,
+    /// Whether long-distance matching is on.
+    #[serde(default)]
+    pub long_distance: bool,
     #[serde(skip)]
     last_gfn: Option<u64>,
 }
@@ -307,8 +315,18 @@ impl FlowWindow {
 }
 
 /// The source gateway's side of one migration.
+///
+/// It also adapts the codec (see `wanmig_codec::level`): the relay feeds it
+/// the time each encode took ([`SourceSession::on_encode_time`]) and the
+/// link's rate ([`SourceSession::on_link_rate`]); [`SourceSession::adapt`]
+/// then sets the level the [`LevelController`] picks, and turns
+/// long-distance matching on while the link is the bottleneck even at the
+/// highest level (off again once the codec is).
 pub struct SourceSession {
     encoder: Encoder,
+    level: LevelController,
+    /// Encoder statistics at the last codec sample.
+    sampled: EncoderStats,
     phase: Phase,
     progress: Progress,
     /// Batch bytes sent and acknowledged.
@@ -330,13 +348,24 @@ impl SourceSession {
         inventory: Inventory,
         memory_pages: u64,
     ) -> Result<Self, SessionError> {
+        let level_cfg = LevelConfig {
+            max_level: LevelConfig::default().max_level.max(cfg.level),
+            min_level: LevelConfig::default().min_level.min(cfg.level),
+            ..LevelConfig::default()
+        };
+        let level = LevelController::new(level_cfg, cfg.level)?;
+        let encoder = Encoder::new(cfg, inventory)?;
         Ok(SourceSession {
-            encoder: Encoder::new(cfg, inventory)?,
-            phase: Phase::Opening,
             progress: Progress {
                 memory_pages,
+                level: encoder.level(),
+                long_distance: encoder.long_distance().is_some(),
                 ..Progress::default()
             },
+            level,
+            sampled: encoder.stats(),
+            encoder,
+            phase: Phase::Opening,
             batch_sent: 0,
             batch_acked: 0,
             pages_sent: 0,
@@ -387,7 +416,66 @@ impl SourceSession {
 
     /// Sets the zstd level for the following batches.
     pub fn set_level(&mut self, level: i32) -> Result<(), SessionError> {
-        Ok(self.encoder.set_level(level)?)
+        self.encoder.set_level(level)?;
+        self.progress.level = self.encoder.level();
+        Ok(())
+    }
+
+    /// The compression level in force.
+    pub fn level(&self) -> i32 {
+        self.encoder.level()
+    }
+
+    /// Where the level controller sees the bottleneck.
+    pub fn bottleneck(&self) -> Bottleneck {
+        self.level.bottleneck()
+    }
+
+    /// The pages encoded since the last call took `elapsed` of CPU time (or
+    /// of wall time around a stretch of encoding with no waits in it: an
+    /// upper bound).
+    pub fn on_encode_time(&mut self, elapsed: std::time::Duration) {
+        let now = self.encoder.stats();
+        let delta = now.since(&self.sampled);
+        self.sampled = now;
+        self.level.on_encoded(self.encoder.level(), &delta, elapsed);
+    }
+
+    /// The link can carry `bytes_per_sec` wire bytes per second.
+    pub fn on_link_rate(&mut self, bytes_per_sec: f64) {
+        self.level.on_link_rate(bytes_per_sec);
+    }
+
+    /// Applies the level controller's choice at `now` (it changes the level
+    /// at most once per dwell); returns the level in force. Only while
+    /// pages are flowing in the live rounds: the final round keeps what it
+    /// has.
+    pub fn adapt(&mut self, now: std::time::Instant) -> Result<i32, SessionError> {
+        if self.phase != Phase::Copying {
+            return Ok(self.encoder.level());
+        }
+        // Where the bottleneck is at the level measured so far (after a
+        // change, the new level has no measurements yet).
+        let bottleneck = self.level.bottleneck();
+        let level = self.level.decide(now);
+        if level != self.encoder.level() {
+            self.encoder.set_level(level)?;
+        }
+        let long = self.encoder.long_distance().is_some();
+        if !long && self.level.advise_long_distance() {
+            tracing::debug!(
+                level,
+                "link-bound at the top level: long-distance matching on"
+            );
+            self.encoder
+                .set_long_distance(Some(LongDistance::default()))?;
+        } else if long && bottleneck == Bottleneck::Cpu {
+            tracing::debug!(level, "codec-bound: long-distance matching off");
+            self.encoder.set_long_distance(None)?;
+        }
+        self.progress.level = self.encoder.level();
+        self.progress.long_distance = self.encoder.long_distance().is_some();
+        Ok(self.progress.level)
     }
 
     /// A message from the source shim: frames for the destination gateway.
@@ -839,6 +927,106 @@ mod tests {
         }
         assert_eq!((next, dst.pages()), (n, n), "the source stalled");
         assert!(src.guest_in_flight() < MIN_GUEST_WINDOW / 2);
+    }
+
+    /// Text-like pages that compress (different per seed and round).
+    fn text_page(seed: u64) -> Vec<u8> {
+        let words = [&b"migrate "[..], b"gateway ", b"page ", b"round ", b"quic "];
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let mut out = Vec::with_capacity(PAGE_SIZE);
+        while out.len() < PAGE_SIZE {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            out.extend_from_slice(words[(x % 5) as usize]);
+        }
+        out.truncate(PAGE_SIZE);
+        out
+    }
+
+    /// A session at `cfg`, past the shim's hello, and a destination.
+    fn adaptive_pair(cfg: EncoderConfig, n: u64) -> (SourceSession, DestSession<NoStore>) {
+        let mut src = SourceSession::new(cfg, Inventory::new(), n).unwrap();
+        let mut dst = DestSession::new(DecoderConfig::default(), NoStore, n).unwrap();
+        let hello = Message::Hello {
+            version: protocol::PROTOCOL_VERSION,
+            machine: wanmig_vmm::VmConfig::default().machine(),
+        };
+        let frames = src.on_shim(hello);
+        pump(&mut src, &mut dst, frames);
+        (src, dst)
+    }
+
+    /// Sends round `round` of `n` text pages; checks they arrive intact.
+    fn text_round(src: &mut SourceSession, dst: &mut DestSession<NoStore>, n: u64, round: u64) {
+        let pages: Vec<(u64, Vec<u8>)> = (0..n).map(|g| (g, text_page(g + 1000 * round))).collect();
+        let frames = src.on_shim(batch(&pages));
+        let got = pump(src, dst, frames);
+        assert_eq!(pages_of(&got), pages, "round {round} arrives intact");
+    }
+
+    #[test]
+    fn a_link_bound_session_at_the_top_level_turns_long_distance_on() {
+        let top = LevelConfig::default().max_level;
+        let cfg = EncoderConfig {
+            level: top,
+            ..EncoderConfig::default()
+        };
+        let (mut src, mut dst) = adaptive_pair(cfg, 64);
+        assert_eq!((src.level(), src.progress().level), (top, top));
+        assert!(!src.progress().long_distance);
+        let t0 = std::time::Instant::now();
+        // A slow link (1 MB/s) and a fast codec: spare CPU.
+        src.on_link_rate(1e6);
+        for i in 0..3u32 {
+            text_round(&mut src, &mut dst, 64, i.into());
+            src.on_encode_time(std::time::Duration::from_micros(50));
+            src.adapt(t0 + std::time::Duration::from_secs(i.into()))
+                .unwrap();
+        }
+        assert_eq!(src.bottleneck(), Bottleneck::Link);
+        assert_eq!(src.level(), top);
+        assert!(src.progress().long_distance);
+        // The long-distance stream decodes in order across later rounds.
+        for i in 3..6 {
+            text_round(&mut src, &mut dst, 64, i);
+        }
+    }
+
+    #[test]
+    fn a_codec_bound_session_steps_the_level_down_and_long_distance_off() {
+        let cfg = EncoderConfig {
+            level: 6,
+            long_distance: Some(LongDistance::default()),
+            ..EncoderConfig::default()
+        };
+        let (mut src, mut dst) = adaptive_pair(cfg, 64);
+        assert!(src.progress().long_distance);
+        let t0 = std::time::Instant::now();
+        // A link far faster than the codec, whose CPU time grows with the
+        // level: one step down per dwell (500 ms).
+        src.on_link_rate(1e12);
+        for i in 0..8u32 {
+            text_round(&mut src, &mut dst, 64, i.into());
+            let cost = (src.level() + 10) as u64 * 5;
+            src.on_encode_time(std::time::Duration::from_millis(cost));
+            assert_eq!(src.bottleneck(), Bottleneck::Cpu);
+            src.adapt(t0 + std::time::Duration::from_secs(i.into()))
+                .unwrap();
+        }
+        assert!(!src.progress().long_distance);
+        let low = src.level();
+        assert!(low < 3, "level fell from 6 to {low}");
+        assert_eq!(src.progress().level, low);
+        // Paused (the state went out): the level no longer moves.
+        let frames = src.on_shim(Message::State(vec![1]));
+        pump(&mut src, &mut dst, frames);
+        src.on_link_rate(1e3);
+        for i in 8..12u32 {
+            src.on_encode_time(std::time::Duration::from_micros(1));
+            let now = t0 + std::time::Duration::from_secs(i.into());
+            assert_eq!(src.adapt(now).unwrap(), low);
+        }
     }
 
     #[test]
