@@ -24,6 +24,7 @@
 //! resend batches plus the pages it must be given again.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +53,28 @@ impl Meta {
     /// The keyed xxh3 of `data`, computed once.
     fn quick(&mut self, data: &PageBytes, seed: u64) -> u64 {
         *self.quick.get_or_insert_with(|| quick_hash(data, seed))
+    }
+}
+
+/// Hashes the `sent` map's keys, which are already keyed xxh3 values
+/// (uniform, and unpredictable to the guest), by passing them through:
+/// SipHash on top cost ~1.5% of the encoder's instructions. Ten lines
+/// rather than a crate (nohash-hasher does the same).
+#[derive(Default)]
+struct KeyedHashHasher(u64);
+
+impl Hasher for KeyedHashHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed; fold anything else in anyway.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
     }
 }
 
@@ -211,7 +234,7 @@ pub struct Encoder {
     inventory: Inventory,
     /// Keyed xxh3 of content sent this session → a gfn it was sent as (to
     /// verify against).
-    sent: HashMap<u64, Gfn>,
+    sent: HashMap<u64, Gfn, BuildHasherDefault<KeyedHashHasher>>,
     /// The xxh3 key of this session.
     quick_seed: u64,
     /// Content the destination NACKed whose `sent` entry could not be found
@@ -238,7 +261,7 @@ impl Encoder {
             cache: PageCache::new(cfg.cache_bytes / PAGE_SIZE),
             cfg,
             inventory,
-            sent: HashMap::new(),
+            sent: HashMap::default(),
             quick_seed: rand::random(),
             forgotten: HashSet::new(),
             writer: BatchWriter::new(),
