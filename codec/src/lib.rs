@@ -1,9 +1,9 @@
 //! wanmig's migration data-reduction codec, sans-IO.
 //!
 //! The source gateway's [`Encoder`] turns guest pages (4 KiB, by guest frame
-//! number) into self-contained batches of records — zero page, reference to
-//! content the destination holds (BLAKE3-256), XOR delta against the version
-//! last sent, zstd-compressed or raw page — and the destination gateway's
+//! number) into batches of records — zero page, reference to content the
+//! destination holds (BLAKE3-256), XOR delta against the version last sent,
+//! compressed (zstd or LZ4) or raw page — and the destination gateway's
 //! [`Decoder`] rebuilds the pages, resolving references from this session and
 //! from the site's persistent [`PageStore`], and NACKing what it cannot
 //! resolve. The [`Inventory`] tells a source what a destination holds at
@@ -56,8 +56,9 @@
 //! The level travels in each batch header (informational; the decoder needs
 //! nothing from it). [`LZ4_LEVEL`] (-8) is the fastest setting: LZ4 instead
 //! of zstd, for links faster than zstd can feed. With long-distance matching
-//! on, each level change restarts the zstd stream (losing its window), so
-//! keep the dwell at seconds, not milliseconds. The destination's
+//! on, each level change restarts the zstd stream (losing its window): the
+//! controller settles after its probes, but give it a dwell of seconds
+//! while long distance is on. The destination's
 //! [`DecoderConfig::max_window_log`] must be at least the source's
 //! [`LongDistance::window_log`] (both default to 27: 128 MiB each side).
 
