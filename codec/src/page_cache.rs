@@ -2,7 +2,7 @@
 //! fingerprint), CLOCK eviction under a page-count cap. The encoder keys it
 //! by gfn (the version of each page last sent: delta base, reference
 //! verification, NACK answer); the decoder keys it by fingerprint (content
-//! received this session). The pages themselves live in a [`PageSlab`]
+//! received this session). The pages themselves live in a `PageSlab`
 //! (slot `i`'s page at slab index `i`).
 
 use std::collections::HashMap;
