@@ -10,9 +10,11 @@
 //! ```
 //!
 //! Environment:
-//! - `WANMIG_SCENARIO_SET`: `quick` (3 CI-size scenarios), `report`
-//!   (the sweeps the charts need, default) or `full` (every link, and every
-//!   guest at two reference links; about 40 minutes on 2 cores).
+//! - `WANMIG_SCENARIO_SET`: `quick` (3 CI-size scenarios, ~4 min),
+//!   `report` (18 scenarios: the sweeps the charts need, ~15 min; the
+//!   default) or `full` (61: every link with the moderate busy guest, and
+//!   every guest × mix at 50 ms / 250 Mbit/s clean and 150 ms / 100 Mbit/s
+//!   1% bursty; about 40 minutes on 2 cores).
 //! - `WANMIG_REPORT_DIR`: where to write (default `target/scenarios`);
 //!   relative paths are taken from the workspace root.
 //! - `WANMIG_SCENARIO_QEMU`: `never`, `clean` (clean links with the
@@ -50,6 +52,7 @@ fn main() {
         }
     };
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = root.canonicalize().unwrap_or(root);
     let out_dir = std::env::var_os("WANMIG_REPORT_DIR")
         .map(PathBuf::from)
         .map(|p| if p.is_absolute() { p } else { root.join(p) })

@@ -194,7 +194,7 @@ impl Scenario {
 pub enum Set {
     /// Four 64 MiB scenarios (what CI runs).
     Quick,
-    /// The sweeps the report's plots need, 128 MiB guests (19 scenarios;
+    /// The sweeps the report's plots need, 128 MiB guests (18 scenarios;
     /// the guest sweep with a disk).
     Report,
     /// Every link with the moderate busy guest (no disk), and every guest ×

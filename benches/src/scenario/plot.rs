@@ -34,6 +34,8 @@ impl Line {
 }
 
 const SIZE: (u32, u32) = (760, 440);
+/// Bar charts are wider: one labelled bar per category.
+const BAR_SIZE: (u32, u32) = (1000, 440);
 
 fn color(i: usize) -> RGBColor {
     const C: [RGBColor; 8] = [
@@ -107,7 +109,7 @@ pub fn lines(path: &Path, title: &str, x_desc: &str, y_desc: &str, lines: &[Line
         .configure_series_labels()
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(SeriesLabelPosition::UpperRight)
         .draw()
         .map_err(err)?;
     root.present().map_err(err)?;
@@ -123,7 +125,7 @@ pub fn stacked_bars(
     categories: &[String],
     layers: &[(String, Vec<f64>)],
 ) -> Result<()> {
-    let root = SVGBackend::new(path, SIZE).into_drawing_area();
+    let root = SVGBackend::new(path, BAR_SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let n = categories.len().max(1);
     let top = (0..n)

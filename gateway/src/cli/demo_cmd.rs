@@ -48,7 +48,8 @@ pub struct DemoArgs {
     mix: MemoryMix,
     /// How hard the guest dirties memory: `idle` (128 KiB/s), `moderate`
     /// (--dirty-rate) or `write-heavy` (twice the link rate, at least
-    /// 16 MiB/s: converges only by auto-converge or smart stop).
+    /// 16 MiB/s: plain pre-copy converges only by auto-converge or smart
+    /// stop).
     #[arg(long, value_enum, default_value = "moderate")]
     workload: GuestWorkload,
     /// How fast the moderate guest dirties memory, bytes per second (e.g.
