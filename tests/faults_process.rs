@@ -11,7 +11,7 @@
 //! - the destination shim is SIGKILLed mid-migration: the same;
 //! - the destination gateway is SIGKILLed after the handover: the VM runs
 //!   on at B in its shim, A never resumes it, B's restarted gateway lists
-//!   it.
+//!   it (and A's restarted gateway says it migrated to B).
 //!
 //! Each checks the guest's memory-workload digests (read from the shim's
 //! control socket) against an unmigrated run. Every process a test starts
@@ -526,4 +526,16 @@ async fn destination_gateway_killed_after_the_handover_the_vm_runs_on_there() {
     assert!(v.iteration > now, "{v:?}");
     assert_eq!(s.b.shim_pid(), Some(b_shim));
     assert_matches_reference(&config, &samples(&b_control), "at B");
+    // A restarted gateway at A still says where the VM went (and does not
+    // run it).
+    s.a.kill();
+    s.a.spawn();
+    let ca = s.a.wait_up().await;
+    assert_eq!(
+        vm_info(&ca).await.unwrap().state,
+        VmState::MigratedAway {
+            to: "site-b".into()
+        }
+    );
+    assert!(!alive(a_shim));
 }

@@ -52,6 +52,9 @@ const CONNECT_WAIT: Duration = Duration::from_secs(30);
 const STATUS_WAIT: Duration = Duration::from_millis(500);
 /// Lines of a failed shim's log quoted in the error.
 const LOG_TAIL: usize = 5;
+/// The state of a VM that left this site (JSON [`VmState`]), so a
+/// restarted gateway still says where it went.
+const LEFT: &str = "left.json";
 
 /// The marker of an outgoing migration in flight, left behind when the
 /// gateway dies during one.
@@ -235,45 +238,56 @@ impl ProcessHost {
             );
             return;
         };
-        let answer = status(&dir.join("control.sock"));
+        // A VM that left (migrated away, or handed over unconfirmed) keeps
+        // saying so; its shim has ended or is about to.
+        let left: Option<VmState> = std::fs::read(dir.join(LEFT))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let answer = match left {
+            Some(_) => None,
+            None => status(&dir.join("control.sock")),
+        };
         let iteration = answer.as_ref().map(|s| s.mem_iteration).unwrap_or(0);
         let mut last_error = None;
-        let state = match answer {
-            Some(s) if s.exit.is_none() => {
-                if let Some(m) = migrating {
-                    last_error = Some(format!(
+        let state = match (left, answer) {
+            (Some(state), _) => state,
+            (None, answer) => match answer {
+                Some(s) if s.exit.is_none() => {
+                    if let Some(m) = migrating {
+                        last_error = Some(format!(
                         "the migration to {} was interrupted when the gateway stopped; the VM kept running here",
                         m.to
                     ));
+                    }
+                    tracing::info!(vm = name, pid, "re-adopted the VM's running shim");
+                    VmState::Running
                 }
-                tracing::info!(vm = name, pid, "re-adopted the VM's running shim");
-                VmState::Running
-            }
-            Some(s) => VmState::Failed {
-                reason: format!("its wanmig-vmm process reports the VM ended: {:?}", s.exit),
-            },
-            None => {
-                // An incoming shim waits on its socket: connecting and
-                // closing ends its migration, and it exits.
-                let incoming = dir.join("in.sock");
-                if incoming.exists() {
-                    if let Ok(s) = UnixStream::connect(&incoming) {
-                        drop(s);
-                        tracing::info!(vm = name, "told a half-received VM's shim to give up");
+                Some(s) => VmState::Failed {
+                    reason: format!("its wanmig-vmm process reports the VM ended: {:?}", s.exit),
+                },
+                None => {
+                    // An incoming shim waits on its socket: connecting and
+                    // closing ends its migration, and it exits.
+                    let incoming = dir.join("in.sock");
+                    if incoming.exists() {
+                        if let Ok(s) = UnixStream::connect(&incoming) {
+                            drop(s);
+                            tracing::info!(vm = name, "told a half-received VM's shim to give up");
+                        }
+                    }
+                    if !ran_here {
+                        let _ = std::fs::remove_dir_all(dir);
+                        return;
+                    }
+                    VmState::Failed {
+                        reason: format!(
+                            "its wanmig-vmm process ({}) is gone; start the VM again",
+                            pid.map(|p| format!("pid {p}"))
+                                .unwrap_or_else(|| "no pid".into())
+                        ),
                     }
                 }
-                if !ran_here {
-                    let _ = std::fs::remove_dir_all(dir);
-                    return;
-                }
-                VmState::Failed {
-                    reason: format!(
-                        "its wanmig-vmm process ({}) is gone; start the VM again",
-                        pid.map(|p| format!("pid {p}"))
-                            .unwrap_or_else(|| "no pid".into())
-                    ),
-                }
-            }
+            },
         };
         lock(&self.vms).insert(
             name.to_string(),
@@ -399,6 +413,17 @@ impl ProcessHost {
             None => e
                 .pid
                 .is_some_and(|p| Path::new(&format!("/proc/{p}")).exists()),
+        }
+    }
+
+    /// Records that `name` left this site in `state` (see [`LEFT`]).
+    fn record_left(&self, name: &str, state: &VmState) {
+        let path = self.vm_dir(name).join(LEFT);
+        if let Err(e) = serde_json::to_vec(state)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&path, b))
+        {
+            tracing::warn!(vm = name, "cannot write {}: {e}", path.display());
         }
     }
 
@@ -568,6 +593,7 @@ impl VmHosting for ProcessHost {
             Ok(AdminResponse::Migrated(report)) => {
                 e.state = VmState::MigratedAway { to: to.to_string() };
                 e.last_error = None;
+                self.record_left(name, &e.state);
                 Ok(*report)
             }
             Ok(AdminResponse::Error {
@@ -588,6 +614,7 @@ impl VmHosting for ProcessHost {
                         to: to.to_string(),
                         reason: message.clone(),
                     };
+                    self.record_left(name, &e.state);
                     Err(HostError::Migration(MigrationError::HandoverUnconfirmed(
                         message,
                     )))
@@ -805,6 +832,9 @@ impl VmHosting for ProcessHost {
                 ),
             }
         };
+        let state = e.state.clone();
+        drop(vms);
+        self.record_left(name, &state);
     }
 }
 
@@ -868,6 +898,24 @@ mod tests {
             "{:?}",
             list[0]
         );
+    }
+
+    #[test]
+    fn a_vm_that_left_is_still_listed_where_it_went_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let vm = dir.path().join("gone");
+        std::fs::create_dir_all(&vm).unwrap();
+        std::fs::write(
+            vm.join("config.json"),
+            serde_json::to_vec(&VmConfig::default()).unwrap(),
+        )
+        .unwrap();
+        let left = VmState::MigratedAway {
+            to: "site-b".into(),
+        };
+        std::fs::write(vm.join(LEFT), serde_json::to_vec(&left).unwrap()).unwrap();
+        let host = ProcessHost::open(dir.path(), None).unwrap();
+        assert_eq!(host.state("gone"), Some(left));
     }
 
     #[test]
