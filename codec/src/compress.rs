@@ -187,15 +187,26 @@ impl SectionEncoder {
         let long = self.long.expect("stream mode");
         let mut flags = FLAG_A_STREAM;
         if self.restart || self.stream.is_none() {
-            let mut c = zstd_safe::CCtx::create();
-            for p in [
-                CParameter::CompressionLevel(self.level),
-                CParameter::EnableLongDistanceMatching(true),
-                CParameter::WindowLog(long.window_log),
-            ] {
-                c.set_parameter(p).map_err(zstd_err)?;
+            match self.stream.as_mut() {
+                // A level change: end the frame, keep the context's memory
+                // (window, match tables) and its other parameters.
+                Some(c) => {
+                    c.reset(ResetDirective::SessionOnly).map_err(zstd_err)?;
+                    c.set_parameter(CParameter::CompressionLevel(self.level))
+                        .map_err(zstd_err)?;
+                }
+                None => {
+                    let mut c = zstd_safe::CCtx::create();
+                    for p in [
+                        CParameter::CompressionLevel(self.level),
+                        CParameter::EnableLongDistanceMatching(true),
+                        CParameter::WindowLog(long.window_log),
+                    ] {
+                        c.set_parameter(p).map_err(zstd_err)?;
+                    }
+                    self.stream = Some(c);
+                }
             }
-            self.stream = Some(c);
             self.restart = false;
             flags |= FLAG_A_STREAM_START;
         }
