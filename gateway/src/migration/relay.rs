@@ -307,6 +307,10 @@ async fn source_inner(
     // Whether the wire window held the shim back since the last level
     // decision: then the acks' delivery rate is the link's rate.
     let mut wire_limited = false;
+    // Time spent encoding, and the copy's start: is one encoding thread
+    // the bottleneck?
+    let mut encode_busy = Duration::ZERO;
+    let copy_started = std::time::Instant::now();
 
     let (shim_end, mut local) = local_pair()?;
     let host = ctx.host.clone();
@@ -357,7 +361,9 @@ async fn source_inner(
                         }
                     }
                 }
-                session.on_encode_time(encoding.elapsed());
+                let spent = encoding.elapsed();
+                encode_busy += spent;
+                session.on_encode_time(spent);
                 let link_rate = if wire_limited && flow.rate() > 0.0 {
                     Some(flow.rate())
                 } else {
@@ -424,6 +430,17 @@ async fn source_inner(
             }
         }
     };
+    let copy_time = copy_started.elapsed();
+    let p = session.progress();
+    tracing::debug!(
+        encode_busy_ms = encode_busy.as_millis() as u64,
+        copy_ms = copy_time.as_millis() as u64,
+        encode_share = encode_busy.as_secs_f64() / copy_time.as_secs_f64().max(1e-9),
+        wire_mbit_s = p.bytes_out as f64 * 8.0 / 1e6 / copy_time.as_secs_f64().max(1e-9),
+        guest_mbit_s = p.bytes_in as f64 * 8.0 / 1e6 / copy_time.as_secs_f64().max(1e-9),
+        level = p.level,
+        "source relay: encoder load over the migration"
+    );
     if let LoopEnd::Failed(e) = &end {
         tracing::warn!(vm, to, "migration relay stopped: {e}");
         // Tell the shim why (before the handover it then keeps the VM),
