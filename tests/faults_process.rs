@@ -418,6 +418,16 @@ async fn source_gateway_killed_mid_migration_the_restarted_gateway_readopts_the_
     );
     assert!(v.iteration > now, "{}", v.iteration);
     assert_eq!(s.a.shim_pid(), Some(a_shim), "the same shim");
+    // What the operator's `wanmig status` prints.
+    let out = Command::new(&binaries().0)
+        .arg("status")
+        .arg("--config")
+        .arg(&s.a.config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains(VM) && text.contains("interrupted"), "{text}");
     assert_matches_reference(&config, &samples(&control), "at A");
 
     // A retry over the same link succeeds, and the VM runs at B only.
