@@ -302,6 +302,32 @@ fn bench(c: &mut Criterion) {
             )
         });
     }
+    // The demo mix encoded with LZ4 and through the long-distance stream.
+    let demo = ws.iter().find(|w| w.name == "demo_mix").expect("demo");
+    for (name, level, long) in [
+        ("demo_mix_lz4", wanmig_codec::LZ4_LEVEL, None),
+        ("demo_mix_long_distance", 3, Some(LongDistance::default())),
+    ] {
+        let cfg = EncoderConfig {
+            level,
+            long_distance: long,
+            ..EncoderConfig::default()
+        };
+        let batches = Encoder::new(cfg, Inventory::new())
+            .expect("encoder")
+            .encode(pages(&demo.pages));
+        g.bench_function(name, |b| {
+            b.iter_batched(
+                || Decoder::new(DecoderConfig::default(), NoStore).expect("decoder"),
+                |mut dec| {
+                    for batch in &batches {
+                        black_box(dec.decode(batch).expect("decode"));
+                    }
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
     // Decode into a real on-disk page store (every page recorded).
     let demo = ws.iter().find(|w| w.name == "demo_mix").expect("demo");
     g.bench_function("demo_mix_into_page_store", |b| {
