@@ -331,3 +331,48 @@ async fn the_end_of_copy_check_catches_a_diverged_copy_and_keeps_the_source() {
     assert!(!status.released && status.error.is_some(), "{status:?}");
     mesh.shutdown().await;
 }
+
+/// With a page store at the destination (`[migration] store_dir`), a second
+/// disk with the same content as one copied before travels as page
+/// references: a fraction of the wire bytes, the same bytes at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_disk_with_known_content_sends_references() {
+    let mesh = MeshBuilder::new(2)
+        .link(Link::wan(Duration::from_millis(20), 1_000_000_000))
+        .extra_config("[migration]\nstore_dir = \"store-{site}\"\n")
+        .prepare()
+        .await
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    assert!(mesh.wait_all_up(Duration::from_secs(10)).await);
+    let dir = tempfile::tempdir().unwrap();
+    let (one, two) = (dir.path().join("one.img"), dir.path().join("two.img"));
+    build_image(&one, DISK, mix(), 21).unwrap();
+    std::fs::copy(&one, &two).unwrap();
+    let want = disk_digest(&one).unwrap();
+    let a = mesh.gw("site-a").storage().clone();
+    let b = mesh.gw("site-b").storage().clone();
+    let mut wire = Vec::new();
+    for (name, src) in [("one.img", &one), ("two.img", &two)] {
+        a.export(name, src, DISK, ReleasePolicy::Keep).unwrap();
+        let dst = dir.path().join(format!("copy-{name}"));
+        let import = b
+            .import("site-a", name, &dst, DISK, config())
+            .await
+            .unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(60), import.finish())
+            .await
+            .expect("copy finishes")
+            .unwrap();
+        assert!(r.verified);
+        assert_eq!(disk_digest(&dst).unwrap(), want, "{name}");
+        wire.push(r.wire_bytes);
+    }
+    assert!(
+        wire[1] * 5 < wire[0],
+        "the second copy sends references: {wire:?} bytes"
+    );
+    mesh.shutdown().await;
+}

@@ -139,6 +139,7 @@ impl Gateway {
             .metrics()
             .register(&migration_registry)
             .map_err(crate::metrics::MetricsError::from)?;
+        storage.use_page_store(migration.stores().clone(), migration.default_scope());
         vm_host.attach_storage(storage.clone(), config.storage.clone());
 
         let mut metrics_addr = None;

@@ -473,6 +473,63 @@ impl RemoteDisk {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .decode(block, payload, expected, &mut data);
+        self.arrived(block, decoded, &data, payload.len() as u64)
+    }
+
+    /// A block the transport decoded itself (e.g. from page references, see
+    /// the gateway's storage relay) arrived: `data` is its bytes and
+    /// `wire_len` what it cost on the wire. Wrong lengths are errors and the
+    /// block is requested again.
+    pub fn on_block_data(
+        &self,
+        block: u64,
+        data: &[u8],
+        wire_len: u64,
+    ) -> Result<(), StorageError> {
+        let count = self.geometry.block_count();
+        if block >= count {
+            return Err(StorageError::NoSuchBlock {
+                block,
+                block_count: count,
+            });
+        }
+        let expected = self.geometry.block_len(block);
+        let decoded = if data.len() != expected {
+            Err(StorageError::BadBlockLength {
+                block,
+                expected,
+                got: data.len(),
+            })
+        } else if crate::wire::is_zero(data) {
+            Ok(Decoded::Zero)
+        } else {
+            Ok(Decoded::Data)
+        };
+        self.arrived(block, decoded, data, wire_len)
+    }
+
+    /// The transport could not use what arrived for `block` (e.g. it
+    /// referenced content no longer held here): it is requested again.
+    pub fn on_block_unusable(&self, block: u64, why: StorageError) -> StorageError {
+        let now = Instant::now();
+        let mut st = self.lock();
+        if let Ok(Arrival::Store { .. }) = st.planner.block_arrived(now, block) {
+            st.planner.block_store_failed(block);
+        }
+        let reqs = self.settle(&mut st, now);
+        drop(st);
+        self.send(reqs);
+        why
+    }
+
+    fn arrived(
+        &self,
+        block: u64,
+        decoded: Result<Decoded, StorageError>,
+        data: &[u8],
+        wire_len: u64,
+    ) -> Result<(), StorageError> {
+        let expected = self.geometry.block_len(block);
         let now = Instant::now();
         let mut st = self.lock();
         let decoded = match decoded {
@@ -487,15 +544,14 @@ impl RemoteDisk {
                 return Err(e);
             }
         };
-        self.metrics
-            .wire_bytes(expected as u64, payload.len() as u64);
+        self.metrics.wire_bytes(expected as u64, wire_len);
         match st.planner.block_arrived(now, block)? {
             Arrival::Discard => self.metrics.block_discarded(),
             Arrival::Store { answered } => {
                 let off = self.geometry.block_offset(block);
                 let stored = match decoded {
                     Decoded::Zero => self.zero_local(off, expected as u64),
-                    Decoded::Data => self.file.write_all_at(&data, off).map_err(|e| {
+                    Decoded::Data => self.file.write_all_at(data, off).map_err(|e| {
                         StorageError::io("write block to local disk copy", &self.path, e)
                     }),
                 };

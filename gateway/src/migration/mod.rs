@@ -153,6 +153,17 @@ impl MigrationService {
         &self.ctx.host
     }
 
+    /// This site's page stores (the storage relay dedups disk copies
+    /// against them too).
+    pub fn stores(&self) -> &SiteStores {
+        &self.ctx.stores
+    }
+
+    /// The dedup scope used when a migration names none.
+    pub fn default_scope(&self) -> &str {
+        &self.settings.scope
+    }
+
     pub fn records(&self) -> Vec<MigrationRecord> {
         self.ctx.records.all()
     }

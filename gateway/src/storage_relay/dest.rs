@@ -17,9 +17,13 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use wanmig_storage::{FetchRequest, Fetcher, LinkDown, Priority, RemoteDisk, RemoteDiskConfig};
 
+use wanmig_storage::wire::{BlockDecoder, Decoded};
+
+use super::dedup;
 use super::frame::{read_frame, Frame, Lane};
 use super::metrics::{CopyOutcome, RelayMetrics};
 use super::{lock, StorageRelayError};
+use crate::migration::stores::ScopeStore;
 use crate::peering::{stream_kind, Peering};
 
 /// What an import did.
@@ -48,6 +52,9 @@ struct LaneFetcher {
     /// When each on-demand block was last requested (for the latency
     /// histogram).
     demand_sent: Mutex<HashMap<u64, Instant>>,
+    /// Blocks whose page references did not resolve here: asked for again
+    /// without references.
+    plain: Mutex<std::collections::HashSet<u64>>,
 }
 
 impl Fetcher for LaneFetcher {
@@ -67,7 +74,24 @@ impl Fetcher for LaneFetcher {
             }
             Priority::Background => background,
         };
-        lane.send(Frame::request(&request)).map_err(|_| LinkDown)
+        let plain = {
+            // Remove every block of the request (no short-circuit).
+            let mut p = lock(&self.plain);
+            let mut hit = false;
+            for b in request.blocks() {
+                hit |= p.remove(&b);
+            }
+            hit
+        };
+        let frame = if plain {
+            Frame::RequestPlain {
+                first_block: request.first_block,
+                count: request.count,
+            }
+        } else {
+            Frame::request(&request)
+        };
+        lane.send(frame).map_err(|_| LinkDown)
     }
 }
 
@@ -128,6 +152,8 @@ struct Target {
     name: String,
     disk_len: u64,
     block_size: u32,
+    /// The page store to dedup against (persistent stores only).
+    store: Option<ScopeStore>,
 }
 
 struct Session {
@@ -154,11 +180,16 @@ async fn open_lane(
         .open_stream(&t.peer, stream_kind::STORAGE)
         .await
         .map_err(|e| Failure::Link(e.to_string()))?;
+    let inventory = match (&t.store, lane) {
+        (Some(store), Lane::Background) => Some(store.inventory_bytes()),
+        _ => None,
+    };
     let open = Frame::Open {
         lane,
         name: t.name.clone(),
         disk_len: t.disk_len,
         block_size: t.block_size,
+        inventory,
     };
     send.write_all(&open.encode())
         .await
@@ -196,6 +227,7 @@ pub(crate) struct ImportTarget<'a> {
 pub(crate) async fn start_import(
     peering: Peering,
     metrics: RelayMetrics,
+    store: Option<ScopeStore>,
     it: ImportTarget<'_>,
 ) -> Result<StorageImport, StorageRelayError> {
     let (peer, name) = (it.peer, it.name);
@@ -205,6 +237,7 @@ pub(crate) async fn start_import(
         name: name.to_string(),
         disk_len: it.disk_len,
         block_size: it.config.block_size,
+        store,
     };
     // The source validates its disk before anything is created here.
     let released = || {
@@ -411,10 +444,16 @@ async fn drive(
     }
     let (dsend, drecv) = s.demand;
     let (bsend, brecv) = s.background;
-    let demand_reader = read_lane(drecv, Arc::clone(disk), Some((fetcher, metrics)));
+    let demand_reader = read_lane(
+        drecv,
+        Arc::clone(disk),
+        fetcher,
+        t.store.clone(),
+        Some(metrics),
+    );
     tokio::select! {
         r = demand_reader => r,
-        r = read_lane(brecv, Arc::clone(disk), None) => match r {
+        r = read_lane(brecv, Arc::clone(disk), fetcher, t.store.clone(), None) => match r {
             Ok(()) => Err(Failure::Link("background stream ended".into())),
             Err(e) => Err(e),
         },
@@ -424,24 +463,93 @@ async fn drive(
     }
 }
 
+/// Stores one arrived block: through the page store when there is one
+/// (resolving references, adding the block's pages), else directly.
+fn take_block(
+    disk: &RemoteDisk,
+    fetcher: &LaneFetcher,
+    store: Option<&mut ScopeStore>,
+    decoder: &mut BlockDecoder,
+    buf: &mut Vec<u8>,
+    block: u64,
+    payload: &[u8],
+) -> Result<(), String> {
+    let Some(store) = store else {
+        return disk
+            .on_block_arrived(block, payload)
+            .map_err(|e| e.to_string());
+    };
+    let len = disk.geometry().block_len(block);
+    if block >= disk.geometry().block_count() {
+        return Err(format!("block {block} is past the end of the disk"));
+    }
+    let decoded = if dedup::is_paged(payload) {
+        match dedup::decode_paged(payload, len, store, buf) {
+            Ok(()) => Ok(()),
+            Err(e @ dedup::DedupError::UnknownRef(_)) => {
+                lock(&fetcher.plain).insert(block);
+                Err(e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    } else {
+        match decoder.decode(block, payload, len, buf) {
+            Ok(Decoded::Zero) => {
+                buf.clear();
+                buf.resize(len, 0);
+                Ok(())
+            }
+            Ok(Decoded::Data) => dedup::store_pages(buf, store).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    match decoded {
+        Ok(()) => disk
+            .on_block_data(block, buf, payload.len() as u64)
+            .map_err(|e| e.to_string()),
+        Err(why) => {
+            let _ = disk.on_block_unusable(
+                block,
+                wanmig_storage::StorageError::BadCompressedBlock {
+                    block,
+                    reason: why.clone(),
+                },
+            );
+            Err(why)
+        }
+    }
+}
+
 /// Feeds arriving blocks to the disk; `Ok` when the source says `Released`.
 /// `demand`: this is the on-demand lane; observe each block's latency.
 async fn read_lane(
     mut recv: RecvStream,
     disk: Arc<RemoteDisk>,
-    demand: Option<(&LaneFetcher, &RelayMetrics)>,
+    fetcher: &LaneFetcher,
+    mut store: Option<ScopeStore>,
+    demand: Option<&RelayMetrics>,
 ) -> Result<(), Failure> {
+    let mut decoder = BlockDecoder::new().map_err(|e| Failure::Refused(e.to_string()))?;
+    let mut buf = Vec::new();
     loop {
         match read_frame(&mut recv).await {
             Ok(Frame::Block { block, payload }) => {
-                if let Some((fetcher, metrics)) = demand {
+                if let Some(metrics) = demand {
                     if let Some(t) = lock(&fetcher.demand_sent).remove(&block) {
                         metrics.on_demand_latency(t.elapsed());
                     }
                 }
-                // A 64 KiB local write per block: brief enough to do inline
-                // on this task.
-                if let Err(e) = disk.on_block_arrived(block, &payload) {
+                // A 64 KiB local write per block (and its pages into the
+                // page store): brief enough to do inline on this task.
+                if let Err(e) = take_block(
+                    &disk,
+                    fetcher,
+                    store.as_mut(),
+                    &mut decoder,
+                    &mut buf,
+                    block,
+                    &payload,
+                ) {
                     tracing::warn!("storage block {block} rejected: {e}; it will be fetched again");
                 }
             }

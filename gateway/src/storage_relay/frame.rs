@@ -28,11 +28,18 @@ pub enum Frame {
         name: String,
         disk_len: u64,
         block_size: u32,
+        /// The destination's page-store inventory
+        /// ([`wanmig_codec::Inventory`] bytes) when it dedups against one:
+        /// the source may then send page references ([`super::dedup`]).
+        inventory: Option<Vec<u8>>,
     },
     /// Source → destination, answer to `Open`: block ranges that are holes.
     Holes(Vec<std::ops::Range<u64>>),
     /// Destination → source: send these blocks.
     Request { first_block: u64, count: u32 },
+    /// Destination → source: send these blocks without page references (a
+    /// reference did not resolve here).
+    RequestPlain { first_block: u64, count: u32 },
     /// Source → destination: one block's payload ([`wanmig_storage::wire`]).
     Block { block: u64, payload: Vec<u8> },
     /// Either way: the operation failed; the text says why.
@@ -87,6 +94,7 @@ const RELEASED: u8 = 7;
 const QUERY_SIZE: u8 = 8;
 const SIZE: u8 = 9;
 const PROGRESS: u8 = 10;
+const REQUEST_PLAIN: u8 = 11;
 
 impl Frame {
     /// A request frame for `r`.
@@ -106,6 +114,7 @@ impl Frame {
                 name,
                 disk_len,
                 block_size,
+                inventory,
             } => {
                 b.push(OPEN);
                 b.push(match lane {
@@ -114,7 +123,19 @@ impl Frame {
                 });
                 b.extend_from_slice(&disk_len.to_le_bytes());
                 b.extend_from_slice(&block_size.to_le_bytes());
+                b.extend_from_slice(&(name.len() as u32).to_le_bytes());
                 b.extend_from_slice(name.as_bytes());
+                if let Some(inv) = inventory {
+                    b.push(1);
+                    b.extend_from_slice(inv);
+                } else {
+                    b.push(0);
+                }
+            }
+            Frame::RequestPlain { first_block, count } => {
+                b.push(REQUEST_PLAIN);
+                b.extend_from_slice(&first_block.to_le_bytes());
+                b.extend_from_slice(&count.to_le_bytes());
             }
             Frame::Holes(h) => {
                 b.push(HOLES);
@@ -179,16 +200,31 @@ impl Frame {
                 };
                 let disk_len = r.u64("disk_len")?;
                 let block_size = r.u32("block_size")?;
+                let name_len = r.u32("name length")? as usize;
+                if r.0.len() < name_len {
+                    return Err(FrameError::Truncated("name"));
+                }
+                let (name, rest) = r.0.split_at(name_len);
                 let name =
-                    String::from_utf8(r.0.to_vec()).map_err(|_| FrameError::Invalid("name"))?;
-                r.0 = &[];
+                    String::from_utf8(name.to_vec()).map_err(|_| FrameError::Invalid("name"))?;
+                r.0 = rest;
+                let inventory = match r.u8("inventory flag")? {
+                    0 => None,
+                    1 => Some(std::mem::take(&mut r.0).to_vec()),
+                    _ => return Err(FrameError::Invalid("inventory flag")),
+                };
                 Frame::Open {
                     lane,
                     name,
                     disk_len,
                     block_size,
+                    inventory,
                 }
             }
+            REQUEST_PLAIN => Frame::RequestPlain {
+                first_block: r.u64("first_block")?,
+                count: r.u32("count")?,
+            },
             HOLES => {
                 if r.0.len() % 16 != 0 {
                     return Err(FrameError::Truncated("hole range"));
@@ -321,6 +357,18 @@ mod tests {
             name: "vm-1.img".into(),
             disk_len: 16 << 20,
             block_size: 65536,
+            inventory: Some(vec![1, 2, 3]),
+        });
+        round_trip(Frame::Open {
+            lane: Lane::OnDemand,
+            name: "vm-1.img".into(),
+            disk_len: 16 << 20,
+            block_size: 65536,
+            inventory: None,
+        });
+        round_trip(Frame::RequestPlain {
+            first_block: 3,
+            count: 2,
         });
         round_trip(Frame::QuerySize("vm-1".into()));
         round_trip(Frame::Size {
@@ -379,6 +427,7 @@ mod tests {
             name: "d".into(),
             disk_len: 1,
             block_size: 2,
+            inventory: Some(vec![9; 5]),
         }
         .encode();
         for n in 0..full.len() - 4 {

@@ -18,8 +18,10 @@
 //!   stopped. After `Done` the source checks the copy
 //!   ([`wanmig_storage::verify`]) before it releases its own; a lost
 //!   `Released` is asked for again on reconnect.
+//! - [`dedup`]: page references against the destination's page store.
 //! - [`metrics`]: the `wanmig_storage_*` Prometheus metrics.
 
+pub mod dedup;
 pub mod dest;
 pub mod frame;
 pub mod metrics;
@@ -129,6 +131,8 @@ pub(crate) struct Inner {
     pub deferred: Mutex<HashSet<String>>,
     pub zstd_level: i32,
     pub metrics: RelayMetrics,
+    /// The site's page stores and the scope imports dedup against.
+    pub pages: Mutex<Option<(crate::migration::stores::SiteStores, String)>>,
 }
 
 /// A disk as a peer exports it.
@@ -176,6 +180,7 @@ impl StorageRelay {
             deferred: Mutex::new(HashSet::new()),
             zstd_level,
             metrics,
+            pages: Mutex::new(None),
         });
         tokio::spawn(source::accept_loop(Arc::clone(&inner), streams));
         Ok(StorageRelay { inner })
@@ -258,6 +263,14 @@ impl StorageRelay {
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
+    }
+
+    /// Dedups imports against `stores`' page store of `scope` (the store
+    /// memory migrations into this site use): the source sends references
+    /// for pages held there, and received pages are added to it. Without a
+    /// persistent store (no `[migration] store_dir`) this does nothing.
+    pub fn use_page_store(&self, stores: crate::migration::stores::SiteStores, scope: &str) {
+        *lock(&self.inner.pages) = Some((stores, scope.to_string()));
     }
 
     /// The `wanmig_storage_*` metrics (register them with the gateway's
@@ -347,9 +360,21 @@ impl StorageRelay {
         if !valid_name(name) {
             return Err(StorageRelayError::BadName(name.to_string()));
         }
+        let store = match lock(&self.inner.pages).as_ref() {
+            Some((stores, scope)) => match stores.open(scope) {
+                Ok(s @ crate::migration::stores::ScopeStore::Persistent(_)) => Some(s),
+                Ok(crate::migration::stores::ScopeStore::None) => None,
+                Err(e) => {
+                    tracing::warn!("page store of scope {scope}: {e}; importing without dedup");
+                    None
+                }
+            },
+            None => None,
+        };
         dest::start_import(
             self.inner.peering.clone(),
             self.inner.metrics.clone(),
+            store,
             dest::ImportTarget {
                 peer,
                 name,

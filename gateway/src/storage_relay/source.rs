@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use quinn::{RecvStream, SendStream};
 use tokio::sync::mpsc;
-use wanmig_storage::wire::BlockEncoder;
+use wanmig_storage::wire::{BlockContent, BlockEncoder};
+
+use super::dedup::PageEncoder;
 use wanmig_storage::{release_source, FetchRequest, PresenceBitmap, Priority, SourceDisk};
 
 use super::frame::{read_frame, Frame, Lane, ReadFrameError};
@@ -76,6 +78,7 @@ async fn serve(
         name,
         disk_len,
         block_size,
+        inventory,
     } = open
     else {
         let _ = write(&mut send, &Frame::Error("expected Open".into())).await;
@@ -122,6 +125,15 @@ async fn serve(
     };
     write(&mut send, &Frame::Holes(disk.hole_blocks())).await?;
     let mut encoder = BlockEncoder::new(inner.zstd_level).map_err(|e| e.to_string())?;
+    // Page references against the destination's store (background lane).
+    let mut pages = match inventory.map(|b| wanmig_codec::Inventory::from_bytes(&b)) {
+        Some(Ok(inv)) => Some(PageEncoder::new(inv, inner.zstd_level).map_err(|e| e.to_string())?),
+        Some(Err(e)) => {
+            tracing::warn!(disk = %name, "the destination's inventory is unusable ({e}); sending without references");
+            None
+        }
+        None => None,
+    };
     let priority = match lane {
         Lane::OnDemand => Priority::OnDemand,
         Lane::Background => Priority::Background,
@@ -133,7 +145,8 @@ async fn serve(
             Err(e) => return Err(e.to_string()),
         };
         match frame {
-            Frame::Request { first_block, count } => {
+            Frame::Request { first_block, count } | Frame::RequestPlain { first_block, count } => {
+                let plain = matches!(frame, Frame::RequestPlain { .. });
                 let req = FetchRequest {
                     first_block,
                     count,
@@ -142,20 +155,25 @@ async fn serve(
                 // Read and compress off the async threads; small requests
                 // (≤ max_request_blocks) keep the batch bounded.
                 let d = Arc::clone(&disk);
-                let (enc, frames) = tokio::task::spawn_blocking(move || {
+                let (enc, pg, frames) = tokio::task::spawn_blocking(move || {
                     let mut buf = Vec::new();
                     let mut out = Vec::new();
                     let r = d.serve(&req, &mut buf, |block, content| {
+                        let paged = match (&mut pages, content) {
+                            (Some(p), BlockContent::Data(data)) if !plain => p.encode(data),
+                            _ => None,
+                        };
                         out.push(Frame::Block {
                             block,
-                            payload: encoder.encode(content),
+                            payload: paged.unwrap_or_else(|| encoder.encode(content)),
                         })
                     });
-                    (encoder, r.map(|()| out))
+                    (encoder, pages, r.map(|()| out))
                 })
                 .await
                 .map_err(|e| e.to_string())?;
                 encoder = enc;
+                pages = pg;
                 match frames {
                     Ok(frames) => {
                         let mut bytes = 0u64;
