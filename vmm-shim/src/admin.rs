@@ -128,6 +128,10 @@ pub enum AdminResponse {
     Samples { samples: Vec<MemSample> },
     /// The migration succeeded; the VM now runs at the destination.
     Migrated(Box<MigrationReport>),
+    /// The migration handed the VM over, but the destination did not
+    /// confirm that it resumed it: the VM never runs here again (it runs
+    /// at the destination unless that lost it).
+    HandedOver { message: String },
     /// The request failed; `vm_running_here` says where the VM is.
     Error {
         message: String,
@@ -183,6 +187,12 @@ pub fn handle(vm: &mut Vm, req: AdminRequest) -> AdminResponse {
             };
             match migrate_to(vm, &mut stream, &opts) {
                 Ok(report) => AdminResponse::Migrated(Box::new(report)),
+                Err(e) if !e.vm_kept_at_source() => AdminResponse::HandedOver {
+                    message: match e {
+                        crate::migration::MigrationError::HandoverUnconfirmed(why) => why,
+                        other => other.to_string(),
+                    },
+                },
                 Err(e) => AdminResponse::Error {
                     vm_running_here: e.vm_kept_at_source() && vm.exit_status().is_none(),
                     message: e.to_string(),
@@ -233,7 +243,10 @@ pub fn serve(
                             let mut text = serde_json::to_string(&resp).unwrap_or_default();
                             text.push('\n');
                             let written = out.write_all(text.as_bytes());
-                            if matches!(resp, AdminResponse::Migrated(_)) {
+                            if matches!(
+                                resp,
+                                AdminResponse::Migrated(_) | AdminResponse::HandedOver { .. }
+                            ) {
                                 let _ = migrated.send(());
                             }
                             if written.is_err() {

@@ -37,7 +37,7 @@ use wanmig_vmm::guest_control::MemSample;
 use wanmig_vmm::migration::IncomingReport;
 use wanmig_vmm::protocol::StreamError;
 use wanmig_vmm::VmConfig;
-use wanmig_vmm::{MigrateOptions, MigrationError, MigrationReport, ReceiveOptions, RunExit};
+use wanmig_vmm::{MigrateOptions, MigrationError, MigrationReport, ReceiveOptions};
 
 use super::vmhost::{validate_vm_name, HostError, VmHosting, VmInfo, VmState};
 
@@ -604,26 +604,22 @@ impl VmHosting for ProcessHost {
                 e.last_error = Some(format!("migration to {to} failed: {message}"));
                 Err(kept_err(message))
             }
+            Ok(AdminResponse::HandedOver { message }) => {
+                e.state = VmState::HandoverUnconfirmed {
+                    to: to.to_string(),
+                    reason: message.clone(),
+                };
+                self.record_left(name, &e.state);
+                Err(HostError::Migration(MigrationError::HandoverUnconfirmed(
+                    message,
+                )))
+            }
             Ok(AdminResponse::Error { message, .. }) => {
-                // Handed over (the shim stopped the VM for good), or the VM
-                // ended while migrating.
-                let stopped = status(&self.control_socket(name))
-                    .is_some_and(|s| s.exit == Some(RunExit::Stopped));
-                if stopped {
-                    e.state = VmState::HandoverUnconfirmed {
-                        to: to.to_string(),
-                        reason: message.clone(),
-                    };
-                    self.record_left(name, &e.state);
-                    Err(HostError::Migration(MigrationError::HandoverUnconfirmed(
-                        message,
-                    )))
-                } else {
-                    e.state = VmState::Failed {
-                        reason: format!("the VM ended while migrating to {to}: {message}"),
-                    };
-                    Err(kept_err(format!("the VM ended while migrating: {message}")))
-                }
+                // Not running here, not handed over: the VM ended.
+                e.state = VmState::Failed {
+                    reason: format!("the VM ended while migrating to {to}: {message}"),
+                };
+                Err(kept_err(format!("the VM ended while migrating: {message}")))
             }
             Ok(other) => {
                 e.state = VmState::Running;

@@ -195,8 +195,12 @@ fn main() -> Result<()> {
             )
             .with_context(|| format!("cannot talk to the shim at {}", control.display()))?;
             println!("{}", serde_json::to_string_pretty(&resp)?);
-            if let AdminResponse::Error { message, .. } = resp {
-                bail!("migration failed: {message}");
+            match resp {
+                AdminResponse::Error { message, .. } => bail!("migration failed: {message}"),
+                AdminResponse::HandedOver { message } => {
+                    bail!("the VM was handed over but not confirmed: {message}")
+                }
+                _ => {}
             }
             Ok(())
         }
