@@ -231,7 +231,9 @@ impl StorageRelay {
 
     /// Whether the destination of `name`'s next export should start the
     /// background copy at once (`true`, the default) or read on demand only
-    /// until `wanmig storage migrate` (`false`). Call before [`export`].
+    /// until `wanmig storage migrate` (`false`). Call before [`export`]; the
+    /// setting holds for one migration (until the destination asks for the
+    /// disk's size).
     ///
     /// [`export`]: StorageRelay::export
     pub fn set_background(&self, name: &str, background: bool) {

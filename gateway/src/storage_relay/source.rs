@@ -65,6 +65,9 @@ async fn serve(
             .get(name)
             .filter(|e| !e.released)
             .map(|e| (e.disk_len, e.status.background));
+        // The mode was for this migration only: the next one of the same
+        // VM copies in the background unless asked otherwise again.
+        lock(&inner.deferred).remove(name);
         let answer = match len {
             Some((len, background)) => Frame::Size { len, background },
             None => Frame::Error(format!("no disk '{name}' is exported at this site")),
