@@ -479,10 +479,10 @@ fn take_block(
             .on_block_arrived(block, payload)
             .map_err(|e| e.to_string());
     };
-    let len = disk.geometry().block_len(block);
     if block >= disk.geometry().block_count() {
         return Err(format!("block {block} is past the end of the disk"));
     }
+    let len = disk.geometry().block_len(block);
     let decoded = if dedup::is_paged(payload) {
         match dedup::decode_paged(payload, len, store, buf) {
             Ok(()) => Ok(()),
