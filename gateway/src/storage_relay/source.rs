@@ -150,6 +150,17 @@ async fn serve(
         match frame {
             Frame::Request { first_block, count } | Frame::RequestPlain { first_block, count } => {
                 let plain = matches!(frame, Frame::RequestPlain { .. });
+                let in_range = first_block
+                    .checked_add(u64::from(count))
+                    .is_some_and(|end| end <= disk.geometry().block_count());
+                if !in_range {
+                    let msg = format!(
+                        "request for blocks {first_block}+{count} outside the disk's {} blocks",
+                        disk.geometry().block_count()
+                    );
+                    write(&mut send, &Frame::Error(msg.clone())).await?;
+                    return Err(msg);
+                }
                 let req = FetchRequest {
                     first_block,
                     count,
