@@ -296,7 +296,11 @@ impl SectionDecoder {
             FLAG_A_STREAM => {
                 let start = flags & FLAG_A_STREAM_START != 0;
                 let r = self.stream_decompress(start, stored, raw_len, out);
-                self.broken = r.is_err();
+                // A section that decoded to another length than declared
+                // fails too: the source's stream and ours may be out of step
+                // (zstd can hold back output of this batch), so the stream
+                // is refused from here, as after a decode error.
+                self.broken = !matches!(r, Ok(n) if n == raw_len);
                 r?
             }
             _ => {
@@ -515,6 +519,29 @@ mod tests {
         let mut enc = SectionEncoder::new(1, Some(LongDistance { window_log: 20 })).unwrap();
         let (f, _) = round_trip(&mut enc, &mut dec, &a);
         assert_ne!(f & FLAG_A_STREAM_START, 0);
+    }
+
+    #[test]
+    fn stream_batch_of_another_length_than_declared_breaks_the_stream() {
+        for delta in [-1i64, 1] {
+            let mut enc = SectionEncoder::new(1, Some(LongDistance { window_log: 20 })).unwrap();
+            let mut dec = SectionDecoder::new(20).unwrap();
+            let a = text(20_000, 6);
+            let mut s1 = Vec::new();
+            let f1 = enc.compress(&a, &mut s1);
+            let mut s2 = Vec::new();
+            let f2 = enc.compress(&a, &mut s2);
+            let mut out = Vec::new();
+            let lied = (a.len() as i64 + delta) as usize;
+            assert!(matches!(
+                dec.decompress(f1, &s1, lied, &mut out),
+                Err(CodecError::LengthMismatch { .. })
+            ));
+            assert!(
+                dec.decompress(f2, &s2, a.len(), &mut out).is_err(),
+                "declared {lied}: a stream whose batch was refused must not continue"
+            );
+        }
     }
 
     #[test]
