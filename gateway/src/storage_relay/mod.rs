@@ -91,6 +91,10 @@ pub(crate) struct Export {
     pub disk_len: u64,
     pub policy: ReleasePolicy,
     pub released: bool,
+    /// Held while a `Done` is checked and the copy released, so two
+    /// sessions' `Done`s (one sent again after a reconnect while the first
+    /// was still being checked) release the disk once, not twice.
+    pub release_gate: Arc<tokio::sync::Mutex<()>>,
     /// When a destination first opened it.
     pub started: Option<std::time::Instant>,
     pub status: ExportStatus,
@@ -209,6 +213,7 @@ impl StorageRelay {
                 disk_len,
                 policy,
                 released: false,
+                release_gate: Arc::default(),
                 started: None,
                 status: ExportStatus {
                     name: name.to_string(),

@@ -5,7 +5,8 @@
 //! of an already released disk are answered with `Released` again, so a
 //! `Released` lost with the link is not an error.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use quinn::{RecvStream, SendStream};
 use tokio::sync::mpsc;
@@ -15,7 +16,7 @@ use super::dedup::PageEncoder;
 use wanmig_storage::{release_source, FetchRequest, PresenceBitmap, Priority, SourceDisk};
 
 use super::frame::{read_frame, Frame, Lane, ReadFrameError};
-use super::{lock, Inner};
+use super::{lock, Export, Inner};
 use crate::peering::IncomingStream;
 
 pub(crate) async fn accept_loop(inner: Arc<Inner>, mut streams: mpsc::Receiver<IncomingStream>) {
@@ -51,6 +52,79 @@ fn verify(disk: &SourceDisk, digest: &[u8; 32], written: &[u8]) -> Result<(), St
             wanmig_storage::verify::hex(&ours)
         ))
     }
+}
+
+/// Most block bytes read and encoded at once for one request.
+const SERVE_CHUNK_BYTES: u64 = 4 << 20;
+
+/// Splits a (range-checked) request for `count` blocks from `first_block`
+/// into pieces of at most [`SERVE_CHUNK_BYTES`] (at least one block each).
+fn serve_chunks(first_block: u64, count: u32, block_size: u32) -> impl Iterator<Item = (u64, u32)> {
+    let step = (SERVE_CHUNK_BYTES / u64::from(block_size.max(1))).clamp(1, u64::from(u32::MAX));
+    let end = first_block.saturating_add(u64::from(count));
+    let mut at = first_block;
+    std::iter::from_fn(move || {
+        if at >= end {
+            return None;
+        }
+        let n = (end - at).min(step);
+        let piece = (at, n as u32);
+        at += n;
+        Some(piece)
+    })
+}
+
+/// Checks the destination's end-of-copy digest and releases the source copy
+/// by policy, at most once per export: a second `Done` (the destination
+/// sends it again in every new session until it hears `Released`) waits for
+/// a check still running and then finds the disk released, instead of
+/// releasing (deleting) it a second time and failing a finished copy.
+/// `Ok` means the disk is released (now or before); `Err` says why not (the
+/// source copy is kept).
+async fn confirm_and_release(
+    exports: &Mutex<HashMap<String, Export>>,
+    name: &str,
+    peer: &str,
+    disk: &Arc<SourceDisk>,
+    digest: [u8; 32],
+    written: Vec<u8>,
+) -> Result<(), String> {
+    let Some(gate) = lock(exports).get(name).map(|e| Arc::clone(&e.release_gate)) else {
+        return Ok(());
+    };
+    let _held = gate.lock().await;
+    let export = lock(exports).get(name).cloned();
+    let Some(export) = export.filter(|e| !e.released) else {
+        return Ok(());
+    };
+    let d = Arc::clone(disk);
+    let checked = tokio::task::spawn_blocking(move || verify(&d, &digest, &written))
+        .await
+        .map_err(|e| format!("end-of-copy check task failed: {e}; the source copy is kept"))?;
+    if let Err(msg) = checked {
+        tracing::error!(disk = %name, %peer, "{msg}");
+        if let Some(e) = lock(exports).get_mut(name) {
+            e.status.error = Some(msg.clone());
+        }
+        return Err(msg);
+    }
+    let path = export.path.clone();
+    let policy = export.policy;
+    tokio::task::spawn_blocking(move || release_source(&path, policy))
+        .await
+        .map_err(|e| format!("release task failed: {e}"))?
+        .map_err(|e| e.to_string())?;
+    if let Some(e) = lock(exports).get_mut(name) {
+        e.released = true;
+        e.status.released = true;
+        e.status.verified = true;
+        e.status.error = None;
+        e.status.local_blocks = disk.geometry().block_count();
+        e.status.total_blocks = disk.geometry().block_count();
+        e.status.total_ms = e.started.map(|t| t.elapsed().as_millis() as u64);
+    }
+    tracing::info!(disk = %name, ?policy, "storage copy confirmed and verified by the destination; source copy released");
+    Ok(())
 }
 
 async fn serve(
@@ -161,50 +235,55 @@ async fn serve(
                     write(&mut send, &Frame::Error(msg.clone())).await?;
                     return Err(msg);
                 }
-                let req = FetchRequest {
-                    first_block,
-                    count,
-                    priority,
-                };
-                // Read and compress off the async threads; small requests
-                // (≤ max_request_blocks) keep the batch bounded.
-                let d = Arc::clone(&disk);
-                let (enc, pg, frames) = tokio::task::spawn_blocking(move || {
-                    let mut buf = Vec::new();
-                    let mut out = Vec::new();
-                    let r = d.serve(&req, &mut buf, |block, content| {
-                        let paged = match (&mut pages, content) {
-                            (Some(p), BlockContent::Data(data)) if !plain => p.encode(data),
-                            _ => None,
-                        };
-                        out.push(Frame::Block {
-                            block,
-                            payload: paged.unwrap_or_else(|| encoder.encode(content)),
-                        })
-                    });
-                    (encoder, pages, r.map(|()| out))
-                })
-                .await
-                .map_err(|e| e.to_string())?;
-                encoder = enc;
-                pages = pg;
-                match frames {
-                    Ok(frames) => {
-                        let mut bytes = 0u64;
-                        for f in &frames {
-                            write(&mut send, f).await?;
-                            if let Frame::Block { payload, .. } = f {
-                                bytes += payload.len() as u64;
+                // The count comes from the destination: read and compress a
+                // bounded piece at a time, off the async threads, instead of
+                // buffering the whole range.
+                for (first_block, count) in
+                    serve_chunks(first_block, count, disk.geometry().block_size())
+                {
+                    let req = FetchRequest {
+                        first_block,
+                        count,
+                        priority,
+                    };
+                    let d = Arc::clone(&disk);
+                    let (enc, pg, frames) = tokio::task::spawn_blocking(move || {
+                        let mut buf = Vec::new();
+                        let mut out = Vec::new();
+                        let r = d.serve(&req, &mut buf, |block, content| {
+                            let paged = match (&mut pages, content) {
+                                (Some(p), BlockContent::Data(data)) if !plain => p.encode(data),
+                                _ => None,
+                            };
+                            out.push(Frame::Block {
+                                block,
+                                payload: paged.unwrap_or_else(|| encoder.encode(content)),
+                            })
+                        });
+                        (encoder, pages, r.map(|()| out))
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                    encoder = enc;
+                    pages = pg;
+                    match frames {
+                        Ok(frames) => {
+                            let mut bytes = 0u64;
+                            for f in &frames {
+                                write(&mut send, f).await?;
+                                if let Frame::Block { payload, .. } = f {
+                                    bytes += payload.len() as u64;
+                                }
+                            }
+                            inner.metrics.served(bytes);
+                            if let Some(e) = lock(&inner.exports).get_mut(&name) {
+                                e.status.wire_bytes += bytes;
                             }
                         }
-                        inner.metrics.served(bytes);
-                        if let Some(e) = lock(&inner.exports).get_mut(&name) {
-                            e.status.wire_bytes += bytes;
+                        Err(e) => {
+                            write(&mut send, &Frame::Error(e.to_string())).await?;
+                            return Err(e.to_string());
                         }
-                    }
-                    Err(e) => {
-                        write(&mut send, &Frame::Error(e.to_string())).await?;
-                        return Err(e.to_string());
                     }
                 }
             }
@@ -218,40 +297,11 @@ async fn serve(
                 }
             }
             Frame::Done { digest, written } => {
-                let export = lock(&inner.exports).get(&name).cloned();
-                if let Some(export) = export.filter(|e| !e.released) {
-                    let d = Arc::clone(&disk);
-                    let checked =
-                        tokio::task::spawn_blocking(move || verify(&d, &digest, &written))
-                            .await
-                            .map_err(|e| e.to_string())?;
-                    if let Err(msg) = checked {
-                        tracing::error!(disk = %name, %peer, "{msg}");
-                        if let Some(e) = lock(&inner.exports).get_mut(&name) {
-                            e.status.error = Some(msg.clone());
-                        }
-                        write(&mut send, &Frame::Error(msg.clone())).await?;
-                        return Err(msg);
-                    }
-                    let path = export.path.clone();
-                    let policy = export.policy;
-                    let r = tokio::task::spawn_blocking(move || release_source(&path, policy))
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    if let Err(e) = r {
-                        write(&mut send, &Frame::Error(e.to_string())).await?;
-                        return Err(e.to_string());
-                    }
-                    if let Some(e) = lock(&inner.exports).get_mut(&name) {
-                        e.released = true;
-                        e.status.released = true;
-                        e.status.verified = true;
-                        e.status.error = None;
-                        e.status.local_blocks = disk.geometry().block_count();
-                        e.status.total_blocks = disk.geometry().block_count();
-                        e.status.total_ms = e.started.map(|t| t.elapsed().as_millis() as u64);
-                    }
-                    tracing::info!(disk = %name, ?policy, "storage copy confirmed and verified by the destination; source copy released");
+                if let Err(msg) =
+                    confirm_and_release(&inner.exports, &name, peer, &disk, digest, written).await
+                {
+                    write(&mut send, &Frame::Error(msg.clone())).await?;
+                    return Err(msg);
                 }
                 write(&mut send, &Frame::Released).await?;
             }
@@ -261,5 +311,119 @@ async fn serve(
                 return Err(msg);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::FileExt;
+
+    use wanmig_storage::ReleasePolicy;
+
+    use super::*;
+    use crate::storage_relay::ExportStatus;
+
+    #[test]
+    fn large_requests_are_served_in_bounded_pieces_covering_the_range() {
+        for (first, count, bs) in [
+            (0u64, 16u32, 65536u32),
+            (3, 1000, 65536),
+            (7, 1, 4096),
+            (0, 200_000, 4096),
+            (5, 9, 8 << 20),
+        ] {
+            let pieces: Vec<_> = serve_chunks(first, count, bs).collect();
+            let mut at = first;
+            for &(f, n) in &pieces {
+                assert_eq!(f, at, "pieces are contiguous");
+                assert!(n >= 1);
+                assert!(
+                    u64::from(n) == 1 || u64::from(n) * u64::from(bs) <= SERVE_CHUNK_BYTES,
+                    "piece of {n} blocks of {bs} bytes"
+                );
+                at += u64::from(n);
+            }
+            assert_eq!(at, first + u64::from(count), "the whole range is served");
+        }
+    }
+
+    fn export(path: &std::path::Path, len: u64) -> Export {
+        Export {
+            path: path.to_owned(),
+            disk_len: len,
+            policy: ReleasePolicy::Delete,
+            released: false,
+            release_gate: Arc::default(),
+            started: None,
+            status: ExportStatus {
+                name: "vm".into(),
+                path: path.to_owned(),
+                disk_bytes: len,
+                to: None,
+                background: true,
+                local_blocks: 0,
+                total_blocks: 0,
+                wire_bytes: 0,
+                total_ms: None,
+                released: false,
+                verified: false,
+                error: None,
+            },
+        }
+    }
+
+    /// Two sessions' `Done`s for the same disk at once (the destination
+    /// reconnected while the first was being checked): the disk is deleted
+    /// once and both are answered `Released`, not one of them with an error
+    /// about a missing file that fails the finished copy.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_dones_release_once_and_both_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vm.img");
+        let len = 4u64 << 20;
+        let f = std::fs::File::create(&path).unwrap();
+        f.set_len(len).unwrap();
+        for i in 0..16u64 {
+            f.write_all_at(&[i as u8 + 1; 4096], i * 200_000).unwrap();
+        }
+        drop(f);
+        let disk = Arc::new(SourceDisk::open(&path, len, 65536).unwrap());
+        let written = PresenceBitmap::new(disk.geometry());
+        let digest = wanmig_storage::verify::combine(
+            disk.geometry(),
+            &disk.block_hashes().unwrap(),
+            &written,
+        );
+        let exports = Mutex::new(HashMap::from([("vm".to_string(), export(&path, len))]));
+        let (a, b) = tokio::join!(
+            confirm_and_release(&exports, "vm", "b", &disk, digest, written.to_bytes()),
+            confirm_and_release(&exports, "vm", "b", &disk, digest, written.to_bytes()),
+        );
+        assert_eq!(a, Ok(()));
+        assert_eq!(b, Ok(()));
+        assert!(!path.exists(), "released by deletion");
+        let e = lock(&exports).get("vm").cloned().unwrap();
+        assert!(e.released && e.status.verified && e.status.error.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_wrong_digest_keeps_the_source_copy_and_says_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vm.img");
+        let len = 1u64 << 20;
+        let f = std::fs::File::create(&path).unwrap();
+        f.set_len(len).unwrap();
+        f.write_all_at(b"data", 70_000).unwrap();
+        drop(f);
+        let disk = Arc::new(SourceDisk::open(&path, len, 65536).unwrap());
+        let written = PresenceBitmap::new(disk.geometry());
+        let exports = Mutex::new(HashMap::from([("vm".to_string(), export(&path, len))]));
+        let err = confirm_and_release(&exports, "vm", "b", &disk, [7; 32], written.to_bytes())
+            .await
+            .unwrap_err();
+        assert!(err.contains("wanmig storage migrate"), "{err}");
+        assert!(path.exists(), "the source copy is kept");
+        let e = lock(&exports).get("vm").cloned().unwrap();
+        assert!(!e.released && e.status.error.is_some());
     }
 }
