@@ -369,7 +369,11 @@ async fn migrate(args: StorageMigrateArgs) -> anyhow::Result<()> {
         );
     }
     if !report.verified {
-        bail!("the copy finished but was not verified");
+        bail!(
+            "the disk of {} is local at {} but the source did not confirm its end-of-copy check; the source keeps its copy: see `wanmig storage status` at the source before removing it",
+            args.vm,
+            started.site
+        );
     }
     Ok(())
 }
