@@ -127,6 +127,18 @@ async fn confirm_and_release(
     Ok(())
 }
 
+/// The export `name` once no release of it is under way: an `Open` that
+/// arrives while an earlier session's `Done` is being checked and released
+/// waits for the outcome, so it is answered `Released` rather than with an
+/// error about a source file deleted under it.
+async fn settled_export(exports: &Mutex<HashMap<String, Export>>, name: &str) -> Option<Export> {
+    let gate = lock(exports)
+        .get(name)
+        .map(|e| Arc::clone(&e.release_gate))?;
+    let _held = gate.lock().await;
+    lock(exports).get(name).cloned()
+}
+
 async fn serve(
     inner: Arc<Inner>,
     peer: &str,
@@ -165,7 +177,7 @@ async fn serve(
         // On-demand answers overtake background data on the connection.
         let _ = send.set_priority(10);
     }
-    let export = lock(&inner.exports).get(&name).cloned();
+    let export = settled_export(&inner.exports, &name).await;
     let Some(export) = export else {
         let msg = format!("no disk '{name}' is exported at this site");
         write(&mut send, &Frame::Error(msg.clone())).await?;
@@ -404,6 +416,30 @@ mod tests {
         assert!(!path.exists(), "released by deletion");
         let e = lock(&exports).get("vm").cloned().unwrap();
         assert!(e.released && e.status.verified && e.status.error.is_none());
+    }
+
+    /// An `Open` during a release in progress sees its outcome.
+    #[tokio::test]
+    async fn open_during_a_release_waits_for_its_outcome() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vm.img");
+        let exports = Arc::new(Mutex::new(HashMap::from([(
+            "vm".to_string(),
+            export(&path, 1 << 20),
+        )])));
+        let gate = Arc::clone(&lock(&exports)["vm"].release_gate);
+        let releasing = gate.lock().await;
+        let e2 = Arc::clone(&exports);
+        let open = tokio::spawn(async move { settled_export(&e2, "vm").await });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        lock(&exports).get_mut("vm").unwrap().released = true;
+        drop(releasing);
+        let seen = open.await.unwrap().expect("still exported");
+        assert!(
+            seen.released,
+            "the Open saw the export before the release ended"
+        );
+        assert!(settled_export(&exports, "other").await.is_none());
     }
 
     #[tokio::test]
