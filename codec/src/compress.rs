@@ -62,6 +62,12 @@ impl Default for LongDistance {
 pub const MIN_WINDOW_LOG: u32 = 10;
 pub const MAX_WINDOW_LOG: u32 = 30;
 
+/// zstd's error code (as its functions return it: the negated enum value)
+/// for a frame whose window exceeds the decoder's `WindowLogMax`.
+const WINDOW_TOO_LARGE: usize = 0usize.wrapping_sub(
+    zstd_safe::zstd_sys::ZSTD_ErrorCode::ZSTD_error_frameParameter_windowTooLarge as usize,
+);
+
 fn zstd_err(code: usize) -> CodecError {
     CodecError::Zstd(std::io::Error::other(zstd_safe::get_error_name(code)))
 }
@@ -355,7 +361,15 @@ impl SectionDecoder {
         loop {
             let (in_before, out_before) = (input.pos, output.pos());
             dctx.decompress_stream(&mut output, &mut input)
-                .map_err(zstd_err)?;
+                .map_err(|code| {
+                    if code == WINDOW_TOO_LARGE {
+                        CodecError::WindowTooLarge {
+                            max_window_log: self.max_window_log,
+                        }
+                    } else {
+                        zstd_err(code)
+                    }
+                })?;
             let progressed = input.pos != in_before || output.pos() != out_before;
             if !progressed || output.pos() > raw_len {
                 break;
@@ -552,9 +566,15 @@ mod tests {
         let mut s = Vec::new();
         let f = enc.compress(&a, &mut s);
         let mut out = Vec::new();
-        assert!(matches!(
-            dec.decompress(f, &s, a.len(), &mut out),
-            Err(CodecError::Zstd(_))
-        ));
+        let err = dec.decompress(f, &s, a.len(), &mut out).unwrap_err();
+        assert!(
+            matches!(err, CodecError::WindowTooLarge { max_window_log: 20 }),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string()
+                .contains("codec.long_distance.window_log to at most 20"),
+            "{err}"
+        );
     }
 }
