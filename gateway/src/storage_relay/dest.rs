@@ -120,14 +120,12 @@ impl StorageImport {
     /// Waits until every block is local, durable, confirmed to the source
     /// and the source copy released.
     pub async fn finish(mut self) -> Result<ImportReport, StorageRelayError> {
-        let task = self.task.take().ok_or_else(|| StorageRelayError::Link {
-            peer: String::new(),
-            message: "import already finished".into(),
-        })?;
-        task.await.map_err(|e| StorageRelayError::Link {
-            peer: String::new(),
-            message: format!("import task failed: {e}"),
-        })?
+        let task = self
+            .task
+            .take()
+            .ok_or_else(|| StorageRelayError::Internal("import already finished".into()))?;
+        task.await
+            .map_err(|e| StorageRelayError::Internal(format!("import task failed: {e}")))?
     }
 
     /// Stops the transfer at once, saving nothing (a destination crash).
@@ -282,10 +280,7 @@ pub(crate) async fn start_import(
         Ok::<_, wanmig_storage::StorageError>(d)
     })
     .await
-    .map_err(|e| StorageRelayError::Link {
-        peer: peer.to_string(),
-        message: format!("opening the local copy: {e}"),
-    })??;
+    .map_err(|e| StorageRelayError::Internal(format!("opening the local copy: {e}")))??;
     let disk = Arc::new(disk);
     let Some(session) = session else {
         if !disk.is_all_local() {

@@ -82,6 +82,10 @@ pub enum StorageRelayError {
     },
     #[error("storage stream to '{peer}': {message} (the copy resumes when the link returns)")]
     Link { peer: String, message: String },
+    /// Not a link problem (a task of the relay failed): retrying the same
+    /// way will not help.
+    #[error("storage relay: {0} (a wanmig bug; the source keeps its copy: see the gateway log, then retry with `wanmig storage migrate`)")]
+    Internal(String),
 }
 
 /// A disk the source side may serve.
@@ -174,9 +178,8 @@ impl StorageRelay {
     /// serving exported disks. Must be called inside a tokio runtime.
     pub fn start(peering: Peering, zstd_level: i32) -> Result<Self, StorageRelayError> {
         let streams = peering.subscribe_streams(stream_kind::STORAGE, 16)?;
-        let metrics = RelayMetrics::new().map_err(|e| StorageRelayError::Link {
-            peer: String::new(),
-            message: format!("creating the storage metrics: {e}"),
+        let metrics = RelayMetrics::new().map_err(|e| {
+            StorageRelayError::Internal(format!("creating the storage metrics: {e}"))
         })?;
         let inner = Arc::new(Inner {
             peering,
