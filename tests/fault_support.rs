@@ -130,11 +130,16 @@ pub async fn finished(gw: &GatewayHandle, id: &str, dir: Direction) -> Migration
 
 /// Starts migrating [`VM`] from `gw` to `to`; returns the migration id.
 pub fn begin(gw: &GatewayHandle, to: &str) -> String {
+    begin_with(gw, to, None)
+}
+
+/// [`begin`] with a downtime budget (default: the site's 300 ms).
+pub fn begin_with(gw: &GatewayHandle, to: &str, downtime: Option<Duration>) -> String {
     gw.migration()
         .begin(MigrateRequest {
             vm: VM.into(),
             to: to.into(),
-            downtime: None,
+            downtime,
             scope: None,
         })
         .expect("migration starts")
