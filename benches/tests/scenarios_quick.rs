@@ -1,8 +1,8 @@
 //! The scenario matrix's quick subset in CI (issue #7): three small
 //! scenarios — a clean 20 ms / 250 Mbit/s link, 1% bursty loss with jitter
 //! at 50 ms / 100 Mbit/s, and a write-heavy guest at 100 Mbit/s — each run
-//! with wanmig (the first with a disk that follows the VM) and with its
-//! raw pre-copy baseline on the same link. Real
+//! with wanmig (with a disk that follows the VM) and with its raw pre-copy
+//! baseline on the same link. Real
 //! KVM guests, real gateways over the emulated WAN. Asserts correctness
 //! and convergence (outcome, memory, guest results, TCP session, disk,
 //! reported downtime), never timings; then writes the report from the

@@ -139,16 +139,15 @@ impl Scenario {
             mem_bytes,
             // A quarter of memory, at most the demo's 32 MiB.
             working_set_pages: (mem_bytes / 4096 / 4).min(8192),
-            disk_bytes: None,
+            disk_bytes: Some(DISK_BYTES),
             seed: 0x5ce_0001,
         }
     }
 
-    /// The same scenario with a sparse disk of [`DISK_BYTES`] that follows
-    /// the VM (wanmig runs only).
-    pub fn with_disk(self) -> Self {
+    /// The same scenario without the disk (memory migration only).
+    pub fn without_disk(self) -> Self {
         Scenario {
-            disk_bytes: Some(DISK_BYTES),
+            disk_bytes: None,
             ..self
         }
     }
@@ -194,12 +193,11 @@ impl Scenario {
 pub enum Set {
     /// Four 64 MiB scenarios (what CI runs).
     Quick,
-    /// The sweeps the report's plots need, 128 MiB guests (18 scenarios;
-    /// the guest sweep with a disk).
+    /// The sweeps the report's plots need, 128 MiB guests (18 scenarios).
     Report,
-    /// Every link with the moderate busy guest (no disk), and every guest ×
-    /// mix at two reference links (with a disk): 61 scenarios, 128 MiB
-    /// guests, about 40 minutes on 2 cores.
+    /// Every link with the moderate busy guest, and every guest × mix at
+    /// two reference links: 61 scenarios, 128 MiB guests, about 40 minutes
+    /// on 2 cores.
     Full,
 }
 
@@ -279,14 +277,13 @@ fn guest_sweep(link: LinkSpec, mem: u64) -> Vec<Scenario> {
         GuestWorkload::WriteHeavy,
     ] {
         for m in [MemoryMix::Fresh, MemoryMix::Busy, MemoryMix::Incompressible] {
-            v.push(Scenario::new(link, w, m, mem).with_disk());
+            v.push(Scenario::new(link, w, m, mem));
         }
     }
     v
 }
 
-/// The CI subset: small guests, each a different stress; the first has a
-/// disk (the guest sweeps of the larger sets cover disks on lossy links).
+/// The CI subset: small guests, each a different stress.
 pub fn quick() -> Vec<Scenario> {
     const MEM: u64 = 64 << 20;
     vec![
@@ -295,8 +292,7 @@ pub fn quick() -> Vec<Scenario> {
             GuestWorkload::Moderate,
             MemoryMix::Busy,
             MEM,
-        )
-        .with_disk(),
+        ),
         Scenario::new(
             LinkSpec::new(50, 100, Loss::Bursty1),
             GuestWorkload::Moderate,
@@ -344,15 +340,14 @@ mod tests {
         assert_eq!(o.jitter, Duration::from_micros(2500));
         assert!((o.loss_model().mean_loss() - 0.01).abs() < 1e-9);
         assert!(!s.demo_options(false).reduction);
-        assert_eq!(s.demo_options(true).disk_bytes, None);
-        let d = s.clone().with_disk();
-        assert_eq!(d.demo_options(true).disk_bytes, Some(DISK_BYTES));
+        assert_eq!(s.demo_options(true).disk_bytes, Some(DISK_BYTES));
         assert_eq!(
-            d.demo_options(false).disk_bytes,
+            s.demo_options(false).disk_bytes,
             None,
             "raw runs have no disk"
         );
-        assert!(quick()[0].disk_bytes.is_some());
+        assert_eq!(s.clone().without_disk().demo_options(true).disk_bytes, None);
+        assert!(quick().iter().all(|s| s.disk_bytes.is_some()));
         assert_eq!(
             LinkSpec::new(100, 250, Loss::Clean).jitter(),
             Duration::ZERO
