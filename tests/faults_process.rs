@@ -36,18 +36,26 @@ use wanmig_vmm::admin::{self, AdminRequest, AdminResponse};
 use wanmig_vmm::guest_control::MemSample;
 use wanmig_vmm::VmConfig;
 
-/// The `wanmig` and `wanmig-vmm` binaries of this build (built once per
-/// test binary: `cargo test -p wanmig-e2e` does not build other packages'
-/// binaries by itself).
+/// The `wanmig` and `wanmig-vmm` binaries of this checkout, built once per
+/// test binary (`cargo test -p wanmig-e2e` does not build other packages'
+/// binaries by itself). They are built into their own target directory
+/// (`<target>/fault-bins`): a `cargo build` of two packages resolves other
+/// crate features than the test build that runs it, and building into the
+/// shared directory would make each rebuild the other's dependencies.
 fn binaries() -> &'static (PathBuf, PathBuf) {
     static BINS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     BINS.get_or_init(|| {
         let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        // This test runs from <target>/<profile>/deps/.
+        let exe = std::env::current_exe().unwrap();
+        let target = exe.ancestors().nth(3).unwrap().join("fault-bins");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .current_dir(workspace)
+            .arg("build")
+            .arg("--target-dir")
+            .arg(&target)
             .args([
-                "build",
                 "-p",
                 "wanmig-gateway",
                 "--bin",
@@ -60,9 +68,7 @@ fn binaries() -> &'static (PathBuf, PathBuf) {
             .status()
             .expect("running cargo build for the gateway and shim binaries");
         assert!(status.success(), "building wanmig and wanmig-vmm failed");
-        // This test runs from <target>/<profile>/deps/.
-        let exe = std::env::current_exe().unwrap();
-        let dir = exe.parent().unwrap().parent().unwrap();
+        let dir = target.join("debug");
         (dir.join("wanmig"), dir.join("wanmig-vmm"))
     })
 }
