@@ -256,11 +256,6 @@ async fn storage_copy_cut_1s_completes() {
     .await;
 }
 
-// Fails today: after a cut longer than the idle timeout the destination's
-// import ends with `DiskState::Failed { "... the copy resumes when the link
-// returns" }` and never resumes (vmhost's import task has ended). Run it
-// with `--ignored` once the storage relay resumes the copy.
-#[ignore = "the storage copy does not resume after a cut longer than the idle timeout"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storage_copy_cut_10s_resumes_and_completes() {
     storage_cut(
