@@ -93,8 +93,8 @@ impl GuestWorkload {
     }
 }
 
-/// Pages the memory workload writes per iteration; the iteration period
-/// sets the dirty rate.
+/// Most pages the memory workload writes per iteration; the iteration
+/// period sets the dirty rate.
 const PAGES_PER_ITERATION: u64 = 32;
 
 /// The guest as the demo configures it.
@@ -133,11 +133,14 @@ impl GuestShape {
 
     pub fn memory_workload(&self) -> MemoryWorkloadConfig {
         let pages_per_sec = (self.dirty_bytes_per_sec / 4096).max(1);
-        let period = Duration::from_secs_f64(PAGES_PER_ITERATION as f64 / pages_per_sec as f64);
+        // At least ~8 iterations a second, so a slow (idle) guest still
+        // reports the samples the demo checks within a few seconds.
+        let per_iteration = (pages_per_sec / 8).clamp(1, PAGES_PER_ITERATION);
+        let period = Duration::from_secs_f64(per_iteration as f64 / pages_per_sec as f64);
         MemoryWorkloadConfig {
             seed: self.seed,
             working_set_pages: self.working_set_pages,
-            pages_per_iteration: PAGES_PER_ITERATION,
+            pages_per_iteration: per_iteration,
             iterations: 0,
             iteration_period: period,
         }
@@ -183,6 +186,30 @@ mod tests {
         }
         assert!(specs[0].zero > specs[1].zero);
         assert_eq!(specs[2].incompressible, 1.0);
+    }
+
+    #[test]
+    fn an_idle_guest_still_reports_several_iterations_a_second() {
+        let shape = |rate| GuestShape {
+            mem_bytes: 64 << 20,
+            mix: MemoryMix::Busy,
+            seed: 1,
+            dirty_bytes_per_sec: rate,
+            working_set_pages: 1024,
+        };
+        for rate in [128 << 10, 5 << 20, 64 << 20] {
+            let w = shape(rate).memory_workload();
+            let per_sec = w.pages_per_iteration as f64 / w.iteration_period.as_secs_f64();
+            assert!(
+                (per_sec * 4096.0 / rate as f64 - 1.0).abs() < 0.01,
+                "{rate}: {w:?}"
+            );
+            assert!(
+                w.iteration_period <= Duration::from_millis(130),
+                "{rate}: {w:?}"
+            );
+        }
+        assert_eq!(shape(5 << 20).memory_workload().pages_per_iteration, 32);
     }
 
     #[test]
