@@ -36,18 +36,28 @@ use wanmig_vmm::admin::{self, AdminRequest, AdminResponse};
 use wanmig_vmm::guest_control::MemSample;
 use wanmig_vmm::VmConfig;
 
-/// The `wanmig` and `wanmig-vmm` binaries of this checkout, built once per
-/// test binary (`cargo test -p wanmig-e2e` does not build other packages'
-/// binaries by itself). They are built into their own target directory
-/// (`<target>/fault-bins`): a `cargo build` of two packages resolves other
-/// crate features than the test build that runs it, and building into the
-/// shared directory would make each rebuild the other's dependencies.
+/// The `wanmig` and `wanmig-vmm` binaries of this checkout.
+///
+/// `cargo test --workspace` (the README's test command, and CI's) builds
+/// both into `<target>/<profile>/` before any test runs, because the
+/// gateway and shim packages have integration tests of their own: those are
+/// used when they are newer than every source file they are built from.
+/// Otherwise (`cargo test -p wanmig-e2e` after an edit) they are built once
+/// per test binary into their own target directory (`<target>/fault-bins`):
+/// a `cargo build` of two packages resolves other crate features than the
+/// test build that runs it, and building into the shared directory would
+/// make each rebuild the other's dependencies.
 fn binaries() -> &'static (PathBuf, PathBuf) {
     static BINS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     BINS.get_or_init(|| {
         let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
         // This test runs from <target>/<profile>/deps/.
         let exe = std::env::current_exe().unwrap();
+        let profile_dir = exe.ancestors().nth(2).unwrap();
+        let built = (profile_dir.join("wanmig"), profile_dir.join("wanmig-vmm"));
+        if fresh(&built.0, workspace) && fresh(&built.1, workspace) {
+            return built;
+        }
         let target = exe.ancestors().nth(3).unwrap().join("fault-bins");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
@@ -71,6 +81,44 @@ fn binaries() -> &'static (PathBuf, PathBuf) {
         let dir = target.join("debug");
         (dir.join("wanmig"), dir.join("wanmig-vmm"))
     })
+}
+
+/// Whether the binary at `bin` exists and is newer than every source file
+/// of the crates it is built from (and the lock file).
+fn fresh(bin: &Path, workspace: &Path) -> bool {
+    let Ok(built) = std::fs::metadata(bin).and_then(|m| m.modified()) else {
+        return false;
+    };
+    let crates = [
+        "gateway", "vmm-shim", "codec", "overlay", "netem", "storage", "testenv",
+    ];
+    let mut newest = std::fs::metadata(workspace.join("Cargo.lock"))
+        .and_then(|m| m.modified())
+        .ok();
+    let mut stack: Vec<PathBuf> = crates.iter().map(|c| workspace.join(c)).collect();
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name();
+            if path.is_dir() {
+                // Build outputs and the tests/benches of each crate are not
+                // part of the binaries.
+                if !matches!(name.to_str(), Some("target" | "tests" | "benches")) {
+                    stack.push(path);
+                }
+            } else if matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("rs" | "toml" | "ld" | "x")
+            ) {
+                let modified = entry.metadata().and_then(|m| m.modified()).ok();
+                newest = newest.max(modified);
+            }
+        }
+    }
+    newest.is_some_and(|n| n <= built)
 }
 
 /// A free loopback TCP port (for a gateway's control API).
