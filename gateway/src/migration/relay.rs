@@ -397,6 +397,10 @@ async fn source_inner(
                 if let Err(e) = send_frames(&mut send, &frames).await {
                     break LoopEnd::Failed(e);
                 }
+                // Handed to QUIC: the windows time the round trip from here.
+                let now = std::time::Instant::now();
+                flow.on_sent(session.acked() + session.in_flight(), now);
+                guest_flow.on_sent(session.guest_acked() + session.guest_in_flight(), now);
             }
             r = recv.read(&mut buf), if !peer_done => {
                 let n = match r {
@@ -439,6 +443,9 @@ async fn source_inner(
         wire_mbit_s = p.bytes_out as f64 * 8.0 / 1e6 / copy_time.as_secs_f64().max(1e-9),
         guest_mbit_s = p.bytes_in as f64 * 8.0 / 1e6 / copy_time.as_secs_f64().max(1e-9),
         level = p.level,
+        window = flow.window(),
+        ack_rtt_ms = flow.min_ack_rtt().map(|d| d.as_secs_f64() * 1e3),
+        guest_window = guest_flow.window(),
         "source relay: encoder load over the migration"
     );
     if let LoopEnd::Failed(e) = &end {
