@@ -31,8 +31,11 @@
 //!   writes to not-yet-copied blocks are rare after the hot set is fetched.
 //! - **Nothing lost.** On link down every in-flight block goes back to its
 //!   queue (on-demand ones, and background ones a guest now waits for, to the
-//!   on-demand queue) and is re-issued after link up. A request unanswered for
-//!   `request_timeout` is re-issued the same way. Duplicate arrivals are
+//!   on-demand queue) and is re-issued after link up. A request the
+//!   transport could not send at all ([`Planner::request_not_sent`], e.g.
+//!   asked for before the first session's streams exist) goes back the same
+//!   way at once. A request unanswered for `request_timeout` is re-issued
+//!   the same way. Duplicate arrivals are
 //!   harmless: the source is immutable, and present blocks are discarded.
 //! - **Timeouts are errors, not data.** A guest request waiting longer than
 //!   `read_timeout` gets [`Event::TimedOut`]; its blocks stay queued.
@@ -411,6 +414,30 @@ impl Planner {
         }
         self.bg_in_flight = 0;
         self.demand_in_flight = 0;
+    }
+
+    /// The transport could not send `request` (no session yet, or the
+    /// session just ended): the request is lost, so its blocks that are
+    /// still waiting for it go back to the queues now (on-demand ones, and
+    /// any a guest waits for, to the front of the on-demand queue) instead
+    /// of waiting out `request_timeout`. They are requested again by the
+    /// next `poll_fetch`; the caller should not poll again at once (the
+    /// transport just said it cannot send), but on its next input.
+    pub fn request_not_sent(&mut self, request: &FetchRequest) {
+        let n = self.geometry().block_count();
+        let end = request.blocks().end.min(n);
+        for b in (request.first_block.min(end)..end).rev() {
+            if self.state[b as usize] != BlockState::InFlight || self.presence.is_present(b) {
+                // Arrived, landing, re-queued by a link down, or written.
+                continue;
+            }
+            let Some(f) = self.in_flight.remove(&b) else {
+                continue;
+            };
+            self.release_slot(f.priority);
+            self.stats.blocks_reissued += 1;
+            self.requeue_front(b, f.priority);
+        }
     }
 
     /// The link is back: queued blocks are requested again by `poll_fetch`.

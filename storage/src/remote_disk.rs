@@ -61,8 +61,9 @@ pub struct LinkDown;
 /// [`RemoteDisk::on_block_arrived`].
 pub trait Fetcher: Send + Sync {
     /// Sends `request`. Must not call back into the disk synchronously. A
-    /// failed send is re-issued after the request timeout; the transport
-    /// should also report the outage with [`RemoteDisk::link_down`].
+    /// failed send is queued again at once and re-issued with the next
+    /// requests (on-demand first); the transport should also report an
+    /// outage with [`RemoteDisk::link_down`].
     fn fetch(&self, request: FetchRequest) -> Result<(), LinkDown>;
 }
 
@@ -698,16 +699,28 @@ impl RemoteDisk {
     }
 
     fn send(&self, reqs: Vec<FetchRequest>) {
+        let mut lost = Vec::new();
         for r in reqs {
             if let Err(LinkDown) = self.fetcher.fetch(r) {
-                // Left in flight: re-issued after the request timeout or when
-                // the transport reports link down and up again.
                 tracing::debug!(
                     first = r.first_block,
                     count = r.count,
                     "fetch not sent: link down"
                 );
+                lost.push(r);
             }
+        }
+        if lost.is_empty() {
+            return;
+        }
+        // Not left in flight (it would wait out the request timeout, as long
+        // as a guest read may wait): queued again, on-demand first, and sent
+        // with the next requests — the transport's `start`/`link_up` when its
+        // session exists, or the next arrival, guest I/O or tick. Not polled
+        // again here: the transport just said it cannot send.
+        let mut st = self.lock();
+        for r in &lost {
+            st.planner.request_not_sent(r);
         }
     }
 

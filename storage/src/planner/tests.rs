@@ -312,6 +312,89 @@ fn link_down_requeues_and_reissues_on_demand_first() {
     assert!(p.stats().blocks_reissued >= 8);
 }
 
+/// The transport's answer to a fetch was "no session" (a guest read came
+/// before the first session's streams existed, or just as a session ended):
+/// that request is lost. Its blocks are asked again with the next requests,
+/// on-demand first, and the waiting read completes — long before the
+/// request timeout (60 s here) would have re-issued it.
+#[test]
+fn a_request_the_transport_could_not_send_is_asked_again_on_demand_first() {
+    let t0 = Instant::now();
+    let mut p = planner(64, cfg(4, 4, 4));
+    let IoPlan::Wait(id) = p.guest_read(t0, 20 * 4096, 2 * 4096).unwrap() else {
+        panic!()
+    };
+    let reqs = drain_fetches(&mut p, t0);
+    let demand = FetchRequest {
+        first_block: 20,
+        count: 2,
+        priority: Priority::OnDemand,
+    };
+    assert_eq!(reqs[0], demand);
+    let background = reqs[1];
+    assert_eq!(background.priority, Priority::Background);
+    // Neither reached the source.
+    p.request_not_sent(&demand);
+    p.request_not_sent(&background);
+    assert_eq!(
+        p.in_flight(),
+        reqs[2..].iter().map(|r| r.count as usize).sum::<usize>()
+    );
+    let t1 = t0 + Duration::from_millis(100);
+    let again = drain_fetches(&mut p, t1);
+    assert_eq!(again[0], demand, "the lost on-demand request goes first");
+    assert_eq!(again[1], background, "the lost background blocks come next");
+    // A request not sent twice for blocks that arrived or were re-queued
+    // meanwhile changes nothing.
+    deliver(&mut p, t1, 20);
+    p.link_down();
+    p.request_not_sent(&demand);
+    p.link_up();
+    assert_eq!(
+        drain_fetches(&mut p, t1)[0],
+        FetchRequest {
+            first_block: 21,
+            count: 1,
+            priority: Priority::OnDemand
+        }
+    );
+    deliver(&mut p, t1, 21);
+    assert_eq!(drain_events(&mut p), vec![Event::Ready(id)]);
+    assert!(p.stats().blocks_reissued >= 3);
+}
+
+/// A request in flight when the session ends is lost with it: after the
+/// reconnect it is asked again (on demand, before any background block) and
+/// the read waiting for it completes.
+#[test]
+fn a_request_in_flight_at_a_disconnect_is_asked_again_after_reconnect() {
+    let t0 = Instant::now();
+    let mut p = planner(64, cfg(4, 4, 4));
+    let IoPlan::Wait(id) = p.guest_read(t0, 30 * 4096, 1).unwrap() else {
+        panic!()
+    };
+    let reqs = drain_fetches(&mut p, t0);
+    assert_eq!(reqs[0].blocks(), 30..31);
+    p.link_down();
+    assert_eq!(p.in_flight(), 0);
+    assert!(drain_fetches(&mut p, t0).is_empty());
+    p.link_up();
+    let again = drain_fetches(&mut p, t0);
+    assert_eq!(
+        again[0],
+        FetchRequest {
+            first_block: 30,
+            count: 1,
+            priority: Priority::OnDemand
+        }
+    );
+    assert!(again[1..]
+        .iter()
+        .all(|r| r.priority == Priority::Background));
+    deliver(&mut p, t0, 30);
+    assert_eq!(drain_events(&mut p), vec![Event::Ready(id)]);
+}
+
 #[test]
 fn waiters_time_out_with_an_event_not_data() {
     let t0 = Instant::now();

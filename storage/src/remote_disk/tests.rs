@@ -108,6 +108,66 @@ fn a_read_waits_for_its_block_and_gets_source_bytes() {
     assert_eq!(m.blocks_fetched_on_demand, 1);
 }
 
+/// A transport with no session until `connect`: fetches fail with
+/// `LinkDown` before it, as the gateway's do before its streams exist.
+#[derive(Default)]
+struct LateSession {
+    connected: std::sync::atomic::AtomicBool,
+    inner: Recorder,
+}
+
+impl Fetcher for LateSession {
+    fn fetch(&self, request: FetchRequest) -> Result<(), LinkDown> {
+        if !self.connected.load(Ordering::SeqCst) {
+            return Err(LinkDown);
+        }
+        self.inner.fetch(request)
+    }
+}
+
+/// A guest read that comes before the transport's session exists (the VM
+/// resumed on the disk while the import was still connecting): its fetch
+/// fails, and it is sent as soon as the session starts — not after the
+/// request timeout (60 s, longer than the read timeout of 10 s).
+#[test]
+fn a_read_before_the_session_exists_is_fetched_when_it_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let fetcher = Arc::new(LateSession::default());
+    let disk = Arc::new(
+        RemoteDisk::open(
+            &dir.path().join("d.img"),
+            32 * u64::from(BS),
+            config(),
+            fetcher.clone(),
+        )
+        .unwrap(),
+    );
+    let reader = {
+        let disk = disk.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 64];
+            disk.read_at(9 * u64::from(BS), &mut buf).map(|_| buf)
+        })
+    };
+    // Let the read ask (and fail to send) before the session starts.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while disk.planner_stats().demand_blocks_requested == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the read never asked for block 9"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    fetcher.connected.store(true, Ordering::SeqCst);
+    disk.start();
+    let reqs = fetcher.inner.wait_for(9);
+    assert_eq!(reqs[0].priority, Priority::OnDemand, "{reqs:?}");
+    assert_eq!(reqs[0].first_block, 9);
+    disk.on_block_arrived(9, &payload(9)).unwrap();
+    let got = reader.join().unwrap().expect("the read completes");
+    assert_eq!(got, source_block(9)[..64]);
+}
+
 #[test]
 fn partial_write_to_a_missing_block_merges_over_fetched_bytes() {
     let dir = tempfile::tempdir().unwrap();
