@@ -25,7 +25,9 @@ use wanmig_vmm::protocol::{self, Message};
 use wanmig_vmm::{MigrateOptions, ReceiveOptions, VmConfig};
 
 use super::records::{Direction, Outcome, Records};
-use super::session::{DestSession, FlowWindow, Phase, SessionError, SourceSession, Step};
+use super::session::{
+    window_gain, DestSession, FlowWindow, Phase, SessionError, SourceSession, Step,
+};
 use super::stores::SiteStores;
 use super::vmhost::{HostError, VmHosting};
 use super::wire::{self, Frame, FrameDecoder, OpenRequest, Resolution, SESSION_VERSION};
@@ -383,6 +385,9 @@ async fn source_inner(
                 }
                 let phase = session.phase();
                 let progress = session.progress().clone();
+                let gain = window_gain(&progress, guest_flow.window());
+                flow.set_gain(gain);
+                guest_flow.set_gain(gain);
                 ctx.records.update(id, Direction::Outgoing, |r| {
                     r.phase = phase;
                     r.progress = progress;

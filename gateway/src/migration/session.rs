@@ -239,7 +239,7 @@ const _: () = assert!(MIN_WINDOW > 2 * ACK_EVERY);
 /// bandwidth the WAN does not have, and leave seconds' worth of pages to
 /// drain while paused.
 ///
-/// The window is [`WINDOW_GAIN`] × the highest delivery rate of the last
+/// The window is a gain ([`window_gain`]) × the highest delivery rate of the last
 /// [`RATE_SAMPLES`] samples × the round trip the acks take (BBR's model:
 /// bottleneck rate × propagation delay). That round trip is the shortest
 /// time from sending a byte to its ack seen so far, and never less than the
@@ -271,20 +271,43 @@ pub struct FlowWindow {
     samples: std::collections::VecDeque<f64>,
     rate: f64,
     sample_start: Option<(std::time::Instant, u64)>,
+    gain: f64,
     window: u64,
     min: u64,
     max: u64,
 }
 
-/// The window is this many bandwidth-delay products: room for the rate to
-/// grow by a quarter each round trip while the link has room, and a
-/// standing queue of at most a quarter of a round trip once it has none, so
-/// what is in flight at the pause drains in about one round trip (the
-/// shim's planner does not see it). Measured on the demo (250 Mbit/s,
-/// 100 and 150 ms): a gain of 2 carried ~25% more in round 0, but the
-/// second BDP in flight at the pause added about one RTT of downtime, past
-/// the goal of 300 ms + one RTT.
+/// The window is this many bandwidth-delay products near a pause: room
+/// for the rate to grow by a quarter each round trip while the link has
+/// room, and a standing queue of at most a quarter of a round trip once it
+/// has none, so what is in flight when the shim pauses drains in about one
+/// round trip (the shim's planner does not see it).
 pub const WINDOW_GAIN: f64 = 1.25;
+/// The gain during the bulk of round 0 (BBR's window gain), far from any
+/// pause. The shortest round trip leaves out delays that come only with
+/// load (the destination relay decoding behind, CPU shared with the VMs),
+/// and with a gain of 1.25 a round trip a quarter longer than the shortest
+/// made the window self-limiting again (measured: ~140 Mbit/s of a
+/// 250 Mbit/s link at 100 ms). Twice the BDP keeps growing while acks come
+/// within two shortest round trips; kept to the very end of round 0, the
+/// second BDP in flight at the pause added about one RTT of downtime.
+pub const BULK_GAIN: f64 = 2.0;
+
+/// The window gain for the copy's `progress`: [`BULK_GAIN`] in round 0
+/// while more than two guest windows of it remain (the pause cannot come
+/// before round 0 ends, and the window has that long to settle back),
+/// [`WINDOW_GAIN`] after.
+pub fn window_gain(progress: &Progress, guest_window: u64) -> f64 {
+    let left = progress
+        .memory_pages
+        .saturating_sub(progress.round_pages)
+        .saturating_mul(PAGE_BYTES);
+    if progress.round == 0 && left > guest_window.saturating_mul(2) {
+        BULK_GAIN
+    } else {
+        WINDOW_GAIN
+    }
+}
 /// Delivery-rate samples (each at least one RTT long) the window takes the
 /// highest of.
 pub const RATE_SAMPLES: usize = 8;
@@ -312,6 +335,7 @@ impl FlowWindow {
             samples: std::collections::VecDeque::with_capacity(RATE_SAMPLES),
             rate: 0.0,
             sample_start: None,
+            gain: WINDOW_GAIN,
             window: min,
             min,
             max,
@@ -386,7 +410,20 @@ impl FlowWindow {
         self.samples
             .push_back((acked - a0) as f64 / elapsed.as_secs_f64());
         self.rate = self.samples.iter().copied().fold(0.0, f64::max);
-        self.window = ((WINDOW_GAIN * self.rate * self.round_trip().as_secs_f64()) as u64)
+        self.resize();
+    }
+
+    /// Sets the window to `gain` bandwidth-delay products (see
+    /// [`window_gain`]); [`WINDOW_GAIN`] until set.
+    pub fn set_gain(&mut self, gain: f64) {
+        if gain != self.gain {
+            self.gain = gain;
+            self.resize();
+        }
+    }
+
+    fn resize(&mut self) {
+        self.window = ((self.gain * self.rate * self.round_trip().as_secs_f64()) as u64)
             .clamp(self.min, self.max);
     }
 }
@@ -1185,6 +1222,33 @@ mod tests {
         acked += 1 << 20;
         w.on_ack(acked, t0 + ms(100 * (40 + RATE_SAMPLES as u64 - 1)));
         assert_eq!(w.window(), MIN_WINDOW);
+    }
+
+    #[test]
+    fn the_bulk_of_round_0_gets_the_larger_gain_and_the_rest_the_smaller() {
+        let mut p = Progress {
+            memory_pages: 131_072,
+            ..Progress::default()
+        };
+        let guest_window = 64 << 20;
+        assert_eq!(window_gain(&p, guest_window), BULK_GAIN);
+        // 128 MiB (two guest windows) of round 0 left: near the pause.
+        p.round_pages = 131_072 - 32_768;
+        assert_eq!(window_gain(&p, guest_window), WINDOW_GAIN);
+        p.round_pages = 131_072 - 32_769;
+        assert_eq!(window_gain(&p, guest_window), BULK_GAIN);
+        p.round = 1;
+        p.round_pages = 0;
+        assert_eq!(window_gain(&p, guest_window), WINDOW_GAIN);
+        // The window follows the gain at once.
+        let t0 = std::time::Instant::now();
+        let ms = std::time::Duration::from_millis;
+        let mut w = FlowWindow::new(ms(100));
+        w.on_ack(0, t0);
+        w.on_ack(10 << 20, t0 + ms(100));
+        assert_eq!(w.window(), (WINDOW_GAIN * (10u64 << 20) as f64) as u64);
+        w.set_gain(BULK_GAIN);
+        assert_eq!(w.window(), (BULK_GAIN * (10u64 << 20) as f64) as u64);
     }
 
     #[test]
