@@ -616,7 +616,6 @@ async fn destination_gateway_killed_after_the_handover_the_vm_runs_on_there() {
 // marks the VM "runs nowhere" while it runs at B. Run with `--ignored` once
 // the relay consults the host (a VM listed running here, arrived from the
 // asking site, is `Running`).
-#[ignore = "the relay settles a handover with a restarted destination as discarded although the VM runs there"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn destination_gateway_restarted_before_the_source_heard_resumed_settles_as_running_there() {
     if !wanmig_testenv::require_kvm("destination_gateway_restarted_before_the_source_heard") {

@@ -529,7 +529,7 @@ pub async fn resolve(
 ) {
     let deadline = tokio::time::Instant::now() + ctx.handover_wait;
     let answer = loop {
-        match ask_resolution(&ctx, &id, &to, handed_over).await {
+        match ask_resolution(&ctx, &id, &vm, &to, handed_over).await {
             Ok(r) => break Some(r),
             Err(e) => tracing::debug!(id, "settling the migration with {to}: {e}"),
         }
@@ -564,6 +564,7 @@ pub async fn resolve(
 async fn ask_resolution(
     ctx: &RelayContext,
     id: &str,
+    vm: &str,
     to: &str,
     handed_over: bool,
 ) -> Result<Resolution, RelayError> {
@@ -572,6 +573,7 @@ async fn ask_resolution(
         &mut send,
         &[Frame::Resolve {
             id: id.to_string(),
+            vm: Some(vm.to_string()),
             handed_over,
         }],
     )
@@ -629,8 +631,13 @@ async fn handle_stream(ctx: Arc<RelayContext>, s: IncomingStream) -> Result<(), 
     let first = tokio::time::timeout(ctx.open_timeout, read_frame(&mut recv, &mut dec, &mut buf))
         .await
         .map_err(|_| RelayError::OpenTimeout(ctx.open_timeout))??;
-    if let Frame::Resolve { id, handed_over } = first {
-        let r = settle_incoming(&ctx, &peer, &id, handed_over).await;
+    if let Frame::Resolve {
+        id,
+        vm,
+        handed_over,
+    } = first
+    {
+        let r = settle_incoming(&ctx, &peer, &id, vm.as_deref(), handed_over).await;
         send_frames(&mut send, &[Frame::Resolved(r)]).await?;
         let _ = send.finish();
         return Ok(());
@@ -640,11 +647,15 @@ async fn handle_stream(ctx: Arc<RelayContext>, s: IncomingStream) -> Result<(), 
 
 /// Answers a source's `Resolve` for migration `id`. The source may ask
 /// before this side noticed the old link died; then the migration is still
-/// in flight here, and the answer waits until it parks or ends.
+/// in flight here, and the answer waits until it parks or ends. A
+/// migration this side has no record of (its gateway restarted since) is
+/// settled by whether VM `vm` runs here: a restarted gateway re-adopts the
+/// VMs its shims still run.
 async fn settle_incoming(
     ctx: &RelayContext,
     peer: &str,
     id: &str,
+    vm: Option<&str>,
     handed_over: bool,
 ) -> Resolution {
     let deadline = tokio::time::Instant::now() + ctx.handover_wait;
@@ -666,10 +677,27 @@ async fn settle_incoming(
         match record {
             Some(r) if r.outcome == Some(Outcome::Succeeded) => return Resolution::Running,
             Some(r) if r.finished() => return Resolution::Discarded,
+            None if handed_over => return unrecorded_resolution(ctx.host.as_ref(), vm),
             None => return Resolution::Discarded,
             Some(_) if tokio::time::Instant::now() >= deadline => return Resolution::Discarded,
             Some(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
+    }
+}
+
+/// The answer for a migration without a record here: running when VM `vm`
+/// runs here (it can only have come from that migration, since the source
+/// handed it over and never runs it again), else discarded.
+fn unrecorded_resolution(host: &dyn VmHosting, vm: Option<&str>) -> Resolution {
+    let runs_here = vm.is_some_and(|vm| {
+        host.list()
+            .iter()
+            .any(|v| v.name == vm && v.state == super::vmhost::VmState::Running)
+    });
+    if runs_here {
+        Resolution::Running
+    } else {
+        Resolution::Discarded
     }
 }
 

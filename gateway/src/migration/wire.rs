@@ -64,8 +64,17 @@ pub enum Frame {
     Nack(Vec<(Gfn, Fingerprint)>),
     /// Either way: one whole shim-protocol frame (never `Pages`).
     Shim(Vec<u8>),
-    /// S→D on a new stream: settle migration `id` after a link failure.
-    Resolve { id: String, handed_over: bool },
+    /// S→D on a new stream: settle migration `id` of VM `vm` after a link
+    /// failure. `vm` lets a destination that lost its record of the
+    /// migration (its gateway restarted) still say whether the VM runs
+    /// there; it travels after the id behind a NUL byte, which a gateway
+    /// without it reads as part of an unknown id (and answers discarded, as
+    /// it always did).
+    Resolve {
+        id: String,
+        vm: Option<String>,
+        handed_over: bool,
+    },
     /// D→S: where the VM of that migration stands now.
     Resolved(Resolution),
     /// D→S: bytes of `Batch` frames received so far (the source keeps
@@ -150,9 +159,17 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
             out.extend_from_slice(bytes);
             T_SHIM
         }
-        Frame::Resolve { id, handed_over } => {
+        Frame::Resolve {
+            id,
+            vm,
+            handed_over,
+        } => {
             out.push(u8::from(*handed_over));
             out.extend_from_slice(id.as_bytes());
+            if let Some(vm) = vm {
+                out.push(0);
+                out.extend_from_slice(vm.as_bytes());
+            }
             T_RESOLVE
         }
         Frame::Resolved(r) => {
@@ -180,7 +197,9 @@ pub fn frame_len(frame: &Frame) -> u64 {
         Frame::Refuse(r) => r.len() as u64,
         Frame::Batch(b) | Frame::Shim(b) => b.len() as u64,
         Frame::Nack(n) => 4 + (n.len() * NACK_ENTRY) as u64,
-        Frame::Resolve { id, .. } => 1 + id.len() as u64,
+        Frame::Resolve { id, vm, .. } => {
+            1 + id.len() as u64 + vm.as_ref().map_or(0, |v| 1 + v.len() as u64)
+        }
         Frame::Resolved(_) => 1,
         Frame::Ack(_) => 8,
     }
@@ -258,10 +277,17 @@ fn decode_payload(ty: u8, p: &[u8]) -> Result<Frame, WireError> {
                 1 => true,
                 f => return Err(malformed("resolve", format!("handed-over flag {f}"))),
             };
-            let id = std::str::from_utf8(id)
-                .map_err(|_| malformed("resolve", "the id is not UTF-8"))?
-                .to_string();
-            Ok(Frame::Resolve { id, handed_over })
+            let text =
+                std::str::from_utf8(id).map_err(|_| malformed("resolve", "the id is not UTF-8"))?;
+            let (id, vm) = match text.split_once('\0') {
+                Some((id, vm)) => (id.to_string(), Some(vm.to_string())),
+                None => (text.to_string(), None),
+            };
+            Ok(Frame::Resolve {
+                id,
+                vm,
+                handed_over,
+            })
         }
         T_RESOLVED => match p {
             [1] => Ok(Frame::Resolved(Resolution::Running)),
@@ -378,10 +404,17 @@ mod tests {
         roundtrip(Frame::Ack(u64::MAX - 3));
         roundtrip(Frame::Resolve {
             id: "site-a-1".into(),
+            vm: Some("web1".into()),
+            handed_over: true,
+        });
+        roundtrip(Frame::Resolve {
+            id: "site-a-2".into(),
+            vm: None,
             handed_over: true,
         });
         roundtrip(Frame::Resolve {
             id: String::new(),
+            vm: None,
             handed_over: false,
         });
         roundtrip(Frame::Resolved(Resolution::Running));
