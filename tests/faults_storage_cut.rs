@@ -247,8 +247,6 @@ async fn storage_cut(name: &str, cut: Cut) {
     mesh.shutdown().await;
 }
 
-// Flaky today for the same reason as the 10 s case (about 1 run in 5).
-#[ignore = "an on-demand block fetch lost in the cut is not re-asked; the guest gets a disk error"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storage_copy_cut_1s_completes() {
     storage_cut(
@@ -258,13 +256,11 @@ async fn storage_copy_cut_1s_completes() {
     .await;
 }
 
-// Flaky today (about 1 run in 4): the copy resumes after the link returns,
-// but a guest read of a block not yet copied that was in flight at the cut
-// is never answered — `wanmig_storage::remote_disk` logs "guest I/O timed
-// out ... waited=20s missing=1 link_up=true" and the guest sees a disk
-// error. Run with `--ignored` once an on-demand fetch lost in a cut is
-// asked again when the link returns.
-#[ignore = "an on-demand block fetch lost in the cut is not re-asked; the guest gets a disk error"]
+// The cut may land while the import still connects: the VM's reads of
+// missing blocks then come as soon as the retried import creates the disk,
+// before its session's streams exist, and must be sent when the session
+// starts (they once waited out the 20 s request timeout, and the guest got
+// a disk error in about 1 run of 4).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storage_copy_cut_10s_resumes_and_completes() {
     storage_cut(
