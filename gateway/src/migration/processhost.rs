@@ -39,7 +39,7 @@ use wanmig_vmm::protocol::StreamError;
 use wanmig_vmm::VmConfig;
 use wanmig_vmm::{MigrateOptions, MigrationError, MigrationReport, ReceiveOptions};
 
-use super::vmhost::{validate_vm_name, HostError, VmHosting, VmInfo, VmState};
+use super::vmhost::{ensure_replaceable, validate_vm_name, HostError, VmHosting, VmInfo, VmState};
 
 /// How long a new shim may take to boot its VM (or an arriving one to
 /// answer after it resumed) before the host gives up on it.
@@ -302,24 +302,6 @@ impl ProcessHost {
         );
     }
 
-    /// Whether a VM in `state` may be replaced by a new one of that name.
-    fn replaceable(state: &VmState) -> bool {
-        matches!(
-            state,
-            VmState::MigratedAway { .. }
-                | VmState::HandoverUnconfirmed { .. }
-                | VmState::Failed { .. }
-        )
-    }
-
-    fn busy(name: &str, state: &VmState, action: &'static str) -> HostError {
-        HostError::Busy {
-            name: name.to_string(),
-            state: state.to_string(),
-            action,
-        }
-    }
-
     /// Prepares a fresh state directory for `name` with its config.
     fn fresh_dir(&self, name: &str, config: &VmConfig) -> Result<PathBuf, HostError> {
         let dir = self.vm_dir(name);
@@ -453,11 +435,7 @@ impl VmHosting for ProcessHost {
         Self::check_supported(name, &config)?;
         {
             let mut vms = lock(&self.vms);
-            if let Some(e) = vms.get(name) {
-                if !Self::replaceable(&e.state) {
-                    return Err(Self::busy(name, &e.state, "be started again"));
-                }
-            }
+            ensure_replaceable(name, vms.get(name).map(|e| &e.state), "be started again")?;
             // Reserve the name while the shim boots.
             vms.insert(
                 name.to_string(),
@@ -512,7 +490,7 @@ impl VmHosting for ProcessHost {
                 reason: "its disk is a local file of this site's wanmig-vmm process; storage migration runs only with [vms] host = \"in-process\"".into(),
             }),
             VmState::Running => Ok(e.config.clone()),
-            ref s => Err(Self::busy(name, s, "be migrated")),
+            ref s => Err(HostError::busy(name, s, "be migrated")),
         }
     }
 
@@ -529,7 +507,7 @@ impl VmHosting for ProcessHost {
                 .get_mut(name)
                 .ok_or_else(|| HostError::Unknown(name.to_string()))?;
             if e.state != VmState::Running {
-                return Err(Self::busy(name, &e.state, "be migrated"));
+                return Err(HostError::busy(name, &e.state, "be migrated"));
             }
             e.state = VmState::MigratingOut { to: to.to_string() };
         }
@@ -663,11 +641,7 @@ impl VmHosting for ProcessHost {
         }
         let previous = {
             let mut vms = lock(&self.vms);
-            if let Some(e) = vms.get(name) {
-                if !Self::replaceable(&e.state) {
-                    return Err(Self::busy(name, &e.state, "be received"));
-                }
-            }
+            ensure_replaceable(name, vms.get(name).map(|e| &e.state), "be received")?;
             vms.insert(
                 name.to_string(),
                 Entry {
@@ -816,19 +790,10 @@ impl VmHosting for ProcessHost {
     fn settle_handover(&self, name: &str, to: &str, running_there: bool) {
         let mut vms = lock(&self.vms);
         let Some(e) = vms.get_mut(name) else { return };
-        if !matches!(&e.state, VmState::HandoverUnconfirmed { to: t, .. } if t == to) {
+        let Some(state) = e.state.settled(to, running_there) else {
             return;
-        }
-        e.state = if running_there {
-            VmState::MigratedAway { to: to.to_string() }
-        } else {
-            VmState::Failed {
-                reason: format!(
-                    "handed over to {to}, which discarded it: the VM runs nowhere; start it again"
-                ),
-            }
         };
-        let state = e.state.clone();
+        e.state = state.clone();
         drop(vms);
         self.record_left(name, &state);
     }

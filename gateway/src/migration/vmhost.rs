@@ -262,6 +262,64 @@ impl std::fmt::Display for VmState {
     }
 }
 
+/// The state rules both VM hosts ([`VmHost`] and the process host) apply
+/// to their table of VMs, kept here so the two cannot drift apart.
+impl VmState {
+    /// Whether a VM in this state may be replaced by a new one of the same
+    /// name (it does not and will not run here).
+    pub(crate) fn replaceable(&self) -> bool {
+        matches!(
+            self,
+            VmState::MigratedAway { .. }
+                | VmState::HandoverUnconfirmed { .. }
+                | VmState::Failed { .. }
+        )
+    }
+
+    /// What a handover to `to` that the source could not confirm becomes
+    /// once `to` answers whether the VM runs there; `None` when this is no
+    /// unconfirmed handover to `to` (nothing to settle).
+    pub(crate) fn settled(&self, to: &str, running_there: bool) -> Option<VmState> {
+        if !matches!(self, VmState::HandoverUnconfirmed { to: t, .. } if t == to) {
+            return None;
+        }
+        Some(if running_there {
+            VmState::MigratedAway { to: to.to_string() }
+        } else {
+            VmState::Failed {
+                reason: format!(
+                    "handed over to {to}, which discarded it: the VM runs nowhere; start it again"
+                ),
+            }
+        })
+    }
+}
+
+impl HostError {
+    /// `name` is in `state`, in which it cannot do `action`.
+    pub(crate) fn busy(name: &str, state: &VmState, action: &'static str) -> HostError {
+        HostError::Busy {
+            name: name.to_string(),
+            state: state.to_string(),
+            action,
+        }
+    }
+}
+
+/// Whether a new VM called `name` may take the place of `existing` (the
+/// VM of that name here, if any) to `action`: an error naming the state
+/// when that VM still runs, or is arriving, here.
+pub(crate) fn ensure_replaceable(
+    name: &str,
+    existing: Option<&VmState>,
+    action: &'static str,
+) -> Result<(), HostError> {
+    match existing {
+        Some(state) if !state.replaceable() => Err(HostError::busy(name, state, action)),
+        _ => Ok(()),
+    }
+}
+
 /// One VM as listed by `wanmig status` / `GET /v1/vms`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmInfo {
@@ -612,25 +670,6 @@ impl VmHost {
             .map(|e| lock(&e.serial).iter().cloned().collect())
             .unwrap_or_default()
     }
-
-    fn busy(name: &str, state: &VmState, action: &'static str) -> HostError {
-        HostError::Busy {
-            name: name.to_string(),
-            state: state.to_string(),
-            action,
-        }
-    }
-
-    /// Whether a VM in `state` may be replaced by a new one of the same
-    /// name (it does not and will not run here).
-    fn replaceable(state: &VmState) -> bool {
-        matches!(
-            state,
-            VmState::MigratedAway { .. }
-                | VmState::HandoverUnconfirmed { .. }
-                | VmState::Failed { .. }
-        )
-    }
 }
 
 impl VmHosting for VmHost {
@@ -639,11 +678,11 @@ impl VmHosting for VmHost {
         config
             .validate()
             .map_err(|e| HostError::Config(e.to_string()))?;
-        if let Some(e) = lock(&self.vms).get(name) {
-            if !Self::replaceable(&e.state) {
-                return Err(Self::busy(name, &e.state, "be started again"));
-            }
-        }
+        ensure_replaceable(
+            name,
+            lock(&self.vms).get(name).map(|e| &e.state),
+            "be started again",
+        )?;
         let serial = Arc::new(Mutex::new(VecDeque::new()));
         let vm = Vm::create(config.clone(), serial_sink(serial.clone())).map_err(|e| {
             HostError::Start {
@@ -657,11 +696,7 @@ impl VmHosting for VmHost {
         })?;
         let net_port = vm.take_net_port();
         let mut vms = lock(&self.vms);
-        if let Some(e) = vms.get(name) {
-            if !Self::replaceable(&e.state) {
-                return Err(Self::busy(name, &e.state, "be started again"));
-            }
-        }
+        ensure_replaceable(name, vms.get(name).map(|e| &e.state), "be started again")?;
         tracing::info!(vm = name, mem = config.mem_size, "VM started");
         vms.insert(
             name.to_string(),
@@ -686,7 +721,7 @@ impl VmHosting for VmHost {
             .ok_or_else(|| HostError::Unknown(name.to_string()))?;
         let config = match e.state {
             VmState::Running => e.config.clone(),
-            ref s => return Err(Self::busy(name, s, "be migrated")),
+            ref s => return Err(HostError::busy(name, s, "be migrated")),
         };
         // Chaining a second storage copy onto an unfinished one is not
         // supported: the disk would be at two sites at once.
@@ -725,7 +760,7 @@ impl VmHosting for VmHost {
                 .get_mut(name)
                 .ok_or_else(|| HostError::Unknown(name.to_string()))?;
             if e.state != VmState::Running || e.vm.is_none() {
-                return Err(Self::busy(name, &e.state, "be migrated"));
+                return Err(HostError::busy(name, &e.state, "be migrated"));
             }
             e.state = VmState::MigratingOut { to: to.to_string() };
             e.vm.take().expect("checked above")
@@ -807,11 +842,7 @@ impl VmHosting for VmHost {
         // must not race this one.
         let previous = {
             let mut vms = lock(&self.vms);
-            if let Some(e) = vms.get(name) {
-                if !Self::replaceable(&e.state) {
-                    return Err(Self::busy(name, &e.state, "be received"));
-                }
-            }
+            ensure_replaceable(name, vms.get(name).map(|e| &e.state), "be received")?;
             vms.insert(
                 name.to_string(),
                 Entry {
@@ -882,18 +913,9 @@ impl VmHosting for VmHost {
     fn settle_handover(&self, name: &str, to: &str, running_there: bool) {
         let mut vms = lock(&self.vms);
         let Some(e) = vms.get_mut(name) else { return };
-        if !matches!(&e.state, VmState::HandoverUnconfirmed { to: t, .. } if t == to) {
-            return;
+        if let Some(state) = e.state.settled(to, running_there) {
+            e.state = state;
         }
-        e.state = if running_there {
-            VmState::MigratedAway { to: to.to_string() }
-        } else {
-            VmState::Failed {
-                reason: format!(
-                    "handed over to {to}, which discarded it: the VM runs nowhere; start it again"
-                ),
-            }
-        };
     }
 
     fn list(&self) -> Vec<VmInfo> {
@@ -980,6 +1002,39 @@ impl VmHosting for VmHost {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_vm_that_left_or_failed_may_be_replaced() {
+        let away = VmState::MigratedAway { to: "b".into() };
+        let running = VmState::Running;
+        assert!(ensure_replaceable("web", None, "be started again").is_ok());
+        assert!(ensure_replaceable("web", Some(&away), "be started again").is_ok());
+        let err = ensure_replaceable("web", Some(&running), "be received").unwrap_err();
+        assert!(matches!(
+            &err,
+            HostError::Busy { name, action: "be received", .. } if name == "web"
+        ));
+        assert!(!VmState::Incoming { from: "a".into() }.replaceable());
+        assert!(VmState::Failed { reason: "x".into() }.replaceable());
+    }
+
+    #[test]
+    fn only_an_unconfirmed_handover_to_that_site_settles() {
+        let unconfirmed = VmState::HandoverUnconfirmed {
+            to: "b".into(),
+            reason: "link cut".into(),
+        };
+        assert_eq!(
+            unconfirmed.settled("b", true),
+            Some(VmState::MigratedAway { to: "b".into() })
+        );
+        assert!(matches!(
+            unconfirmed.settled("b", false),
+            Some(VmState::Failed { reason }) if reason.contains("runs nowhere")
+        ));
+        assert_eq!(unconfirmed.settled("c", true), None);
+        assert_eq!(VmState::Running.settled("b", true), None);
+    }
 
     #[test]
     fn arriving_disks_never_reuse_an_earlier_copy() {
