@@ -4,12 +4,14 @@
 //! reading back its blocks. Checks the digests after completion, a link cut
 //! mid-copy, and a destination crash mid-copy.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tempfile::TempDir;
 use wanmig_gateway::lab::{Link, Mesh, MeshBuilder};
+use wanmig_gateway::storage_relay::{ImportReport, StorageImport, StorageRelay, StorageRelayError};
 use wanmig_storage::testdisk::{build_image, ImageMix};
 use wanmig_storage::{disk_digest, ReleasePolicy, RemoteDisk, RemoteDiskConfig};
 
@@ -26,8 +28,14 @@ fn mix() -> ImageMix {
 }
 
 async fn mesh(rate_bps: u64) -> Mesh {
+    mesh_with(rate_bps, "").await
+}
+
+/// [`mesh`] with `extra` TOML added to both gateways' config.
+async fn mesh_with(rate_bps: u64, extra: &str) -> Mesh {
     let mesh = MeshBuilder::new(2)
         .link(Link::wan(Duration::from_millis(20), rate_bps))
+        .extra_config(extra)
         .prepare()
         .await
         .unwrap()
@@ -90,25 +98,66 @@ fn config() -> RemoteDiskConfig {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn copy_with_writes_at_destination_and_link_cut() {
-    let mesh = mesh(60_000_000).await;
+/// One test's disk files and the two sites' storage relays: `src` (a
+/// built image) is what site-a exports, `dst` where site-b copies it.
+struct Disks {
+    dir: TempDir,
+    src: PathBuf,
+    dst: PathBuf,
+    a: StorageRelay,
+    b: StorageRelay,
+}
+
+/// Builds the source image from `seed` in a fresh directory.
+fn disks(mesh: &Mesh, seed: u64) -> Disks {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src.img");
     let dst = dir.path().join("dst.img");
-    build_image(&src, DISK, mix(), 7).unwrap();
-    let before = disk_digest(&src).unwrap();
-    let oracle = dir.path().join("oracle.img");
-    std::fs::copy(&src, &oracle).unwrap();
+    build_image(&src, DISK, mix(), seed).unwrap();
+    Disks {
+        src,
+        dst,
+        dir,
+        a: mesh.gw("site-a").storage().clone(),
+        b: mesh.gw("site-b").storage().clone(),
+    }
+}
 
-    let a = mesh.gw("site-a").storage().clone();
-    let b = mesh.gw("site-b").storage().clone();
-    a.export("vm1.img", &src, DISK, ReleasePolicy::Keep)
-        .unwrap();
-    let import = b
-        .import("site-a", "vm1.img", &dst, DISK, config())
+impl Disks {
+    /// Site-a exports `src` as `name`; site-b starts copying it to `dst`.
+    async fn export_and_import(&self, name: &str, policy: ReleasePolicy) -> StorageImport {
+        self.a.export(name, &self.src, DISK, policy).unwrap();
+        self.import(name, &self.dst).await
+    }
+
+    /// Site-b starts copying site-a's `name` to `dst`.
+    async fn import(&self, name: &str, dst: &Path) -> StorageImport {
+        self.try_import(name, dst).await.unwrap()
+    }
+
+    /// [`Disks::import`] where the source may refuse.
+    async fn try_import(&self, name: &str, dst: &Path) -> Result<StorageImport, StorageRelayError> {
+        self.b.import("site-a", name, dst, DISK, config()).await
+    }
+}
+
+/// Waits (a minute at most) for the copy to end.
+async fn finish(import: StorageImport) -> Result<ImportReport, StorageRelayError> {
+    tokio::time::timeout(Duration::from_secs(60), import.finish())
         .await
-        .unwrap();
+        .expect("the copy ends within a minute")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_with_writes_at_destination_and_link_cut() {
+    let mesh = mesh(60_000_000).await;
+    let d = disks(&mesh, 7);
+    let (src, dst) = (&d.src, &d.dst);
+    let before = disk_digest(src).unwrap();
+    let oracle = d.dir.path().join("oracle.img");
+    std::fs::copy(src, &oracle).unwrap();
+
+    let import = d.export_and_import("vm1.img", ReleasePolicy::Keep).await;
     let disk = Arc::clone(import.disk());
     let stop = Arc::new(AtomicBool::new(false));
     let w = writer(Arc::clone(&disk), Arc::clone(&stop));
@@ -121,10 +170,7 @@ async fn copy_with_writes_at_destination_and_link_cut() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     mesh.relay("site-a", "site-b").restore();
 
-    let report = tokio::time::timeout(Duration::from_secs(60), import.finish())
-        .await
-        .expect("copy finishes after the link returns")
-        .unwrap();
+    let report = finish(import).await.unwrap();
     stop.store(true, Ordering::Release);
     let writes = tokio::task::spawn_blocking(move || w.join().unwrap())
         .await
@@ -139,57 +185,39 @@ async fn copy_with_writes_at_destination_and_link_cut() {
         "{report:?}"
     );
     assert!(disk.is_all_local());
-    assert!(a.is_released("vm1.img"));
-    assert_eq!(disk_digest(&src).unwrap(), before, "source kept unchanged");
-    assert_eq!(
-        disk_digest(&dst).unwrap(),
-        expected_digest(&oracle, &writes)
-    );
+    assert!(d.a.is_released("vm1.img"));
+    assert_eq!(disk_digest(src).unwrap(), before, "source kept unchanged");
+    assert_eq!(disk_digest(dst).unwrap(), expected_digest(&oracle, &writes));
     mesh.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn destination_crash_leaves_source_intact_and_copy_resumes() {
     let mesh = mesh(30_000_000).await;
-    let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("src.img");
-    let dst = dir.path().join("dst.img");
-    build_image(&src, DISK, mix(), 11).unwrap();
-    let before = disk_digest(&src).unwrap();
+    let d = disks(&mesh, 11);
+    let (src, dst) = (&d.src, &d.dst);
+    let before = disk_digest(src).unwrap();
 
-    let a = mesh.gw("site-a").storage().clone();
-    let b = mesh.gw("site-b").storage().clone();
-    a.export("vm2.img", &src, DISK, ReleasePolicy::Delete)
-        .unwrap();
-    let import = b
-        .import("site-a", "vm2.img", &dst, DISK, config())
-        .await
-        .unwrap();
+    let import = d.export_and_import("vm2.img", ReleasePolicy::Delete).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     let (present, total) = import.disk().progress();
     assert!(present < total, "crash must happen mid-copy");
     import.abort();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
-        src.exists() && !a.is_released("vm2.img"),
+        src.exists() && !d.a.is_released("vm2.img"),
         "source not released"
     );
-    assert_eq!(disk_digest(&src).unwrap(), before, "source unchanged");
+    assert_eq!(disk_digest(src).unwrap(), before, "source unchanged");
 
     // A new import of the same path resumes from the saved bitmap.
-    let import = b
-        .import("site-a", "vm2.img", &dst, DISK, config())
-        .await
-        .unwrap();
+    let import = d.import("vm2.img", dst).await;
     let (resumed_at, _) = import.disk().progress();
     assert!(resumed_at > 0, "resumed from the saved bitmap");
     let disk = Arc::clone(import.disk());
-    tokio::time::timeout(Duration::from_secs(60), import.finish())
-        .await
-        .expect("resumed copy finishes")
-        .unwrap();
+    finish(import).await.unwrap();
     assert!(disk.is_all_local());
-    assert_eq!(disk_digest(&dst).unwrap(), before);
+    assert_eq!(disk_digest(dst).unwrap(), before);
     assert!(
         !src.exists(),
         "released by the Delete policy after confirmation"
@@ -200,39 +228,29 @@ async fn destination_crash_leaves_source_intact_and_copy_resumes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_source_disk_is_refused_before_anything_moves() {
     let mesh = mesh(1_000_000_000).await;
-    let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("src.img");
-    build_image(&src, DISK, mix(), 3).unwrap();
-    let a = mesh.gw("site-a").storage().clone();
-    let b = mesh.gw("site-b").storage().clone();
+    let d = disks(&mesh, 3);
+    let (src, dst, a) = (&d.src, &d.dst, &d.a);
     // Missing file: refused at export.
     assert!(a
         .export(
             "x.img",
-            &dir.path().join("missing.img"),
+            &d.dir.path().join("missing.img"),
             DISK,
             ReleasePolicy::Keep
         )
         .is_err());
     // Truncated after export: the source refuses the import.
-    a.export("t.img", &src, DISK, ReleasePolicy::Keep).unwrap();
+    a.export("t.img", src, DISK, ReleasePolicy::Keep).unwrap();
     std::fs::OpenOptions::new()
         .write(true)
-        .open(&src)
+        .open(src)
         .unwrap()
         .set_len(DISK / 2)
         .unwrap();
-    let dst = dir.path().join("dst.img");
-    let e = b
-        .import("site-a", "t.img", &dst, DISK, config())
-        .await
-        .unwrap_err();
+    let e = d.try_import("t.img", dst).await.unwrap_err();
     assert!(e.to_string().contains("t.img"), "{e}");
     // Unknown name.
-    let e = b
-        .import("site-a", "nope.img", &dst, DISK, config())
-        .await
-        .unwrap_err();
+    let e = d.try_import("nope.img", dst).await.unwrap_err();
     assert!(e.to_string().contains("no disk"), "{e}");
     assert!(!dst.exists(), "nothing created at the destination");
     mesh.shutdown().await;
@@ -245,42 +263,27 @@ async fn bad_source_disk_is_refused_before_anything_moves() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_release_ack_does_not_fail_a_finished_copy() {
     let mesh = mesh(1_000_000_000).await;
-    let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("src.img");
-    let dst = dir.path().join("dst.img");
-    build_image(&src, DISK, mix(), 5).unwrap();
-    let before = disk_digest(&src).unwrap();
-    let a = mesh.gw("site-a").storage().clone();
-    let b = mesh.gw("site-b").storage().clone();
-    a.export("vm3.img", &src, DISK, ReleasePolicy::Delete)
-        .unwrap();
-    let first = b
-        .import("site-a", "vm3.img", &dst, DISK, config())
-        .await
-        .unwrap();
-    let r = tokio::time::timeout(Duration::from_secs(60), first.finish())
-        .await
-        .expect("copy finishes")
-        .unwrap();
+    let d = disks(&mesh, 5);
+    let (src, dst) = (&d.src, &d.dst);
+    let before = disk_digest(src).unwrap();
+    let first = d.export_and_import("vm3.img", ReleasePolicy::Delete).await;
+    let r = finish(first).await.unwrap();
     assert!(r.verified);
     assert!(!src.exists(), "deleted after the confirmed, verified copy");
-    let status = a.export_status("vm3.img").unwrap();
+    let status = d.a.export_status("vm3.img").unwrap();
     assert!(status.released && status.verified, "{status:?}");
     assert_eq!(status.to.as_deref(), Some("site-b"));
 
-    let again = b
-        .import("site-a", "vm3.img", &dst, DISK, config())
+    let again = d
+        .try_import("vm3.img", dst)
         .await
         .expect("the source answers Released again");
     let r = again.finish().await.unwrap();
     assert!(r.verified);
-    assert_eq!(disk_digest(&dst).unwrap(), before);
+    assert_eq!(disk_digest(dst).unwrap(), before);
 
-    let elsewhere = dir.path().join("other.img");
-    let e = b
-        .import("site-a", "vm3.img", &elsewhere, DISK, config())
-        .await
-        .unwrap_err();
+    let elsewhere = d.dir.path().join("other.img");
+    let e = d.try_import("vm3.img", &elsewhere).await.unwrap_err();
     assert!(e.to_string().contains("released"), "{e}");
     assert!(!elsewhere.exists(), "nothing created");
     mesh.shutdown().await;
@@ -293,18 +296,9 @@ async fn a_lost_release_ack_does_not_fail_a_finished_copy() {
 async fn the_end_of_copy_check_catches_a_diverged_copy_and_keeps_the_source() {
     use std::os::unix::fs::FileExt;
     let mesh = mesh(20_000_000).await;
-    let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("src.img");
-    let dst = dir.path().join("dst.img");
-    build_image(&src, DISK, mix(), 9).unwrap();
-    let a = mesh.gw("site-a").storage().clone();
-    let b = mesh.gw("site-b").storage().clone();
-    a.export("vm4.img", &src, DISK, ReleasePolicy::Delete)
-        .unwrap();
-    let import = b
-        .import("site-a", "vm4.img", &dst, DISK, config())
-        .await
-        .unwrap();
+    let d = disks(&mesh, 9);
+    let src = &d.src;
+    let import = d.export_and_import("vm4.img", ReleasePolicy::Delete).await;
     let disk = Arc::clone(import.disk());
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !disk.is_block_local(0) {
@@ -317,17 +311,14 @@ async fn the_end_of_copy_check_catches_a_diverged_copy_and_keeps_the_source() {
     assert!(!disk.is_all_local(), "the change must land mid-copy");
     std::fs::OpenOptions::new()
         .write(true)
-        .open(&src)
+        .open(src)
         .unwrap()
         .write_all_at(b"changed behind the copy's back", 100)
         .unwrap();
-    let e = tokio::time::timeout(Duration::from_secs(60), import.finish())
-        .await
-        .expect("the copy ends")
-        .unwrap_err();
+    let e = finish(import).await.unwrap_err();
     assert!(e.to_string().contains("end-of-copy check failed"), "{e}");
     assert!(src.exists(), "the source copy is kept");
-    let status = a.export_status("vm4.img").unwrap();
+    let status = d.a.export_status("vm4.img").unwrap();
     assert!(!status.released && status.error.is_some(), "{status:?}");
     mesh.shutdown().await;
 }
@@ -337,16 +328,7 @@ async fn the_end_of_copy_check_catches_a_diverged_copy_and_keeps_the_source() {
 /// references: a fraction of the wire bytes, the same bytes at the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_disk_with_known_content_sends_references() {
-    let mesh = MeshBuilder::new(2)
-        .link(Link::wan(Duration::from_millis(20), 1_000_000_000))
-        .extra_config("[migration]\nstore_dir = \"store-{site}\"\n")
-        .prepare()
-        .await
-        .unwrap()
-        .start()
-        .await
-        .unwrap();
-    assert!(mesh.wait_all_up(Duration::from_secs(10)).await);
+    let mesh = mesh_with(1_000_000_000, "[migration]\nstore_dir = \"store-{site}\"\n").await;
     let dir = tempfile::tempdir().unwrap();
     let (one, two) = (dir.path().join("one.img"), dir.path().join("two.img"));
     build_image(&one, DISK, mix(), 21).unwrap();
@@ -362,10 +344,7 @@ async fn a_second_disk_with_known_content_sends_references() {
             .import("site-a", name, &dst, DISK, config())
             .await
             .unwrap();
-        let r = tokio::time::timeout(Duration::from_secs(60), import.finish())
-            .await
-            .expect("copy finishes")
-            .unwrap();
+        let r = finish(import).await.unwrap();
         assert!(r.verified);
         assert_eq!(disk_digest(&dst).unwrap(), want, "{name}");
         wire.push(r.wire_bytes);
@@ -384,16 +363,11 @@ async fn a_second_disk_with_known_content_sends_references() {
 async fn references_to_evicted_pages_fall_back_to_plain_blocks() {
     use std::os::unix::fs::FileExt;
     wanmig_e2e::init_logging();
-    let mesh = MeshBuilder::new(2)
-        .link(Link::wan(Duration::from_millis(20), 1_000_000_000))
-        .extra_config("[migration]\nstore_dir = \"store-{site}\"\nstore_cap_mib = 1\n")
-        .prepare()
-        .await
-        .unwrap()
-        .start()
-        .await
-        .unwrap();
-    assert!(mesh.wait_all_up(Duration::from_secs(10)).await);
+    let mesh = mesh_with(
+        1_000_000_000,
+        "[migration]\nstore_dir = \"store-{site}\"\nstore_cap_mib = 1\n",
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let (one, two, other) = (
         dir.path().join("one.img"),
@@ -419,10 +393,7 @@ async fn references_to_evicted_pages_fall_back_to_plain_blocks() {
             .import("site-a", name, &dst, DISK, config())
             .await
             .unwrap();
-        let r = tokio::time::timeout(Duration::from_secs(60), import.finish())
-            .await
-            .expect("copy finishes")
-            .unwrap();
+        let r = finish(import).await.unwrap();
         assert!(r.verified, "{name}");
         assert_eq!(
             disk_digest(&dst).unwrap(),
