@@ -19,12 +19,25 @@ use wanmig_gateway::migration::{
 };
 use wanmig_gateway::GatewayHandle;
 
-fn incoming(gw: &GatewayHandle, id: &str) -> MigrationRecord {
-    gw.migration()
-        .records()
-        .into_iter()
-        .find(|r| r.id == id && r.direction == Direction::Incoming)
-        .unwrap_or_else(|| panic!("no incoming record {id}"))
+/// The destination's record of migration `id`, once it has finished: the
+/// source's record can finish a moment before the destination's does (the
+/// destination writes its outcome after it sent `Resumed`).
+async fn incoming(gw: &GatewayHandle, id: &str) -> MigrationRecord {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let rec = gw
+            .migration()
+            .records()
+            .into_iter()
+            .find(|r| r.id == id && r.direction == Direction::Incoming);
+        match rec {
+            Some(r) if r.finished() => return r,
+            r if std::time::Instant::now() >= deadline => {
+                panic!("the incoming record {id} did not finish: {r:?}")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
 }
 
 /// How a test starts a migration.
@@ -88,7 +101,7 @@ async fn migrate_and_check(
         .with_vm(vm, |v| hex(&v.memory_digest()))
         .expect("the released copy");
     assert_eq!(digest, released, "source memory at the pause");
-    let inc = incoming(dst, &rec.id);
+    let inc = incoming(dst, &rec.id).await;
     assert_eq!(inc.outcome, Some(Outcome::Succeeded));
     assert_eq!(inc.memory_digest.as_deref(), Some(digest.as_str()));
 
