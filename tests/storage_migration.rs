@@ -76,6 +76,27 @@ fn check_against_model(host: &VmHost, path: &std::path::Path) {
     assert!(checked > 0, "the guest wrote blocks");
 }
 
+/// A 32 MiB VM whose disk workload runs on a fresh sparse disk of
+/// `DISK_LEN` bytes in `dir`: the disk's path and the VM's config.
+fn disk_vm(dir: &std::path::Path) -> (std::path::PathBuf, VmConfig) {
+    let src_path = dir.join("vm1-src.disk");
+    std::fs::File::create(&src_path)
+        .unwrap()
+        .set_len(DISK_LEN)
+        .unwrap();
+    let config = VmConfig {
+        mem_size: 32 << 20,
+        disk: Some(DiskConfig {
+            path: src_path.clone(),
+            seed: SEED,
+            blocks_per_iteration: PER_ITERATION,
+            iterations: 0,
+        }),
+        ..VmConfig::default()
+    };
+    (src_path, config)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vm_disk_follows_it_and_stays_consistent() {
     if !wanmig_testenv::require_kvm("a_vm_disk_follows_it_and_stays_consistent") {
@@ -92,21 +113,7 @@ async fn a_vm_disk_follows_it_and_stays_consistent() {
     let (a, b) = (mesh.gw("site-a"), mesh.gw("site-b"));
 
     let dir = tempfile::tempdir().unwrap();
-    let src_path = dir.path().join("vm1-src.disk");
-    std::fs::File::create(&src_path)
-        .unwrap()
-        .set_len(DISK_LEN)
-        .unwrap();
-    let config = VmConfig {
-        mem_size: 32 << 20,
-        disk: Some(DiskConfig {
-            path: src_path.clone(),
-            seed: SEED,
-            blocks_per_iteration: PER_ITERATION,
-            iterations: 0,
-        }),
-        ..VmConfig::default()
-    };
+    let (src_path, config) = disk_vm(dir.path());
     mesh.control("site-a")
         .start_vm("vm1", &config)
         .await
@@ -187,21 +194,7 @@ async fn no_storage_leaves_the_disk_remote_until_asked_then_deletes_the_source()
     let (ctl_a, ctl_b) = (mesh.control("site-a"), mesh.control("site-b"));
 
     let dir = tempfile::tempdir().unwrap();
-    let src_path = dir.path().join("vm1-src.disk");
-    std::fs::File::create(&src_path)
-        .unwrap()
-        .set_len(DISK_LEN)
-        .unwrap();
-    let config = VmConfig {
-        mem_size: 32 << 20,
-        disk: Some(DiskConfig {
-            path: src_path.clone(),
-            seed: SEED,
-            blocks_per_iteration: PER_ITERATION,
-            iterations: 0,
-        }),
-        ..VmConfig::default()
-    };
+    let (src_path, config) = disk_vm(dir.path());
     ctl_a.start_vm("vm1", &config).await.expect("the VM starts");
     wait_disk_iteration(a.vm_host(), "vm1", 5).await;
 
