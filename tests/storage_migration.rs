@@ -309,10 +309,27 @@ async fn no_storage_leaves_the_disk_remote_until_asked_then_deletes_the_source()
         1.0
     );
     assert!(value("wanmig_storage_blocks_total{how=\"copied\"") > 0.0);
-    assert!(value("wanmig_storage_bytes_after_reduction_total") > 0.0);
+    // A label appears once its count is above zero.
+    let blocks = |how: &str| -> f64 {
+        let prefix = format!("wanmig_storage_blocks_total{{how=\"{how}\"");
+        text.lines()
+            .find(|l| l.starts_with(&prefix))
+            .map_or(0.0, |_| value(&prefix))
+    };
+    let arrived = blocks("copied") + blocks("on_demand") + blocks("discarded");
+    let (before, after) = (
+        value("wanmig_storage_bytes_before_reduction_total"),
+        value("wanmig_storage_bytes_after_reduction_total"),
+    );
+    assert!(after > 0.0 && before > 0.0);
+    // The guest writes random words, and given time it overwrites the whole
+    // disk, so how much zstd saves here depends on how far it got (the
+    // reduction itself is asserted on fixed content in the storage crate's
+    // tests). What holds for any content: a block zstd cannot shrink goes
+    // raw, so the wire never costs more than the blocks plus a kind byte.
     assert!(
-        value("wanmig_storage_bytes_after_reduction_total")
-            < value("wanmig_storage_bytes_before_reduction_total")
+        after <= before + arrived,
+        "{after} wire bytes for {before} bytes in {arrived} blocks"
     );
 
     check_against_model(b.vm_host(), &path);
