@@ -95,6 +95,7 @@ struct RawStorage {
     release: Option<String>,
     block_size_kib: Option<u64>,
     read_timeout: Option<String>,
+    request_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -534,6 +535,7 @@ impl Validator<'_> {
             release: None,
             block_size_kib: None,
             read_timeout: None,
+            request_timeout: None,
         });
         let dir = self.path(
             "storage.dir",
@@ -571,6 +573,28 @@ impl Validator<'_> {
         )?;
         if disk.planner.read_timeout.is_zero() {
             return Err(self.err("storage.read_timeout", "must be longer than zero"));
+        }
+        // A lost fetch is asked for again after request_timeout; a guest
+        // read waiting for it fails after read_timeout. Unset, it follows a
+        // shorter read_timeout down.
+        let read = disk.planner.read_timeout;
+        disk.planner.request_timeout = match raw.request_timeout.as_deref() {
+            Some(v) => self.duration("storage.request_timeout", Some(v), read)?,
+            None => disk.planner.request_timeout.min(read / 2),
+        };
+        let request = disk.planner.request_timeout;
+        if request.is_zero() {
+            return Err(self.err("storage.request_timeout", "must be longer than zero"));
+        }
+        if request * 2 > read {
+            return Err(self.err(
+                "storage.request_timeout",
+                format!(
+                    "{request:?} must be at most storage.read_timeout ({read:?}) / 2, or a guest read fails with an I/O error before its lost fetch is asked for again; set storage.request_timeout to {:?} or less, or storage.read_timeout to {:?} or more",
+                    read / 2,
+                    request * 2
+                ),
+            ));
         }
         Ok(crate::storage_relay::StorageSettings { dir, release, disk })
     }
@@ -905,6 +929,47 @@ rtt = "100ms"
             let (e, s) = error_for(&text);
             assert_eq!(e.key(), Some(key), "{s}");
         }
+    }
+
+    #[test]
+    fn storage_request_timeout_stays_below_half_the_read_timeout() {
+        let d = dir_with_certs();
+        let origin = d.path().join("a.toml");
+        let with = |extra: &str| GatewayConfig::parse(&format!("{GOOD}\n{extra}"), &origin);
+        let timeouts = |c: GatewayConfig| {
+            let p = c.storage.disk.planner;
+            (p.read_timeout, p.request_timeout)
+        };
+        let s = Duration::from_secs;
+        // The defaults agree with each other.
+        let (read, request) = timeouts(with("").unwrap());
+        assert!(request * 2 <= read, "{request:?} vs {read:?}");
+        // Both set and consistent; exactly half is accepted.
+        let c = with("[storage]\nread_timeout = \"40s\"\nrequest_timeout = \"8s\"\n").unwrap();
+        assert_eq!(timeouts(c), (s(40), s(8)));
+        let c = with("[storage]\nread_timeout = \"20s\"\nrequest_timeout = \"10s\"\n").unwrap();
+        assert_eq!(timeouts(c), (s(20), s(10)));
+        // A short read timeout alone pulls the unset request timeout down.
+        let c = with("[storage]\nread_timeout = \"6s\"\n").unwrap();
+        assert_eq!(timeouts(c), (s(6), s(3)));
+        // Refused: the retry would come after (or too close to) the guest's
+        // I/O error, including against the default read timeout.
+        for extra in [
+            "[storage]\nread_timeout = \"25s\"\nrequest_timeout = \"30s\"\n",
+            "[storage]\nread_timeout = \"20s\"\nrequest_timeout = \"20s\"\n",
+            "[storage]\nread_timeout = \"20s\"\nrequest_timeout = \"10001ms\"\n",
+            "[storage]\nrequest_timeout = \"1h\"\n",
+        ] {
+            let e = with(extra).unwrap_err();
+            assert_eq!(e.key(), Some("storage.request_timeout"), "{extra}: {e}");
+            let msg = e.to_string();
+            assert!(msg.contains("storage.read_timeout"), "{msg}");
+            assert!(msg.contains("set storage.request_timeout to"), "{msg}");
+        }
+        let e = with("[storage]\nread_timeout = \"25s\"\nrequest_timeout = \"30s\"\n").unwrap_err();
+        assert!(e.to_string().contains("12.5s or less"), "{e}");
+        let e = with("[storage]\nrequest_timeout = \"soon\"\n").unwrap_err();
+        assert_eq!(e.key(), Some("storage.request_timeout"), "{e}");
     }
 
     #[test]

@@ -60,6 +60,9 @@ pub struct PlannerConfig {
     /// How long a guest request may wait for missing blocks.
     pub read_timeout: Duration,
     /// After how long an unanswered fetch is re-issued (link still up).
+    /// Keep it at most half of `read_timeout` (the gateway's config refuses
+    /// more): a guest read whose fetch was lost must see the re-issue, and
+    /// its answer, before its own timeout turns into an I/O error.
     pub request_timeout: Duration,
 }
 
@@ -70,7 +73,7 @@ impl Default for PlannerConfig {
             demand_window_blocks: 64,
             max_request_blocks: 16,
             read_timeout: Duration::from_secs(30),
-            request_timeout: Duration::from_secs(20),
+            request_timeout: Duration::from_secs(15),
         }
     }
 }
