@@ -97,6 +97,7 @@ pub fn fault_vm(image: Option<PathBuf>) -> VmConfig {
             pages_per_iteration: 3,
             iterations: 0,
             iteration_period: Duration::from_millis(10),
+            page_writes: Default::default(),
         }),
         mem_image: image,
         ..Default::default()

@@ -26,6 +26,7 @@ pub fn dirtying_vm(mem_mib: u64, pages_per_iteration: u64, period: Duration) -> 
             pages_per_iteration,
             iterations: 0,
             iteration_period: period,
+            page_writes: Default::default(),
         }),
         ..Default::default()
     }

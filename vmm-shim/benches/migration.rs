@@ -61,6 +61,7 @@ fn dirtying(
         pages_per_iteration,
         iterations: 0,
         iteration_period: period,
+        page_writes: Default::default(),
     })
 }
 

@@ -138,6 +138,7 @@ pub fn boot_params_bytes(p: &BootParams) -> [u8; BOOT_PARAMS_SIZE] {
     w.u64(p.disk_sectors);
     w.u64(p.disk_blocks_per_iteration);
     w.u64(p.disk_iterations);
+    w.u64(p.mem_page_writes);
     for r in p.reserved {
         w.u64(r);
     }

@@ -22,6 +22,32 @@ pub struct MemoryWorkloadConfig {
     pub iterations: u64,
     /// Minimum guest time per iteration; zero = flat out.
     pub iteration_period: Duration,
+    /// How each page write changes the page (absent in older configs:
+    /// one word).
+    #[serde(default)]
+    pub page_writes: PageWrites,
+}
+
+/// How the memory workload changes a page it writes.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum PageWrites {
+    /// One 64-bit word per page write: a re-dirtied page's delta is tiny.
+    #[default]
+    Word,
+    /// The whole page with fresh pseudo-random words: re-dirtied pages
+    /// defeat deltas and compression.
+    Full,
+}
+
+impl PageWrites {
+    /// The guest-side mode.
+    pub fn mode(self) -> abi::memory_workload::PageWriteMode {
+        match self {
+            PageWrites::Word => abi::memory_workload::PageWriteMode::Word,
+            PageWrites::Full => abi::memory_workload::PageWriteMode::Full,
+        }
+    }
 }
 
 impl Default for MemoryWorkloadConfig {
@@ -32,6 +58,7 @@ impl Default for MemoryWorkloadConfig {
             pages_per_iteration: 64,
             iterations: 0,
             iteration_period: Duration::ZERO,
+            page_writes: PageWrites::Word,
         }
     }
 }
@@ -157,6 +184,7 @@ impl VmConfig {
             p.mem_pages_per_iteration = w.pages_per_iteration;
             p.mem_iterations = w.iterations;
             p.mem_iteration_period_ns = w.iteration_period.as_nanos() as u64;
+            p.mem_page_writes = w.page_writes.mode().code();
         }
         if let Some(n) = &self.net {
             p.workloads |= abi::WORKLOAD_NET;
@@ -275,5 +303,17 @@ mod tests {
         assert_eq!(p.workloads, abi::WORKLOAD_MEMORY);
         assert_eq!(p.mem_pages_per_iteration, 64);
         assert_eq!(p.magic, abi::BOOT_PARAMS_MAGIC);
+        assert_eq!(p.mem_page_writes, 0, "one word per page write by default");
+        let full = VmConfig {
+            memory_workload: Some(MemoryWorkloadConfig {
+                page_writes: PageWrites::Full,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            full.boot_params(0).mem_page_writes,
+            abi::memory_workload::PageWriteMode::Full.code()
+        );
     }
 }

@@ -51,7 +51,7 @@ pub fn reference_digests_from(
     mut model: HostWorkingSet,
     n: u64,
 ) -> Vec<(u64, u64)> {
-    let mut work = MemoryWorkload::new(w.seed, w.pages_per_iteration);
+    let mut work = MemoryWorkload::with_mode(w.seed, w.pages_per_iteration, w.page_writes.mode());
     (0..n).map(|_| work.step(&mut model)).collect()
 }
 

@@ -27,6 +27,7 @@ fn guest_boots_prints_reports_and_exits() {
         pages_per_iteration: 100,
         iterations: 20,
         iteration_period: Duration::ZERO,
+        page_writes: Default::default(),
     };
     let config = VmConfig {
         mem_size: 16 << 20,
@@ -75,6 +76,7 @@ fn mem_image_preloads_memory_the_workload_reads() {
         pages_per_iteration: 50,
         iterations: 10,
         iteration_period: Duration::ZERO,
+        page_writes: Default::default(),
     };
     let config = VmConfig {
         mem_size: 16 << 20,

@@ -33,6 +33,7 @@ fn workload() -> MemoryWorkloadConfig {
         pages_per_iteration: PPI,
         iterations: 0,
         iteration_period: Duration::from_micros(500),
+        page_writes: Default::default(),
     }
 }
 

@@ -345,6 +345,7 @@ fn charts(dir: &Path, results: &[ScenarioResult]) -> Result<Vec<(String, String)
                     GuestWorkload::Idle => "idle",
                     GuestWorkload::Moderate => "mod",
                     GuestWorkload::WriteHeavy => "heavy",
+                    GuestWorkload::WriteHeavyPages => "heavy-pages",
                 };
                 let m = match r.scenario.mix {
                     MemoryMix::Fresh => "fresh",

@@ -47,9 +47,11 @@ pub struct DemoArgs {
     #[arg(long, value_enum, default_value = "busy")]
     mix: MemoryMix,
     /// How hard the guest dirties memory: `idle` (128 KiB/s), `moderate`
-    /// (--dirty-rate) or `write-heavy` (twice the link rate, at least
-    /// 16 MiB/s: plain pre-copy converges only by auto-converge or smart
-    /// stop).
+    /// (--dirty-rate), `write-heavy` (twice the link rate, at least
+    /// 16 MiB/s, one word per page write: plain pre-copy converges only by
+    /// auto-converge or smart stop) or `write-heavy-pages` (as fast, each
+    /// write fills the whole page with random words, so deltas and zstd
+    /// cannot shrink re-sent pages and wanmig must throttle the guest too).
     #[arg(long, value_enum, default_value = "moderate")]
     workload: GuestWorkload,
     /// How fast the moderate guest dirties memory, bytes per second (e.g.

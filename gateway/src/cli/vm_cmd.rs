@@ -119,6 +119,7 @@ async fn start(a: StartArgs) -> anyhow::Result<()> {
             pages_per_iteration: a.pages_per_iteration,
             iterations: 0,
             iteration_period: a.period,
+            page_writes: Default::default(),
         }),
         ..VmConfig::default()
     };

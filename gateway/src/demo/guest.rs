@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde::Serialize;
 use wanmig_codec::mix::{self, MixSpec, PageKind};
-use wanmig_vmm::config::{DiskConfig, NetConfig};
+use wanmig_vmm::config::{DiskConfig, NetConfig, PageWrites};
 use wanmig_vmm::workload_model::HostWorkingSet;
 use wanmig_vmm::{MemoryWorkloadConfig, VmConfig};
 
@@ -68,6 +68,10 @@ pub enum GuestWorkload {
     /// one word, so wanmig's deltas of re-dirtied pages may still converge
     /// normally.)
     WriteHeavy,
+    /// Like write-heavy, but each page write fills the whole page with
+    /// fresh pseudo-random words: re-dirtied pages defeat deltas and
+    /// compression, so wanmig too must throttle the guest or stop early.
+    WriteHeavyPages,
 }
 
 /// The idle guest's dirty rate.
@@ -80,7 +84,17 @@ impl GuestWorkload {
         match self {
             GuestWorkload::Idle => IDLE_BYTES_PER_SEC,
             GuestWorkload::Moderate => moderate,
-            GuestWorkload::WriteHeavy => (link_bps / 4).max(16 << 20),
+            GuestWorkload::WriteHeavy | GuestWorkload::WriteHeavyPages => {
+                (link_bps / 4).max(16 << 20)
+            }
+        }
+    }
+
+    /// How each page write changes the page.
+    pub fn page_writes(self) -> PageWrites {
+        match self {
+            GuestWorkload::WriteHeavyPages => PageWrites::Full,
+            _ => PageWrites::Word,
         }
     }
 
@@ -89,6 +103,7 @@ impl GuestWorkload {
             GuestWorkload::Idle => "idle",
             GuestWorkload::Moderate => "moderate",
             GuestWorkload::WriteHeavy => "write-heavy",
+            GuestWorkload::WriteHeavyPages => "write-heavy-pages",
         }
     }
 }
@@ -105,6 +120,7 @@ pub struct GuestShape {
     pub seed: u64,
     pub dirty_bytes_per_sec: u64,
     pub working_set_pages: u64,
+    pub page_writes: PageWrites,
 }
 
 impl GuestShape {
@@ -143,6 +159,7 @@ impl GuestShape {
             pages_per_iteration: per_iteration,
             iterations: 0,
             iteration_period: period,
+            page_writes: self.page_writes,
         }
     }
 
@@ -196,6 +213,7 @@ mod tests {
             seed: 1,
             dirty_bytes_per_sec: rate,
             working_set_pages: 1024,
+            page_writes: PageWrites::Word,
         };
         for rate in [128 << 10, 5 << 20, 64 << 20] {
             let w = shape(rate).memory_workload();
@@ -222,5 +240,34 @@ mod tests {
             5 << 20
         );
         assert!(GuestWorkload::Idle.dirty_bytes_per_sec(5 << 20, link) < 5 << 20);
+    }
+
+    #[test]
+    fn write_heavy_pages_writes_whole_pages_at_the_write_heavy_rate() {
+        let link = 250_000_000;
+        assert_eq!(
+            GuestWorkload::WriteHeavyPages.dirty_bytes_per_sec(5 << 20, link),
+            GuestWorkload::WriteHeavy.dirty_bytes_per_sec(5 << 20, link)
+        );
+        assert_eq!(
+            GuestWorkload::WriteHeavyPages.page_writes(),
+            PageWrites::Full
+        );
+        for w in [
+            GuestWorkload::Idle,
+            GuestWorkload::Moderate,
+            GuestWorkload::WriteHeavy,
+        ] {
+            assert_eq!(w.page_writes(), PageWrites::Word, "{w:?}");
+        }
+        let shape = GuestShape {
+            mem_bytes: 64 << 20,
+            mix: MemoryMix::Busy,
+            seed: 1,
+            dirty_bytes_per_sec: 25_000_000,
+            working_set_pages: 1024,
+            page_writes: GuestWorkload::WriteHeavyPages.page_writes(),
+        };
+        assert_eq!(shape.memory_workload().page_writes, PageWrites::Full);
     }
 }

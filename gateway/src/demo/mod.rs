@@ -146,6 +146,7 @@ impl DemoOptions {
             seed: self.seed,
             dirty_bytes_per_sec: self.effective_dirty_rate(),
             working_set_pages: self.working_set_pages,
+            page_writes: self.workload.page_writes(),
         }
     }
 }

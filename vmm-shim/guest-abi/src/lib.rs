@@ -180,8 +180,13 @@ pub struct BootParams {
     /// Disk workload: iterations to run, 0 = forever.
     pub disk_iterations: u64,
 
+    /// Memory workload: how a page write changes the page, a
+    /// [`memory_workload::PageWriteMode::code`] (0 = one word, the
+    /// behaviour before this field existed; 1 = the whole page).
+    pub mem_page_writes: u64,
+
     /// Reserved for future fields, zero.
-    pub reserved: [u64; 16],
+    pub reserved: [u64; 15],
 }
 
 /// Size in bytes of [`BootParams`].

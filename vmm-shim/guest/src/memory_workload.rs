@@ -4,7 +4,7 @@
 
 use crate::control;
 use wanmig_guest_abi as abi;
-use wanmig_guest_abi::memory_workload::{MemoryWorkload, WorkingSet};
+use wanmig_guest_abi::memory_workload::{MemoryWorkload, PageWriteMode, WorkingSet};
 
 /// The working set: identity-mapped guest-physical pages from
 /// `WORKLOAD_BASE`.
@@ -43,14 +43,22 @@ impl Runner {
     pub fn new(p: &abi::BootParams) -> Self {
         let available = p.mem_size.saturating_sub(abi::WORKLOAD_BASE) / abi::PAGE_SIZE;
         let pages = p.mem_working_set_pages.clamp(1, available.max(1));
+        let Some(mode) = PageWriteMode::from_code(p.mem_page_writes) else {
+            crate::println!(
+                "wanmig-guest: unknown page-write mode {} in the boot parameters (0 = word, 1 = full page)",
+                p.mem_page_writes
+            );
+            control::exit(abi::EXIT_BAD_PARAMS);
+        };
         crate::println!(
-            "wanmig-guest: memory workload: {} pages working set, {} pages/iteration, seed {:#x}",
+            "wanmig-guest: memory workload: {} pages working set, {} pages/iteration, {:?} page writes, seed {:#x}",
             pages,
             p.mem_pages_per_iteration,
+            mode,
             p.mem_seed
         );
         Runner {
-            work: MemoryWorkload::new(p.mem_seed, p.mem_pages_per_iteration),
+            work: MemoryWorkload::with_mode(p.mem_seed, p.mem_pages_per_iteration, mode),
             mem: GuestPages { pages },
             iterations: p.mem_iterations,
             period_ns: p.mem_iteration_period_ns,

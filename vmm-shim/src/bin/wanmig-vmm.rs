@@ -231,6 +231,7 @@ fn vm_config(a: &RunArgs) -> Result<VmConfig> {
             pages_per_iteration: a.pages_per_iteration,
             iterations: a.iterations,
             iteration_period: Duration::from_micros(a.iteration_period_us),
+            page_writes: Default::default(),
         }),
         other => bail!("unknown --workload `{other}`; use `idle` or `memory`"),
     };

@@ -28,6 +28,7 @@ pub fn dirtying_config(mem_mib: u64, pages_per_iteration: u64, period: Duration)
             pages_per_iteration,
             iterations: 0,
             iteration_period: period,
+            page_writes: Default::default(),
         }),
         ..Default::default()
     }
