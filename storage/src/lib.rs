@@ -17,6 +17,8 @@
 //! - [`digest`]: BLAKE3 of a whole disk file, holes as zeros.
 //! - [`verify`]: the end-of-copy check (digest of blocks the guest did not
 //!   write at the destination, compared at the source before release).
+//! - [`done`]: the destination's durable record of what it confirmed in
+//!   `Done`, sent again unchanged after a reconnect or restart.
 //! - [`copy`]: an in-process link that drives a whole copy for tests/benches.
 //! - [`testdisk`]: realistic sparse test images (text, binaries, free space).
 //!
@@ -34,11 +36,14 @@
 //!    a timer calls [`RemoteDisk::tick`].
 //! 3. A serves each [`FetchRequest`] with [`SourceDisk::serve`] and
 //!    [`wire::BlockEncoder`] (the gateway may dedup payloads as for memory).
-//! 4. B: when [`RemoteDisk::is_all_local`], [`RemoteDisk::complete`] fsyncs
-//!    and confirms; only then A calls [`release_source`] by policy.
+//! 4. B: when [`RemoteDisk::is_all_local`], [`RemoteDisk::confirmation`]
+//!    fsyncs, computes the end-of-copy digest and saves it (`<disk>.done`)
+//!    before B sends it; A checks it and only then calls
+//!    [`release_source`] by policy.
 
 pub mod copy;
 pub mod digest;
+pub mod done;
 pub mod error;
 pub mod extents;
 pub mod geometry;
@@ -52,6 +57,7 @@ pub mod verify;
 pub mod wire;
 
 pub use digest::disk_digest;
+pub use done::DoneRecord;
 pub use error::StorageError;
 pub use geometry::{Geometry, DEFAULT_BLOCK_SIZE};
 pub use planner::{FetchRequest, Planner, PlannerConfig, Priority};

@@ -187,30 +187,7 @@ impl PresenceBitmap {
     /// `path`, fsync the directory. A crash leaves either the old or the new
     /// bitmap, never a mix.
     pub fn save(&self, path: &Path) -> Result<(), StorageError> {
-        let mut tmp_name = path.as_os_str().to_owned();
-        tmp_name.push(".tmp");
-        let tmp = PathBuf::from(tmp_name);
-        let io = |what, e| StorageError::io(what, path, e);
-        {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&tmp)
-                .map_err(|e| io("create presence temp file for", e))?;
-            f.write_all(&self.to_bytes())
-                .map_err(|e| io("write presence bitmap", e))?;
-            f.sync_all().map_err(|e| io("fsync presence bitmap", e))?;
-        }
-        std::fs::rename(&tmp, path).map_err(|e| io("rename presence bitmap into", e))?;
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| StorageError::io("fsync directory", dir, e))?;
-        Ok(())
+        save_atomically(path, &self.to_bytes())
     }
 
     /// Loads from `path`; `Ok(None)` when the file does not exist.
@@ -225,6 +202,35 @@ impl PresenceBitmap {
             .map_err(|e| StorageError::io("read presence bitmap", path, e))?;
         Self::from_bytes(&bytes, want, path).map(Some)
     }
+}
+
+/// Writes `bytes` to `path` atomically and durably: `<path>.tmp`, fsync,
+/// rename over `path`, fsync of the directory. A crash leaves either the
+/// old or the new file.
+pub(crate) fn save_atomically(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = PathBuf::from(tmp_name);
+    let io = |what, e| StorageError::io(what, path, e);
+    {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(|e| io("create temp file for", e))?;
+        f.write_all(bytes).map_err(|e| io("write", e))?;
+        f.sync_all().map_err(|e| io("fsync", e))?;
+    }
+    std::fs::rename(&tmp, path).map_err(|e| io("rename temp file into", e))?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StorageError::io("fsync directory", dir, e))?;
+    Ok(())
 }
 
 #[cfg(test)]

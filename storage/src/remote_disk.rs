@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::fcntl::{fallocate, FallocateFlags};
 
+use crate::done::{done_path, DoneRecord};
 use crate::error::StorageError;
 use crate::geometry::{Geometry, DEFAULT_BLOCK_SIZE};
 use crate::metrics::StorageMetrics;
@@ -130,6 +131,10 @@ pub struct RemoteDisk {
     written_path: PathBuf,
     /// How many written blocks the saved written set holds.
     written_saved: AtomicU64,
+    /// What this copy confirmed (or will) in `Done`, once it did; saved
+    /// durably as `<path>.done` before it is first sent ([`crate::done`]).
+    done: Mutex<Option<DoneRecord>>,
+    done_path: PathBuf,
 }
 
 impl std::fmt::Debug for RemoteDisk {
@@ -167,7 +172,8 @@ impl RemoteDisk {
             .metadata()
             .map_err(|e| StorageError::io("stat local disk copy", path, e))?
             .len();
-        if actual == 0 && presence.is_none() {
+        let fresh = actual == 0 && presence.is_none();
+        if fresh {
             file.set_len(disk_len)
                 .map_err(|e| StorageError::io("size local disk copy", path, e))?;
         } else if actual != disk_len {
@@ -191,6 +197,8 @@ impl RemoteDisk {
         let written_path = written_path(path);
         let written = PresenceBitmap::load(&written_path, geometry)?
             .unwrap_or_else(|| PresenceBitmap::new(geometry));
+        let done_path = done_path(path);
+        let done = Self::load_done(&done_path, geometry, all_local && !fresh)?;
         Ok(RemoteDisk {
             path: path.to_owned(),
             sidecar,
@@ -215,7 +223,76 @@ impl RemoteDisk {
             written_saved: AtomicU64::new(written.present_count()),
             written: Mutex::new(written),
             written_path,
+            done: Mutex::new(done),
+            done_path,
         })
+    }
+
+    /// The saved `Done` record of a complete copy being resumed. One that
+    /// cannot belong to this copy (it is not complete, or was created
+    /// afresh) or that is damaged is removed: the confirmation is then
+    /// computed again, which at worst reports a mismatch (the source keeps
+    /// its copy), never a false success.
+    fn load_done(
+        path: &Path,
+        geometry: Geometry,
+        complete: bool,
+    ) -> Result<Option<DoneRecord>, StorageError> {
+        let loaded = if complete {
+            match DoneRecord::load(path, geometry) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!("{e}; confirming the copy anew");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        if loaded.is_none() {
+            match std::fs::remove_file(path) {
+                Ok(()) => {
+                    tracing::info!(path = %path.display(), "removed a done record that does not belong to this copy")
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StorageError::io("remove stale done record", path, e)),
+            }
+        }
+        Ok(loaded)
+    }
+
+    /// What to confirm to the source in `Done`: the end-of-copy digest
+    /// ([`crate::verify`]) and the written set it excludes. The first call
+    /// (every block must be local) completes the disk
+    /// ([`RemoteDisk::complete`]), computes the digest and saves the record
+    /// durably as `<path>.done` before returning it; every later call, and
+    /// every call after a restart, returns that same record. So guest
+    /// writes after the first `Done` (whose written bits a crash may have
+    /// lost) never turn a resent `Done` into a false mismatch, while a copy
+    /// that differed from the source when it completed still fails the
+    /// check.
+    pub fn confirmation(&self) -> Result<DoneRecord, StorageError> {
+        let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = done.as_ref() {
+            return Ok(r.clone());
+        }
+        self.complete()?;
+        let (digest, written) = self.verification_digest()?;
+        let record = DoneRecord { digest, written };
+        record.save(&self.done_path)?;
+        *done = Some(record.clone());
+        Ok(record)
+    }
+
+    /// The saved `Done` record, once [`RemoteDisk::confirmation`] made one
+    /// (here or before a restart).
+    pub fn confirmed(&self) -> Option<DoneRecord> {
+        self.done.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The `Done` record's path (`<disk>.done`).
+    pub fn done_path(&self) -> &Path {
+        &self.done_path
     }
 
     /// Turns the background copy on or off (see

@@ -569,9 +569,10 @@ async fn write_lane(
 }
 
 /// Drives the disk's timers, reports progress to the source and adds the
-/// disk's counter growth to the metrics; when every block is local,
-/// completes the disk (fsync + bitmap), computes the end-of-copy digest and
-/// sends `Done` once per session. Never returns `Ok`: the demand reader ends
+/// disk's counter growth to the metrics; when every block is local, sends
+/// `Done` once per session with the disk's confirmation (completed, digest
+/// computed and saved durably the first time:
+/// [`RemoteDisk::confirmation`]). Never returns `Ok`: the demand reader ends
 /// the session on `Released`.
 async fn ticker(
     disk: Arc<RemoteDisk>,
@@ -607,8 +608,11 @@ async fn ticker(
         let r = tokio::task::spawn_blocking(move || {
             d.tick()?;
             if check_now && d.is_all_local() {
-                d.complete()?;
-                d.verification_digest().map(Some)
+                // The first time: complete, digest, and save the record
+                // before it is sent; after that (a new session, or a
+                // restart after a crash) the same record again, so guest
+                // writes since do not fail the source's check.
+                d.confirmation().map(Some)
             } else {
                 Ok(None)
             }
@@ -616,12 +620,12 @@ async fn ticker(
         .await
         .map_err(|e| Failure::Link(e.to_string()))?;
         match r {
-            Ok(Some((digest, written))) => {
-                tracing::info!(disk = %name, written_blocks = written.present_count(), "storage copy complete locally; confirming to the source");
+            Ok(Some(done)) => {
+                tracing::info!(disk = %name, written_blocks = done.written.present_count(), "storage copy complete locally; confirming to the source");
                 demand
                     .send(Frame::Done {
-                        digest,
-                        written: written.to_bytes(),
+                        digest: done.digest,
+                        written: done.written.to_bytes(),
                     })
                     .map_err(|_| closed())?;
                 done_sent = true;
@@ -631,3 +635,6 @@ async fn ticker(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -17,7 +17,10 @@
 //!   as link down; the session reconnects and the copy resumes where it
 //!   stopped. After `Done` the source checks the copy
 //!   ([`wanmig_storage::verify`]) before it releases its own; a lost
-//!   `Released` is asked for again on reconnect.
+//!   `Released` is asked for again on reconnect, with the same `Done`
+//!   (saved before it was first sent, [`wanmig_storage::done`]), so guest
+//!   writes since — even ones a crash kept out of the saved written set —
+//!   are not mistaken for a bad copy.
 //! - [`dedup`]: page references against the destination's page store.
 //! - [`metrics`]: the `wanmig_storage_*` Prometheus metrics.
 

@@ -47,7 +47,7 @@ fn verify(disk: &SourceDisk, digest: &[u8; 32], written: &[u8]) -> Result<(), St
         Ok(())
     } else {
         Err(format!(
-            "end-of-copy check failed: the destination's copy ({}) differs from the source disk ({}) in blocks the guest did not write there; the source copy is kept (do not delete it); the VM keeps running on the destination's copy, which holds the guest's writes made there, so before recovering stop the VM there and save what it wrote: discarding the destination's copy (and its .presence/.written files) to run `wanmig storage migrate` again throws those writes away; report the mismatch (data changed in transit, or a bug)",
+            "end-of-copy check failed: the destination's copy ({}) differs from the source disk ({}) in blocks the guest did not write there; the source copy is kept (do not delete it); the VM keeps running on the destination's copy, which holds the guest's writes made there, so before recovering stop the VM there and save what it wrote: discarding the destination's copy (and its .presence/.written/.done files) to run `wanmig storage migrate` again throws those writes away; report the mismatch (data changed in transit, or a bug)",
             wanmig_storage::verify::hex(digest),
             wanmig_storage::verify::hex(&ours)
         ))

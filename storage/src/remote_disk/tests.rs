@@ -344,3 +344,155 @@ fn verification_digest_matches_the_source_except_guest_writes() {
     let (bad, _) = again.verification_digest().unwrap();
     assert_ne!(bad, expect);
 }
+
+/// A source file of `blocks` blocks of [`source_block`] content.
+fn source_file(dir: &tempfile::TempDir, blocks: u64) -> crate::SourceDisk {
+    let src_path = dir.path().join("src.img");
+    let src: Vec<u8> = (0..blocks).flat_map(source_block).collect();
+    std::fs::write(&src_path, &src).unwrap();
+    crate::SourceDisk::open(&src_path, blocks * u64::from(BS), BS).unwrap()
+}
+
+/// What the source's check ([`crate::verify`]) says about a `Done` record.
+fn source_accepts(source: &crate::SourceDisk, done: &DoneRecord) -> bool {
+    let ours = crate::verify::combine(
+        source.geometry(),
+        &source.block_hashes().unwrap(),
+        &done.written,
+    );
+    ours == done.digest
+}
+
+/// The destination confirmed its complete copy (`Done`), the guest wrote a
+/// copied block, and the destination crashed before the source's
+/// `Released` and before any save of the written set: after the restart
+/// the confirmation sent again is the one made at `Done` (saved with it),
+/// which the source accepts — a digest recomputed now would cover the
+/// guest's unsaved write and fail the check falsely.
+#[test]
+fn a_guest_write_after_done_then_a_crash_does_not_fail_the_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocks = 8u64;
+    let source = source_file(&dir, blocks);
+    let (disk, _rec) = open(&dir, blocks);
+    disk.start();
+    // The guest wrote block 6 during the copy; the rest was copied.
+    disk.write_at(6 * u64::from(BS), &vec![0x66; BS as usize])
+        .unwrap();
+    for b in (0..blocks).filter(|&b| b != 6) {
+        disk.on_block_arrived(b, &payload(b)).unwrap();
+    }
+    assert!(disk.is_all_local());
+    assert!(disk.confirmed().is_none() && !disk.done_path().exists());
+    let done = disk.confirmation().unwrap();
+    assert!(disk.done_path().exists(), "saved before it is sent");
+    assert_eq!(done.written.present_count(), 1);
+    assert!(source_accepts(&source, &done), "a faithful copy passes");
+    // Sent again in a later session: the same record, not a new digest.
+    disk.write_at(2 * u64::from(BS) + 100, b"after done")
+        .unwrap();
+    assert_eq!(disk.confirmation().unwrap(), done);
+
+    // The crash: nothing saved since (no flush, no tick). The guest's bytes
+    // are in the file (the page cache outlives a killed process).
+    let path = disk.path().to_owned();
+    drop(disk);
+    let again = RemoteDisk::open(
+        &path,
+        blocks * u64::from(BS),
+        config(),
+        Arc::new(Recorder::default()),
+    )
+    .unwrap();
+    assert!(again.is_all_local());
+    let (recomputed, stale_written) = again.verification_digest().unwrap();
+    assert!(
+        !stale_written.is_present(2),
+        "the crash lost block 2's written bit (the case at hand)"
+    );
+    assert!(
+        !source_accepts(
+            &source,
+            &DoneRecord {
+                digest: recomputed,
+                written: stale_written
+            }
+        ),
+        "recomputing after the restart would be a false mismatch"
+    );
+    assert_eq!(again.confirmed(), Some(done.clone()));
+    let resent = again.confirmation().unwrap();
+    assert_eq!(resent, done);
+    assert!(source_accepts(&source, &resent), "the restart passes");
+}
+
+/// A copy that differed from the source when it completed fails the check,
+/// before and after a restart: the saved record does not launder it.
+#[test]
+fn a_copy_wrong_at_done_still_fails_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocks = 8u64;
+    let source = source_file(&dir, blocks);
+    let (disk, _rec) = open(&dir, blocks);
+    disk.start();
+    for b in 0..blocks {
+        // Block 5 arrives with block 4's bytes (damaged in transit).
+        let p = if b == 5 { payload(4) } else { payload(b) };
+        disk.on_block_arrived(b, &p).unwrap();
+    }
+    let done = disk.confirmation().unwrap();
+    assert!(!source_accepts(&source, &done));
+    let path = disk.path().to_owned();
+    drop(disk);
+    let again = RemoteDisk::open(
+        &path,
+        blocks * u64::from(BS),
+        config(),
+        Arc::new(Recorder::default()),
+    )
+    .unwrap();
+    assert!(!source_accepts(&source, &again.confirmation().unwrap()));
+}
+
+/// A `.done` left next to a copy it cannot belong to (a new, empty local
+/// copy; or a copy that is not complete) is removed at open, and a damaged
+/// one is ignored: the confirmation is computed from the copy itself.
+#[test]
+fn a_done_record_that_does_not_belong_is_not_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocks = 4u64;
+    let source = source_file(&dir, blocks);
+    let g = Geometry::new(blocks * u64::from(BS), BS).unwrap();
+    let stale = DoneRecord {
+        digest: [9; 32],
+        written: PresenceBitmap::new(g),
+    };
+    let done_file = crate::done::done_path(&dir.path().join("d.img"));
+    stale.save(&done_file).unwrap();
+    let (disk, _rec) = open(&dir, blocks);
+    assert!(!done_file.exists(), "removed with a fresh local copy");
+    assert!(disk.confirmed().is_none());
+    disk.start();
+    disk.on_block_arrived(0, &payload(0)).unwrap();
+    disk.flush().unwrap();
+    drop(disk);
+
+    stale.save(&done_file).unwrap();
+    let (disk, _rec) = open(&dir, blocks);
+    assert!(!done_file.exists(), "removed with an incomplete copy");
+    disk.start();
+    for b in 1..blocks {
+        disk.on_block_arrived(b, &payload(b)).unwrap();
+    }
+    disk.flush().unwrap();
+    drop(disk);
+
+    // Complete on disk, but the record is damaged: ignored, computed anew.
+    std::fs::write(&done_file, b"garbage").unwrap();
+    let (disk, _rec) = open(&dir, blocks);
+    assert!(disk.is_all_local());
+    assert!(disk.confirmed().is_none());
+    let done = disk.confirmation().unwrap();
+    assert!(source_accepts(&source, &done));
+    assert_eq!(DoneRecord::load(&done_file, g).unwrap(), Some(done));
+}
