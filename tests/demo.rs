@@ -104,9 +104,19 @@ async fn demo_migrates_a_guest_with_a_live_tcp_session_and_verifies_it() {
         "{json}"
     );
     assert!(storage.iterations > storage.iterations_at_source, "{json}");
+    // The guest writes random sectors, a run of them per disk iteration walking
+    // the disk, so how much of the disk is random by the handover depends
+    // on how fast the machine ran it (a fast one can overwrite it all). What
+    // holds at any speed: the blocks the guest never wrote at the source
+    // are zeros and cost next to nothing, so the copy carries at most what
+    // the guest wrote there (its finished iterations plus the one it was
+    // in) and a sixty-fourth of the disk for framing and zero blocks.
+    let written = ((storage.iterations_at_source + 1) * demo::disk::BLOCKS_PER_ITERATION * 512)
+        .min(storage.disk_bytes);
     assert!(
-        storage.wire_bytes > 0 && storage.wire_bytes < storage.disk_bytes,
-        "{json}"
+        storage.wire_bytes > 0 && storage.wire_bytes <= written + storage.disk_bytes / 64,
+        "{} wire bytes for {written} bytes the guest wrote at the source: {json}",
+        storage.wire_bytes
     );
     // The move back: the session survives it too, every byte in order.
     let back = report.return_move.as_ref().expect("a return-move report");

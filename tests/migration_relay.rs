@@ -21,9 +21,10 @@ use wanmig_gateway::GatewayHandle;
 
 /// The destination's record of migration `id`, once it has finished: the
 /// source's record can finish a moment before the destination's does (the
-/// destination writes its outcome after it sent `Resumed`).
+/// destination writes its outcome after it sent `Resumed`; on a loaded
+/// machine that moment can stretch, hence the long deadline).
 async fn incoming(gw: &GatewayHandle, id: &str) -> MigrationRecord {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + WAIT;
     loop {
         let rec = gw
             .migration()
@@ -77,11 +78,16 @@ async fn migrate_and_check(
                 })
                 .await
                 .expect("the migration starts");
+            let deadline = std::time::Instant::now() + WAIT;
             loop {
                 let r = client.migration(&started.id).await.unwrap();
                 if r.finished() {
                     break r;
                 }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the migration did not finish: {r:?}"
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -159,7 +165,17 @@ async fn vm_moves_a_to_b_and_back_through_the_wan() {
     assert!(mesh.wait_all_up(Duration::from_secs(20)).await);
     let (a, b) = (mesh.gw("site-a"), mesh.gw("site-b"));
     let mem = 32 << 20;
-    let config = dirtying_vm(32, 16, Duration::ZERO);
+    // At most one iteration per millisecond: an unpaced guest's speed is
+    // the machine's (tens of thousands of iterations a second on a fast
+    // host), and how much it has written by the time of each move decides
+    // how much of its 4 MiB working set is random words rather than zeros
+    // — with no pace a fast machine randomises all of it, and the rounds
+    // then carry more than the quarter of memory checked below. Paced, the
+    // guest writes at most 16 000 words a second whatever the machine (a
+    // fully random working set takes over 30 s), still dirtying every
+    // working-set page within a round, and keeps its samples for over a
+    // minute in the shim's 65 536-sample log.
+    let config = dirtying_vm(32, 16, Duration::from_millis(1));
     // Placed through the control API, as `wanmig vm start` does.
     mesh.control("site-a")
         .start_vm("vm1", &config)
