@@ -43,10 +43,10 @@ async fn two_sites() -> Mesh {
         std::fs::write(&path, text).unwrap();
     }
     let mesh = prepared.start().await.expect("gateways started");
-    assert!(mesh.wait_all_up(Duration::from_secs(10)).await, "peers up");
+    assert!(mesh.wait_all_up(Duration::from_secs(30)).await, "peers up");
     for site in ["site-a", "site-b"] {
         let gw = mesh.gw(site);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let s = gw.overlay().state().await.unwrap();
             if s.peers.len() == 1 {

@@ -125,9 +125,9 @@ async fn a_cut_link_is_detected_and_the_peering_comes_back() {
     for site in ["site-a", "site-b"] {
         let down = mesh
             .gw(site)
-            .wait_until(Duration::from_secs(10), |ps| ps[0].state != LinkState::Up)
+            .wait_until(Duration::from_secs(30), |ps| ps[0].state != LinkState::Up)
             .await;
-        assert!(down, "{site} still sees the peer up 10 s after the cut");
+        assert!(down, "{site} still sees the peer up 30 s after the cut");
     }
     let detected = cut_at.elapsed();
     // idle_timeout is 2 s; generous margin for a loaded machine.
@@ -199,9 +199,9 @@ async fn registered_stream_kinds_and_datagrams_reach_their_handlers() {
     let mut dgrams = a.subscribe_datagrams(16);
     b.send_datagram("site-a", Bytes::from_static(b"frame"))
         .unwrap();
-    let d = tokio::time::timeout(Duration::from_secs(5), dgrams.recv())
+    let d = tokio::time::timeout(Duration::from_secs(30), dgrams.recv())
         .await
-        .expect("datagram within 5 s")
+        .expect("datagram within 30 s")
         .unwrap();
     assert_eq!(d.peer, "site-b");
     assert_eq!(&d.data[..], b"frame");

@@ -12,6 +12,8 @@ use std::time::Duration;
 use tempfile::TempDir;
 use wanmig_gateway::lab::{Link, Mesh, MeshBuilder};
 use wanmig_gateway::storage_relay::{ImportReport, StorageImport, StorageRelay, StorageRelayError};
+use wanmig_gateway::LinkState;
+use wanmig_storage::presence::PresenceBitmap;
 use wanmig_storage::testdisk::{build_image, ImageMix};
 use wanmig_storage::{disk_digest, ReleasePolicy, RemoteDisk, RemoteDiskConfig};
 
@@ -42,8 +44,27 @@ async fn mesh_with(rate_bps: u64, extra: &str) -> Mesh {
         .start()
         .await
         .unwrap();
-    assert!(mesh.wait_all_up(Duration::from_secs(10)).await);
+    assert!(mesh.wait_all_up(Duration::from_secs(30)).await);
     mesh
+}
+
+/// Waits (a minute at most) until `disk` holds at least `blocks` blocks,
+/// and returns its progress then. Polls every few milliseconds: the tests
+/// that act mid-copy act as soon as the copy is under way, not after a
+/// fixed sleep that a fast machine outruns and a slow one undershoots.
+async fn copied_at_least(disk: &RemoteDisk, blocks: u64) -> (u64, u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (present, total) = disk.progress();
+        if present >= blocks.min(total) {
+            return (present, total);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the copy did not reach {blocks} blocks: {present} of {total}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
 
 /// Deterministic contents for writer iteration `i`.
@@ -141,11 +162,12 @@ impl Disks {
     }
 }
 
-/// Waits (a minute at most) for the copy to end.
+/// Waits (two minutes at most: the machine may be loaded) for the copy to
+/// end.
 async fn finish(import: StorageImport) -> Result<ImportReport, StorageRelayError> {
-    tokio::time::timeout(Duration::from_secs(60), import.finish())
+    tokio::time::timeout(Duration::from_secs(120), import.finish())
         .await
-        .expect("the copy ends within a minute")
+        .expect("the copy ends within two minutes")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -162,12 +184,23 @@ async fn copy_with_writes_at_destination_and_link_cut() {
     let stop = Arc::new(AtomicBool::new(false));
     let w = writer(Arc::clone(&disk), Arc::clone(&stop));
 
-    // Cut the WAN mid-copy for longer than the idle timeout, then restore.
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let (present, total) = disk.progress();
-    assert!(present < total, "the copy must still be running at the cut");
+    // Cut the WAN as soon as the copy is under way (the rest of the ~12 MiB
+    // image takes the 60 Mbit/s link most of a second at any CPU speed),
+    // keep it cut until both gateways have given the connection up (the
+    // idle timeout fired: the copy must re-establish its session, not just
+    // ride out a pause), then restore it.
+    let (present, total) = copied_at_least(&disk, 1).await;
     mesh.relay("site-a", "site-b").cut();
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(present < total, "the copy must still be running at the cut");
+    for site in ["site-a", "site-b"] {
+        let down = mesh
+            .gw(site)
+            .wait_until(Duration::from_secs(60), |ps| {
+                ps.iter().all(|p| p.state != LinkState::Up)
+            })
+            .await;
+        assert!(down, "{site} still sees the peer up a minute after the cut");
+    }
     mesh.relay("site-a", "site-b").restore();
 
     let report = finish(import).await.unwrap();
@@ -199,10 +232,32 @@ async fn destination_crash_leaves_source_intact_and_copy_resumes() {
     let before = disk_digest(src).unwrap();
 
     let import = d.export_and_import("vm2.img", ReleasePolicy::Delete).await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    let (present, total) = import.disk().progress();
-    assert!(present < total, "crash must happen mid-copy");
+    // The crash comes once the destination has saved a bitmap that holds
+    // blocks (saved off the transport thread by a tick every 100 ms, once
+    // 16 blocks arrived), with most of the copy (over a second on the
+    // 30 Mbit/s link at any CPU speed) still to go.
+    let disk = Arc::clone(import.disk());
+    copied_at_least(&disk, 16).await;
+    let sidecar = wanmig_storage::presence::sidecar_path(dst);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let saved = PresenceBitmap::load(&sidecar, disk.geometry())
+            .ok()
+            .flatten()
+            .map_or(0, |b| b.present_count());
+        if saved > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the destination never saved its bitmap"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let (present, total) = disk.progress();
     import.abort();
+    drop(disk);
+    assert!(present < total, "crash must happen mid-copy");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         src.exists() && !d.a.is_released("vm2.img"),
