@@ -1,11 +1,15 @@
 //! Issue #7's storage-copy cuts: a real KVM guest with a disk migrates from
 //! site-a to site-b, and while the follow-on storage copy runs (the VM at B
 //! on a remote-backed disk) the WAN link is cut for 1 s, for 10 s or for
-//! good. A cut stalls the copy but loses nothing: after 1 s or 10 s the
-//! copy completes and B's disk holds exactly what the guest wrote over the
-//! source's blocks; for good, the VM keeps running at B only, A's copy of
-//! the disk stays intact (unchanged since the handover) and B's status says
-//! the copy has not finished. One test per case.
+//! good, as soon as B reports the copy (the cut often lands while the
+//! import is still connecting), and for 5 s once B holds some blocks but
+//! not all (the cut lands while blocks flow). A cut stalls the copy but
+//! loses nothing: after a cut that ends the copy resumes, completes
+//! verified, the guest never sees a disk error, and B's disk holds exactly
+//! what the guest wrote over the source's blocks; for good, the VM keeps
+//! running at B only, A's copy of the disk stays intact (unchanged since
+//! the handover) and B's status says the copy has not finished. One test
+//! per case.
 
 #[path = "fault_support.rs"]
 mod fault_support;
@@ -109,7 +113,30 @@ enum Cut {
     Permanent,
 }
 
-async fn storage_cut(name: &str, cut: Cut) {
+/// When the link is cut.
+#[derive(Debug, Clone, Copy)]
+enum CutAt {
+    /// As soon as B reports the copy (the import may still be connecting).
+    CopyStarted,
+    /// Once B holds at least an eighth of the blocks and at most three
+    /// quarters (the copy moves about 60 blocks/s on this link, and the
+    /// test looks every 10 ms): the cut lands mid-transfer.
+    MidCopy,
+}
+
+/// B's copy progress, while it copies: `(local, total)` blocks.
+fn copying(host: &VmHost) -> Option<(u64, u64)> {
+    match host.disk_state(VM) {
+        Some(DiskState::Copying {
+            local_blocks,
+            total_blocks,
+            ..
+        }) => Some((local_blocks, total_blocks)),
+        _ => None,
+    }
+}
+
+async fn storage_cut(name: &str, cut: Cut, at: CutAt) {
     if !wanmig_testenv::require_kvm(name) {
         return;
     }
@@ -159,17 +186,47 @@ async fn storage_cut(name: &str, cut: Cut) {
     let at_handover = disk_report(a.vm_host()).expect("reports at A");
 
     // Cut while the copy runs.
-    poll("the storage copy to start", WAIT, || {
-        matches!(b.vm_host().disk_state(VM), Some(DiskState::Copying { .. }))
-    })
-    .await;
     let relay = mesh.relay("site-a", "site-b");
+    match at {
+        CutAt::CopyStarted => {
+            poll("the storage copy to start", WAIT, || {
+                copying(b.vm_host()).is_some()
+            })
+            .await;
+        }
+        CutAt::MidCopy => {
+            let deadline = Instant::now() + WAIT;
+            loop {
+                let state = b.vm_host().disk_state(VM);
+                if let Some((local, total)) = copying(b.vm_host()) {
+                    if total > 0 && local * 8 >= total {
+                        assert!(
+                            local * 4 <= total * 3,
+                            "the copy was past three quarters ({local} of {total} blocks) when first seen past an eighth"
+                        );
+                        break;
+                    }
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the copy never got an eighth of the blocks: {state:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
     relay.cut();
     let cut_at = Instant::now();
-    assert!(
-        matches!(b.vm_host().disk_state(VM), Some(DiskState::Copying { .. })),
-        "the copy must still run at the cut"
-    );
+    let at_cut = copying(b.vm_host());
+    // (Before the import has opened its disk, B reports 0 of 0 blocks.)
+    let (local_at_cut, total) = at_cut.expect("the copy must still run at the cut");
+    if matches!(at, CutAt::MidCopy) {
+        assert!(
+            0 < local_at_cut && local_at_cut < total,
+            "some blocks but not all were local at the cut: {local_at_cut} of {total}"
+        );
+    }
+    tracing::info!(local_at_cut, total, ?at, "link cut");
     // The VM runs at B only, whatever the link does.
     assert_eq!(b.vm_host().state(VM), Some(VmState::Running));
     assert_eq!(
@@ -185,7 +242,10 @@ async fn storage_cut(name: &str, cut: Cut) {
             let deadline = Instant::now() + WAIT;
             let path = loop {
                 match b.vm_host().disk_state(VM) {
-                    Some(DiskState::Local { path, .. }) => break path,
+                    Some(DiskState::Local { path, verified, .. }) => {
+                        assert!(verified, "the source checked B's copy");
+                        break path;
+                    }
                     // `Failed` while the link was down says the copy
                     // resumes when it returns: wait for it.
                     other => assert!(
@@ -252,6 +312,20 @@ async fn storage_copy_cut_1s_completes() {
     storage_cut(
         "storage_copy_cut_1s_completes",
         Cut::For(Duration::from_secs(1)),
+        CutAt::CopyStarted,
+    )
+    .await;
+}
+
+// A cut that lands while blocks flow (some local, not all), longer than the
+// lab's 3 s QUIC idle timeout: the session ends, the in-flight blocks are
+// asked for again after reconnecting, and the copy completes verified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_copy_cut_mid_copy_resumes_and_completes_verified() {
+    storage_cut(
+        "storage_copy_cut_mid_copy_resumes_and_completes_verified",
+        Cut::For(Duration::from_secs(5)),
+        CutAt::MidCopy,
     )
     .await;
 }
@@ -266,6 +340,7 @@ async fn storage_copy_cut_10s_resumes_and_completes() {
     storage_cut(
         "storage_copy_cut_10s_resumes_and_completes",
         Cut::For(Duration::from_secs(10)),
+        CutAt::CopyStarted,
     )
     .await;
 }
@@ -275,6 +350,7 @@ async fn storage_copy_cut_for_good_keeps_the_source_disk_intact() {
     storage_cut(
         "storage_copy_cut_for_good_keeps_the_source_disk_intact",
         Cut::Permanent,
+        CutAt::CopyStarted,
     )
     .await;
 }
