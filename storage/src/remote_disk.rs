@@ -17,7 +17,12 @@
 //! then fsyncs the local file, then saves the snapshot atomically. So the
 //! sidecar never claims a block whose bytes are not durable, and after a
 //! crash the copy resumes from the last saved bitmap. Guest writes are
-//! durable (data and bit) once `flush()` returns, as with any disk.
+//! durable (data and bit) once `flush()` returns, as with any disk. The set
+//! of blocks the guest wrote (excluded from the end-of-copy check) must not
+//! lag the data either: a first write to a block the saved sidecar holds
+//! saves the set before its bytes go to the file, until the copy is
+//! confirmed ([`crate::done`]); blocks the sidecar does not hold are simply
+//! fetched again after a crash.
 //!
 //! Methods take `&self` (share it in an `Arc`): the guest's I/O thread calls
 //! `read_at`/`write_at` while the transport's thread delivers blocks.
@@ -102,6 +107,10 @@ struct State {
     outcomes: HashMap<WaiterId, Outcome>,
     since_persist: u64,
     persist_due: bool,
+    /// At least the blocks the saved presence sidecar holds (updated when
+    /// a save starts): after a crash these stay present, so a guest write
+    /// to one must have its written bit saved first.
+    saved: PresenceBitmap,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,6 +144,8 @@ pub struct RemoteDisk {
     /// durably as `<path>.done` before it is first sent ([`crate::done`]).
     done: Mutex<Option<DoneRecord>>,
     done_path: PathBuf,
+    /// `done` is set (read without its lock on the write path).
+    confirmed: AtomicBool,
 }
 
 impl std::fmt::Debug for RemoteDisk {
@@ -193,6 +204,7 @@ impl RemoteDisk {
             "remote-backed disk opened"
         );
         let all_local = presence.is_complete();
+        let saved = presence.clone();
         let planner = Planner::new(presence, config.planner);
         let written_path = written_path(path);
         let written = PresenceBitmap::load(&written_path, geometry)?
@@ -210,6 +222,7 @@ impl RemoteDisk {
                 outcomes: HashMap::new(),
                 since_persist: 0,
                 persist_due: false,
+                saved,
             }),
             changed: Condvar::new(),
             persist_lock: Mutex::new(()),
@@ -221,6 +234,7 @@ impl RemoteDisk {
             metrics: Arc::new(StorageMetrics::default()),
             all_local: AtomicBool::new(all_local),
             written_saved: AtomicU64::new(written.present_count()),
+            confirmed: AtomicBool::new(done.is_some()),
             written: Mutex::new(written),
             written_path,
             done: Mutex::new(done),
@@ -281,6 +295,7 @@ impl RemoteDisk {
         let record = DoneRecord { digest, written };
         record.save(&self.done_path)?;
         *done = Some(record.clone());
+        self.confirmed.store(true, Ordering::Release);
         Ok(record)
     }
 
@@ -357,11 +372,33 @@ impl RemoteDisk {
         Ok((crate::verify::combine(g, &hashes, &written), written))
     }
 
-    fn mark_written(&self, offset: u64, len: u64) {
+    /// Marks the blocks of a guest write as written, before its bytes go
+    /// to the file. A block the saved sidecar already holds stays present
+    /// after a crash with whatever bytes reached the file, so until the
+    /// copy is confirmed ([`RemoteDisk::confirmation`]) its written bit is
+    /// saved (durably) first: otherwise a crash before the next save would
+    /// leave the guest's bytes in a block the end-of-copy check includes,
+    /// a false mismatch. Other blocks need no save: after a crash they are
+    /// missing again and fetched anew. `saved` is the state's, held by the
+    /// caller across this call and the write, so a persist cannot add a
+    /// block to the sidecar in between.
+    fn mark_written(
+        &self,
+        saved: &PresenceBitmap,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), StorageError> {
         let mut w = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        let mut save = false;
         for b in self.geometry.blocks_touching(offset, len) {
-            w.set(b);
+            save |= w.set(b) && saved.is_present(b);
         }
+        if save && !self.confirmed.load(Ordering::Acquire) {
+            w.save(&self.written_path)?;
+            self.written_saved
+                .store(w.present_count(), Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// Disk size in bytes.
@@ -486,11 +523,12 @@ impl RemoteDisk {
         let len = buf.len() as u64;
         if self.is_all_local() {
             self.geometry.check_range(offset, len)?;
-            self.mark_written(offset, len);
+            let st = self.lock();
+            self.mark_written(&st.saved, offset, len)?;
             return self.file.write_all_at(buf, offset);
         }
         let mut st = self.wait_ready(Op::Write, offset, len)?;
-        self.mark_written(offset, len);
+        self.mark_written(&st.saved, offset, len)?;
         // Under the lock, so no arriving block can land between our write
         // and marking the blocks present.
         self.file.write_all_at(buf, offset)?;
@@ -517,18 +555,25 @@ impl RemoteDisk {
             let mut st = self.lock();
             st.since_persist = 0;
             st.persist_due = false;
-            st.planner.presence().clone()
+            let snapshot = st.planner.presence().clone();
+            // From now on the sidecar may hold these blocks.
+            st.saved = snapshot.clone();
+            snapshot
         };
-        let written = self.written_set();
         self.file
             .sync_data()
             .map_err(|e| StorageError::io("fsync local disk copy", &self.path, e))?;
         // The written set only grows; save it when it did (it excludes
         // blocks from the end-of-copy check, so it must survive a restart).
-        if written.present_count() != self.written_saved.load(Ordering::Relaxed) {
-            written.save(&self.written_path)?;
-            self.written_saved
-                .store(written.present_count(), Ordering::Relaxed);
+        // Under its lock: a write-ahead save in `mark_written` and this one
+        // never overwrite a newer set with an older one.
+        {
+            let w = self.written.lock().unwrap_or_else(|e| e.into_inner());
+            if w.present_count() != self.written_saved.load(Ordering::Relaxed) {
+                w.save(&self.written_path)?;
+                self.written_saved
+                    .store(w.present_count(), Ordering::Relaxed);
+            }
         }
         snapshot.save(&self.sidecar)
     }
