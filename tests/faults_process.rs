@@ -121,12 +121,39 @@ fn fresh(bin: &Path, workspace: &Path) -> bool {
     newest.is_some_and(|n| n <= built)
 }
 
-/// A free loopback TCP port (for a gateway's control API).
+/// A free loopback TCP port for a gateway process's control API, which
+/// binds it itself a moment later. Taken from below the kernel's ephemeral
+/// range: a port `bind(…:0)` handed out and got back is free for any other
+/// test's outgoing connection or `bind(…:0)` to take before the gateway
+/// binds it, one below the range is not. Tried from a random start, and
+/// never twice in this process, so parallel tests do not pick the same.
 fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    use std::collections::HashSet;
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    const FROM: u16 = 10_000;
+    let below = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let span = below.saturating_sub(FROM).max(1);
+    let start = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let mut given = GIVEN.lock().unwrap();
+    let taken: HashSet<u16> = given.iter().copied().collect();
+    for i in 0..u64::from(span) {
+        let port = FROM + (start.wrapping_add(i) % u64::from(span)) as u16;
+        if taken.contains(&port) {
+            continue;
+        }
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            given.push(port);
+            return l.local_addr().unwrap();
+        }
+    }
+    panic!("no free loopback TCP port in {FROM}..{below}")
 }
 
 /// Whether `pid` is a live (not zombie) process.
@@ -610,12 +637,9 @@ async fn destination_gateway_killed_after_the_handover_the_vm_runs_on_there() {
     assert!(!alive(a_shim));
 }
 
-// Fails today: B's restarted gateway has no record of the migration, and
-// the relay's `settle_incoming` answers `Discarded` for a migration it has
-// no record of, without asking its host whether the VM runs there, so A
-// marks the VM "runs nowhere" while it runs at B. Run with `--ignored` once
-// the relay consults the host (a VM listed running here, arrived from the
-// asking site, is `Running`).
+/// B's restarted gateway has no record of the migration: asked to settle
+/// it, it answers by whether the VM runs there (it does, in its shim), so A
+/// records the move as confirmed late instead of "runs nowhere".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn destination_gateway_restarted_before_the_source_heard_resumed_settles_as_running_there() {
     if !wanmig_testenv::require_kvm("destination_gateway_restarted_before_the_source_heard") {
