@@ -43,9 +43,15 @@ async fn cut_during_round_0_keeps_the_vm_at_the_source() {
     if !wanmig_testenv::require_kvm("cut_during_round_0_keeps_the_vm_at_the_source") {
         return;
     }
-    // A slow link, so round 0 takes a while on the wire.
+    // A slow link and a guest whose memory holds 5 MiB of text-like bytes,
+    // so round 0 takes about 3 s on the wire at any CPU speed. (The
+    // dirtying guest's round 0 is its mostly-zero memory plus whatever
+    // random words it wrote so far: about 130 kB, a tenth of a second at
+    // 8 Mbit/s, which a poll on a loaded machine can miss.)
     let mesh = two_sites(8_000_000, Duration::ZERO, Duration::ZERO).await;
-    let config = dirtying_guest_at_a(&mesh).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = fault_vm(Some(write_image(dir.path(), 32 << 20, 5 << 20)));
+    guest_at_a(&mesh, &config).await;
     let a = mesh.gw("site-a");
     let id = begin(a, "site-b");
     poll("round 0 to start", WAIT, || {
