@@ -28,12 +28,19 @@ fn assert_verified(what: &str, r: &RunSummary, disk: bool) {
     assert!(r.ok, "{what}: {r:?}");
 }
 
-/// The run converged by throttling the guest (auto-converge) or by a smart
-/// stop, and the guest was throttled on the way.
+/// The run could not converge normally: the source throttled the guest
+/// (auto-converge) and then stopped when the rest fit the budget
+/// ("auto-converge"), at a local minimum of the dirty set ("smart-stop"),
+/// or at the round limit ("round-limit"). Which of the three ends it
+/// depends on how the dirty set happened to vary from round to round (the
+/// planner restarts its stall count when a round's dirty set drops by more
+/// than 10%, which noise alone does now and then; 13-27 of the 30 rounds
+/// were seen), so any of them passes; "normal" does not, nor an unthrottled
+/// guest.
 fn assert_throttled_or_stopped(what: &str, r: &RunSummary) {
     let mode = r.convergence.as_deref().unwrap_or("none");
     assert!(
-        mode == "auto-converge" || mode == "smart-stop",
+        ["auto-converge", "smart-stop", "round-limit"].contains(&mode),
         "{what}: a guest dirtying faster than the link converged by {mode:?}: {r:?}"
     );
     assert!(
@@ -71,10 +78,14 @@ async fn quick_scenarios_migrate_verified_and_converge_beside_their_raw_baseline
         };
         let r = run::run(&s, image, QemuPolicy::Never).await;
         let name = &r.name;
-        for (run, x) in [("wanmig", &r.wanmig), ("raw", &r.raw)] {
+        for (run, x, d) in [
+            ("wanmig", &r.wanmig, &r.wanmig_report),
+            ("raw", &r.raw, &r.raw_report),
+        ] {
             eprintln!(
-                "{name} {run}: {} by {:?} (throttle {:?}), {} rounds, downtime {:?} ms, total {} ms; scenario wall {:.1} s",
-                x.outcome, x.convergence, x.max_throttle, x.rounds, x.downtime_ms, x.total_ms, r.wall_s
+                "{name} {run}: {} by {:?} (throttle {:?}), {} rounds, downtime {:?} ms, total {} ms; scenario wall {:.1} s; pages per round {:?}",
+                x.outcome, x.convergence, x.max_throttle, x.rounds, x.downtime_ms, x.total_ms, r.wall_s,
+                d.as_ref().map(|d| &d.round_pages)
             );
         }
         assert_verified(&format!("{name} wanmig"), &r.wanmig, s.disk_bytes.is_some());
