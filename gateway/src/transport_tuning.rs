@@ -44,6 +44,14 @@ const CONN_BDP_MULTIPLE: u64 = 2 * STREAM_BDP_MULTIPLE;
 /// then burst whole flow-control windows into the queue and lost ~10 % of
 /// its packets to queue overflow (goodput 72-82 %).
 const CWND_BDP_MULTIPLE_PERCENT: u64 = 150;
+/// The congestion window cap never goes below this (44 full packets; also
+/// the emulator's smallest bottleneck queue). It used to share
+/// [`MIN_WINDOW`] (4 MiB), which put the cap far above 1.5 × BDP on every
+/// link whose BDP is under 2.8 MB (100 Mbit/s × 100 ms is 1.25 MB): BBR's
+/// startup then overfilled the bottleneck queue. Measured with the demo on
+/// the emulated 100 Mbit/s × 100 ms link (a one-BDP queue): 990–1140
+/// packets lost per 128 MiB migration with the 4 MiB floor, none with this.
+const MIN_CWND_CAP: u64 = 64 << 10;
 /// Initial congestion window as a fraction (1/n) of the link's BDP. quinn's
 /// default (~15 kB) needs about eight round trips of startup to fill a
 /// 250 Mbit/s × 100 ms link, close to a second; a quarter BDP — sent paced
@@ -85,7 +93,8 @@ impl WindowPlan {
         let stream = clamp(bdp.saturating_mul(STREAM_BDP_MULTIPLE));
         let conn = clamp(bdp.saturating_mul(CONN_BDP_MULTIPLE)).max(stream);
         let mtu = hints.mtu.saturating_sub(IP_UDP_OVERHEAD).clamp(1200, 65527);
-        let cwnd_cap = clamp(bdp.saturating_mul(CWND_BDP_MULTIPLE_PERCENT) / 100);
+        let cwnd_cap =
+            (bdp.saturating_mul(CWND_BDP_MULTIPLE_PERCENT) / 100).clamp(MIN_CWND_CAP, MAX_WINDOW);
         WindowPlan {
             bdp,
             stream_receive_window: stream,
@@ -329,7 +338,12 @@ mod tests {
         // A tiny link still starts at quinn's default and never above the cap.
         let tiny = WindowPlan::for_link(&wan(1.0, 1));
         assert_eq!(tiny.initial_window, QUINN_INITIAL_WINDOW);
-        assert_eq!(tiny.congestion_window_cap, MIN_WINDOW);
+        assert_eq!(tiny.congestion_window_cap, MIN_CWND_CAP);
+        // Below 2.8 MB of BDP the cap follows the BDP, not the 4 MiB
+        // flow-control floor (which would overfill a one-BDP queue).
+        let slow = WindowPlan::for_link(&wan(100.0, 100));
+        assert_eq!(slow.congestion_window_cap, 1_875_000);
+        assert_eq!(slow.stream_receive_window, 3_750_000.max(MIN_WINDOW));
         let big = WindowPlan::for_link(&wan(10_000.0, 400));
         assert_eq!(big.congestion_window_cap, MAX_WINDOW);
         assert!(big.initial_window <= big.congestion_window_cap);
