@@ -44,13 +44,27 @@ const CONN_BDP_MULTIPLE: u64 = 2 * STREAM_BDP_MULTIPLE;
 /// then burst whole flow-control windows into the queue and lost ~10 % of
 /// its packets to queue overflow (goodput 72-82 %).
 const CWND_BDP_MULTIPLE_PERCENT: u64 = 150;
-/// Initial congestion window as a fraction (1/n) of the link's BDP. quinn's
-/// default (~15 kB) needs about eight round trips of startup to fill a
-/// 250 Mbit/s × 100 ms link, close to a second; a quarter BDP — sent paced
-/// (1.25 × window / the hinted RTT), not as a burst — needs two. The link
-/// hints are the operator's statement of the path, like a route's
-/// `initcwnd` for kernel TCP.
-const INITIAL_WINDOW_BDP_DIVISOR: u64 = 4;
+/// The congestion window cap never goes below this (44 full packets; also
+/// the emulator's smallest bottleneck queue). It used to share
+/// [`MIN_WINDOW`] (4 MiB), which put the cap far above 1.5 × BDP on every
+/// link whose BDP is under 2.8 MB (100 Mbit/s × 100 ms is 1.25 MB): BBR's
+/// startup then overfilled the bottleneck queue. Measured with the demo on
+/// the emulated 100 Mbit/s × 100 ms link (a one-BDP queue): 990–1140
+/// packets lost per 128 MiB migration with the 4 MiB floor, none with this.
+const MIN_CWND_CAP: u64 = 64 << 10;
+/// Initial congestion window as a fraction (1/n) of the link's BDP, sent
+/// paced (1.25 × window / the hinted RTT), not as a burst. The link hints
+/// are the operator's statement of the path, like a route's `initcwnd` for
+/// kernel TCP. It matters for every migration, not only the connection's
+/// first: the gateways' connection idles between migrations, BBR does not
+/// grow its window while application-limited, so each migration starts
+/// from here. Measured with `wanmig demo --mem 128MiB` (a migration moves
+/// ~29 MB), alternating in one run: at a quarter BDP BBR took ~800 ms to
+/// fill 100 Mbit/s × 100 ms (total 3.1–3.7 s, copy 2.6–3.1 s); at half a
+/// BDP 3.0 s (copy 2.5–2.6 s); at 250 Mbit/s × 100 ms 1.97–2.0 s against
+/// 1.61–1.82 s. A whole BDP gained little more, and half leaves room for
+/// hints that overstate the path.
+const INITIAL_WINDOW_BDP_DIVISOR: u64 = 2;
 /// quinn's own initial window (10 × 1472 bytes): never start below it.
 const QUINN_INITIAL_WINDOW: u64 = 14_720;
 /// IPv6 + UDP header bytes: the conservative per-packet overhead.
@@ -85,7 +99,8 @@ impl WindowPlan {
         let stream = clamp(bdp.saturating_mul(STREAM_BDP_MULTIPLE));
         let conn = clamp(bdp.saturating_mul(CONN_BDP_MULTIPLE)).max(stream);
         let mtu = hints.mtu.saturating_sub(IP_UDP_OVERHEAD).clamp(1200, 65527);
-        let cwnd_cap = clamp(bdp.saturating_mul(CWND_BDP_MULTIPLE_PERCENT) / 100);
+        let cwnd_cap =
+            (bdp.saturating_mul(CWND_BDP_MULTIPLE_PERCENT) / 100).clamp(MIN_CWND_CAP, MAX_WINDOW);
         WindowPlan {
             bdp,
             stream_receive_window: stream,
@@ -320,16 +335,21 @@ mod tests {
     }
 
     #[test]
-    fn congestion_window_is_capped_near_the_bdp_and_starts_at_a_quarter_of_it() {
+    fn congestion_window_is_capped_near_the_bdp_and_starts_at_half_of_it() {
         let p = WindowPlan::for_link(&wan(250.0, 100));
         // 1.5 × 3.125 MB: one BDP in the pipe, half a BDP queued.
         assert_eq!(p.congestion_window_cap, 4_687_500);
         assert!(p.congestion_window_cap < p.stream_receive_window);
-        assert_eq!(p.initial_window, 781_250);
+        assert_eq!(p.initial_window, 1_562_500);
         // A tiny link still starts at quinn's default and never above the cap.
         let tiny = WindowPlan::for_link(&wan(1.0, 1));
         assert_eq!(tiny.initial_window, QUINN_INITIAL_WINDOW);
-        assert_eq!(tiny.congestion_window_cap, MIN_WINDOW);
+        assert_eq!(tiny.congestion_window_cap, MIN_CWND_CAP);
+        // Below 2.8 MB of BDP the cap follows the BDP, not the 4 MiB
+        // flow-control floor (which would overfill a one-BDP queue).
+        let slow = WindowPlan::for_link(&wan(100.0, 100));
+        assert_eq!(slow.congestion_window_cap, 1_875_000);
+        assert_eq!(slow.stream_receive_window, 3_750_000.max(MIN_WINDOW));
         let big = WindowPlan::for_link(&wan(10_000.0, 400));
         assert_eq!(big.congestion_window_cap, MAX_WINDOW);
         assert!(big.initial_window <= big.congestion_window_cap);
