@@ -16,6 +16,7 @@ pub mod planner;
 pub mod protocol;
 pub mod serial;
 pub mod state;
+pub mod throttle;
 pub mod vcpu;
 pub mod vcpu_state;
 pub mod virtio;

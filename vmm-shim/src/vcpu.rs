@@ -7,6 +7,7 @@ use crate::clock::GuestClock;
 use crate::guest_control::{self, ControlRequest, ReportLog};
 use crate::memory::GuestMem;
 use crate::serial::{Serial, SerialSink};
+use crate::throttle::Throttle;
 use crate::vcpu_state::{self, VcpuCaps, VcpuState, VcpuStateError};
 use crate::virtio::VirtioBus;
 use kvm_ioctls::{VcpuExit, VcpuFd};
@@ -109,8 +110,7 @@ impl VcpuHandle {
                     shared: s,
                     rx,
                     paused: true,
-                    throttle: 0,
-                    guest_time: Duration::ZERO,
+                    throttle: Throttle::new(),
                     stopping: false,
                 };
                 t.run();
@@ -179,9 +179,10 @@ impl VcpuHandle {
         Ok(self.ask(Command::Restore(Box::new(state), tx), rx)??)
     }
 
-    /// Throttles the vCPU to run only `100 - percent` % of the time.
+    /// Throttles the vCPU: it is held off `percent` % of wall-clock time
+    /// (at most [`crate::throttle::MAX_PERCENT`]), see [`Throttle`].
     pub fn throttle(&self, percent: u8) -> Result<(), VcpuError> {
-        self.send(Command::Throttle(percent.min(99)))
+        self.send(Command::Throttle(percent.min(crate::throttle::MAX_PERCENT)))
     }
 }
 
@@ -207,8 +208,7 @@ struct VcpuThread {
     shared: Arc<Shared>,
     rx: Receiver<Command>,
     paused: bool,
-    throttle: u8,
-    guest_time: Duration,
+    throttle: Throttle,
     stopping: bool,
 }
 
@@ -277,10 +277,7 @@ impl VcpuThread {
             Command::Restore(state, reply) => {
                 let _ = reply.send(vcpu_state::restore(&self.vcpu, &self.caps, &state));
             }
-            Command::Throttle(p) => {
-                self.throttle = p;
-                self.guest_time = Duration::ZERO;
-            }
+            Command::Throttle(p) => self.throttle.set(p, Instant::now()),
             Command::Stop => self.stopping = true,
         }
     }
@@ -294,24 +291,25 @@ impl VcpuThread {
         }
     }
 
-    /// Auto-converge: after each ~5 ms of guest time, sit out enough to run
-    /// only `100 - throttle` % of the time.
+    /// Auto-converge: sits out the throttle's hold-off window if `now` is
+    /// in one (after an exit, or after a guest sleep that ran into it). A
+    /// command arriving meanwhile is handled and the rest of the window
+    /// still sat out, unless it paused or stopped the vCPU or changed the
+    /// throttle.
     fn apply_throttle(&mut self) {
-        if self.throttle == 0 || self.guest_time < Duration::from_millis(5) {
-            return;
+        while !self.paused && !self.stopping {
+            let off = self.throttle.hold_off(Instant::now());
+            if off.is_zero() {
+                return;
+            }
+            self.sleep(off);
         }
-        let p = self.throttle as u32;
-        let off = self.guest_time * p / (100 - p);
-        self.guest_time = Duration::ZERO;
-        self.sleep(off);
     }
 
     /// One KVM_RUN and its exit; `Some` when the run has ended.
     fn step(&mut self) -> Option<RunExit> {
         let shared = self.shared.clone();
-        let entered = Instant::now();
         let run = self.vcpu.run();
-        self.guest_time += entered.elapsed();
         let exit = match run {
             Ok(e) => e,
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => return None,
