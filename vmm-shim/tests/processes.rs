@@ -62,11 +62,13 @@ fn shim(dir: &Path, name: &str, mem: &str, extra: &[&str]) -> Proc {
     Proc(cmd.spawn().expect("spawn wanmig-vmm"))
 }
 
+/// Waits for a shim to create `p` (a minute: deadlines here are for a
+/// hung shim, not a slow one on a loaded machine).
 fn wait_for_path(p: &Path) {
     let start = Instant::now();
     while !p.exists() {
         assert!(
-            start.elapsed() < Duration::from_secs(20),
+            start.elapsed() < Duration::from_secs(60),
             "{} never appeared",
             p.display()
         );
@@ -150,7 +152,7 @@ fn two_processes_migrate_over_a_unix_socket() {
         report.final_pages,
         report.downtime
     );
-    let (st, _) = wait_exit(&mut src, Duration::from_secs(20));
+    let (st, _) = wait_exit(&mut src, Duration::from_secs(60));
     assert!(
         st.success(),
         "the source shim exits cleanly after handing over"
@@ -293,7 +295,7 @@ fn source_killed_mid_migration_leaves_no_vm_at_the_destination() {
         },
     );
     relay_thread.join().unwrap();
-    let (st, stderr) = wait_exit(&mut dst, Duration::from_secs(30));
+    let (st, stderr) = wait_exit(&mut dst, Duration::from_secs(60));
     assert!(
         !st.success(),
         "the destination must not run a half-received VM"
