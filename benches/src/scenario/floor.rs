@@ -9,11 +9,19 @@
 //! compressed as one zstd stream at level [`FLOOR_ZSTD_LEVEL`].
 //!
 //! **Re-sent dirty bytes** `R`: while `U` crosses the link (`U / rate`
-//! seconds) the guest keeps writing; each page write changes one 8-byte
-//! word, so a perfect encoder re-sends [`RESEND_BYTES_PER_PAGE`] bytes
-//! (the word and its address) per distinct page dirtied in that time. With
-//! `n` uniformly random page writes into a working set of `w` pages the
-//! expected distinct pages are `w · (1 − (1 − 1/w)^n)`.
+//! seconds) the guest keeps writing, and every distinct page it dirties in
+//! that time costs more (with `n` uniformly random page writes into a
+//! working set of `w` pages the expected distinct pages are
+//! `w · (1 − (1 − 1/w)^n)`). What a page costs depends on how the guest
+//! writes it ([`PageRewrite`]):
+//! - a guest that changes one 8-byte word per page write: a perfect encoder
+//!   re-sends [`RESEND_BYTES_PER_PAGE`] bytes (the word and its address);
+//! - a guest that fills the whole page with fresh pseudo-random words
+//!   (write-heavy-pages): no encoder can send less than the page's
+//!   compressed size, [`FULL_PAGE_RESEND_BYTES`] for random words. A
+//!   clairvoyant sender would skip the page's old content, so the floor
+//!   takes off what an average page of the image adds to `U`
+//!   (`U / memory pages`) — the floor stays a lower bound.
 //!
 //! **Floor** = `(U + R) · 8 / rate + HANDSHAKE_RTTS · RTT`: the migration
 //! session's open (Hello → HelloAck) and the handover's confirmation
@@ -27,11 +35,16 @@ use std::io::Write;
 use anyhow::{Context, Result};
 use serde::Serialize;
 use wanmig_codec::mix::{self, MixSpec};
+use wanmig_gateway::demo::GuestWorkload;
 
 /// zstd level of the floor's compression (the highest regular level).
 pub const FLOOR_ZSTD_LEVEL: i32 = 19;
-/// Bytes a perfect encoder needs to re-send one page write.
+/// Bytes a perfect encoder needs to re-send a page whose write changed
+/// one word.
 pub const RESEND_BYTES_PER_PAGE: f64 = 16.0;
+/// Bytes any encoder needs to send a page the guest filled with fresh
+/// pseudo-random words: the page itself, it does not compress.
+pub const FULL_PAGE_RESEND_BYTES: f64 = PAGE as f64;
 /// Round trips a migration cannot avoid.
 pub const HANDSHAKE_RTTS: f64 = 2.0;
 const PAGE: usize = 4096;
@@ -84,10 +97,51 @@ pub fn image_floor(spec: &MixSpec, seed: u64, mem_bytes: u64) -> Result<ImageFlo
     })
 }
 
+/// How the guest's page writes change a page, as far as re-sending it
+/// costs.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum PageRewrite {
+    /// One 8-byte word per page write.
+    Word,
+    /// The whole page, with fresh pseudo-random words.
+    FullRandom,
+}
+
+impl PageRewrite {
+    /// How `workload` writes its pages (the demo guest's page-write mode).
+    pub fn of(workload: GuestWorkload) -> PageRewrite {
+        // Every workload named, so a new one must say how it writes.
+        match workload {
+            GuestWorkload::Idle | GuestWorkload::Moderate | GuestWorkload::WriteHeavy => {
+                PageRewrite::Word
+            }
+            GuestWorkload::WriteHeavyPages => PageRewrite::FullRandom,
+        }
+    }
+
+    /// Bytes the floor counts per distinct page dirtied while `image`'s
+    /// unique bytes cross the link.
+    pub fn resend_bytes_per_page(self, image: &ImageFloor) -> f64 {
+        match self {
+            PageRewrite::Word => RESEND_BYTES_PER_PAGE,
+            PageRewrite::FullRandom => {
+                let pages = (image.mem_bytes / PAGE as u64).max(1) as f64;
+                let old_share = image.unique_compressed_bytes as f64 / pages;
+                (FULL_PAGE_RESEND_BYTES - old_share).max(0.0)
+            }
+        }
+    }
+}
+
 /// The floor of one scenario.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq)]
 pub struct Floor {
     pub unique_compressed_bytes: u64,
+    /// How the guest's writes change a page.
+    pub page_rewrite: PageRewrite,
+    /// What `R` counts per distinct dirtied page.
+    pub resend_bytes_per_page: f64,
     /// `R`: bytes to re-send the pages dirtied while `U` is in flight.
     pub resend_bytes: u64,
     pub handshake_ms: f64,
@@ -105,23 +159,27 @@ pub fn distinct_pages_dirtied(writes: f64, working_set: u64) -> f64 {
 }
 
 /// The floor of `image` on a link of `rate_bps` and `rtt_ms`, with a guest
-/// writing `dirty_bytes_per_sec` (in 4 KiB page writes) into
-/// `working_set_pages`.
+/// writing `dirty_bytes_per_sec` (in 4 KiB page writes, each changing the
+/// page as `rewrite` says) into `working_set_pages`.
 pub fn floor(
     image: &ImageFloor,
     rate_bps: u64,
     rtt_ms: f64,
     dirty_bytes_per_sec: u64,
     working_set_pages: u64,
+    rewrite: PageRewrite,
 ) -> Floor {
     let rate = rate_bps.max(1) as f64;
     let u = image.unique_compressed_bytes as f64;
     let in_flight_s = u * 8.0 / rate;
     let writes = dirty_bytes_per_sec as f64 / PAGE as f64 * in_flight_s;
-    let resend = distinct_pages_dirtied(writes, working_set_pages) * RESEND_BYTES_PER_PAGE;
+    let per_page = rewrite.resend_bytes_per_page(image);
+    let resend = distinct_pages_dirtied(writes, working_set_pages) * per_page;
     let handshake_ms = HANDSHAKE_RTTS * rtt_ms;
     Floor {
         unique_compressed_bytes: image.unique_compressed_bytes,
+        page_rewrite: rewrite,
+        resend_bytes_per_page: per_page,
         resend_bytes: resend.round() as u64,
         handshake_ms,
         floor_ms: (u + resend) * 8.0 / rate * 1e3 + handshake_ms,
@@ -156,13 +214,95 @@ mod tests {
             distinct_pages: 1,
             unique_compressed_bytes: 12_500_000,
         };
-        let f = floor(&image, 100_000_000, 50.0, 0, 0);
+        let f = floor(&image, 100_000_000, 50.0, 0, 0, PageRewrite::Word);
         assert_eq!(f.resend_bytes, 0);
         assert!((f.floor_ms - (1000.0 + 100.0)).abs() < 1e-6, "{f:?}");
         // A writing guest adds at most 16 bytes per working-set page.
-        let g = floor(&image, 100_000_000, 50.0, 400 << 20, 1000);
+        let g = floor(
+            &image,
+            100_000_000,
+            50.0,
+            400 << 20,
+            1000,
+            PageRewrite::Word,
+        );
         assert!(g.resend_bytes > 15_000 && g.resend_bytes <= 16_000, "{g:?}");
         assert!((distinct_pages_dirtied(1.0, 10) - 1.0).abs() < 1e-9);
         assert!(distinct_pages_dirtied(1e9, 10) <= 10.0);
+    }
+
+    #[test]
+    fn a_guest_filling_whole_pages_costs_each_dirtied_page_less_its_old_share() {
+        // 1 GiB whose unique bytes are 12.5 MB: an average page adds
+        // 12.5e6 / 262144 ≈ 47.7 bytes to U.
+        let image = ImageFloor {
+            mem_bytes: 1 << 30,
+            zero_pages: 0,
+            distinct_pages: 1,
+            unique_compressed_bytes: 12_500_000,
+        };
+        let share = 12_500_000.0 / 262_144.0;
+        let per_page = PageRewrite::FullRandom.resend_bytes_per_page(&image);
+        assert!((per_page - (4096.0 - share)).abs() < 1e-9, "{per_page}");
+        // Writes enough to dirty the whole 1000-page working set while U
+        // crosses: R is those pages at (nearly) their full size, where a
+        // word-writing guest costs 16 bytes each.
+        let full = floor(
+            &image,
+            100_000_000,
+            50.0,
+            400 << 20,
+            1000,
+            PageRewrite::FullRandom,
+        );
+        let word = floor(
+            &image,
+            100_000_000,
+            50.0,
+            400 << 20,
+            1000,
+            PageRewrite::Word,
+        );
+        let dirtied = distinct_pages_dirtied((400u64 << 20) as f64 / 4096.0, 1000);
+        assert!(dirtied > 999.0, "{dirtied}");
+        assert_eq!(full.resend_bytes, (dirtied * per_page).round() as u64);
+        assert!(
+            full.resend_bytes > 4_000_000 && full.resend_bytes <= 4_096_000,
+            "{full:?}"
+        );
+        assert!(
+            full.resend_bytes > 250 * word.resend_bytes,
+            "{full:?} vs {word:?}"
+        );
+        // 4 MB more at 100 Mbit/s: about 0.32 s on top of 1.1 s.
+        let extra_ms = full.floor_ms - word.floor_ms;
+        // (R is rounded to whole bytes; the floor is not.)
+        assert!((extra_ms - (full.resend_bytes - word.resend_bytes) as f64 * 8e-5).abs() < 1e-3);
+        assert!(full.floor_ms > 1400.0 && full.floor_ms < 1430.0, "{full:?}");
+        // An image that is all random pages leaves nothing to take off
+        // beyond the page itself, and the cost never goes negative.
+        let random = ImageFloor {
+            mem_bytes: 4 << 20,
+            zero_pages: 0,
+            distinct_pages: 1024,
+            unique_compressed_bytes: (4 << 20) + 64,
+        };
+        let p = PageRewrite::FullRandom.resend_bytes_per_page(&random);
+        assert!((0.0..1.0).contains(&p), "{p}");
+    }
+
+    #[test]
+    fn only_the_write_heavy_pages_guest_rewrites_whole_pages() {
+        assert_eq!(
+            PageRewrite::of(GuestWorkload::WriteHeavyPages),
+            PageRewrite::FullRandom
+        );
+        for w in [
+            GuestWorkload::Idle,
+            GuestWorkload::Moderate,
+            GuestWorkload::WriteHeavy,
+        ] {
+            assert_eq!(PageRewrite::of(w), PageRewrite::Word, "{w:?}");
+        }
     }
 }

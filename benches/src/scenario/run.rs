@@ -208,6 +208,7 @@ pub async fn run(s: &Scenario, image: ImageFloor, policy: QemuPolicy) -> Scenari
         s.link.rtt_ms as f64,
         opts.effective_dirty_rate(),
         s.working_set_pages,
+        floor::PageRewrite::of(s.workload),
     );
     let (qt, qb) = match &qemu {
         QemuOutcome::Ran(q) if q.ok => (
