@@ -94,12 +94,14 @@ pub fn require_netns(test: &str) -> bool {
 
 /// A name unique across this process's calls and across concurrently running
 /// test processes, at most 15 characters (the Linux interface-name limit)
-/// when `prefix` has at most 5.
+/// when `prefix` has at most 5 (and the process asks for at most 4096).
+/// The `-` keeps the pid and the counter apart: without it pid 0x1a2 with
+/// counter 3 and pid 0x1a with counter 0x23 gave the same name.
 pub fn unique_name(prefix: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let pid = std::process::id() & 0xff_ffff;
-    format!("{prefix}{pid:x}{n:x}")
+    format!("{prefix}{pid:x}-{n:x}")
 }
 
 /// Runs a command and returns its output; a command that cannot be started
@@ -206,6 +208,14 @@ mod tests {
         let b = unique_name("wmabc");
         assert_ne!(a, b);
         assert!(a.len() <= 15, "{a} is longer than 15 characters");
+        // Names differ from another process's even where the hex digits of
+        // pid and counter would run together.
+        let (pid, n) = a["wmabc".len()..].split_once('-').expect("a separator");
+        assert_eq!(
+            u32::from_str_radix(pid, 16).unwrap(),
+            std::process::id() & 0xff_ffff
+        );
+        assert!(u32::from_str_radix(n, 16).is_ok(), "{a}");
     }
 
     #[test]
