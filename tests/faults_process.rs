@@ -121,41 +121,6 @@ fn fresh(bin: &Path, workspace: &Path) -> bool {
     newest.is_some_and(|n| n <= built)
 }
 
-/// A free loopback TCP port for a gateway process's control API, which
-/// binds it itself a moment later. Taken from below the kernel's ephemeral
-/// range: a port `bind(…:0)` handed out and got back is free for any other
-/// test's outgoing connection or `bind(…:0)` to take before the gateway
-/// binds it, one below the range is not. Tried from a random start, and
-/// never twice in this process, so parallel tests do not pick the same.
-fn free_port() -> SocketAddr {
-    use std::collections::HashSet;
-    use std::hash::{BuildHasher, Hasher};
-    use std::sync::Mutex;
-    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
-    const FROM: u16 = 10_000;
-    let below = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32_768);
-    let span = below.saturating_sub(FROM).max(1);
-    let start = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    let mut given = GIVEN.lock().unwrap();
-    let taken: HashSet<u16> = given.iter().copied().collect();
-    for i in 0..u64::from(span) {
-        let port = FROM + (start.wrapping_add(i) % u64::from(span)) as u16;
-        if taken.contains(&port) {
-            continue;
-        }
-        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
-            given.push(port);
-            return l.local_addr().unwrap();
-        }
-    }
-    panic!("no free loopback TCP port in {FROM}..{below}")
-}
-
 /// Whether `pid` is a live (not zombie) process.
 fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -310,7 +275,7 @@ async fn sites_slow_b(rate: u64, slow_b_to_a: Duration) -> Sites {
         // The gateway process binds the address itself.
         drop(prepared.take_socket(site));
         let config = prepared.config_path(site).to_path_buf();
-        let control = free_port();
+        let control = SocketAddr::from(([127, 0, 0, 1], wanmig_testenv::free_tcp_port()));
         let text = std::fs::read_to_string(&config).unwrap().replace(
             "[control]\nlisten = \"127.0.0.1:0\"",
             &format!("[control]\nlisten = \"{control}\""),

@@ -33,50 +33,7 @@ impl Drop for Daemon {
     }
 }
 
-/// A loopback port free for TCP (`udp` false) or UDP that a gateway
-/// process binds itself a moment later. Taken from below the kernel's
-/// ephemeral range: a port `bind(…:0)` handed out and got back is free for
-/// any other test's outgoing connection or `bind(…:0)` to take before the
-/// gateway binds it, one below the range is not. Tried from a random start,
-/// and never twice in this process, so parallel tests do not pick the same.
-fn free_port(udp: bool) -> u16 {
-    use std::hash::{BuildHasher, Hasher};
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    const FROM: u16 = 10_000;
-    let below = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32_768);
-    let span = u64::from(below.saturating_sub(FROM).max(1));
-    let start = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    let mut given = GIVEN.lock().unwrap();
-    for i in 0..span {
-        let port = FROM + (start.wrapping_add(i) % span) as u16;
-        if given.contains(&port) {
-            continue;
-        }
-        let free = if udp {
-            std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
-        } else {
-            std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
-        };
-        if free {
-            given.push(port);
-            return port;
-        }
-    }
-    panic!("no free loopback port in {FROM}..{below}")
-}
-
-fn free_tcp_port() -> u16 {
-    free_port(false)
-}
-
-fn free_udp_port() -> u16 {
-    free_port(true)
-}
+use wanmig_testenv::{free_tcp_port, free_udp_port};
 
 fn make_certs(dir: &Path, sites: &str) {
     let out = dir.join("certs");

@@ -10,6 +10,11 @@
 //! drop, so a failed test leaves nothing behind. [`unique_name`] gives
 //! interface/namespace names that stay unique across parallel tests and
 //! processes and fit Linux's 15-character interface-name limit.
+//! [`free_tcp_port`] / [`free_udp_port`] give ports a child process binds.
+
+mod ports;
+
+pub use ports::{free_tcp_port, free_udp_port};
 
 use std::path::Path;
 use std::process::{Command, Output};
