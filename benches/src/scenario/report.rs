@@ -9,7 +9,9 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use wanmig_gateway::demo::{GuestWorkload, MemoryMix};
 
-use super::floor::{FLOOR_ZSTD_LEVEL, HANDSHAKE_RTTS, RESEND_BYTES_PER_PAGE};
+use super::floor::{
+    FLOOR_ZSTD_LEVEL, FULL_PAGE_RESEND_BYTES, HANDSHAKE_RTTS, RESEND_BYTES_PER_PAGE,
+};
 use super::matrix::{Loss, Set};
 use super::plot::{self, Line};
 use super::run::{QemuOutcome, ScenarioResult};
@@ -546,7 +548,9 @@ fn markdown(
          compressed as one zstd stream at level {FLOOR_ZSTD_LEVEL} with long-distance matching; \
          **R** is {RESEND_BYTES_PER_PAGE} bytes (the changed 8-byte word and its address) per \
          distinct page the guest dirties while U crosses the link (expected distinct pages of \
-         uniform writes into its working set); the two RTTs are the migration session's open and \
+         uniform writes into its working set) — {FULL_PAGE_RESEND_BYTES} bytes less the average \
+         page's share of U for `heavy-pages`, whose writes fill the whole page with random words; \
+         the two RTTs are the migration session's open and \
          the handover's confirmation (the QUIC connection is already up). Loss and jitter do not \
          lower it.\n"
     );
