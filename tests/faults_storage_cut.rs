@@ -103,7 +103,17 @@ fn check_disk(host: &VmHost, path: &Path, original: &[u8]) {
             None => kept += 1,
         }
     }
-    assert!(written > 0 && kept > 0, "{written} written, {kept} kept");
+    // Blocks the guest never wrote were checked against the source image
+    // above; how many there are depends on how fast the guest ran (the
+    // walk covers the whole disk in total / PER_ITERATION iterations, and a
+    // long cut gives a fast guest time to go round), so only a guest that
+    // has not been round must have left some.
+    let wrapped = (done[0] + 2) * PER_ITERATION >= total;
+    assert!(
+        written > 0 && (kept > 0 || wrapped),
+        "{written} written, {kept} kept after {} iterations",
+        done[0] + 1
+    );
 }
 
 /// How long the link stays cut.
