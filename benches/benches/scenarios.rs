@@ -10,9 +10,9 @@
 //! ```
 //!
 //! Environment:
-//! - `WANMIG_SCENARIO_SET`: `quick` (3 CI-size scenarios, ~4 min),
-//!   `report` (18 scenarios: the sweeps the charts need, ~15 min; the
-//!   default) or `full` (61: every link with the moderate busy guest, and
+//! - `WANMIG_SCENARIO_SET`: `quick` (3 CI-size scenarios, ~2 min),
+//!   `report` (22 scenarios: the sweeps the charts need, ~18 min; the
+//!   default) or `full` (67: every link with the moderate busy guest, and
 //!   every guest × mix at 50 ms / 250 Mbit/s clean and 150 ms / 100 Mbit/s
 //!   1% bursty; about 40 minutes on 2 cores).
 //! - `WANMIG_REPORT_DIR`: where to write (default `target/scenarios`);

@@ -191,7 +191,7 @@ impl Scenario {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Set {
-    /// Four 64 MiB scenarios (what CI runs).
+    /// Three 64 MiB scenarios (what CI runs).
     Quick,
     /// The sweeps the report's plots need, 128 MiB guests (22 scenarios).
     Report,
