@@ -19,13 +19,11 @@
 //! Format: magic, the 32-byte digest, the written set in the presence
 //! bitmap's own checksummed form, and BLAKE3 of all of it.
 
-use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::error::StorageError;
 use crate::geometry::Geometry;
-use crate::presence::{save_atomically, PresenceBitmap};
+use crate::presence::{read_if_present, save_atomically, PresenceBitmap};
 
 const MAGIC: &[u8; 8] = b"WMDONE01";
 const HASH_LEN: usize = 32;
@@ -90,15 +88,9 @@ impl DoneRecord {
 
     /// Loads the record at `path`; `Ok(None)` when there is none.
     pub fn load(path: &Path, want: Geometry) -> Result<Option<Self>, StorageError> {
-        let mut f = match File::open(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(StorageError::io("open done record", path, e)),
-        };
-        let mut bytes = Vec::new();
-        f.read_to_end(&mut bytes)
-            .map_err(|e| StorageError::io("read done record", path, e))?;
-        Self::from_bytes(&bytes, want, path).map(Some)
+        read_if_present(path, "read done record")?
+            .map(|bytes| Self::from_bytes(&bytes, want, path))
+            .transpose()
     }
 }
 

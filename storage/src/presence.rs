@@ -10,7 +10,7 @@
 //! of the directory. A checksum guards against a torn or edited sidecar.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::error::StorageError;
@@ -192,15 +192,22 @@ impl PresenceBitmap {
 
     /// Loads from `path`; `Ok(None)` when the file does not exist.
     pub fn load(path: &Path, want: Geometry) -> Result<Option<Self>, StorageError> {
-        let mut f = match File::open(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(StorageError::io("open presence bitmap", path, e)),
-        };
-        let mut bytes = Vec::new();
-        f.read_to_end(&mut bytes)
-            .map_err(|e| StorageError::io("read presence bitmap", path, e))?;
-        Self::from_bytes(&bytes, want, path).map(Some)
+        read_if_present(path, "read presence bitmap")?
+            .map(|bytes| Self::from_bytes(&bytes, want, path))
+            .transpose()
+    }
+}
+
+/// The whole file at `path`, or `None` when there is none (`what` names it
+/// in the error otherwise).
+pub(crate) fn read_if_present(
+    path: &Path,
+    what: &'static str,
+) -> Result<Option<Vec<u8>>, StorageError> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StorageError::io(what, path, e)),
     }
 }
 
