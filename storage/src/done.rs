@@ -23,16 +23,14 @@ use std::path::{Path, PathBuf};
 
 use crate::error::StorageError;
 use crate::geometry::Geometry;
-use crate::presence::{read_if_present, save_atomically, PresenceBitmap};
+use crate::presence::{read_if_present, save_atomically, suffixed, PresenceBitmap};
 
 const MAGIC: &[u8; 8] = b"WMDONE01";
 const HASH_LEN: usize = 32;
 
 /// The record's path for a local disk copy: `<disk>.done`.
 pub fn done_path(disk: &Path) -> PathBuf {
-    let mut name = disk.as_os_str().to_owned();
-    name.push(".done");
-    PathBuf::from(name)
+    suffixed(disk, ".done")
 }
 
 /// What the destination confirmed when every block had become local.

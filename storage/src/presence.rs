@@ -23,8 +23,13 @@ const HASH_LEN: usize = 32;
 
 /// The sidecar path for a local disk copy: `<disk>.presence`.
 pub fn sidecar_path(disk: &Path) -> PathBuf {
-    let mut name = disk.as_os_str().to_owned();
-    name.push(".presence");
+    suffixed(disk, ".presence")
+}
+
+/// `path` with `suffix` appended to its file name (`disk` → `disk.done`).
+pub(crate) fn suffixed(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
     PathBuf::from(name)
 }
 
@@ -215,9 +220,7 @@ pub(crate) fn read_if_present(
 /// rename over `path`, fsync of the directory. A crash leaves either the
 /// old or the new file.
 pub(crate) fn save_atomically(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
-    let mut tmp_name = path.as_os_str().to_owned();
-    tmp_name.push(".tmp");
-    let tmp = PathBuf::from(tmp_name);
+    let tmp = suffixed(path, ".tmp");
     let io = |what, e| StorageError::io(what, path, e);
     {
         let mut f = OpenOptions::new()

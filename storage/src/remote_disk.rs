@@ -47,14 +47,12 @@ use crate::metrics::StorageMetrics;
 use crate::planner::{
     Arrival, Event, FetchRequest, IoPlan, Planner, PlannerConfig, PlannerStats, Priority, WaiterId,
 };
-use crate::presence::{sidecar_path, PresenceBitmap};
+use crate::presence::{sidecar_path, suffixed, PresenceBitmap};
 use crate::wire::{BlockContent, BlockDecoder, Decoded};
 
 /// Where the set of blocks the guest wrote at the destination is saved.
 pub fn written_path(disk: &Path) -> PathBuf {
-    let mut name = disk.as_os_str().to_owned();
-    name.push(".written");
-    PathBuf::from(name)
+    suffixed(disk, ".written")
 }
 
 /// The link to the source is down; the request was not sent.
