@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod proxy;
+pub mod qemu;
 pub mod synth;
 
 use bytes::BytesMut;
