@@ -209,6 +209,21 @@ fn migrate(test: &str, mode: Mode, dirty: Option<u32>, rounds: Option<u64>) -> O
             json!({"uri": format!("tcp:127.0.0.1:{}", proxy.port)}),
         )
         .unwrap();
+    if let Mode::Postcopy { start: true } = mode {
+        // Once the first pass has begun (the 1 ms downtime limit holds the
+        // migration in precopy until then).
+        let until = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < until {
+            let q = src.qmp.execute("query-migrate", json!({})).unwrap();
+            if q["status"] == "active" && q["ram"]["transferred"].as_u64() > Some(4 << 20) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        src.qmp
+            .execute("migrate-start-postcopy", json!({}))
+            .unwrap();
+    }
     if let Some(n) = rounds {
         let until = Instant::now() + Duration::from_secs(120);
         loop {
@@ -423,4 +438,42 @@ fn multifd_zstd_is_relayed_unreduced() {
     // Zero pages still travel on the main channel and are parsed.
     assert_eq!(o.main().unsupported, None);
     assert_eq!(o.zero_pages(), o.ram("duplicate"));
+}
+
+#[test]
+fn postcopy_enabled_but_never_started_is_parsed_and_the_return_path_relayed() {
+    let Some(o) = migrate(
+        "postcopy_enabled_but_never_started_is_parsed_and_the_return_path_relayed",
+        Mode::Postcopy { start: false },
+        Some(2000),
+        Some(3),
+    ) else {
+        return;
+    };
+    // The source waits for the destination's SHUT on the return path
+    // before it completes: the proxy relayed it.
+    o.check_moved();
+    assert_eq!(o.main().unsupported, None);
+    assert_eq!(o.pages(), o.ram("normal"));
+    assert_eq!(o.zero_pages(), o.ram("duplicate"));
+    assert_eq!(o.distinct_pages(), o.ram_pages());
+}
+
+#[test]
+fn postcopy_is_relayed_unreduced_from_the_switch() {
+    let Some(o) = migrate(
+        "postcopy_is_relayed_unreduced_from_the_switch",
+        Mode::Postcopy { start: true },
+        Some(2000),
+        Some(1000),
+    ) else {
+        return;
+    };
+    o.check_moved();
+    assert!(
+        matches!(o.main().unsupported, Some(Unsupported::Postcopy(_))),
+        "{:?}",
+        o.main().unsupported
+    );
+    assert!(o.ram("postcopy-requests") > 0 || o.ram("postcopy-bytes") > 0);
 }

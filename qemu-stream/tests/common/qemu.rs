@@ -30,6 +30,11 @@ pub enum Mode {
     Xbzrle,
     /// precopy with the legacy `compress` threads.
     Compress,
+    /// `postcopy-ram` on (which opens the return path); `start`: switch
+    /// to postcopy once the first pass is under way.
+    Postcopy {
+        start: bool,
+    },
 }
 
 impl Mode {
@@ -50,6 +55,7 @@ impl Mode {
                 vec!["compress"],
                 json!({"compress-threads": 1, "decompress-threads": 1}),
             ),
+            Mode::Postcopy { .. } => (vec!["postcopy-ram"], json!({})),
         }
     }
 

@@ -232,15 +232,6 @@ impl Qmp {
     pub fn last_event(&self, name: &str) -> Option<&Event> {
         self.events.iter().rev().find(|e| e.name == name)
     }
-
-    /// Runs an HMP command line (`human-monitor-command`); returns its output.
-    pub fn hmp(&mut self, command_line: &str) -> Result<String, QmpError> {
-        let out = self.execute(
-            "human-monitor-command",
-            json!({ "command-line": command_line }),
-        )?;
-        Ok(out.as_str().unwrap_or_default().to_string())
-    }
 }
 
 #[cfg(test)]
