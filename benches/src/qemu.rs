@@ -39,7 +39,7 @@
 //!   so it could not place the whole image, and the file mapping costs no
 //!   copy. No SeaBIOS runs (see the guest), so nothing else writes RAM.
 //! - **Guest.** A 64 KiB firmware image ([`guest`], source in
-//!   `benches/qemu-guest/dirty.asm`) given with `-bios`: it enters 32-bit
+//!   `testenv/qemu-guest/dirty.asm`) given with `-bios`: it enters 32-bit
 //!   protected mode, takes 1000 PIT interrupts per second and on each one
 //!   writes one word into pseudo-random pages of a working set at 8 MiB
 //!   (wanmig's `WORKLOAD_BASE`, with the demo's 8192 pages by default) at
@@ -67,10 +67,7 @@
 //! on a blocking thread); [`run_baseline_blocking`] wraps it in a runtime of
 //! its own for callers outside one.
 
-#[path = "qemu/guest.rs"]
-pub mod guest;
-#[path = "qemu/qmp.rs"]
-pub mod qmp;
+pub use wanmig_testenv::qemu::{guest, qmp};
 #[path = "qemu/status.rs"]
 pub mod status;
 #[path = "qemu/vm.rs"]
@@ -283,22 +280,7 @@ pub struct QemuResult {
 
 /// The `qemu-system-x86_64` to use, or why there is none.
 pub fn available() -> Result<PathBuf, String> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let bin = std::env::split_paths(&path)
-        .map(|d| d.join("qemu-system-x86_64"))
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            "qemu-system-x86_64 is not on PATH (install Debian's qemu-system-x86)".to_string()
-        })?;
-    match std::process::Command::new(&bin).arg("--version").output() {
-        Ok(o) if o.status.success() => Ok(bin),
-        Ok(o) => Err(format!(
-            "{} --version failed: {}",
-            bin.display(),
-            String::from_utf8_lossy(&o.stderr).trim()
-        )),
-        Err(e) => Err(format!("cannot run {}: {e}", bin.display())),
-    }
+    wanmig_testenv::qemu::binary()
 }
 
 /// Runs [`run_baseline`] on a runtime of its own (do not call from inside a
