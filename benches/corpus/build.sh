@@ -117,12 +117,13 @@ need() { # need COMMAND WHAT-FOR
 download() { # download PACKAGE: the .deb's path (cached)
   local pkg=$1 deb
   mkdir -p "$CORPUS/downloads"
-  deb=$(ls "$CORPUS/downloads/${pkg}_"*.deb 2>/dev/null | head -n1 || true)
+  deb=$(find "$CORPUS/downloads" -name "${pkg}_*.deb" | head -n1)
   if [ -z "$deb" ]; then
     log "downloading $pkg"
     (cd "$CORPUS/downloads" && apt-get -o APT::Sandbox::User=root download "$pkg" >&2) \
       || die "apt-get download $pkg failed (run apt-get update?)"
-    deb=$(ls "$CORPUS/downloads/${pkg}_"*.deb | head -n1)
+    deb=$(find "$CORPUS/downloads" -name "${pkg}_*.deb" | head -n1)
+    [ -n "$deb" ] || die "apt-get download $pkg left no ${pkg}_*.deb"
   fi
   echo "$deb"
 }
@@ -133,7 +134,7 @@ kernel_package() {
     echo "$WANMIG_CORPUS_KERNEL"
     return
   fi
-  deb=$(ls "$CORPUS/downloads/"linux-image-*-cloud-amd64_*.deb 2>/dev/null | head -n1 || true)
+  deb=$(find "$CORPUS/downloads" -name 'linux-image-*-cloud-amd64_*.deb' | head -n1)
   if [ -n "$deb" ]; then
     basename "$deb" | cut -d_ -f1
     return
@@ -154,7 +155,7 @@ unpack() { # unpack DEB: a directory holding the package's files (cached)
 
 # --- guest parts -------------------------------------------------------------
 
-KERNEL_DIR= KERNEL_PKG= KERNEL_VERSION= BUSYBOX=
+KERNEL_DIR='' KERNEL_PKG='' KERNEL_VERSION='' BUSYBOX=
 guest_parts() {
   [ -n "$KERNEL_DIR" ] && return
   need apt-get "downloading the guest kernel and busybox"
@@ -239,7 +240,7 @@ copy_with_libs() { # copy_with_libs STAGE ELF...: the ELFs' shared libraries
   done
 }
 
-DISK= DISK_NONCE= DISK_FILES= DISK_FILE_BYTES=
+DISK='' DISK_NONCE='' DISK_FILES='' DISK_FILE_BYTES=
 make_disk() {
   [ -n "$DISK" ] && return
   need mkfs.ext4 "the guests' disk"
@@ -476,7 +477,7 @@ if [ ${#names[@]} -eq 0 ]; then
   for e in "${IMAGES[@]}"; do names+=("${e%%|*}"); done
 fi
 
-mkdir -p "$CORPUS/work"
+mkdir -p "$CORPUS/work" "$CORPUS/downloads"
 exec 9> "$CORPUS/.lock"
 flock 9
 for name in "${names[@]}"; do
