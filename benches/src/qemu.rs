@@ -63,11 +63,16 @@
 //!   running and a spot check reads 16 pages outside the working set back
 //!   from the destination (`pmemsave`) and compares them with the mix.
 //!
+//! [`multifd_model`] computes offline what the same migration sends for a
+//! memory image, without QEMU or a link.
+//!
 //! [`run_baseline`] is async (the TUN link runs on tokio; QEMU control runs
 //! on a blocking thread); [`run_baseline_blocking`] wraps it in a runtime of
 //! its own for callers outside one.
 
 pub use wanmig_testenv::qemu::{guest, qmp};
+#[path = "qemu/multifd_model.rs"]
+pub mod multifd_model;
 #[path = "qemu/status.rs"]
 pub mod status;
 #[path = "qemu/vm.rs"]
