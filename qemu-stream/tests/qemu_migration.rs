@@ -141,6 +141,18 @@ impl Outcome {
     }
 }
 
+/// The bandwidth cap while a test holds a live migration for `rounds`
+/// passes: 8192 pages/s, below [`LIVE_DIRTY_RATE`]. QEMU completes once the
+/// pages left fit the downtime limit at the measured bandwidth (1 ms here:
+/// 32 KiB, 8 pages); a guest that dirties faster than the link drains
+/// keeps that from happening on any machine, however fast QEMU's own passes
+/// run (an uncapped loopback pass took 100 ms on CI, leaving too few dirty
+/// pages to hold the migration).
+const HOLD_BANDWIDTH: u64 = 32 << 20;
+/// Pages per second the live tests' guest dirties: 2.4x the hold's drain
+/// rate, so a guest slowed by TCG still outruns it.
+const LIVE_DIRTY_RATE: u32 = 20_000;
+
 /// Migrates a 64 MiB guest from a source to a destination QEMU through
 /// the proxy; `dirty` makes the guest dirty memory while it moves (else it
 /// is stopped first), and with `rounds` the migration is held from
@@ -179,7 +191,7 @@ fn migrate(test: &str, mode: Mode, dirty: Option<u32>, rounds: Option<u64>) -> O
         .execute(
             "migrate-set-parameters",
             json!({
-                "max-bandwidth": 1u64 << 40,
+                "max-bandwidth": if rounds.is_some() { HOLD_BANDWIDTH } else { 1u64 << 40 },
                 "downtime-limit": if rounds.is_some() { 1 } else { 300 },
             }),
         )
@@ -239,7 +251,10 @@ fn migrate(test: &str, mode: Mode, dirty: Option<u32>, rounds: Option<u64>) -> O
             std::thread::sleep(Duration::from_millis(20));
         }
         src.qmp
-            .execute("migrate-set-parameters", json!({"downtime-limit": 1000}))
+            .execute(
+                "migrate-set-parameters",
+                json!({"downtime-limit": 1000, "max-bandwidth": 1u64 << 40}),
+            )
             .unwrap();
     }
     let query = src.wait_migration(Duration::from_secs(180));
@@ -352,7 +367,7 @@ fn live_precopy_of_a_dirtying_guest_arrives_intact() {
     let Some(o) = migrate(
         "live_precopy_of_a_dirtying_guest_arrives_intact",
         Mode::Precopy,
-        Some(2000),
+        Some(LIVE_DIRTY_RATE),
         Some(4),
     ) else {
         return;
@@ -373,7 +388,7 @@ fn live_multifd_of_a_dirtying_guest_arrives_intact() {
     let Some(o) = migrate(
         "live_multifd_of_a_dirtying_guest_arrives_intact",
         Mode::Multifd(2),
-        Some(2000),
+        Some(LIVE_DIRTY_RATE),
         Some(4),
     ) else {
         return;
@@ -394,7 +409,7 @@ fn xbzrle_is_relayed_unreduced_from_its_first_delta() {
     let Some(o) = migrate(
         "xbzrle_is_relayed_unreduced_from_its_first_delta",
         Mode::Xbzrle,
-        Some(4000),
+        Some(LIVE_DIRTY_RATE),
         Some(5),
     ) else {
         return;
@@ -445,7 +460,7 @@ fn postcopy_enabled_but_never_started_is_parsed_and_the_return_path_relayed() {
     let Some(o) = migrate(
         "postcopy_enabled_but_never_started_is_parsed_and_the_return_path_relayed",
         Mode::Postcopy { start: false },
-        Some(2000),
+        Some(LIVE_DIRTY_RATE),
         Some(3),
     ) else {
         return;
@@ -464,7 +479,7 @@ fn postcopy_is_relayed_unreduced_from_the_switch() {
     let Some(o) = migrate(
         "postcopy_is_relayed_unreduced_from_the_switch",
         Mode::Postcopy { start: true },
-        Some(2000),
+        Some(LIVE_DIRTY_RATE),
         Some(1000),
     ) else {
         return;
