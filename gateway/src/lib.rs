@@ -8,6 +8,7 @@
 //! [`GatewayConfig::load`]; the returned [`GatewayHandle`] exposes the
 //! [`Peering`].
 
+pub mod api_error;
 pub mod backoff;
 pub mod certs;
 pub mod config;
@@ -24,6 +25,7 @@ pub mod probe;
 pub mod storage_relay;
 pub mod tls;
 pub mod transport_tuning;
+pub mod vms;
 
 use std::net::SocketAddr;
 
@@ -62,6 +64,14 @@ pub enum GatewayError {
     Peering(#[from] PeeringError),
     #[error(transparent)]
     Storage(#[from] storage_relay::StorageRelayError),
-    #[error("runtime: {0}")]
-    Runtime(String),
+    /// The process VM host could not take over its state directory.
+    #[error("{}: vms.dir: {source}", path.display())]
+    VmHost {
+        path: std::path::PathBuf,
+        source: vms::HostError,
+    },
+    #[error("runtime: a start-up task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    #[error("runtime: no tokio runtime is running (start the gateway inside one)")]
+    NoRuntime,
 }
