@@ -100,7 +100,7 @@ fn no_import_circles_between_files() {
 /// The checker itself, on a small crate written for it: it must see a
 /// circle through `use crate::…`, `super::…`, a path inside a macro call
 /// and a child module named from its parent, and must not count a child
-/// using its parent.
+/// using its parent or test code using what it tests.
 #[test]
 fn the_checker_sees_circles_of_every_kind_of_path() {
     let dir = tempfile::tempdir().unwrap();
@@ -111,7 +111,13 @@ fn the_checker_sees_circles_of_every_kind_of_path() {
     };
     w(
         "lib.rs",
-        "pub mod a; pub mod b; pub mod sub; pub struct Root; pub use a::A;",
+        "pub mod a; pub mod b; pub mod c; pub mod d; pub mod sub; pub struct Root; pub use a::A;",
+    );
+    // c -> d, and d's tests use c: test code makes no circle.
+    w("c.rs", "use crate::d::D; pub struct C(D);");
+    w(
+        "d.rs",
+        "pub struct D; #[cfg(test)] mod tests { use crate::c::C; }",
     );
     // a -> b by `use crate::`, b -> a by a path in a macro call.
     w("a.rs", "use crate::b::B; pub struct A(B);");
@@ -132,7 +138,6 @@ fn the_checker_sees_circles_of_every_kind_of_path() {
     );
     w("sub/y.rs", "pub struct Y; fn i(_: super::x::X) {}");
     let krate = Crate {
-        dir: PathBuf::from("k"),
         lib: PathBuf::from("k/src/lib.rs"),
     };
     let graph = Graph::of_crate(dir.path(), &krate);
@@ -164,14 +169,12 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// A library crate: its directory and its root file, relative to the
-/// workspace root.
+/// A crate target: its root file, relative to the workspace root.
 struct Crate {
-    dir: PathBuf,
     lib: PathBuf,
 }
 
-/// The workspace members that have a library target.
+/// The library and binary targets of the workspace's members.
 fn library_crates(root: &Path) -> Vec<Crate> {
     let text = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
     let manifest: toml::Table = toml::from_str(&text).unwrap();
@@ -190,11 +193,30 @@ fn library_crates(root: &Path) -> Vec<Crate> {
             .and_then(|p| p.as_str())
             .unwrap_or("src/lib.rs");
         if root.join(&dir).join(lib).exists() {
-            crates.push(Crate {
-                lib: dir.join(lib),
-                dir,
-            });
+            crates.push(Crate { lib: dir.join(lib) });
         }
+        let mut bins: BTreeSet<PathBuf> = own
+            .get("bin")
+            .and_then(|b| b.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|b| b.get("path").and_then(|p| p.as_str()))
+            .map(|p| dir.join(p))
+            .collect();
+        if root.join(&dir).join("src/main.rs").exists() {
+            bins.insert(dir.join("src/main.rs"));
+        }
+        if let Ok(entries) = std::fs::read_dir(root.join(&dir).join("src/bin")) {
+            for e in entries.flatten() {
+                let p = e.path();
+                if p.extension().is_some_and(|x| x == "rs") {
+                    bins.insert(dir.join("src/bin").join(e.file_name()));
+                } else if p.join("main.rs").exists() {
+                    bins.insert(dir.join("src/bin").join(e.file_name()).join("main.rs"));
+                }
+            }
+        }
+        crates.extend(bins.into_iter().map(|lib| Crate { lib }));
     }
     crates
 }
@@ -471,6 +493,17 @@ fn is_colons(tts: &[TokenTree], i: usize) -> bool {
     is_punct(tts.get(i), ':') && is_punct(tts.get(i + 1), ':')
 }
 
+/// Whether an attribute body is `cfg(test)`.
+fn is_cfg_test(body: &Group) -> bool {
+    let tts: Vec<TokenTree> = body.stream().into_iter().collect();
+    match tts.as_slice() {
+        [TokenTree::Ident(k), TokenTree::Group(args)] if k == "cfg" => {
+            args.stream().to_string().trim() == "test"
+        }
+        _ => false,
+    }
+}
+
 /// The value of a `path = "…"` attribute body.
 fn path_attr(body: &Group) -> Option<String> {
     let tts: Vec<TokenTree> = body.stream().into_iter().collect();
@@ -482,6 +515,19 @@ fn path_attr(body: &Group) -> Option<String> {
         }
         _ => None,
     }
+}
+
+/// The index after the item that starts at `tts[i]` (its attributes
+/// already read): after its first top-level `;` or `{ … }`.
+fn item_end(tts: &[TokenTree], mut i: usize) -> usize {
+    while i < tts.len() {
+        match &tts[i] {
+            TokenTree::Punct(p) if p.as_char() == ';' => return i + 1,
+            TokenTree::Group(g) if g.delimiter() == Delimiter::Brace => return i + 1,
+            _ => i += 1,
+        }
+    }
+    i
 }
 
 /// The paths a `use` tree (its tokens, without `use` and `;`) imports.
@@ -547,6 +593,12 @@ impl Scanner {
                                 explicit_path = Some(p);
                             }
                             i = body + 1;
+                            // Test-only code (a `mod tests`) may use any
+                            // file to build its fixtures: skip the item.
+                            if is_cfg_test(g) && !is_punct(tts.get(i - 2), '!') {
+                                i = item_end(&tts, i);
+                                explicit_path = None;
+                            }
                             continue;
                         }
                     }
