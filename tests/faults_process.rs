@@ -30,8 +30,8 @@ use fault_support::{assert_matches_reference, fault_vm, write_image, RTT, VM, WA
 use wanmig_e2e::{init_logging, Link, Mesh, MeshBuilder};
 use wanmig_gateway::control_client::ControlClient;
 use wanmig_gateway::migration::{MigrationRecord, Outcome};
-use wanmig_gateway::vms::{VmInfo, VmState};
 use wanmig_gateway::peering::LinkState;
+use wanmig_gateway::vms::{VmInfo, VmState};
 use wanmig_netem::LinkParams;
 use wanmig_vmm::admin::{self, AdminRequest, AdminResponse};
 use wanmig_vmm::guest_control::MemSample;

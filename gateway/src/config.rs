@@ -34,8 +34,11 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{}: {message}", path.display())]
-    Parse { path: PathBuf, message: String },
+    #[error("{}: {}", path.display(), source.to_string().trim_end())]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
     #[error("{}: {key}: {message}", path.display())]
     Invalid {
         path: PathBuf,
@@ -395,7 +398,7 @@ impl GatewayConfig {
     pub fn parse(text: &str, origin: &Path) -> Result<Self, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: origin.to_path_buf(),
-            message: e.to_string().trim_end().to_string(),
+            source: Box::new(e),
         })?;
         Validator { origin }.validate(raw)
     }
@@ -604,10 +607,7 @@ impl Validator<'_> {
     }
 
     /// `[storage]`: every key optional.
-    fn storage(
-        &self,
-        raw: Option<RawStorage>,
-    ) -> Result<StorageSettings, ConfigError> {
+    fn storage(&self, raw: Option<RawStorage>) -> Result<StorageSettings, ConfigError> {
         let d = StorageSettings::default();
         let raw = raw.unwrap_or(RawStorage {
             dir: None,
@@ -618,9 +618,7 @@ impl Validator<'_> {
         });
         let dir = self.path(
             "storage.dir",
-            raw.dir
-                .as_deref()
-                .unwrap_or(DEFAULT_DISK_DIR),
+            raw.dir.as_deref().unwrap_or(DEFAULT_DISK_DIR),
             false,
         )?;
         let release = match raw.release.as_deref() {
@@ -679,10 +677,7 @@ impl Validator<'_> {
     }
 
     /// `[migration]`: every key optional.
-    fn migration(
-        &self,
-        raw: Option<RawMigration>,
-    ) -> Result<MigrationSettings, ConfigError> {
+    fn migration(&self, raw: Option<RawMigration>) -> Result<MigrationSettings, ConfigError> {
         let d = MigrationSettings::default();
         let Some(raw) = raw else { return Ok(d) };
         let store_dir = match &raw.store_dir {
@@ -733,13 +728,7 @@ impl Validator<'_> {
     fn overlay(
         &self,
         raw: Option<toml::Table>,
-    ) -> Result<
-        (
-            wanmig_overlay::OverlayConfig,
-            Vec<TapPortConfig>,
-        ),
-        ConfigError,
-    > {
+    ) -> Result<(wanmig_overlay::OverlayConfig, Vec<TapPortConfig>), ConfigError> {
         let Some(mut table) = raw else {
             return Ok(Default::default());
         };

@@ -111,9 +111,9 @@ impl Gateway {
                 let host =
                     tokio::task::spawn_blocking(move || ProcessHost::open(&dir, vmm.as_deref()))
                         .await?
-                        .map_err(|source| GatewayError::VmHost {
+                        .map_err(|e| GatewayError::VmHost {
                             path: config.origin.clone(),
-                            source,
+                            source: Box::new(e),
                         })?;
                 Some(Arc::new(host))
             }

@@ -586,7 +586,11 @@ impl Scanner {
             match &tts[i] {
                 // An attribute: remember a `#[path = "…"]` for the next `mod`.
                 TokenTree::Punct(p) if p.as_char() == '#' => {
-                    let body = if is_punct(tts.get(i + 1), '!') { i + 2 } else { i + 1 };
+                    let body = if is_punct(tts.get(i + 1), '!') {
+                        i + 2
+                    } else {
+                        i + 1
+                    };
                     if let Some(TokenTree::Group(g)) = tts.get(body) {
                         if g.delimiter() == Delimiter::Bracket {
                             if let Some(p) = path_attr(g) {

@@ -29,9 +29,9 @@ use super::session::{
     window_gain, DestSession, FlowWindow, Phase, SessionError, SourceSession, Step,
 };
 use super::stores::SiteStores;
-use crate::vms::{HostError, VmHosting};
 use super::wire::{self, Frame, FrameDecoder, OpenRequest, Resolution, SESSION_VERSION};
 use crate::peering::{stream_kind, IncomingStream, Peering};
+use crate::vms::{HostError, VmHosting};
 
 /// Read buffer size for both streams.
 const READ_CHUNK: usize = 256 << 10;
@@ -738,9 +738,9 @@ async fn run_destination(
         config,
         scope,
     } = *request;
-    if let Err(e) = crate::vms::validate_vm_name(&vm).and_then(|_| {
-        config.validate().map_err(HostError::Config)
-    }) {
+    if let Err(e) =
+        crate::vms::validate_vm_name(&vm).and_then(|_| config.validate().map_err(HostError::Config))
+    {
         return Err(refuse(&mut send, e.to_string()).await);
     }
     if let Some(existing) = ctx.host.list().into_iter().find(|v| v.name == vm) {

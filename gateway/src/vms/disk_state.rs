@@ -136,4 +136,3 @@ pub fn live_disk_state(state: &DiskState, disk: Option<&Arc<RemoteDisk>>) -> Dis
         other => other.clone(),
     }
 }
-

@@ -71,13 +71,19 @@ pub enum HostError {
 
 impl HostError {
     /// A failure to start `name` while doing `what` with a file or process.
-    pub(crate) fn start_io(name: &str, what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+    pub(crate) fn start_io(
+        name: &str,
+        what: impl Into<String>,
+    ) -> impl FnOnce(std::io::Error) -> Self {
         let (name, what) = (name.to_string(), what.into());
         move |source| HostError::StartIo { name, what, source }
     }
 
     /// A failure of `name`'s disk while doing `what` with a file.
-    pub(crate) fn disk_io(name: &str, what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+    pub(crate) fn disk_io(
+        name: &str,
+        what: impl Into<String>,
+    ) -> impl FnOnce(std::io::Error) -> Self {
         let (name, what) = (name.to_string(), what.into());
         move |source| HostError::DiskIo { name, what, source }
     }

@@ -160,12 +160,9 @@ impl VmHosting for VmHost {
         let Some(mut vm) = lock(&slot).take() else {
             // Running without a VM object cannot happen (a reservation is
             // committed with one); refuse rather than pretend.
-            let state = self.vms.departed(
-                name,
-                to,
-                Departure::Stayed { error: None },
-                |_, _| (),
-            );
+            let state = self
+                .vms
+                .departed(name, to, Departure::Stayed { error: None }, |_, _| ());
             return Err(HostError::busy(
                 name,
                 &state.unwrap_or(VmState::Running),

@@ -3,13 +3,14 @@
 //! the migration relay and the control API use, and the two hosts that
 //! implement it.
 //!
-//! - [`registry`]: [`Registry`], [`VmState`], [`VmRecord`], [`VmInfo`].
-//! - [`hosting`]: the [`VmHosting`] trait.
-//! - [`in_process`]: [`VmHost`], VMs in this process.
-//! - [`process`]: [`ProcessHost`], one `wanmig-vmm` process per VM.
-//! - [`disk_follow`]: a VM's disk following it between sites, with its
-//!   state in [`disk_state`] ([`DiskState`]).
-//! - [`error`]: [`HostError`].
+//! - [`registry`] holds [`Registry`], [`VmState`], [`VmRecord`] and
+//!   [`VmInfo`];
+//! - [`hosting`] the [`VmHosting`] trait;
+//! - [`in_process`] [`VmHost`], VMs in this process;
+//! - [`process`] [`ProcessHost`], one `wanmig-vmm` process per VM;
+//! - [`disk_follow`] a VM's disk following it between sites, with its
+//!   state in [`disk_state`] ([`DiskState`]);
+//! - [`error`] [`HostError`].
 
 pub mod disk_follow;
 pub mod disk_state;

@@ -201,7 +201,11 @@ impl<E> Entry<E> {
 
     /// Whether the VM's disk is the copy at `path`.
     fn on_disk(&self, path: &Path) -> bool {
-        self.record.config.disk.as_ref().is_some_and(|d| d.path == path)
+        self.record
+            .config
+            .disk
+            .as_ref()
+            .is_some_and(|d| d.path == path)
     }
 }
 
@@ -482,8 +486,10 @@ impl<E> Registry<E> {
 
     /// Whether `name` runs here on the disk copy at `path`.
     pub fn runs_on(&self, name: &str, path: &Path) -> bool {
-        self.with(name, |e| e.record.state == VmState::Running && e.on_disk(path))
-            .unwrap_or(false)
+        self.with(name, |e| {
+            e.record.state == VmState::Running && e.on_disk(path)
+        })
+        .unwrap_or(false)
     }
 }
 
@@ -538,7 +544,10 @@ mod tests {
     #[test]
     fn only_a_vm_that_left_or_failed_may_be_replaced() {
         let away = registry_with("web", VmState::MigratedAway { to: "b".into() });
-        drop(away.reserve("web", VmConfig::default(), "a", "be received", 1).unwrap());
+        drop(
+            away.reserve("web", VmConfig::default(), "a", "be received", 1)
+                .unwrap(),
+        );
         let running = registry_with("web", VmState::Running);
         let err = running
             .reserve("web", VmConfig::default(), "a", "be received", 1)
@@ -570,10 +579,7 @@ mod tests {
             Err(HostError::Busy { .. })
         ));
         drop(held);
-        assert_eq!(
-            r.state("web"),
-            Some(VmState::Failed { reason: "x".into() })
-        );
+        assert_eq!(r.state("web"), Some(VmState::Failed { reason: "x".into() }));
         assert_eq!(r.with_host("web", |h| *h), Some(7), "the old entry is back");
 
         let fresh = Registry::<u32>::new();
@@ -620,10 +626,7 @@ mod tests {
             Some(VmState::Running)
         );
         assert_eq!(r.with_host("web", |h| *h), Some(8));
-        assert_eq!(
-            r.records()["web"].last_error.as_deref(),
-            Some("link cut")
-        );
+        assert_eq!(r.records()["web"].last_error.as_deref(), Some("link cut"));
         r.depart("web", "b", |_| ()).unwrap();
         let unconfirmed = Departure::Unconfirmed {
             reason: "no answer".into(),
@@ -635,7 +638,10 @@ mod tests {
             Some(VmState::MigratedAway { to: "b".into() })
         );
         // The name is free again for a new VM.
-        drop(r.reserve("web", VmConfig::default(), "c", "be received", 1).unwrap());
+        drop(
+            r.reserve("web", VmConfig::default(), "c", "be received", 1)
+                .unwrap(),
+        );
         assert!(matches!(
             r.depart("nope", "b", |_| ()),
             Err(HostError::Unknown(_))
@@ -680,10 +686,13 @@ mod tests {
 
     #[test]
     fn records_read_back_from_json() {
-        let r = registry_with("web", VmState::HandoverUnconfirmed {
-            to: "b".into(),
-            reason: "cut".into(),
-        });
+        let r = registry_with(
+            "web",
+            VmState::HandoverUnconfirmed {
+                to: "b".into(),
+                reason: "cut".into(),
+            },
+        );
         let json = serde_json::to_string(&r.records()).unwrap();
         let back: BTreeMap<String, VmRecord> = serde_json::from_str(&json).unwrap();
         assert_eq!(back["web"].state, r.records()["web"].state);
