@@ -14,9 +14,8 @@ use support::*;
 use wanmig_e2e::{init_logging, MeshBuilder};
 use wanmig_gateway::control_client::ControlClient;
 use wanmig_gateway::migration::api::MigrateBody;
-use wanmig_gateway::migration::{
-    Direction, MigrateRequest, MigrationRecord, Outcome, Phase, VmState,
-};
+use wanmig_gateway::migration::{Direction, MigrateRequest, MigrationRecord, Outcome, Phase};
+use wanmig_gateway::vms::VmState;
 use wanmig_gateway::GatewayHandle;
 
 /// The destination's record of migration `id`, once it has finished: the

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wanmig_gateway::migration::{VmHost, VmHosting};
+use wanmig_gateway::vms::{VmHost, VmHosting};
 use wanmig_vmm::guest_control::MemSample;
 use wanmig_vmm::workload_model::reference_digests;
 use wanmig_vmm::{MemoryWorkloadConfig, VmConfig};

@@ -14,8 +14,8 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use wanmig_gateway::control_client::ControlClient;
-use wanmig_gateway::migration::DiskState;
 use wanmig_gateway::storage_relay::ExportStatus;
+use wanmig_gateway::vms::DiskState;
 
 use super::status_cmd::human_bytes;
 use super::target::ControlTarget;

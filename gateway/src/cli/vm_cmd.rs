@@ -7,7 +7,8 @@ use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use wanmig_gateway::control_client::ControlClient;
 use wanmig_gateway::migration::api::VmList;
-use wanmig_gateway::migration::{MigrationRecord, VmState};
+use wanmig_gateway::migration::MigrationRecord;
+use wanmig_gateway::vms::VmState;
 use wanmig_vmm::{MemoryWorkloadConfig, VmConfig};
 
 use super::status_cmd::human_bytes;
@@ -253,7 +254,7 @@ pub async fn render_site(client: &ControlClient) -> anyhow::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wanmig_gateway::migration::{DiskState, VmInfo};
+    use wanmig_gateway::vms::{DiskState, VmInfo};
 
     #[test]
     fn sizes_parse_with_binary_suffixes() {

@@ -34,7 +34,8 @@ use wanmig_vmm::workload_model::first_mismatch;
 use wanmig_vmm::{MemoryWorkloadConfig, VmConfig};
 
 use crate::lab::{Link, MeshBuilder};
-use crate::migration::{MigrateRequest, MigrationRecord, Outcome, VmHost, VmHosting};
+use crate::migration::{MigrateRequest, MigrationRecord, Outcome};
+use crate::vms::{VmHost, VmHosting};
 use disk::StorageReport;
 use echo_client::{EchoClient, EchoClientConfig, EchoStats};
 use guest::GuestShape;

@@ -1,5 +1,5 @@
-//! Cross-site live migration through the gateways: VM hosting at this site
-//! ([`vmhost`]), the gateway-to-gateway session (wire format in [`wire`],
+//! Cross-site live migration through the gateways, between the VM hosts of
+//! two sites ([`crate::vms`]): the gateway-to-gateway session (wire format in [`wire`],
 //! sans-IO relay cores in [`session`]), the tokio/QUIC edge ([`relay`]), the
 //! site's page stores ([`stores`]), the record of migrations ([`records`])
 //! and the `wanmig_migration_*` metrics ([`metrics`]).
@@ -10,66 +10,26 @@
 pub mod api;
 pub mod metrics;
 pub mod pacer;
-pub mod processhost;
 pub mod records;
 pub mod relay;
 pub mod session;
 pub mod stores;
-pub mod vmhost;
 pub mod wire;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use wanmig_codec::EncoderConfig;
 use wanmig_vmm::planner::PlannerConfig;
 use wanmig_vmm::MigrateOptions;
 
+use crate::config::MigrationSettings;
 use crate::peering::{stream_kind, Peering, PeeringError};
-pub use processhost::ProcessHost;
+use crate::vms::{HostError, VmHosting};
 pub use records::{Direction, MigrationRecord, Outcome, Records};
 use relay::RelayContext;
 pub use session::{Phase, Progress};
 use stores::SiteStores;
-pub use vmhost::{DiskState, HostError, VmHost, VmHosting, VmInfo, VmState};
-
-/// Migration settings of a site (the `[migration]` config section).
-#[derive(Debug, Clone)]
-pub struct MigrationSettings {
-    /// Directory of the site's page stores (one subdirectory per scope);
-    /// `None`: dedup only within each migration.
-    pub store_dir: Option<PathBuf>,
-    /// Cap of each scope's page store, bytes.
-    pub store_cap: u64,
-    /// Dedup scope used when a migration names none.
-    pub scope: String,
-    /// Downtime budget used when a migration names none.
-    pub downtime: Duration,
-    /// Longest wait for the destination to accept a migration.
-    pub open_timeout: Duration,
-    /// How long a migration whose link failed after the destination
-    /// confirmed it stays unsettled: the destination holds the VM paused
-    /// and the source keeps asking until then.
-    pub handover_wait: Duration,
-    /// The page codec's settings.
-    pub encoder: EncoderConfig,
-}
-
-impl Default for MigrationSettings {
-    fn default() -> Self {
-        MigrationSettings {
-            store_dir: None,
-            store_cap: 1 << 30,
-            scope: "default".into(),
-            downtime: Duration::from_millis(300),
-            open_timeout: Duration::from_secs(10),
-            handover_wait: Duration::from_secs(120),
-            encoder: EncoderConfig::default(),
-        }
-    }
-}
 
 /// What an operator asks for (`POST /v1/migrations`).
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -29,9 +29,9 @@ use super::session::{
     window_gain, DestSession, FlowWindow, Phase, SessionError, SourceSession, Step,
 };
 use super::stores::SiteStores;
-use super::vmhost::{HostError, VmHosting};
 use super::wire::{self, Frame, FrameDecoder, OpenRequest, Resolution, SESSION_VERSION};
 use crate::peering::{stream_kind, IncomingStream, Peering};
+use crate::vms::{HostError, VmHosting};
 
 /// Read buffer size for both streams.
 const READ_CHUNK: usize = 256 << 10;
@@ -692,7 +692,7 @@ fn unrecorded_resolution(host: &dyn VmHosting, vm: Option<&str>) -> Resolution {
     let runs_here = vm.is_some_and(|vm| {
         host.list()
             .iter()
-            .any(|v| v.name == vm && v.state == super::vmhost::VmState::Running)
+            .any(|v| v.name == vm && v.state == crate::vms::VmState::Running)
     });
     if runs_here {
         Resolution::Running
@@ -738,15 +738,13 @@ async fn run_destination(
         config,
         scope,
     } = *request;
-    if let Err(e) = super::vmhost::validate_vm_name(&vm).and_then(|_| {
-        config
-            .validate()
-            .map_err(|e| HostError::Config(e.to_string()))
-    }) {
+    if let Err(e) =
+        crate::vms::validate_vm_name(&vm).and_then(|_| config.validate().map_err(HostError::Config))
+    {
         return Err(refuse(&mut send, e.to_string()).await);
     }
     if let Some(existing) = ctx.host.list().into_iter().find(|v| v.name == vm) {
-        use super::vmhost::VmState;
+        use crate::vms::VmState;
         if !matches!(
             existing.state,
             VmState::MigratedAway { .. }
