@@ -14,6 +14,7 @@ mod lane;
 pub mod loss;
 pub mod model;
 pub mod params;
+mod probability;
 pub mod relay;
 pub mod tun;
 pub mod units;

@@ -6,7 +6,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::NetemError;
-use crate::params::{check_probability, sane_probability};
+use crate::probability::{check_probability, sane_probability};
 
 /// How packets are lost.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
