@@ -1,6 +1,7 @@
-//! Issue #7's QEMU baseline: QEMU's own live migration of a VM whose RAM
-//! holds the same memory image as wanmig's guest, over the same emulated
-//! link, with the bytes on the wire counted at the link's interfaces.
+//! The QEMU baseline that wanmig's figures are compared with: QEMU's own
+//! live migration of a VM whose RAM holds the same memory image as wanmig's
+//! guest, over the same emulated link, with the bytes on the wire counted
+//! at the link's interfaces.
 //!
 //! How it runs (all of it real: two QEMU processes, kernel TCP, a netem TUN
 //! link between two network namespaces; needs root and
@@ -12,11 +13,10 @@
 //!   lets TCP receive windows grow to 32 MiB so they never limit the path;
 //!   send buffers stay at the kernel's default (at most 4 MiB per socket:
 //!   four multifd sockets hold several times the demo path's 3 MB BDP).
-//!   Raising them too made things worse for QEMU: its bandwidth estimate
-//!   counts bytes parked in socket buffers as sent, so it stops the guest
-//!   with more still to cross (demo scenario, single runs: 1.2 s downtime
-//!   with 32 MiB send buffers, 0.6–1.0 s with the default). The congestion
-//!   controller is the kernel's default (named in the note).
+//!   Larger send buffers hurt QEMU: its bandwidth estimate counts bytes
+//!   parked in socket buffers as sent, so it stops the guest with more
+//!   still to cross and the downtime grows. The congestion controller is
+//!   the kernel's default (named in the note).
 //! - **QEMU.** Debian's QEMU, TCG (`-accel tcg`, works without KVM and is
 //!   what a stock x86 package does everywhere), `-nodefaults`, no disk, no
 //!   display, one vCPU, controlled over QMP on a unix socket ([`qmp`]). The
@@ -53,11 +53,12 @@
 //!   `total-time` and `downtime` are reported beside them but are the
 //!   source's view: pre-copy without a return path calls the migration
 //!   complete once the last bytes sit in the source's socket buffers, which
-//!   on a long fat link is well before they arrive. `wire_bytes` is the growth of the destination-side TUN
-//!   device's `rx_bytes` (IP packets that crossed A → B: the migration
-//!   stream with its TCP/IP headers), `sent_bytes` that of the source
-//!   side's `tx_bytes` (also counting packets the emulated link dropped,
-//!   which TCP sent again), `wire_bytes_reverse` the other direction (ACKs);
+//!   on a long fat link is well before they arrive. `wire_bytes` is the
+//!   growth of the destination-side TUN device's `rx_bytes` (IP packets
+//!   that crossed A → B: the migration stream with its TCP/IP headers),
+//!   `sent_bytes` that of the source side's `tx_bytes` (also counting
+//!   packets the emulated link dropped, which TCP sent again),
+//!   `wire_bytes_reverse` the other direction (ACKs);
 //!   `qemu_reported_bytes` is QEMU's `ram.transferred`, which counts pages
 //!   at their uncompressed size. After the move the destination must be
 //!   running and a spot check reads 16 pages outside the working set back

@@ -28,23 +28,6 @@ use proc_macro2::{Delimiter, Group, TokenStream, TokenTree};
 /// still here. An entry whose circle is gone fails the test, so the list
 /// only shrinks.
 const ALLOWED: &[(&[&str], &str)] = &[
-    // The units branch (issue 11, point 3) rewrites the CLI's commands and
-    // netem's parameters; these four circles go with it.
-    (
-        &[
-            "gateway/src/cli/migrate_cmd.rs",
-            "gateway/src/cli/storage_cmd.rs",
-        ],
-        "the migrate command formats storage progress, which formats migrations: units branch",
-    ),
-    (
-        &["gateway/src/cli/status_cmd.rs", "gateway/src/cli/vm_cmd.rs"],
-        "status prints the VM table, which prints status lines: units branch",
-    ),
-    (
-        &["netem/src/loss.rs", "netem/src/params.rs"],
-        "loss models and link parameters import each other: units branch",
-    ),
     // The proto/policy branches move codec/src/level.rs into the migration
     // crate, which ends this one.
     (
