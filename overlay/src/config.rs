@@ -272,6 +272,28 @@ mod tests {
     }
 
     #[test]
+    fn reassembly_buffer_and_max_frame_size_have_bounds_named_in_errors() {
+        for huge in [1usize << 40, usize::MAX] {
+            let c = OverlayConfig {
+                reassembly_buffer: huge,
+                ..Default::default()
+            };
+            let e = c.validate().unwrap_err();
+            assert_eq!(e.key, "reassembly_buffer", "{e}");
+            assert!(e.to_string().contains("reassembly_buffer"), "{e}");
+        }
+        for bad in [10, 1 << 20] {
+            let c = OverlayConfig {
+                max_frame_size: bad,
+                ..Default::default()
+            };
+            assert_eq!(c.validate().unwrap_err().key, "max_frame_size");
+        }
+        let c: OverlayConfig = toml::from_str("reassembly_buffer = 1099511627776").unwrap();
+        assert_eq!(c.validate().unwrap_err().key, "reassembly_buffer");
+    }
+
+    #[test]
     fn unknown_keys_are_rejected() {
         let e =
             toml::from_str::<OverlayConfig>("[[segment]]\nname = \"a\"\nvni = 1\nfloodrate = 3\n")
