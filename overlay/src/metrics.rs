@@ -1,7 +1,7 @@
 //! Prometheus metrics of the overlay (`wanmig_overlay_*`), registered on a
 //! registry the caller owns, and the drop reasons they are labelled with.
 
-use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 /// Why a frame, datagram or control message was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -86,6 +86,7 @@ pub struct OverlayMetrics {
     pub fragments: IntCounterVec,
     pub reassembled: IntCounter,
     pub reassembly_failures: IntCounterVec,
+    pub reassembly_bytes: IntGauge,
     pub drops: IntCounterVec,
     pub mac_table_size: IntGaugeVec,
     pub mac_moves: IntCounterVec,
@@ -150,9 +151,14 @@ impl OverlayMetrics {
             .expect("valid metric definition"),
             reassembly_failures: counter_vec(
                 "wanmig_overlay_reassembly_failures_total",
-                "Partially received frames dropped, by reason.",
+                "Partially received frames dropped, by reason: timeout, peer_budget (evicted to keep its peer within reassembly_buffer_per_peer), global_budget (evicted to keep all peers within reassembly_buffer), inconsistent, oversized, too_many_fragments.",
                 &["reason"],
             ),
+            reassembly_bytes: IntGauge::new(
+                "wanmig_overlay_reassembly_bytes",
+                "Memory held by partially received frames (buffers, fragment slots, bookkeeping).",
+            )
+            .expect("valid metric definition"),
             drops: counter_vec(
                 "wanmig_overlay_drops_total",
                 "Frames, datagrams and control messages dropped, by reason.",
@@ -198,6 +204,7 @@ impl OverlayMetrics {
         registry.register(Box::new(m.fragments.clone()))?;
         registry.register(Box::new(m.reassembled.clone()))?;
         registry.register(Box::new(m.reassembly_failures.clone()))?;
+        registry.register(Box::new(m.reassembly_bytes.clone()))?;
         registry.register(Box::new(m.drops.clone()))?;
         registry.register(Box::new(m.mac_table_size.clone()))?;
         registry.register(Box::new(m.mac_moves.clone()))?;

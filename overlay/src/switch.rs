@@ -185,6 +185,7 @@ impl Switch {
                 reasm: Reassembler::new(ReassemblyLimits {
                     timeout: config.reassembly_timeout,
                     max_buffered: config.reassembly_buffer,
+                    max_buffered_per_peer: config.reassembly_buffer_per_peer(),
                     max_frame: config.max_frame_size,
                 }),
                 next_frag_id: 0,
@@ -443,9 +444,7 @@ impl Switch {
         let frame = match hdr.fragment {
             Some(fi) => {
                 ctx.metrics.fragments.with_label_values(&["rx"]).inc();
-                let done = ctx
-                    .reasm
-                    .push(now, from, hdr.vni, fi, datagram.slice(off..));
+                let done = ctx.reasm.push(now, from, hdr.vni, fi, &datagram[off..]);
                 ctx.sync_reassembly_counts();
                 match done {
                     Some(f) => f,
@@ -761,6 +760,9 @@ impl Ctx {
     }
 
     fn sync_reassembly_counts(&mut self) {
+        self.metrics
+            .reassembly_bytes
+            .set(self.reasm.buffered_bytes() as i64);
         let c = self.reasm.take_counts();
         if c.completed > 0 {
             self.metrics.reassembled.inc_by(c.completed);
@@ -773,9 +775,11 @@ impl Ctx {
         }
         for (reason, n) in [
             ("timeout", c.timeouts),
-            ("evicted", c.evicted),
+            ("peer_budget", c.peer_budget),
+            ("global_budget", c.global_budget),
             ("inconsistent", c.inconsistent),
             ("oversized", c.oversized),
+            ("too_many_fragments", c.too_many_fragments),
         ] {
             if n > 0 {
                 self.metrics
