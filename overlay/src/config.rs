@@ -1,6 +1,7 @@
 //! Overlay configuration: segments (name, VNI, flooding, MSS clamp, ARP
-//! suppression) and switch-wide timers and limits, deserialisable from the
-//! gateway's TOML and validated with errors that name the bad key.
+//! suppression) and switch-wide timers and limits (MAC table sizes,
+//! reassembly memory, frame size), deserialisable from the gateway's TOML
+//! and validated with errors that name the bad key.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -9,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::fragment;
 use crate::ids::Vni;
+use crate::mactable::MacLimits;
 
 /// One stretched L2 segment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +88,15 @@ pub struct OverlayConfig {
     /// Largest Ethernet frame (without FCS) accepted from ports or peers.
     #[serde(default = "default_max_frame")]
     pub max_frame_size: usize,
+    /// Learned MACs each segment's table holds (static MACs not counted).
+    #[serde(default = "default_max_macs_per_segment")]
+    pub max_macs_per_segment: usize,
+    /// Learned MACs one local port may hold in a segment's table.
+    #[serde(default = "default_max_macs_per_port")]
+    pub max_macs_per_port: usize,
+    /// Learned MACs one peer site may hold in a segment's table.
+    #[serde(default = "default_max_macs_per_peer")]
+    pub max_macs_per_peer: usize,
 }
 
 impl Default for OverlayConfig {
@@ -101,6 +112,9 @@ impl Default for OverlayConfig {
             reassembly_buffer: default_reassembly_buffer(),
             reassembly_buffer_per_peer: None,
             max_frame_size: default_max_frame(),
+            max_macs_per_segment: default_max_macs_per_segment(),
+            max_macs_per_port: default_max_macs_per_port(),
+            max_macs_per_peer: default_max_macs_per_peer(),
         }
     }
 }
@@ -204,7 +218,39 @@ impl OverlayConfig {
                 ));
             }
         }
+        if !(1..=MAX_MACS_PER_SEGMENT).contains(&self.max_macs_per_segment) {
+            return Err(bad(
+                "max_macs_per_segment",
+                format!(
+                    "{} is outside 1..={MAX_MACS_PER_SEGMENT}",
+                    self.max_macs_per_segment
+                ),
+            ));
+        }
+        for (key, v) in [
+            ("max_macs_per_port", self.max_macs_per_port),
+            ("max_macs_per_peer", self.max_macs_per_peer),
+        ] {
+            if !(1..=self.max_macs_per_segment).contains(&v) {
+                return Err(bad(
+                    key,
+                    format!(
+                        "{v} is outside 1..={} (at least 1, at most max_macs_per_segment)",
+                        self.max_macs_per_segment
+                    ),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The MAC table limits of each segment.
+    pub fn mac_limits(&self) -> MacLimits {
+        MacLimits {
+            per_segment: self.max_macs_per_segment,
+            per_port: self.max_macs_per_port,
+            per_peer: self.max_macs_per_peer,
+        }
     }
 
     /// Memory partially received frames from one peer may hold.
@@ -216,6 +262,10 @@ impl OverlayConfig {
         })
     }
 }
+
+/// Upper bound of `max_macs_per_segment`: a table entry costs about 200
+/// bytes, so a million learned MACs is some 200 MB per segment.
+pub const MAX_MACS_PER_SEGMENT: usize = 1 << 20;
 
 /// Upper bound of `reassembly_buffer`. Partial frames live from their first
 /// fragment to their last, a round trip's jitter, or until
@@ -250,6 +300,18 @@ fn default_reassembly_buffer() -> usize {
 }
 fn default_max_frame() -> usize {
     9216
+}
+// A few thousand hosts per stretched segment; one port (a VM, or a TAP on a
+// bridge) a quarter of that, one peer site half, so neither can take the
+// table alone.
+fn default_max_macs_per_segment() -> usize {
+    4096
+}
+fn default_max_macs_per_port() -> usize {
+    1024
+}
+fn default_max_macs_per_peer() -> usize {
+    2048
 }
 
 #[cfg(test)]
@@ -358,6 +420,50 @@ mod tests {
             };
             let e = c.validate().unwrap_err();
             assert_eq!(e.key, "reassembly_buffer_per_peer", "{e}");
+        }
+    }
+
+    #[test]
+    fn mac_table_limits_parse_with_defaults_and_are_validated() {
+        let d = OverlayConfig::default();
+        assert_eq!(
+            (
+                d.max_macs_per_segment,
+                d.max_macs_per_port,
+                d.max_macs_per_peer
+            ),
+            (4096, 1024, 2048)
+        );
+        let c: OverlayConfig = toml::from_str(
+            "max_macs_per_segment = 100\nmax_macs_per_port = 10\nmax_macs_per_peer = 50",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(
+            c.mac_limits(),
+            MacLimits {
+                per_segment: 100,
+                per_port: 10,
+                per_peer: 50
+            }
+        );
+        for (toml, key) in [
+            ("max_macs_per_segment = 0", "max_macs_per_segment"),
+            (
+                "max_macs_per_segment = 1099511627776",
+                "max_macs_per_segment",
+            ),
+            ("max_macs_per_port = 0", "max_macs_per_port"),
+            ("max_macs_per_port = 5000", "max_macs_per_port"),
+            (
+                "max_macs_per_segment = 100\nmax_macs_per_port = 10\nmax_macs_per_peer = 101",
+                "max_macs_per_peer",
+            ),
+        ] {
+            let c: OverlayConfig = toml::from_str(toml).unwrap();
+            let e = c.validate().unwrap_err();
+            assert_eq!(e.key, key, "{toml}: {e}");
+            assert!(e.to_string().contains(key), "{e}");
         }
     }
 

@@ -90,6 +90,8 @@ pub struct OverlayMetrics {
     pub drops: IntCounterVec,
     pub mac_table_size: IntGaugeVec,
     pub mac_moves: IntCounterVec,
+    pub mac_learning_refused: IntCounterVec,
+    pub mac_displaced: IntCounterVec,
     pub frozen_macs: IntGaugeVec,
     pub mss_clamped: IntCounterVec,
     pub control_messages: IntCounterVec,
@@ -174,6 +176,16 @@ impl OverlayMetrics {
                 "MAC moves between sites, by VNI.",
                 &["vni"],
             ),
+            mac_learning_refused: counter_vec(
+                "wanmig_overlay_mac_learning_refused_total",
+                "New MACs not learned because a MAC table limit was reached, by VNI and limit (segment, port, peer).",
+                &["vni", "limit"],
+            ),
+            mac_displaced: counter_vec(
+                "wanmig_overlay_mac_displaced_total",
+                "Data-plane MAC entries displaced by advertised or locally learned MACs at a limit, by VNI.",
+                &["vni"],
+            ),
             frozen_macs: gauge_vec(
                 "wanmig_overlay_frozen_macs",
                 "MACs frozen for flapping, by VNI.",
@@ -208,6 +220,8 @@ impl OverlayMetrics {
         registry.register(Box::new(m.drops.clone()))?;
         registry.register(Box::new(m.mac_table_size.clone()))?;
         registry.register(Box::new(m.mac_moves.clone()))?;
+        registry.register(Box::new(m.mac_learning_refused.clone()))?;
+        registry.register(Box::new(m.mac_displaced.clone()))?;
         registry.register(Box::new(m.frozen_macs.clone()))?;
         registry.register(Box::new(m.mss_clamped.clone()))?;
         registry.register(Box::new(m.control_messages.clone()))?;

@@ -4,7 +4,8 @@
 
 mod common;
 
-use std::time::Instant;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use common::*;
@@ -133,8 +134,83 @@ fn macs_at(sw: &Switch, at: &Location) -> usize {
         .count()
 }
 
+/// Log output of this test binary (warnings and above), with thread names:
+/// one global subscriber, as scoped ones miss events when other tests hit
+/// the same call sites on their threads.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Captured {
+        self.clone()
+    }
+}
+
+/// Counts log lines containing a text, from the calling test's thread,
+/// since it was created.
+struct LogCounter {
+    logs: &'static Captured,
+    thread: String,
+    since: usize,
+}
+
+impl LogCounter {
+    fn new() -> LogCounter {
+        static LOGS: OnceLock<Captured> = OnceLock::new();
+        let logs = LOGS.get_or_init(|| {
+            let logs = Captured::default();
+            let sub = tracing_subscriber::fmt()
+                .with_writer(logs.clone())
+                .with_max_level(tracing::Level::WARN)
+                .with_ansi(false)
+                .with_thread_names(true)
+                .finish();
+            tracing::subscriber::set_global_default(sub).unwrap();
+            logs
+        });
+        let thread = std::thread::current()
+            .name()
+            .unwrap_or_default()
+            .to_string();
+        let since = logs.0.lock().unwrap().len();
+        LogCounter {
+            logs,
+            thread,
+            since,
+        }
+    }
+
+    fn lines_with(&self, needle: &str) -> usize {
+        let text = String::from_utf8_lossy(&self.logs.0.lock().unwrap()[self.since..]).into_owned();
+        text.lines()
+            .filter(|l| l.contains(needle) && l.contains(&self.thread))
+            .count()
+    }
+}
+
+fn refused(sw: &Switch, limit: &str) -> u64 {
+    sw.metrics()
+        .mac_learning_refused
+        .with_label_values(&["5001", limit])
+        .get()
+}
+
+const LIMIT_LOG: &str = "MAC table limits kept new source MACs out";
+
 #[test]
 fn a_guest_inventing_source_macs_fills_no_table_with_default_limits() {
+    let logs = LogCounter::new();
     let mut m = Mesh::new(&["a", "b"], &config(), 1400);
     m.sites
         .get_mut("a")
@@ -173,4 +249,84 @@ fn a_guest_inventing_source_macs_fills_no_table_with_default_limits() {
     );
     m.send("b", eth(mac(3), mac(2), 60));
     assert_eq!(m.delivered["a"], vec![(PortId(2), eth(mac(3), mac(2), 60))]);
+
+    // Every MAC kept out was counted; b made room for a's advertisement of
+    // mac(3) by displacing one of the MACs it had learned from a's traffic.
+    let (a, b) = (&m.sites["a"], &m.sites["b"]);
+    assert_eq!(refused(a, "port"), 20_000 - 1024);
+    assert_eq!(refused(b, "peer"), 20_000 - 2048);
+    assert_eq!(refused(a, "segment") + refused(b, "segment"), 0);
+    assert_eq!(
+        b.metrics().mac_displaced.with_label_values(&["5001"]).get(),
+        1
+    );
+    // Logged once per site, not once per frame...
+    assert_eq!(logs.lines_with(LIMIT_LOG), 2);
+    // ...and again once the interval has passed and more were kept out.
+    m.advance(Duration::from_secs(30));
+    m.send("a", eth(mac(2), random_mac(&mut rng), 60));
+    m.poll();
+    assert_eq!(logs.lines_with(LIMIT_LOG), 2);
+    m.advance(Duration::from_secs(31));
+    m.poll();
+    assert_eq!(logs.lines_with(LIMIT_LOG), 4);
+    m.advance(Duration::from_secs(61));
+    m.poll();
+    assert_eq!(logs.lines_with(LIMIT_LOG), 4, "nothing new to report");
+}
+
+#[test]
+fn at_its_limits_a_table_keeps_statics_and_lets_a_migrated_vm_move_in() {
+    let cfg: OverlayConfig = toml::from_str(
+        r#"
+        max_macs_per_segment = 8
+        max_macs_per_port = 2
+        max_macs_per_peer = 4
+        [[segment]]
+        name = "prod"
+        vni = 5001
+        "#,
+    )
+    .unwrap();
+    let mut m = Mesh::new(&["a", "b"], &cfg, 1400);
+    let now = m.now;
+    let static_mac = mac(50);
+    let acts = m
+        .sites
+        .get_mut("a")
+        .unwrap()
+        .add_static_mac(now, vni(), static_mac, PortId(1))
+        .unwrap();
+    m.run("a", acts);
+    // A VM runs at b.
+    let vm = mac(9);
+    m.send("b", garp(vm, ip(9)));
+    assert_eq!(m.location("a", vm), Some(Location::Remote(site("b"))));
+    // The guest on a's port 1 fills that port's share and more.
+    for n in 20..30 {
+        m.send("a", eth(MacAddr::BROADCAST, mac(n), 60));
+    }
+    let a = &m.sites["a"];
+    assert_eq!(
+        macs_at(a, &Location::Local(PortId(1))),
+        3,
+        "2 learned + static"
+    );
+    assert_eq!(refused(a, "port"), 8);
+    assert_eq!(
+        a.lookup(vni(), static_mac),
+        Some(Location::Local(PortId(1)))
+    );
+    // The VM migrates onto the full port and announces itself: it moves.
+    m.clear();
+    m.send("a", rarp(vm));
+    assert_eq!(m.location("a", vm), Some(Location::Local(PortId(1))));
+    assert_eq!(m.location("b", vm), Some(Location::Remote(site("a"))));
+    assert_eq!(m.seq("b", vm), Some(1));
+    assert_eq!(refused(&m.sites["a"], "port"), 8);
+    // The static MAC is still asserted against peers.
+    assert_eq!(
+        m.location("b", static_mac),
+        Some(Location::Remote(site("a")))
+    );
 }
