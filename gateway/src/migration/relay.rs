@@ -26,7 +26,7 @@ use wanmig_vmm::{MigrateOptions, ReceiveOptions, VmConfig};
 
 use super::records::{Direction, Outcome, Records};
 use super::session::{
-    window_gain, DestSession, FlowWindow, Phase, SessionError, SourceSession, Step,
+    window_gain, DestSession, FlowWindow, Phase, SessionError, SourceSession, Step, WINDOW_GAIN,
 };
 use super::stores::SiteStores;
 use super::vmhost::{HostError, VmHosting};
@@ -306,6 +306,9 @@ async fn source_inner(
     let mut flow = FlowWindow::new(rtt);
     let mut guest_flow = FlowWindow::guest(rtt);
     let connection = ctx.peering.live_connection(to).ok();
+    // Round 0's bulk is over: the windows keep the smaller gain from then
+    // on (the copy never returns to round 0).
+    let mut bulk_over = false;
     // Whether the wire window held the shim back since the last level
     // decision: then the acks' delivery rate is the link's rate.
     let mut wire_limited = false;
@@ -385,7 +388,12 @@ async fn source_inner(
                 }
                 let phase = session.phase();
                 let progress = session.progress().clone();
-                let gain = window_gain(&progress, guest_flow.window());
+                let gain = if bulk_over {
+                    WINDOW_GAIN
+                } else {
+                    window_gain(&progress, guest_flow.window_at(WINDOW_GAIN))
+                };
+                bulk_over = gain == WINDOW_GAIN;
                 flow.set_gain(gain);
                 guest_flow.set_gain(gain);
                 ctx.records.update(id, Direction::Outgoing, |r| {

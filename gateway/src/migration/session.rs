@@ -296,7 +296,12 @@ pub const BULK_GAIN: f64 = 2.0;
 /// The window gain for the copy's `progress`: [`BULK_GAIN`] in round 0
 /// while more than two guest windows of it remain (the pause cannot come
 /// before round 0 ends, and the window has that long to settle back),
-/// [`WINDOW_GAIN`] after.
+/// [`WINDOW_GAIN`] after. `guest_window` is the guest window at
+/// [`WINDOW_GAIN`] ([`FlowWindow::window_at`]), not the one in force: the
+/// window in force grows with the gain this picks, so near the threshold
+/// the bulk gain would push it past the threshold and the smaller gain
+/// pull it back, flipping the gain with every batch. The caller keeps
+/// [`WINDOW_GAIN`] once chosen (see [`window_gain`]'s use in the relay).
 pub fn window_gain(progress: &Progress, guest_window: u64) -> f64 {
     let left = progress
         .memory_pages
@@ -422,9 +427,13 @@ impl FlowWindow {
         }
     }
 
+    /// The window the measured rate and round trip give at `gain`.
+    pub fn window_at(&self, gain: f64) -> u64 {
+        ((gain * self.rate * self.round_trip().as_secs_f64()) as u64).clamp(self.min, self.max)
+    }
+
     fn resize(&mut self) {
-        self.window = ((self.gain * self.rate * self.round_trip().as_secs_f64()) as u64)
-            .clamp(self.min, self.max);
+        self.window = self.window_at(self.gain);
     }
 }
 
@@ -1249,6 +1258,37 @@ mod tests {
         assert_eq!(w.window(), (WINDOW_GAIN * (10u64 << 20) as f64) as u64);
         w.set_gain(BULK_GAIN);
         assert_eq!(w.window(), (BULK_GAIN * (10u64 << 20) as f64) as u64);
+    }
+
+    #[test]
+    fn the_gain_does_not_flip_with_the_window_it_sizes() {
+        // 40 MiB of pages applied per 100 ms: the guest window is 50 MiB at
+        // WINDOW_GAIN and 80 MiB at BULK_GAIN. With 120 MiB of round 0
+        // left, two windows at the bulk gain exceed it and two at the
+        // smaller gain do not; judged by the window in force, the gain
+        // flipped between the two with every batch.
+        let t0 = std::time::Instant::now();
+        let ms = std::time::Duration::from_millis;
+        let mut w = FlowWindow::guest(ms(100));
+        w.on_ack(0, t0);
+        w.on_ack(40 << 20, t0 + ms(100));
+        let p = Progress {
+            memory_pages: 131_072,
+            round_pages: 131_072 - (120 << 20) / PAGE_BYTES,
+            ..Progress::default()
+        };
+        let mut gains = Vec::new();
+        for _ in 0..4 {
+            let gain = window_gain(&p, w.window_at(WINDOW_GAIN));
+            w.set_gain(gain);
+            gains.push(gain);
+        }
+        assert_eq!(gains, [BULK_GAIN; 4]);
+        assert_eq!(w.window(), (BULK_GAIN * (40u64 << 20) as f64) as u64);
+        assert_eq!(
+            w.window_at(WINDOW_GAIN),
+            (WINDOW_GAIN * (40u64 << 20) as f64) as u64
+        );
     }
 
     #[test]
