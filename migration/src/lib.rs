@@ -4,3 +4,5 @@
 //! migration says and does lives here, as plain state machines.
 //!
 //! No tokio, no quinn, no KVM: `cargo tree -p wanmig-migration` shows it.
+
+pub mod policy;

@@ -9,8 +9,8 @@
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
+use wanmig_migration::policy::PlannerConfig;
 use wanmig_vmm::migration::{MigrationReport, MigrationStream};
-use wanmig_vmm::planner::PlannerConfig;
 use wanmig_vmm::{
     migrate_to, receive_from, MemoryWorkloadConfig, MigrateOptions, ReceiveOptions, Vm, VmConfig,
 };

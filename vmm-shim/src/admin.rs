@@ -6,7 +6,6 @@
 
 use crate::guest_control::MemSample;
 use crate::migration::{migrate_to, MigrateOptions, MigrationReport, MigrationStream};
-use crate::planner::PlannerConfig;
 use crate::vcpu::RunExit;
 use crate::vm::Vm;
 use serde::{Deserialize, Serialize};
@@ -15,6 +14,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use wanmig_migration::policy::PlannerConfig;
 
 /// Where a migration goes to or comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,7 +12,6 @@ pub mod guest_control;
 mod kick;
 pub mod memory;
 pub mod migration;
-pub mod planner;
 pub mod protocol;
 pub mod serial;
 pub mod state;

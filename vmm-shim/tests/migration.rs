@@ -9,8 +9,8 @@ use common::{capture, dirtying_config, reference_digests};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
-use wanmig_vmm::migration::{ConvergenceMode, IncomingReport};
-use wanmig_vmm::planner::PlannerConfig;
+use wanmig_migration::policy::{ConvergenceMode, PlannerConfig};
+use wanmig_vmm::migration::IncomingReport;
 use wanmig_vmm::protocol::{self, Decoder, Message};
 use wanmig_vmm::{
     migrate_to, receive_from, MigrateOptions, MigrationError, ReceiveOptions, RunExit, Vm, VmConfig,

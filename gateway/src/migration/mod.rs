@@ -1,15 +1,15 @@
 //! Cross-site live migration through the gateways, between the VM hosts of
-//! two sites ([`crate::vms`]): the gateway-to-gateway session (wire format in [`wire`],
-//! sans-IO relay cores in [`session`]), the tokio/QUIC edge ([`relay`]), the
-//! site's page stores ([`stores`]), the record of migrations ([`records`])
-//! and the `wanmig_migration_*` metrics ([`metrics`]).
+//! two sites ([`crate::vms`]): the gateway-to-gateway session (wire format
+//! in [`wire`], sans-IO relay cores in [`session`]), the tokio/QUIC edge
+//! ([`relay`], which takes its decisions from `wanmig_migration::policy`),
+//! the site's page stores ([`stores`]), the record of migrations
+//! ([`records`]) and the `wanmig_migration_*` metrics ([`metrics`]).
 //!
 //! [`MigrationService`] ties them together: it serves incoming migration
 //! streams from peers and starts outgoing ones.
 
 pub mod api;
 pub mod metrics;
-pub mod pacer;
 pub mod records;
 pub mod relay;
 pub mod session;
@@ -20,7 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use wanmig_vmm::planner::PlannerConfig;
+use wanmig_codec::EncoderConfig;
+use wanmig_migration::policy::{DowntimeGoal, PlannerConfig};
 use wanmig_vmm::MigrateOptions;
 
 use crate::config::MigrationSettings;
@@ -56,17 +57,6 @@ pub enum StartError {
     SameSite(String),
     #[error("invalid dedup scope '{0}': use 1-64 letters, digits, '-', '_' or '.'")]
     BadScope(String),
-}
-
-/// The stop-and-copy budget to give the source shim so the operator's
-/// `downtime` holds across the WAN. The shim's pause lasts the final copy,
-/// the later of its memory digest and the Complete→Confirmed round trip
-/// (the two overlap), and the Handover→Resumed round trip; the issue's
-/// target is `downtime` plus one RTT, so the shim's own part gets one RTT
-/// less (never less than a tenth of the budget, so a long link still
-/// converges).
-pub fn shim_budget(downtime: Duration, rtt: Duration) -> Duration {
-    downtime.saturating_sub(rtt).max(downtime / 10)
 }
 
 /// The migration subsystem of one gateway.
@@ -172,9 +162,10 @@ impl MigrationService {
             .and_then(|p| p.link)
             .map(|l| Duration::from_secs_f64(l.rtt_ms.max(0.0) / 1e3))
             .unwrap_or_default();
+        let goal = DowntimeGoal::new(req.downtime.unwrap_or(self.settings.downtime), rtt);
         let opts = MigrateOptions {
             planner: PlannerConfig {
-                downtime_budget: shim_budget(req.downtime.unwrap_or(self.settings.downtime), rtt),
+                downtime_budget: goal.shim_budget(),
                 ..PlannerConfig::default()
             },
             ..MigrateOptions::default()
@@ -200,18 +191,5 @@ impl MigrationService {
             .records
             .get(&id)
             .expect("a started migration keeps its record"))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_shim_budget_leaves_room_for_one_round_trip() {
-        let ms = Duration::from_millis;
-        assert_eq!(shim_budget(ms(300), ms(60)), ms(240));
-        assert_eq!(shim_budget(ms(300), Duration::ZERO), ms(300));
-        assert_eq!(shim_budget(ms(300), ms(1000)), ms(30));
     }
 }
