@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use wanmig_codec::EncoderConfig;
 use wanmig_migration::policy::{DowntimeGoal, PlannerConfig};
 use wanmig_vmm::MigrateOptions;
 
