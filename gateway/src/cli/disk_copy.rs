@@ -9,8 +9,8 @@ use anyhow::bail;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use wanmig_gateway::control_client::ControlClient;
-use wanmig_gateway::vms::DiskState;
 use wanmig_gateway::storage_relay::ExportStatus;
+use wanmig_gateway::vms::DiskState;
 use wanmig_units::{format_rate, format_size};
 
 /// The final report of a storage copy (the `storage` object of `wanmig
