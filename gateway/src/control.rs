@@ -4,7 +4,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -35,6 +35,8 @@ pub enum TokenError {
     },
     #[error("{}: the token file is empty; delete it and the gateway creates a new one", path.display())]
     Empty { path: PathBuf },
+    #[error("{}: the token file is open to other users (mode {mode:04o}), so anyone on this host could drive the gateway; run `chmod 600 {}` (and replace the token if others may have read it)", path.display(), path.display())]
+    NotPrivate { path: PathBuf, mode: u32 },
 }
 
 /// Reads the bearer token from `path`.
@@ -54,8 +56,18 @@ pub fn read_token(path: &Path) -> Result<String, TokenError> {
 
 /// Reads the token at `path`, creating it (mode 0600, 256 random bits) if
 /// it does not exist.
+/// An existing file must be private to its owner (no group or other
+/// permissions): the gateway refuses to start on a token others can read
+/// or replace.
 pub fn load_or_create_token(path: &Path) -> Result<String, TokenError> {
-    if path.exists() {
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err(TokenError::NotPrivate {
+                path: path.to_path_buf(),
+                mode,
+            });
+        }
         return read_token(path);
     }
     let mut raw = [0u8; 32];
@@ -197,7 +209,6 @@ pub fn router(peering: Peering, token: String) -> Router {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn token_file_is_created_private_and_reused() {
@@ -212,6 +223,26 @@ mod tests {
         assert_eq!(load_or_create_token(&p).unwrap(), t1);
         let d2 = tempfile::tempdir().unwrap();
         assert_ne!(load_or_create_token(&d2.path().join("t")).unwrap(), t1);
+    }
+
+    #[test]
+    fn a_token_file_others_can_read_or_write_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("t.token");
+        std::fs::write(&p, "abc\n").unwrap();
+        for mode in [0o644, 0o640, 0o604, 0o620, 0o602] {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = load_or_create_token(&p).unwrap_err();
+            assert!(
+                matches!(err, TokenError::NotPrivate { .. }),
+                "{mode:o}: {err}"
+            );
+            assert!(err.to_string().contains("chmod 600"), "{err}");
+        }
+        for mode in [0o600, 0o400] {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(load_or_create_token(&p).unwrap(), "abc", "{mode:o}");
+        }
     }
 
     #[test]

@@ -64,7 +64,7 @@ impl Endpoint {
     pub fn accept_one(&self) -> std::io::Result<Box<dyn MigrationStream>> {
         Ok(match self {
             Endpoint::Unix(p) => {
-                let l = UnixListener::bind(p)?;
+                let l = bind_private(p)?;
                 let (s, _) = l.accept()?;
                 let _ = std::fs::remove_file(p);
                 Box::new(s)
@@ -202,6 +202,16 @@ pub fn handle(vm: &mut Vm, req: AdminRequest) -> AdminResponse {
     }
 }
 
+/// Binds a Unix socket at `path` that only this user can connect to
+/// (mode 0600; connecting needs write permission on the socket), whatever
+/// the process's umask. The mode is set before anything is accepted.
+pub fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
 /// Serves the control socket at `path` for `vm` until the listener fails.
 /// Each connection may send several requests, one per line. After the
 /// answer to a successful migration has been written, `migrated` is
@@ -212,7 +222,7 @@ pub fn serve(
     migrated: std::sync::mpsc::Sender<()>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path)?;
+    let listener = bind_private(path)?;
     std::thread::Builder::new()
         .name("admin".into())
         .spawn(move || {
@@ -286,6 +296,18 @@ pub fn request_timeout(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn sockets_are_private_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("admin.sock");
+        // The default umask (022) would leave the socket 0755: anyone on
+        // the host could drive the VM.
+        let _l = super::bind_private(&p).unwrap();
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
     use super::*;
 
     #[test]

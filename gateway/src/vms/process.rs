@@ -488,7 +488,7 @@ impl VmHosting for ProcessHost {
         ));
         let _ = std::fs::remove_file(&sock);
         let answer = (|| {
-            let listener = UnixListener::bind(&sock)?;
+            let listener = wanmig_vmm::admin::bind_private(&sock)?;
             listener.set_nonblocking(true)?;
             let control = self.control_socket(name);
             let req = AdminRequest::Migrate {
