@@ -14,6 +14,8 @@
 //! [`GatewayConfig::load`]; the returned [`GatewayHandle`] exposes the
 //! [`Peering`].
 
+#![forbid(unsafe_code)]
+
 pub mod api_error;
 pub mod backoff;
 pub mod certs;

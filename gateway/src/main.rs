@@ -2,6 +2,8 @@
 //! Argument parsing and error reporting (anyhow) live here, in `cli/`; the
 //! work is done by the `wanmig_gateway` library.
 
+#![forbid(unsafe_code)]
+
 mod cli;
 
 use std::process::ExitCode;

@@ -7,6 +7,8 @@
 //! namespaces over TUN devices; [`cli`] is the `wanmig netem` command and
 //! [`link_args`] the link flags it shares with `wanmig demo`.
 
+#![forbid(unsafe_code)]
+
 pub mod cli;
 pub mod control;
 pub mod error;

@@ -41,6 +41,8 @@
 //!    before B sends it; A checks it and only then calls
 //!    [`release_source`] by policy.
 
+#![forbid(unsafe_code)]
+
 pub mod copy;
 pub mod digest;
 pub mod done;
