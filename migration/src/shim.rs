@@ -1,54 +1,85 @@
-//! The migration wire protocol between a source and a destination shim (or
-//! a gateway in between): length-prefixed, typed frames over any byte
-//! stream. The codec is sans-IO ([`Decoder`] takes bytes, yields messages;
-//! [`encode`] appends a frame to a buffer); [`read_message`] and
-//! [`write_message`] wrap it for blocking `Read`/`Write` streams.
+//! The shim migration protocol, between a source and a destination shim
+//! (or a gateway relaying between them), sans-IO: [`encode`] appends a
+//! message as one frame, [`Decoder`] takes bytes and yields messages. The
+//! shim's blocking stream helpers wrap these.
 //!
-//! Frame: `type: u8, length: u32 LE, payload[length]`. Every length and
-//! count is checked against the bytes present and [`MAX_PAYLOAD`]; bad
-//! input yields a [`ProtocolError`], never a panic.
+//! Frames are wanmig-wire's `tag: u8 | length: u32 LE | body`, tags are
+//! [`Kind`]s, and [`SHIM`] declares the protocol's versions under the
+//! rule in [`crate::version`]. Every length and count is checked against
+//! the bytes present and [`MAX_PAYLOAD`]; bad input is a
+//! [`ProtocolError`], never a panic.
 //!
 //! Conversation (S = source, D = destination):
-//! S→D `Hello`, D→S `HelloAck` (or `Abort`), S→D `Pages`* (round 0: all of
-//! memory, then dirty pages, then the final pages while paused), S→D
-//! `State`, S→D `Complete`, D→S `Confirmed(digest)` once it holds and has
-//! applied complete state (the digest of the memory it holds), S→D
-//! `Digest(digest)` of its own memory at the pause (hashed while `Complete`
-//! travels, so the check costs no extra round trip), S→D `Handover` only if
-//! the two digests are equal (S has released the VM), D→S `Resumed`. The
-//! destination checks the source's digest too, and aborts on a mismatch. Either side may send `Abort(reason)` instead.
+//! S→D `Hello` (preamble and the machine's shape), D→S `HelloAck` (or
+//! `Abort`), S→D `Pages`* (each naming its pre-copy round: 0 is all of
+//! memory, then the dirty pages of each later round, the last round
+//! while paused), S→D `State`, S→D `Complete`, D→S `Confirmed(digest)`
+//! once it holds and has applied complete state (the digest of the memory
+//! it holds), S→D `Digest(digest)` of its own memory at the pause (hashed
+//! while `Complete` travels, so the check costs no extra round trip), S→D
+//! `Handover` only if the two digests are equal (S has released the VM),
+//! D→S `Resumed`. The destination checks the source's digest too, and
+//! aborts on a mismatch. Either side may send `Abort(reason)` instead.
 
-use crate::config::MachineConfig;
 use wanmig_guest_abi::PAGE_SIZE;
+use wanmig_wire::coding::Context;
+use wanmig_wire::{write_frame, DecodeError, FrameDecoder, FrameError, Reader, WriteExt};
 
-/// Version of this protocol.
-pub const PROTOCOL_VERSION: u32 = 2;
-/// Magic at the start of `Hello`.
-pub const HELLO_MAGIC: [u8; 8] = *b"WANMIGVM";
-/// Largest payload accepted (a page batch of 4096 pages plus headers).
+use crate::machine::MachineConfig;
+use crate::version::{PreambleError, Protocol, UnknownKind};
+
+/// The shim protocol and the versions this build speaks.
+pub const SHIM: Protocol = Protocol {
+    name: "shim migration protocol",
+    magic: *b"WANMIGVM",
+    current: 3,
+    oldest: 3,
+    opener: "the source shim",
+    answerer: "the destination shim",
+};
+/// Largest body accepted (a page batch of 4096 pages plus headers).
 pub const MAX_PAYLOAD: u32 = 32 << 20;
 /// Pages per batch the sender uses.
 pub const BATCH_PAGES: usize = 256;
 const PAGE: usize = PAGE_SIZE as usize;
 
+wanmig_wire::wire_enum! {
+    /// The kind of a shim protocol message: its frame tag. All are
+    /// essential (see [`crate::version`]).
+    pub enum Kind(u8) {
+        Hello = 1,
+        HelloAck = 2,
+        Pages = 3,
+        State = 4,
+        Complete = 5,
+        Confirmed = 6,
+        Handover = 7,
+        Resumed = 8,
+        Abort = 9,
+        Digest = 10,
+    }
+}
+
 /// A protocol message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
-    /// Opens a migration: protocol version and the machine's shape.
+    /// Opens a migration: the protocol version the source speaks and the
+    /// machine's shape.
     Hello {
         version: u32,
         machine: MachineConfig,
     },
     /// The destination accepts.
     HelloAck,
-    /// A batch of pages.
-    Pages(PageBatch),
-    /// The VM state blob (see `state::VmState`).
+    /// A batch of pages of pre-copy round `round` (0 = all of memory; the
+    /// round sent while paused is the last).
+    Pages { round: u32, batch: PageBatch },
+    /// The VM state blob (the shim's saved vCPU and device state).
     State(Vec<u8>),
     /// All pages and the state are sent.
     Complete,
     /// The destination holds and has applied complete state; the memory
-    /// digest (`memory::digest`) of what it holds.
+    /// digest of what it holds.
     Confirmed { digest: [u8; 32] },
     /// The source's memory digest at the pause.
     Digest { digest: [u8; 32] },
@@ -58,6 +89,24 @@ pub enum Message {
     Resumed,
     /// The sender gives up, with a reason for the operator.
     Abort(String),
+}
+
+impl Message {
+    /// The message's kind.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Message::Hello { .. } => Kind::Hello,
+            Message::HelloAck => Kind::HelloAck,
+            Message::Pages { .. } => Kind::Pages,
+            Message::State(_) => Kind::State,
+            Message::Complete => Kind::Complete,
+            Message::Confirmed { .. } => Kind::Confirmed,
+            Message::Digest { .. } => Kind::Digest,
+            Message::Handover => Kind::Handover,
+            Message::Resumed => Kind::Resumed,
+            Message::Abort(_) => Kind::Abort,
+        }
+    }
 }
 
 /// A list of (guest frame number, 4 KiB page) pairs.
@@ -79,7 +128,11 @@ impl PageBatch {
         Self::default()
     }
 
-    /// Appends a page; `page` must be exactly 4 KiB.
+    /// Appends a page.
+    ///
+    /// # Panics
+    /// If `page` is not exactly 4 KiB (a caller bug: pages come from guest
+    /// memory or a decoder, both in whole pages).
     pub fn push(&mut self, gfn: u64, page: &[u8]) {
         assert_eq!(page.len(), PAGE, "a page is 4 KiB");
         self.gfns.push(gfn);
@@ -115,172 +168,117 @@ impl PageBatch {
         self.data.clear();
     }
 
-    /// Bytes this batch takes on the wire (frame header included).
+    /// Bytes this batch takes on the wire as a `Pages` message (frame
+    /// header, round and count included).
     pub fn wire_len(&self) -> u64 {
-        5 + 4 + (self.len() * (8 + PAGE)) as u64
+        (wanmig_wire::FRAME_HEADER_LEN + 4 + 4 + self.len() * (8 + PAGE)) as u64
     }
 }
 
 /// Errors decoding the protocol.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ProtocolError {
-    #[error("unknown migration message type {0}; is the peer a wanmig-vmm migration stream?")]
-    UnknownType(u8),
-    #[error("migration frame of {0} bytes exceeds the limit of {MAX_PAYLOAD} bytes; the stream is corrupt")]
-    TooLarge(u32),
-    #[error("malformed {what} message: {detail}")]
-    Malformed { what: &'static str, detail: String },
-    #[error("the stream does not start with a wanmig migration hello (bad magic)")]
-    BadMagic,
-    #[error("the stream ended in the middle of a frame ({0} bytes of it received)")]
-    Truncated(usize),
+    #[error("shim migration stream: {0}")]
+    Frame(#[from] FrameError),
+    #[error(transparent)]
+    UnknownKind(#[from] UnknownKind),
+    #[error(transparent)]
+    Preamble(#[from] PreambleError),
+    #[error("malformed shim migration message: {0}")]
+    Malformed(#[from] DecodeError),
 }
-
-fn malformed(what: &'static str, detail: impl Into<String>) -> ProtocolError {
-    ProtocolError::Malformed {
-        what,
-        detail: detail.into(),
-    }
-}
-
-const T_HELLO: u8 = 1;
-const T_HELLO_ACK: u8 = 2;
-const T_PAGES: u8 = 3;
-const T_STATE: u8 = 4;
-const T_COMPLETE: u8 = 5;
-const T_CONFIRMED: u8 = 6;
-const T_HANDOVER: u8 = 7;
-const T_RESUMED: u8 = 8;
-const T_ABORT: u8 = 9;
-const T_DIGEST: u8 = 10;
 
 /// Appends `msg` as one frame to `out`.
 pub fn encode(msg: &Message, out: &mut Vec<u8>) {
-    let start = out.len();
-    out.extend_from_slice(&[0; 5]);
-    let ty = match msg {
+    write_frame(out, msg.kind().into(), |out| match msg {
         Message::Hello { version, machine } => {
-            out.extend_from_slice(&HELLO_MAGIC);
-            out.extend_from_slice(&version.to_le_bytes());
-            // Plain data always serialises.
+            out.put(crate::version::Preamble {
+                magic: SHIM.magic,
+                version: *version,
+            });
+            // Plain data (numbers and strings) always serialises.
             out.extend_from_slice(&serde_json::to_vec(machine).unwrap_or_default());
-            T_HELLO
         }
-        Message::HelloAck => T_HELLO_ACK,
-        Message::Pages(b) => {
-            out.extend_from_slice(&(b.len() as u32).to_le_bytes());
-            for (gfn, page) in b.pages() {
-                out.extend_from_slice(&gfn.to_le_bytes());
+        Message::Pages { round, batch } => {
+            out.put(*round);
+            out.put(batch.len() as u32);
+            for (gfn, page) in batch.pages() {
+                out.put(gfn);
                 out.extend_from_slice(page);
             }
-            T_PAGES
         }
-        Message::State(blob) => {
-            out.extend_from_slice(blob);
-            T_STATE
-        }
-        Message::Complete => T_COMPLETE,
-        Message::Confirmed { digest } => {
-            out.extend_from_slice(digest);
-            T_CONFIRMED
-        }
-        Message::Digest { digest } => {
-            out.extend_from_slice(digest);
-            T_DIGEST
-        }
-        Message::Handover => T_HANDOVER,
-        Message::Resumed => T_RESUMED,
-        Message::Abort(reason) => {
-            out.extend_from_slice(reason.as_bytes());
-            T_ABORT
-        }
-    };
-    let len = (out.len() - start - 5) as u32;
-    out[start] = ty;
-    out[start + 1..start + 5].copy_from_slice(&len.to_le_bytes());
+        Message::State(blob) => out.extend_from_slice(blob),
+        Message::Confirmed { digest } | Message::Digest { digest } => out.put(*digest),
+        Message::Abort(reason) => out.extend_from_slice(reason.as_bytes()),
+        Message::HelloAck | Message::Complete | Message::Handover | Message::Resumed => {}
+    });
 }
 
-/// Parses one frame's payload.
-pub fn decode_payload(ty: u8, p: &[u8]) -> Result<Message, ProtocolError> {
-    let empty = |what, m: Message| {
-        if p.is_empty() {
-            Ok(m)
-        } else {
-            Err(malformed(
-                what,
-                format!("{} unexpected payload bytes", p.len()),
-            ))
+/// Parses the body of a frame of kind `kind` (a known kind: unknown ones
+/// are [`Decoder`]'s business).
+pub fn decode_body(kind: Kind, body: &[u8]) -> Result<Message, ProtocolError> {
+    let mut r = Reader::new(body);
+    let msg = match kind {
+        Kind::Hello => {
+            let version = SHIM.read_preamble(&mut r)?;
+            let machine = serde_json::from_slice(r.rest())
+                .map_err(|e| DecodeError::invalid("shim hello's machine", e.to_string()))?;
+            Message::Hello { version, machine }
         }
-    };
-    let digest = |what| -> Result<[u8; 32], ProtocolError> {
-        p.try_into()
-            .map_err(|_| malformed(what, format!("digest is {} bytes, expected 32", p.len())))
-    };
-    match ty {
-        T_HELLO => {
-            if p.len() < 12 {
-                return Err(malformed("hello", "shorter than magic and version"));
-            }
-            if p[..8] != HELLO_MAGIC {
-                return Err(ProtocolError::BadMagic);
-            }
-            let version = u32::from_le_bytes([p[8], p[9], p[10], p[11]]);
-            let machine = if version == PROTOCOL_VERSION {
-                serde_json::from_slice(&p[12..]).map_err(|e| malformed("hello", e.to_string()))?
-            } else {
-                // The caller rejects the version; do not guess at the rest.
-                MachineConfig {
-                    mem_size: 0,
-                    vcpus: 0,
-                    devices: Vec::new(),
-                }
-            };
-            Ok(Message::Hello { version, machine })
-        }
-        T_HELLO_ACK => empty("hello-ack", Message::HelloAck),
-        T_PAGES => {
-            if p.len() < 4 {
-                return Err(malformed("pages", "missing page count"));
-            }
-            let n = u32::from_le_bytes([p[0], p[1], p[2], p[3]]) as usize;
-            let body = &p[4..];
-            if n.checked_mul(8 + PAGE) != Some(body.len()) {
-                return Err(malformed(
-                    "pages",
-                    format!("{} pages announced but {} bytes follow", n, body.len()),
-                ));
+        Kind::Pages => {
+            let round = r.get::<u32>().ctx("shim pages round")?;
+            let n = r.get::<u32>().ctx("shim pages count")? as usize;
+            if n.checked_mul(8 + PAGE) != Some(r.remaining()) {
+                return Err(DecodeError::invalid(
+                    "shim pages message",
+                    format!("{n} pages announced but {} bytes follow", r.remaining()),
+                )
+                .into());
             }
             let mut batch = PageBatch {
                 gfns: Vec::with_capacity(n),
                 data: Vec::with_capacity(n * PAGE),
             };
-            for entry in body.chunks_exact(8 + PAGE) {
-                let mut gfn = [0u8; 8];
-                gfn.copy_from_slice(&entry[..8]);
-                batch.gfns.push(u64::from_le_bytes(gfn));
-                batch.data.extend_from_slice(&entry[8..]);
+            for _ in 0..n {
+                batch.gfns.push(r.get::<u64>().ctx("shim page number")?);
+                batch
+                    .data
+                    .extend_from_slice(r.bytes(PAGE).ctx("shim page")?);
             }
-            Ok(Message::Pages(batch))
+            Message::Pages { round, batch }
         }
-        T_STATE => Ok(Message::State(p.to_vec())),
-        T_COMPLETE => empty("complete", Message::Complete),
-        T_CONFIRMED => Ok(Message::Confirmed {
-            digest: digest("confirmed")?,
-        }),
-        T_HANDOVER => empty("handover", Message::Handover),
-        T_RESUMED => empty("resumed", Message::Resumed),
-        T_ABORT => Ok(Message::Abort(String::from_utf8_lossy(p).into_owned())),
-        T_DIGEST => Ok(Message::Digest {
-            digest: digest("digest")?,
-        }),
-        other => Err(ProtocolError::UnknownType(other)),
-    }
+        Kind::State => Message::State(r.rest().to_vec()),
+        Kind::Confirmed => Message::Confirmed {
+            digest: r.get().ctx("shim confirmed digest")?,
+        },
+        Kind::Digest => Message::Digest {
+            digest: r.get().ctx("shim digest")?,
+        },
+        Kind::Abort => Message::Abort(String::from_utf8_lossy(r.rest()).into_owned()),
+        Kind::HelloAck => Message::HelloAck,
+        Kind::Complete => Message::Complete,
+        Kind::Handover => Message::Handover,
+        Kind::Resumed => Message::Resumed,
+        Kind::Unknown(tag) => return Err(SHIM.unknown(tag).into()),
+    };
+    r.finish("shim migration message")?;
+    Ok(msg)
 }
 
 /// Incremental decoder: feed bytes as they arrive, take whole messages.
-#[derive(Debug, Default)]
+/// Unknown advisory kinds are skipped; unknown essential kinds are errors
+/// (see [`crate::version`]).
+#[derive(Debug)]
 pub struct Decoder {
-    buf: Vec<u8>,
+    frames: FrameDecoder,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Decoder {
+            frames: FrameDecoder::new(MAX_PAYLOAD),
+        }
+    }
 }
 
 impl Decoder {
@@ -291,96 +289,38 @@ impl Decoder {
 
     /// Adds received bytes.
     pub fn feed(&mut self, bytes: &[u8]) {
-        self.buf.extend_from_slice(bytes);
+        self.frames.feed(bytes);
     }
 
     /// Bytes the next frame still needs before [`Decoder::next`] can yield
     /// it (at least 1 when incomplete, 0 when a frame is ready).
     pub fn wanted(&self) -> usize {
-        if self.buf.len() < 5 {
-            return 5 - self.buf.len();
-        }
-        let len = u32::from_le_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
-        (5 + len).saturating_sub(self.buf.len())
+        self.frames.wanted()
     }
 
     /// The next complete message, `Ok(None)` if more bytes are needed.
     #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Result<Option<Message>, ProtocolError> {
-        if self.buf.len() < 5 {
-            return Ok(None);
+        while let Some(frame) = self.frames.next()? {
+            match Kind::from(frame.tag) {
+                Kind::Unknown(tag) => SHIM.unknown_kind(tag)?,
+                kind => return decode_body(kind, &frame.body).map(Some),
+            }
         }
-        let ty = self.buf[0];
-        let len = u32::from_le_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
-        if !(T_HELLO..=T_DIGEST).contains(&ty) {
-            return Err(ProtocolError::UnknownType(ty));
-        }
-        if len > MAX_PAYLOAD {
-            return Err(ProtocolError::TooLarge(len));
-        }
-        let end = 5 + len as usize;
-        if self.buf.len() < end {
-            return Ok(None);
-        }
-        let msg = decode_payload(ty, &self.buf[5..end]);
-        self.buf.drain(..end);
-        msg.map(Some)
+        Ok(None)
     }
 
     /// Bytes buffered but not yet consumed.
     pub fn buffered(&self) -> usize {
-        self.buf.len()
+        self.frames.buffered()
     }
-}
-
-/// Errors of a blocking read or write.
-#[derive(Debug, thiserror::Error)]
-pub enum StreamError {
-    #[error("migration stream I/O failed: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("the peer closed the migration stream")]
-    Closed,
-    #[error(transparent)]
-    Protocol(#[from] ProtocolError),
-}
-
-/// Reads the next message from a blocking stream.
-pub fn read_message<R: std::io::Read>(
-    r: &mut R,
-    dec: &mut Decoder,
-) -> Result<Message, StreamError> {
-    loop {
-        if let Some(m) = dec.next()? {
-            return Ok(m);
-        }
-        let want = dec.wanted().clamp(1, 1 << 20);
-        let mut chunk = vec![0u8; want];
-        let n = r.read(&mut chunk)?;
-        if n == 0 {
-            return Err(match dec.buffered() {
-                0 => StreamError::Closed,
-                b => ProtocolError::Truncated(b).into(),
-            });
-        }
-        dec.feed(&chunk[..n]);
-    }
-}
-
-/// Writes one message to a blocking stream; returns the bytes written.
-pub fn write_message<W: std::io::Write>(
-    w: &mut W,
-    msg: &Message,
-    scratch: &mut Vec<u8>,
-) -> Result<u64, StreamError> {
-    scratch.clear();
-    encode(msg, scratch);
-    w.write_all(scratch)?;
-    Ok(scratch.len() as u64)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::version::VersionError;
+    use proptest::prelude::*;
 
     fn roundtrip(m: Message) {
         let mut buf = Vec::new();
@@ -403,18 +343,37 @@ mod tests {
         }
     }
 
+    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_frame(&mut out, tag, |o| o.extend_from_slice(body));
+        out
+    }
+
+    fn hello_with_version(version: u32) -> Vec<u8> {
+        let mut body = Vec::new();
+        body.put(crate::version::Preamble {
+            magic: SHIM.magic,
+            version,
+        });
+        body.extend_from_slice(b"whatever that version sends");
+        frame(Kind::Hello.into(), &body)
+    }
+
     #[test]
     fn every_message_roundtrips() {
         let mut b = PageBatch::new();
         b.push(7, &[1u8; PAGE]);
         b.push_zeroed(9)[100] = 5;
         roundtrip(Message::Hello {
-            version: PROTOCOL_VERSION,
+            version: SHIM.current,
             machine: machine(),
         });
         roundtrip(Message::HelloAck);
-        roundtrip(Message::Pages(b));
-        roundtrip(Message::Pages(PageBatch::new()));
+        roundtrip(Message::Pages { round: 4, batch: b });
+        roundtrip(Message::Pages {
+            round: 0,
+            batch: PageBatch::new(),
+        });
         roundtrip(Message::State(b"{\"version\":1}".to_vec()));
         roundtrip(Message::Complete);
         roundtrip(Message::Digest { digest: [5; 32] });
@@ -425,13 +384,36 @@ mod tests {
     }
 
     #[test]
+    fn pages_carry_their_round_on_the_wire() {
+        let mut b = PageBatch::new();
+        b.push_zeroed(3);
+        let mut buf = Vec::new();
+        encode(
+            &Message::Pages {
+                round: 0x0102_0304,
+                batch: b,
+            },
+            &mut buf,
+        );
+        // tag, length, then the round and the page count.
+        assert_eq!(buf[0], u8::from(Kind::Pages));
+        assert_eq!(&buf[5..13], &[4, 3, 2, 1, 1, 0, 0, 0]);
+    }
+
+    #[test]
     fn batch_wire_len_matches_encoding() {
         let mut b = PageBatch::new();
         for g in 0..3 {
             b.push_zeroed(g);
         }
         let mut buf = Vec::new();
-        encode(&Message::Pages(b.clone()), &mut buf);
+        encode(
+            &Message::Pages {
+                round: 1,
+                batch: b.clone(),
+            },
+            &mut buf,
+        );
         assert_eq!(buf.len() as u64, b.wire_len());
         let pages: Vec<u64> = b.pages().map(|(g, _)| g).collect();
         assert_eq!(pages, [0, 1, 2]);
@@ -439,101 +421,121 @@ mod tests {
 
     #[test]
     fn bad_frames_are_errors() {
+        let pages: u8 = Kind::Pages.into();
         let mut d = Decoder::new();
-        d.feed(&[42, 0, 0, 0, 0]);
-        assert_eq!(d.next(), Err(ProtocolError::UnknownType(42)));
-
-        let mut d = Decoder::new();
-        d.feed(&[T_PAGES, 0xff, 0xff, 0xff, 0xff]);
-        assert_eq!(d.next(), Err(ProtocolError::TooLarge(u32::MAX)));
+        d.feed(&[pages, 0xff, 0xff, 0xff, 0xff]);
+        assert!(matches!(
+            d.next(),
+            Err(ProtocolError::Frame(FrameError::TooLarge { .. }))
+        ));
 
         // Page count that does not match the bytes.
         let mut d = Decoder::new();
-        d.feed(&[T_PAGES, 4, 0, 0, 0, 2, 0, 0, 0]);
+        d.feed(&frame(pages, &[0, 0, 0, 0, 2, 0, 0, 0]));
         assert!(matches!(
             d.next(),
-            Err(ProtocolError::Malformed { what: "pages", .. })
+            Err(ProtocolError::Malformed(DecodeError::Invalid {
+                what: "shim pages message",
+                ..
+            }))
         ));
 
         // A huge announced count must not allocate or overflow.
         let mut d = Decoder::new();
-        d.feed(&[T_PAGES, 4, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]);
+        d.feed(&frame(pages, &[0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]));
         assert!(d.next().is_err());
 
+        // No round: truncated.
         let mut d = Decoder::new();
-        d.feed(&[T_COMPLETE, 3, 0, 0, 0, 1, 2, 3]);
-        assert!(matches!(
-            d.next(),
-            Err(ProtocolError::Malformed {
-                what: "complete",
-                ..
-            })
-        ));
-
-        let mut d = Decoder::new();
-        d.feed(&[T_HELLO, 12, 0, 0, 0]);
-        d.feed(b"NOTMAGIC\x01\0\0\0");
-        assert_eq!(d.next(), Err(ProtocolError::BadMagic));
-
-        let mut d = Decoder::new();
-        d.feed(&[T_HANDOVER, 1, 0, 0, 0, 0]);
-        assert!(d.next().is_err());
-    }
-
-    #[test]
-    fn other_versions_decode_far_enough_to_be_rejected() {
-        let mut buf = vec![T_HELLO, 0, 0, 0, 0];
-        buf.extend_from_slice(&HELLO_MAGIC);
-        buf.extend_from_slice(&99u32.to_le_bytes());
-        buf.extend_from_slice(b"whatever the future sends");
-        let len = (buf.len() - 5) as u32;
-        buf[1..5].copy_from_slice(&len.to_le_bytes());
-        let mut d = Decoder::new();
-        d.feed(&buf);
-        assert!(matches!(
-            d.next(),
-            Ok(Some(Message::Hello { version: 99, .. }))
-        ));
-    }
-
-    #[test]
-    fn blocking_reader_reports_truncation_and_close() {
-        let mut buf = Vec::new();
-        encode(&Message::Confirmed { digest: [1; 32] }, &mut buf);
-        let mut d = Decoder::new();
-        let mut r = &buf[..10];
-        assert!(matches!(
-            read_message(&mut r, &mut d),
-            Err(StreamError::Protocol(ProtocolError::Truncated(10)))
-        ));
-        let mut d = Decoder::new();
-        let mut r: &[u8] = &[];
-        assert!(matches!(
-            read_message(&mut r, &mut d),
-            Err(StreamError::Closed)
-        ));
-        let mut d = Decoder::new();
-        let mut r = &buf[..];
+        d.feed(&frame(pages, &[1, 2]));
         assert_eq!(
-            read_message(&mut r, &mut d).unwrap(),
-            Message::Confirmed { digest: [1; 32] }
+            d.next(),
+            Err(ProtocolError::Malformed(DecodeError::Truncated {
+                what: "shim pages round"
+            }))
         );
+
+        let mut d = Decoder::new();
+        d.feed(&frame(Kind::Complete.into(), &[1, 2, 3]));
+        assert!(matches!(
+            d.next(),
+            Err(ProtocolError::Malformed(DecodeError::Trailing { .. }))
+        ));
+
+        let mut d = Decoder::new();
+        d.feed(&frame(Kind::Hello.into(), b"NOTMAGIC\x03\0\0\0{}"));
+        assert!(matches!(
+            d.next(),
+            Err(ProtocolError::Preamble(PreambleError::BadMagic { .. }))
+        ));
+
+        let mut d = Decoder::new();
+        d.feed(&frame(Kind::Confirmed.into(), &[0; 31]));
+        assert!(d.next().is_err());
     }
 
     #[test]
-    fn random_garbage_never_panics() {
-        let mut seed = 12345u64;
-        for _ in 0..2000 {
+    fn an_older_or_newer_hello_is_refused_with_a_reason() {
+        let mut d = Decoder::new();
+        d.feed(&hello_with_version(SHIM.oldest - 1));
+        let e = d.next().unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ProtocolError::Preamble(PreambleError::Version(VersionError::TooOld { .. }))
+            ),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("the source shim's site"), "{e}");
+
+        let mut d = Decoder::new();
+        d.feed(&hello_with_version(SHIM.current + 1));
+        let e = d.next().unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ProtocolError::Preamble(PreambleError::Version(VersionError::TooNew { .. }))
+            ),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("the destination shim's site"), "{e}");
+    }
+
+    #[test]
+    fn unknown_kinds_are_refused_when_essential_and_skipped_when_advisory() {
+        let mut d = Decoder::new();
+        d.feed(&frame(42, b"from a newer build"));
+        let e = d.next().unwrap_err();
+        assert_eq!(
+            e,
+            ProtocolError::UnknownKind(UnknownKind {
+                protocol: SHIM.name,
+                tag: 42,
+                version: SHIM.current
+            })
+        );
+        assert!(e.to_string().contains("kind 42"), "{e}");
+
+        let mut d = Decoder::new();
+        d.feed(&frame(0xA0, b"a hint this build does not know"));
+        let mut next = Vec::new();
+        encode(&Message::Resumed, &mut next);
+        d.feed(&next);
+        assert_eq!(d.next(), Ok(Some(Message::Resumed)));
+        assert_eq!(Kind::from(0xA0), Kind::Unknown(0xA0));
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_decode_without_panicking(
+            bytes in proptest::collection::vec(any::<u8>(), 0..512),
+            tag in 0u8..12,
+        ) {
+            // As a whole stream, and as the body of each kind.
             let mut d = Decoder::new();
-            let len = (wanmig_guest_abi::splitmix64(&mut seed) % 64) as usize;
-            let mut bytes: Vec<u8> = (0..len)
-                .map(|_| wanmig_guest_abi::splitmix64(&mut seed) as u8)
-                .collect();
-            if let Some(b) = bytes.first_mut() {
-                *b %= 11;
-            }
             d.feed(&bytes);
             while let Ok(Some(_)) = d.next() {}
+            let _ = decode_body(Kind::from(tag), &bytes);
         }
     }
 }

@@ -1,37 +1,78 @@
-//! The gateway-to-gateway migration session's wire format, sans-IO: typed,
-//! length-prefixed frames on one QUIC stream ([`encode`] appends a frame,
-//! [`FrameDecoder`] takes bytes and yields frames). Every length and count
-//! is checked against the bytes present and [`MAX_FRAME`]; bad input is a
-//! [`WireError`], never a panic.
-//!
-//! Frame: `type: u8, length: u32 LE, payload[length]`.
+//! The gateway-to-gateway migration session's frames, sans-IO: [`encode`]
+//! appends a frame, [`Decoder`] takes bytes and yields frames. Frames are
+//! wanmig-wire's `tag: u8 | length: u32 LE | body` on one QUIC stream,
+//! tags are [`Kind`]s, and [`SESSION`] declares the versions under the
+//! rule in [`crate::version`]. Every length and count is checked against
+//! the bytes present and [`MAX_FRAME`]; bad input is a [`WireError`],
+//! never a panic.
 //!
 //! Conversation (S = source gateway, D = destination gateway):
-//! S→D `Open` (magic, version, JSON [`OpenRequest`]); D→S `Accept`
-//! (the destination site's page-store inventory) or `Refuse(reason)`;
-//! then S→D `Batch` (codec batches in page order) and `Shim` (the shim
-//! protocol's non-page frames, passed through unchanged: hello, state,
-//! complete, handover, abort); D→S `Nack` (content the destination could not
-//! resolve) and `Shim` (hello-ack, confirmed, resumed, abort).
+//! S→D `Open` (preamble, JSON [`OpenRequest`]); D→S `Accept` (the
+//! destination site's page-store inventory) or `Refuse(reason)`; then
+//! S→D `Batch` (codec batches in page order, each naming the pre-copy
+//! round of the shim pages it carries) and `Shim` (the shim protocol's
+//! non-page messages, passed through unchanged: hello, state, complete,
+//! digest, handover, abort); D→S `Ack` (batch bytes received), `Nack`
+//! (content the destination could not resolve) and `Shim` (hello-ack,
+//! confirmed, resumed, abort).
 //!
 //! After a link failure late in a migration, the source opens a new stream
-//! with `Resolve(id, handed_over)`: whether its shim handed the VM over.
-//! The destination, which keeps a VM it confirmed parked until it hears
-//! this, resumes or discards it and answers `Resolved(state)`.
+//! with `Resolve(id, vm, handed_over)`: whether its shim handed the VM
+//! over. The destination, which keeps a VM it confirmed parked until it
+//! hears this, resumes or discards it and answers `Resolved(state)`.
 
 use serde::{Deserialize, Serialize};
 use wanmig_codec::{Fingerprint, Gfn};
-use wanmig_vmm::VmConfig;
+use wanmig_wire::coding::Context;
+use wanmig_wire::{
+    write_frame, DecodeError, FrameDecoder, FrameError, Reader, WriteExt, FRAME_HEADER_LEN,
+};
 
-/// Version of this session protocol.
-pub const SESSION_VERSION: u32 = 2;
-/// Magic at the start of `Open`.
-pub const OPEN_MAGIC: [u8; 8] = *b"WMGWMIG1";
-/// Largest frame payload accepted: a codec batch (at most 80 MiB) or an
+use crate::machine::VmConfig;
+use crate::version::{Preamble, PreambleError, Protocol, UnknownKind};
+
+/// The session protocol and the versions this build speaks.
+pub const SESSION: Protocol = Protocol {
+    name: "migration session protocol",
+    magic: *b"WMGWMIG1",
+    current: 3,
+    oldest: 3,
+    opener: "the source gateway",
+    answerer: "the destination gateway",
+};
+/// Largest frame body accepted: a codec batch (at most 80 MiB) or an
 /// inventory, with room to spare.
 pub const MAX_FRAME: u32 = 96 << 20;
 /// Bytes of one NACK entry: gfn (u64 LE) and fingerprint.
 const NACK_ENTRY: usize = 8 + 32;
+
+wanmig_wire::wire_enum! {
+    /// The kind of a session frame: its tag. All are essential (see
+    /// [`crate::version`]).
+    pub enum Kind(u8) {
+        Open = 1,
+        Accept = 2,
+        Refuse = 3,
+        Batch = 4,
+        Nack = 5,
+        Shim = 6,
+        Resolve = 7,
+        Resolved = 8,
+        Ack = 9,
+    }
+}
+
+wanmig_wire::wire_enum! {
+    /// The destination's answer to `Resolve`.
+    #[derive(Serialize, Deserialize)]
+    #[serde(rename_all = "kebab-case")]
+    pub enum Resolution(u8) {
+        /// The destination does not run the VM and never will.
+        Discarded = 0,
+        /// The VM runs at the destination.
+        Running = 1,
+    }
+}
 
 /// What the source asks the destination to receive.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,7 +90,7 @@ pub struct OpenRequest {
 /// One session frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
-    /// S→D: open a migration.
+    /// S→D: open a migration, in session version `version`.
     Open {
         version: u32,
         request: Box<OpenRequest>,
@@ -58,151 +99,142 @@ pub enum Frame {
     Accept { inventory: Vec<u8> },
     /// D→S: refused, with a reason for the operator.
     Refuse(String),
-    /// S→D: one codec batch.
-    Batch(Vec<u8>),
+    /// S→D: one codec batch of pages of pre-copy round `round` (fills
+    /// answering a NACK carry the round in progress when they are sent).
+    Batch { round: u32, batch: Vec<u8> },
     /// D→S: (gfn, content) the destination could not resolve.
     Nack(Vec<(Gfn, Fingerprint)>),
     /// Either way: one whole shim-protocol frame (never `Pages`).
     Shim(Vec<u8>),
-    /// S→D on a new stream: settle migration `id` of VM `vm` after a link
-    /// failure. `vm` lets a destination that lost its record of the
-    /// migration (its gateway restarted) still say whether the VM runs
-    /// there; it travels after the id behind a NUL byte, which a gateway
-    /// without it reads as part of an unknown id (and answers discarded, as
-    /// it always did).
+    /// S→D on a new stream, in session version `version`: settle
+    /// migration `id` of VM `vm` after a link failure. `vm` lets a
+    /// destination that lost its record of the migration (its gateway
+    /// restarted) still say whether the VM runs there.
     Resolve {
+        version: u32,
         id: String,
         vm: Option<String>,
         handed_over: bool,
     },
     /// D→S: where the VM of that migration stands now.
     Resolved(Resolution),
-    /// D→S: bytes of `Batch` frames received so far (the source keeps
-    /// what is in flight near one bandwidth-delay product, see
-    /// `session::SourceSession::in_flight`).
+    /// D→S: bytes of `Batch` bodies received so far (the source keeps
+    /// what is in flight near one bandwidth-delay product).
     Ack(u64),
 }
 
-/// The destination's answer to `Resolve`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Resolution {
-    /// The VM runs at the destination.
-    Running,
-    /// The destination does not run it and never will.
-    Discarded,
+impl Frame {
+    /// The frame's kind.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Frame::Open { .. } => Kind::Open,
+            Frame::Accept { .. } => Kind::Accept,
+            Frame::Refuse(_) => Kind::Refuse,
+            Frame::Batch { .. } => Kind::Batch,
+            Frame::Nack(_) => Kind::Nack,
+            Frame::Shim(_) => Kind::Shim,
+            Frame::Resolve { .. } => Kind::Resolve,
+            Frame::Resolved(_) => Kind::Resolved,
+            Frame::Ack(_) => Kind::Ack,
+        }
+    }
+
+    /// Short name of the frame for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Frame::Open { .. } => "open",
+            Frame::Accept { .. } => "accept",
+            Frame::Refuse(_) => "refuse",
+            Frame::Batch { .. } => "a page batch",
+            Frame::Nack(_) => "a nack",
+            Frame::Shim(_) => "a shim message",
+            Frame::Resolve { .. } => "resolve",
+            Frame::Resolved(_) => "resolved",
+            Frame::Ack(_) => "an ack",
+        }
+    }
 }
 
 /// Errors decoding session frames.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum WireError {
-    #[error("unknown migration session frame type {0}; is the peer a wanmig gateway of the same version?")]
-    UnknownType(u8),
-    #[error("migration session frame of {0} bytes exceeds the limit of {MAX_FRAME} bytes; the stream is corrupt")]
-    TooLarge(u32),
-    #[error("the migration session does not start with the gateway magic; the peer is not a wanmig gateway")]
-    BadMagic,
-    #[error("malformed migration session {what} frame: {detail}")]
-    Malformed { what: &'static str, detail: String },
+    #[error("migration session stream: {0}")]
+    Frame(#[from] FrameError),
+    #[error(transparent)]
+    UnknownKind(#[from] UnknownKind),
+    #[error(transparent)]
+    Preamble(#[from] PreambleError),
+    #[error("malformed migration session frame: {0}")]
+    Malformed(#[from] DecodeError),
 }
 
-fn malformed(what: &'static str, detail: impl Into<String>) -> WireError {
-    WireError::Malformed {
-        what,
-        detail: detail.into(),
-    }
+fn put_preamble(out: &mut Vec<u8>, version: u32) {
+    out.put(Preamble {
+        magic: SESSION.magic,
+        version,
+    });
 }
-
-const T_OPEN: u8 = 1;
-const T_ACCEPT: u8 = 2;
-const T_REFUSE: u8 = 3;
-const T_BATCH: u8 = 4;
-const T_NACK: u8 = 5;
-const T_SHIM: u8 = 6;
-const T_RESOLVE: u8 = 7;
-const T_RESOLVED: u8 = 8;
-const T_ACK: u8 = 9;
 
 /// Appends `frame` to `out`.
 pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
-    let start = out.len();
-    out.extend_from_slice(&[0; 5]);
-    let ty = match frame {
+    write_frame(out, frame.kind().into(), |out| match frame {
         Frame::Open { version, request } => {
-            out.extend_from_slice(&OPEN_MAGIC);
-            out.extend_from_slice(&version.to_le_bytes());
+            put_preamble(out, *version);
             // Plain data (strings, numbers, paths) always serialises.
             out.extend_from_slice(&serde_json::to_vec(request).unwrap_or_default());
-            T_OPEN
         }
-        Frame::Accept { inventory } => {
-            out.extend_from_slice(inventory);
-            T_ACCEPT
-        }
-        Frame::Refuse(reason) => {
-            out.extend_from_slice(reason.as_bytes());
-            T_REFUSE
-        }
-        Frame::Batch(b) => {
-            out.extend_from_slice(b);
-            T_BATCH
+        Frame::Accept { inventory } => out.extend_from_slice(inventory),
+        Frame::Refuse(reason) => out.extend_from_slice(reason.as_bytes()),
+        Frame::Batch { round, batch } => {
+            out.put(*round);
+            out.extend_from_slice(batch);
         }
         Frame::Nack(entries) => {
-            out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+            out.put(entries.len() as u32);
             for (gfn, fp) in entries {
-                out.extend_from_slice(&gfn.0.to_le_bytes());
-                out.extend_from_slice(fp.as_bytes());
+                out.put(gfn.0);
+                out.put(fp.0);
             }
-            T_NACK
         }
-        Frame::Shim(bytes) => {
-            out.extend_from_slice(bytes);
-            T_SHIM
-        }
+        Frame::Shim(bytes) => out.extend_from_slice(bytes),
         Frame::Resolve {
+            version,
             id,
             vm,
             handed_over,
         } => {
-            out.push(u8::from(*handed_over));
-            out.extend_from_slice(id.as_bytes());
-            if let Some(vm) = vm {
-                out.push(0);
-                out.extend_from_slice(vm.as_bytes());
+            put_preamble(out, *version);
+            out.put(u8::from(*handed_over));
+            out.put_len_prefixed(id.as_bytes());
+            match vm {
+                Some(vm) => {
+                    out.put(1u8);
+                    out.put_len_prefixed(vm.as_bytes());
+                }
+                None => out.put(0u8),
             }
-            T_RESOLVE
         }
-        Frame::Resolved(r) => {
-            out.push(match r {
-                Resolution::Running => 1,
-                Resolution::Discarded => 0,
-            });
-            T_RESOLVED
-        }
-        Frame::Ack(bytes) => {
-            out.extend_from_slice(&bytes.to_le_bytes());
-            T_ACK
-        }
-    };
-    let len = (out.len() - start - 5) as u32;
-    out[start] = ty;
-    out[start + 1..start + 5].copy_from_slice(&len.to_le_bytes());
+        Frame::Resolved(r) => out.put(*r),
+        Frame::Ack(bytes) => out.put(*bytes),
+    });
 }
 
 /// Bytes `frame` takes on the wire.
 pub fn frame_len(frame: &Frame) -> u64 {
-    5 + match frame {
-        Frame::Open { .. } => to_bytes(frame).len() as u64 - 5,
-        Frame::Accept { inventory } => inventory.len() as u64,
-        Frame::Refuse(r) => r.len() as u64,
-        Frame::Batch(b) | Frame::Shim(b) => b.len() as u64,
-        Frame::Nack(n) => 4 + (n.len() * NACK_ENTRY) as u64,
+    let body = match frame {
+        Frame::Open { .. } => return to_bytes(frame).len() as u64,
+        Frame::Accept { inventory } => inventory.len(),
+        Frame::Refuse(r) => r.len(),
+        Frame::Batch { batch, .. } => 4 + batch.len(),
+        Frame::Shim(b) => b.len(),
+        Frame::Nack(n) => 4 + n.len() * NACK_ENTRY,
         Frame::Resolve { id, vm, .. } => {
-            1 + id.len() as u64 + vm.as_ref().map_or(0, |v| 1 + v.len() as u64)
+            12 + 1 + 4 + id.len() + 1 + vm.as_ref().map_or(0, |v| 4 + v.len())
         }
         Frame::Resolved(_) => 1,
         Frame::Ack(_) => 8,
-    }
+    };
+    (FRAME_HEADER_LEN + body) as u64
 }
 
 /// Encodes one frame into a fresh buffer.
@@ -212,160 +244,146 @@ pub fn to_bytes(frame: &Frame) -> Vec<u8> {
     v
 }
 
-fn decode_payload(ty: u8, p: &[u8]) -> Result<Frame, WireError> {
-    match ty {
-        T_OPEN => {
-            if p.len() < 12 {
-                return Err(malformed("open", "shorter than magic and version"));
-            }
-            if p[..8] != OPEN_MAGIC {
-                return Err(WireError::BadMagic);
-            }
-            let version = u32::from_le_bytes([p[8], p[9], p[10], p[11]]);
-            if version != SESSION_VERSION {
-                // The caller refuses other versions; do not guess at the rest.
-                return Ok(Frame::Open {
-                    version,
-                    request: Box::new(OpenRequest {
-                        id: String::new(),
-                        vm: String::new(),
-                        config: VmConfig::default(),
-                        scope: String::new(),
-                    }),
-                });
-            }
-            let request =
-                serde_json::from_slice(&p[12..]).map_err(|e| malformed("open", e.to_string()))?;
-            Ok(Frame::Open { version, request })
+fn utf8(bytes: &[u8], what: &'static str) -> Result<String, DecodeError> {
+    String::from_utf8(bytes.to_vec()).map_err(|_| DecodeError::invalid(what, "not UTF-8"))
+}
+
+/// Parses the body of a frame of kind `kind`.
+pub fn decode_body(kind: Kind, body: &[u8]) -> Result<Frame, WireError> {
+    let mut r = Reader::new(body);
+    let frame = match kind {
+        Kind::Open => {
+            let version = SESSION.read_preamble(&mut r)?;
+            let request = serde_json::from_slice(r.rest())
+                .map_err(|e| DecodeError::invalid("session open request", e.to_string()))?;
+            Frame::Open { version, request }
         }
-        T_ACCEPT => Ok(Frame::Accept {
-            inventory: p.to_vec(),
-        }),
-        T_REFUSE => Ok(Frame::Refuse(String::from_utf8_lossy(p).into_owned())),
-        T_BATCH => Ok(Frame::Batch(p.to_vec())),
-        T_NACK => {
-            if p.len() < 4 {
-                return Err(malformed("nack", "missing entry count"));
+        Kind::Accept => Frame::Accept {
+            inventory: r.rest().to_vec(),
+        },
+        Kind::Refuse => Frame::Refuse(String::from_utf8_lossy(r.rest()).into_owned()),
+        Kind::Batch => Frame::Batch {
+            round: r.get().ctx("session batch round")?,
+            batch: r.rest().to_vec(),
+        },
+        Kind::Nack => {
+            let n = r.get::<u32>().ctx("session nack count")? as usize;
+            if n.checked_mul(NACK_ENTRY) != Some(r.remaining()) {
+                return Err(DecodeError::invalid(
+                    "session nack",
+                    format!("{n} entries announced but {} bytes follow", r.remaining()),
+                )
+                .into());
             }
-            let n = u32::from_le_bytes([p[0], p[1], p[2], p[3]]) as usize;
-            let body = &p[4..];
-            if n.checked_mul(NACK_ENTRY) != Some(body.len()) {
-                return Err(malformed(
-                    "nack",
-                    format!("{n} entries announced but {} bytes follow", body.len()),
-                ));
+            let mut entries = Vec::with_capacity(n);
+            for _ in 0..n {
+                let gfn = r.get::<u64>().ctx("session nack gfn")?;
+                let fp = r.get::<[u8; 32]>().ctx("session nack fingerprint")?;
+                entries.push((Gfn(gfn), Fingerprint(fp)));
             }
-            let entries = body
-                .chunks_exact(NACK_ENTRY)
-                .map(|e| {
-                    let mut gfn = [0u8; 8];
-                    gfn.copy_from_slice(&e[..8]);
-                    let mut fp = [0u8; 32];
-                    fp.copy_from_slice(&e[8..]);
-                    (Gfn(u64::from_le_bytes(gfn)), Fingerprint(fp))
-                })
-                .collect();
-            Ok(Frame::Nack(entries))
+            Frame::Nack(entries)
         }
-        T_SHIM => Ok(Frame::Shim(p.to_vec())),
-        T_RESOLVE => {
-            let (&flag, id) = p
-                .split_first()
-                .ok_or_else(|| malformed("resolve", "empty"))?;
-            let handed_over = match flag {
+        Kind::Shim => Frame::Shim(r.rest().to_vec()),
+        Kind::Resolve => {
+            let version = SESSION.read_preamble(&mut r)?;
+            let handed_over = match r.get::<u8>().ctx("session resolve flag")? {
                 0 => false,
                 1 => true,
-                f => return Err(malformed("resolve", format!("handed-over flag {f}"))),
+                f => {
+                    return Err(DecodeError::invalid(
+                        "session resolve flag",
+                        format!("{f}; expected 0 or 1"),
+                    )
+                    .into())
+                }
             };
-            let text =
-                std::str::from_utf8(id).map_err(|_| malformed("resolve", "the id is not UTF-8"))?;
-            let (id, vm) = match text.split_once('\0') {
-                Some((id, vm)) => (id.to_string(), Some(vm.to_string())),
-                None => (text.to_string(), None),
+            let id = utf8(
+                r.len_prefixed().ctx("session resolve id")?,
+                "session resolve id",
+            )?;
+            let vm = match r.get::<u8>().ctx("session resolve vm flag")? {
+                0 => None,
+                1 => Some(utf8(
+                    r.len_prefixed().ctx("session resolve vm")?,
+                    "session resolve vm",
+                )?),
+                f => {
+                    return Err(DecodeError::invalid(
+                        "session resolve vm flag",
+                        format!("{f}; expected 0 or 1"),
+                    )
+                    .into())
+                }
             };
-            Ok(Frame::Resolve {
+            Frame::Resolve {
+                version,
                 id,
                 vm,
                 handed_over,
-            })
+            }
         }
-        T_RESOLVED => match p {
-            [1] => Ok(Frame::Resolved(Resolution::Running)),
-            [0] => Ok(Frame::Resolved(Resolution::Discarded)),
-            _ => Err(malformed("resolved", format!("{} bytes", p.len()))),
-        },
-        T_ACK => match <[u8; 8]>::try_from(p) {
-            Ok(b) => Ok(Frame::Ack(u64::from_le_bytes(b))),
-            Err(_) => Err(malformed("ack", format!("{} bytes", p.len()))),
-        },
-        other => Err(WireError::UnknownType(other)),
+        Kind::Resolved => Frame::Resolved(r.get().ctx("session resolution")?),
+        Kind::Ack => Frame::Ack(r.get().ctx("session ack")?),
+        Kind::Unknown(tag) => return Err(SESSION.unknown(tag).into()),
+    };
+    r.finish("migration session frame")?;
+    Ok(frame)
+}
+
+/// Incremental frame decoder: feed bytes as they arrive, take whole
+/// frames. Unknown advisory kinds are skipped; unknown essential kinds
+/// are errors (see [`crate::version`]).
+#[derive(Debug)]
+pub struct Decoder {
+    frames: FrameDecoder,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Decoder {
+            frames: FrameDecoder::new(MAX_FRAME),
+        }
     }
 }
 
-/// Incremental frame decoder: feed bytes as they arrive, take whole frames.
-#[derive(Debug, Default)]
-pub struct FrameDecoder {
-    buf: Vec<u8>,
-    /// Bytes of `buf` already consumed (drained lazily).
-    pos: usize,
-}
-
-impl FrameDecoder {
+impl Decoder {
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Adds received bytes.
     pub fn feed(&mut self, bytes: &[u8]) {
-        if self.pos > 0 && self.pos == self.buf.len() {
-            self.buf.clear();
-            self.pos = 0;
-        }
-        self.buf.extend_from_slice(bytes);
+        self.frames.feed(bytes);
     }
 
     /// Bytes received but not yet returned as frames.
     pub fn buffered(&self) -> usize {
-        self.buf.len() - self.pos
+        self.frames.buffered()
     }
 
     /// The next whole frame, `Ok(None)` when more bytes are needed.
     #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Result<Option<Frame>, WireError> {
-        let b = &self.buf[self.pos..];
-        if b.len() < 5 {
-            return Ok(None);
+        while let Some(raw) = self.frames.next()? {
+            match Kind::from(raw.tag) {
+                Kind::Unknown(tag) => SESSION.unknown_kind(tag)?,
+                kind => return decode_body(kind, &raw.body).map(Some),
+            }
         }
-        let ty = b[0];
-        let len = u32::from_le_bytes([b[1], b[2], b[3], b[4]]);
-        if !(T_OPEN..=T_ACK).contains(&ty) {
-            return Err(WireError::UnknownType(ty));
-        }
-        if len > MAX_FRAME {
-            return Err(WireError::TooLarge(len));
-        }
-        let end = 5 + len as usize;
-        if b.len() < end {
-            return Ok(None);
-        }
-        let frame = decode_payload(ty, &b[5..end]);
-        self.pos += end;
-        if self.pos > (1 << 20) && self.pos * 2 > self.buf.len() {
-            self.buf.drain(..self.pos);
-            self.pos = 0;
-        }
-        frame.map(Some)
+        Ok(None)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::version::VersionError;
+    use proptest::prelude::*;
 
     fn roundtrip(f: Frame) {
         let buf = to_bytes(&f);
-        assert_eq!(frame_len(&f), buf.len() as u64);
-        let mut d = FrameDecoder::new();
+        assert_eq!(frame_len(&f), buf.len() as u64, "{f:?}");
+        let mut d = Decoder::new();
         for (i, b) in buf.iter().enumerate() {
             assert_eq!(d.next(), Ok(None), "early frame at byte {i}");
             d.feed(&[*b]);
@@ -383,17 +401,26 @@ mod tests {
         }
     }
 
+    fn raw(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_frame(&mut out, tag, |o| o.extend_from_slice(body));
+        out
+    }
+
     #[test]
     fn every_frame_roundtrips() {
         roundtrip(Frame::Open {
-            version: SESSION_VERSION,
+            version: SESSION.current,
             request: Box::new(request()),
         });
         roundtrip(Frame::Accept {
             inventory: vec![1, 2, 3],
         });
         roundtrip(Frame::Refuse("no room".into()));
-        roundtrip(Frame::Batch(vec![9; 100]));
+        roundtrip(Frame::Batch {
+            round: 7,
+            batch: vec![9; 100],
+        });
         roundtrip(Frame::Nack(vec![
             (Gfn(7), Fingerprint([1; 32])),
             (Gfn(u64::MAX), Fingerprint([2; 32])),
@@ -403,126 +430,156 @@ mod tests {
         roundtrip(Frame::Ack(0));
         roundtrip(Frame::Ack(u64::MAX - 3));
         roundtrip(Frame::Resolve {
+            version: SESSION.current,
             id: "site-a-1".into(),
             vm: Some("web1".into()),
             handed_over: true,
         });
         roundtrip(Frame::Resolve {
+            version: SESSION.current,
             id: "site-a-2".into(),
             vm: None,
             handed_over: true,
         });
         roundtrip(Frame::Resolve {
+            version: SESSION.current,
             id: String::new(),
             vm: None,
             handed_over: false,
         });
         roundtrip(Frame::Resolved(Resolution::Running));
         roundtrip(Frame::Resolved(Resolution::Discarded));
+        roundtrip(Frame::Resolved(Resolution::Unknown(9)));
     }
 
     #[test]
     fn several_frames_in_one_read() {
         let mut buf = Vec::new();
-        encode(&Frame::Batch(vec![1; 10]), &mut buf);
+        let batch = Frame::Batch {
+            round: 0,
+            batch: vec![1; 10],
+        };
+        encode(&batch, &mut buf);
         encode(&Frame::Refuse("x".into()), &mut buf);
-        let mut d = FrameDecoder::new();
+        let mut d = Decoder::new();
         d.feed(&buf[..buf.len() - 1]);
-        assert_eq!(d.next(), Ok(Some(Frame::Batch(vec![1; 10]))));
+        assert_eq!(d.next(), Ok(Some(batch)));
         assert_eq!(d.next(), Ok(None));
         d.feed(&buf[buf.len() - 1..]);
         assert_eq!(d.next(), Ok(Some(Frame::Refuse("x".into()))));
     }
 
     #[test]
-    fn other_versions_decode_far_enough_to_be_refused() {
-        let mut buf = to_bytes(&Frame::Open {
-            version: SESSION_VERSION,
-            request: Box::new(request()),
-        });
-        buf[5 + 8..5 + 12].copy_from_slice(&99u32.to_le_bytes());
-        buf.truncate(5 + 12);
-        buf[1..5].copy_from_slice(&12u32.to_le_bytes());
-        let mut d = FrameDecoder::new();
-        d.feed(&buf);
-        assert!(matches!(
-            d.next(),
-            Ok(Some(Frame::Open { version: 99, .. }))
-        ));
+    fn other_versions_are_refused_with_a_reason_naming_both() {
+        for (version, upgrade) in [
+            (SESSION.oldest - 1, "the source gateway's site"),
+            (SESSION.current + 1, "the destination gateway's site"),
+        ] {
+            for kind in [Kind::Open, Kind::Resolve] {
+                let mut body = Vec::new();
+                put_preamble(&mut body, version);
+                body.extend_from_slice(b"whatever that version sends");
+                let mut d = Decoder::new();
+                d.feed(&raw(kind.into(), &body));
+                let e = d.next().unwrap_err();
+                assert!(
+                    matches!(e, WireError::Preamble(PreambleError::Version(_))),
+                    "{e:?}"
+                );
+                let text = e.to_string();
+                assert!(
+                    text.contains(&format!("version {version}")) && text.contains(upgrade),
+                    "{text}"
+                );
+            }
+        }
+        let e = SESSION.check(SESSION.current + 1).unwrap_err();
+        assert!(matches!(e, VersionError::TooNew { .. }));
+    }
+
+    #[test]
+    fn unknown_kinds_are_refused_when_essential_and_skipped_when_advisory() {
+        let mut d = Decoder::new();
+        d.feed(&raw(42, b""));
+        assert_eq!(d.next(), Err(WireError::UnknownKind(SESSION.unknown(42))));
+
+        let mut d = Decoder::new();
+        d.feed(&raw(0xC3, b"advice"));
+        d.feed(&to_bytes(&Frame::Ack(5)));
+        assert_eq!(d.next(), Ok(Some(Frame::Ack(5))));
     }
 
     #[test]
     fn bad_frames_are_errors() {
-        let mut d = FrameDecoder::new();
-        d.feed(&[42, 0, 0, 0, 0]);
-        assert_eq!(d.next(), Err(WireError::UnknownType(42)));
-
-        let mut d = FrameDecoder::new();
-        d.feed(&[T_BATCH, 0xff, 0xff, 0xff, 0xff]);
-        assert_eq!(d.next(), Err(WireError::TooLarge(u32::MAX)));
-
-        let mut d = FrameDecoder::new();
-        d.feed(&[T_NACK, 8, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]);
+        let mut d = Decoder::new();
+        d.feed(&[Kind::Batch.into(), 0xff, 0xff, 0xff, 0xff]);
         assert!(matches!(
             d.next(),
-            Err(WireError::Malformed { what: "nack", .. })
+            Err(WireError::Frame(FrameError::TooLarge { .. }))
         ));
 
-        let mut d = FrameDecoder::new();
-        d.feed(&[T_RESOLVE, 1, 0, 0, 0, 7]);
+        let mut d = Decoder::new();
+        d.feed(&raw(
+            Kind::Nack.into(),
+            &[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0],
+        ));
         assert!(matches!(
             d.next(),
-            Err(WireError::Malformed {
-                what: "resolve",
+            Err(WireError::Malformed(DecodeError::Invalid {
+                what: "session nack",
                 ..
-            })
+            }))
         ));
 
-        let mut d = FrameDecoder::new();
-        d.feed(&[T_RESOLVED, 2, 0, 0, 0, 1, 1]);
+        // A resolve whose flag is neither 0 nor 1.
+        let mut body = Vec::new();
+        put_preamble(&mut body, SESSION.current);
+        body.push(7);
+        let mut d = Decoder::new();
+        d.feed(&raw(Kind::Resolve.into(), &body));
+        assert!(matches!(
+            d.next(),
+            Err(WireError::Malformed(DecodeError::Invalid {
+                what: "session resolve flag",
+                ..
+            }))
+        ));
+
+        let mut d = Decoder::new();
+        d.feed(&raw(Kind::Resolved.into(), &[1, 1]));
         assert!(d.next().is_err());
 
-        let mut d = FrameDecoder::new();
-        d.feed(&[T_OPEN, 12, 0, 0, 0]);
-        d.feed(b"NOTMAGIC\x01\0\0\0");
-        assert_eq!(d.next(), Err(WireError::BadMagic));
-
-        let mut d = FrameDecoder::new();
-        let mut open = vec![T_OPEN, 0, 0, 0, 0];
-        open.extend_from_slice(&OPEN_MAGIC);
-        open.extend_from_slice(&SESSION_VERSION.to_le_bytes());
-        open.extend_from_slice(b"{not json");
-        let len = (open.len() - 5) as u32;
-        open[1..5].copy_from_slice(&len.to_le_bytes());
-        d.feed(&open);
+        let mut d = Decoder::new();
+        d.feed(&raw(Kind::Open.into(), b"NOTMAGIC\x03\0\0\0{}"));
         assert!(matches!(
             d.next(),
-            Err(WireError::Malformed { what: "open", .. })
+            Err(WireError::Preamble(PreambleError::BadMagic { .. }))
+        ));
+
+        let mut body = Vec::new();
+        put_preamble(&mut body, SESSION.current);
+        body.extend_from_slice(b"{not json");
+        let mut d = Decoder::new();
+        d.feed(&raw(Kind::Open.into(), &body));
+        assert!(matches!(
+            d.next(),
+            Err(WireError::Malformed(DecodeError::Invalid {
+                what: "session open request",
+                ..
+            }))
         ));
     }
 
-    #[test]
-    fn random_garbage_never_panics() {
-        let mut seed = 0x1234_5678_u64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
-        for _ in 0..5000 {
-            let len = (next() % 96) as usize;
-            let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
-            if let Some(b) = bytes.first_mut() {
-                *b %= 10;
-            }
-            if bytes.len() >= 5 {
-                let l = (next() % 80) as u32;
-                bytes[1..5].copy_from_slice(&l.to_le_bytes());
-            }
-            let mut d = FrameDecoder::new();
+    proptest! {
+        #[test]
+        fn any_bytes_decode_without_panicking(
+            bytes in proptest::collection::vec(any::<u8>(), 0..512),
+            tag in 0u8..11,
+        ) {
+            let mut d = Decoder::new();
             d.feed(&bytes);
             while let Ok(Some(_)) = d.next() {}
+            let _ = decode_body(Kind::from(tag), &bytes);
         }
     }
 }
