@@ -6,18 +6,18 @@
 //! resumes it only on the source's `Handover`. Any failure before the
 //! handover leaves the VM running at the source.
 
-use crate::config::VmConfig;
 use crate::memory::{self, Page};
 use crate::planner::{Decision, Planner, PlannerConfig, RoundResult, StopReason};
-use crate::protocol::{
-    self, Decoder, Message, PageBatch, StreamError, BATCH_PAGES, PROTOCOL_VERSION,
-};
+use crate::protocol_io::{self, StreamError};
 use crate::serial::SerialSink;
 use crate::state::{StateError, VmState};
 use crate::vm::{Vm, VmError};
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
+use wanmig_migration::machine::VmConfig;
+use wanmig_migration::report::{ConvergenceMode, IncomingReport, RoundReport};
+use wanmig_migration::shim::{Decoder, Message, PageBatch, BATCH_PAGES, SHIM};
 
 /// A byte stream a migration can run over.
 pub trait MigrationStream: Read + Write + Send {
@@ -48,8 +48,6 @@ pub enum MigrationError {
     PeerAborted(String),
     #[error("protocol violation: expected {expected}, got {got}")]
     Unexpected { expected: &'static str, got: String },
-    #[error("migration protocol version mismatch: peer speaks {theirs}, this shim {ours}; run the same wanmig-vmm version on both sides")]
-    VersionMismatch { ours: u32, theirs: u32 },
     #[error("the destination cannot hold this VM: {0}")]
     ConfigMismatch(String),
     #[error("memory digest mismatch: source {source_digest}, destination {destination_digest}; the destination's copy is incomplete or corrupt")]
@@ -97,36 +95,6 @@ impl Default for MigrateOptions {
     }
 }
 
-/// One pre-copy round as reported.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct RoundReport {
-    /// Round number (0 = all of memory).
-    pub round: u32,
-    /// Pages sent.
-    pub pages: u64,
-    /// Bytes written.
-    pub bytes: u64,
-    /// Milliseconds the round took.
-    pub elapsed_ms: f64,
-    /// Pages dirty after the round.
-    pub dirty_after: u64,
-    /// vCPU throttle during the round, percent.
-    pub throttle: u8,
-}
-
-/// How the migration converged.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-pub enum ConvergenceMode {
-    /// The dirty set shrank until the final round fit the budget.
-    Converged,
-    /// It fit the budget only after throttling the vCPU.
-    AutoConverge,
-    /// It could not fit; stopped at a local minimum of the dirty set.
-    SmartStop,
-    /// Stopped at the round limit.
-    RoundLimit,
-}
-
 /// What an outgoing migration did.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MigrationReport {
@@ -165,19 +133,20 @@ struct Sender<'a, S> {
 
 impl<S: MigrationStream> Sender<'_, S> {
     fn send(&mut self, m: &Message) -> Result<(), MigrationError> {
-        self.bytes += protocol::write_message(self.stream, m, &mut self.scratch)?;
+        self.bytes += protocol_io::write_message(self.stream, m, &mut self.scratch)?;
         Ok(())
     }
 
     fn recv(&mut self) -> Result<Message, MigrationError> {
-        match protocol::read_message(self.stream, &mut self.dec)? {
+        match protocol_io::read_message(self.stream, &mut self.dec)? {
             Message::Abort(reason) => Err(MigrationError::PeerAborted(reason)),
             m => Ok(m),
         }
     }
 
-    /// Sends `gfns` in batches; returns bytes written.
-    fn send_pages(&mut self, vm: &Vm, gfns: &[u64]) -> Result<u64, MigrationError> {
+    /// Sends `gfns` in batches as pages of pre-copy round `round`;
+    /// returns bytes written.
+    fn send_pages(&mut self, vm: &Vm, gfns: &[u64], round: u32) -> Result<u64, MigrationError> {
         let before = self.bytes;
         let mut batch = PageBatch::new();
         for chunk in gfns.chunks(BATCH_PAGES) {
@@ -189,9 +158,12 @@ impl<S: MigrationStream> Sender<'_, S> {
                     .map_err(|_| MigrationError::Incomplete("a page buffer"))?;
                 memory::read_page(vm.memory(), gfn, buf).map_err(VmError::from)?;
             }
-            let msg = Message::Pages(std::mem::take(&mut batch));
+            let msg = Message::Pages {
+                round,
+                batch: std::mem::take(&mut batch),
+            };
             self.send(&msg)?;
-            if let Message::Pages(b) = msg {
+            if let Message::Pages { batch: b, .. } = msg {
                 batch = b;
             }
         }
@@ -241,7 +213,7 @@ fn run_source<S: MigrationStream>(
     let started = Instant::now();
     let mut planner = Planner::new(opts.planner.clone(), started);
     tx.send(&Message::Hello {
-        version: PROTOCOL_VERSION,
+        version: SHIM.current,
         machine: vm.config().machine(),
     })?;
     match tx.recv()? {
@@ -260,7 +232,7 @@ fn run_source<S: MigrationStream>(
     let mut max_throttle = 0u8;
     let stop_reason = loop {
         let t0 = Instant::now();
-        let bytes = tx.send_pages(vm, &gfns)?;
+        let bytes = tx.send_pages(vm, &gfns, rounds.len() as u32)?;
         let elapsed = t0.elapsed();
         if rounds.is_empty() {
             // At the pause the source digests all of its memory while
@@ -322,7 +294,9 @@ fn run_source<S: MigrationStream>(
     let (digest, state) = std::thread::scope(|scope| {
         let mem = vm.memory();
         let digesting = scope.spawn(move || memory::digest(mem));
-        let sent = tx.send_pages(vm, &last).and_then(|_| {
+        // The round sent while paused follows the live ones.
+        let final_round = rounds.len() as u32;
+        let sent = tx.send_pages(vm, &last, final_round).and_then(|_| {
             let state = vm.save_state()?.encode();
             tx.send(&Message::State(state.clone()))?;
             tx.send(&Message::Complete)?;
@@ -409,7 +383,9 @@ fn run_source<S: MigrationStream>(
 
 fn describe(m: &Message) -> String {
     match m {
-        Message::Pages(b) => format!("a batch of {} pages", b.len()),
+        Message::Pages { round, batch } => {
+            format!("a batch of {} pages of round {round}", batch.len())
+        }
         Message::State(s) => format!("a {}-byte state blob", s.len()),
         other => format!("{other:?}"),
     }
@@ -435,17 +411,6 @@ impl Default for ReceiveOptions {
             idle_timeout: Duration::from_secs(60),
         }
     }
-}
-
-/// What an incoming migration received.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct IncomingReport {
-    /// Pages received (re-sent pages count each time).
-    pub pages_received: u64,
-    /// BLAKE3 of guest memory as received, equal to the source's.
-    pub memory_digest: String,
-    /// Time from hello to resume.
-    pub total_time: Duration,
 }
 
 /// Receives a VM over `stream` into a new VM shaped like `config` and runs
@@ -480,8 +445,13 @@ pub fn receive_from_with_disk<S: MigrationStream>(
     };
     let result = run_destination(&mut rx, config, serial, disk);
     if let Err(e) = &result {
+        // Tell the source why, unless the stream itself failed; a protocol
+        // error (a version this shim refuses, say) is told too.
         match e {
-            MigrationError::PeerAborted(_) | MigrationError::Stream(_) => {}
+            MigrationError::PeerAborted(_)
+            | MigrationError::Stream(
+                StreamError::Io(_) | StreamError::Closed | StreamError::Truncated(_),
+            ) => {}
             other => {
                 let _ = rx.send(&Message::Abort(other.to_string()));
             }
@@ -497,13 +467,10 @@ fn run_destination<S: MigrationStream>(
     disk: Option<crate::vm::DiskBackend>,
 ) -> Result<(Vm, IncomingReport), MigrationError> {
     let started = Instant::now();
+    // The decoder has checked the hello's version (an unsupported one is
+    // a protocol error, answered with an abort that says which site to
+    // upgrade).
     let machine = match rx.recv()? {
-        Message::Hello { version, .. } if version != PROTOCOL_VERSION => {
-            return Err(MigrationError::VersionMismatch {
-                ours: PROTOCOL_VERSION,
-                theirs: version,
-            })
-        }
         Message::Hello { machine, .. } => machine,
         other => return Err(unexpected("hello", &other)),
     };
@@ -529,7 +496,7 @@ fn run_destination<S: MigrationStream>(
             other => other?,
         };
         match msg {
-            Message::Pages(batch) => {
+            Message::Pages { batch, .. } => {
                 for (gfn, data) in batch.pages() {
                     if gfn >= pages {
                         return Err(MigrationError::BadPage { gfn, pages });
