@@ -13,9 +13,8 @@
 //!   ([`session::frame`]) and its source and destination cores.
 //! - [`storage`]: the storage relay's frames (a migrated VM's disk
 //!   following it).
-//! - [`admin`], [`report`]: what a shim reports about its VM and its
-//!   migrations (status, samples, round and receive reports), as plain
-//!   data for the gateway.
+//! - [`admin`]: what a running shim reports about its VM (how its run
+//!   ended, the guest's reports), as plain data for the gateway.
 //!
 //! No tokio, no quinn, no KVM: `cargo tree -p wanmig-migration` shows it.
 
@@ -23,7 +22,6 @@
 
 pub mod admin;
 pub mod machine;
-pub mod report;
 pub mod session;
 pub mod shim;
 pub mod storage;

@@ -16,7 +16,6 @@ use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 use wanmig_migration::machine::VmConfig;
-use wanmig_migration::report::{ConvergenceMode, IncomingReport, RoundReport};
 use wanmig_migration::shim::{Decoder, Message, PageBatch, BATCH_PAGES, SHIM};
 
 /// A byte stream a migration can run over.
@@ -93,6 +92,37 @@ impl Default for MigrateOptions {
             answer_timeout: Duration::from_secs(30),
         }
     }
+}
+
+/// One pre-copy round as reported.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RoundReport {
+    /// Round number (0 = all of memory), as the round's `Pages`
+    /// messages carry it.
+    pub round: u32,
+    /// Pages sent.
+    pub pages: u64,
+    /// Bytes written.
+    pub bytes: u64,
+    /// Milliseconds the round took.
+    pub elapsed_ms: f64,
+    /// Pages dirty after the round.
+    pub dirty_after: u64,
+    /// vCPU throttle during the round, percent.
+    pub throttle: u8,
+}
+
+/// How the migration converged.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum ConvergenceMode {
+    /// The dirty set shrank until the final round fit the budget.
+    Converged,
+    /// It fit the budget only after throttling the vCPU.
+    AutoConverge,
+    /// It could not fit; stopped at a local minimum of the dirty set.
+    SmartStop,
+    /// Stopped at the round limit.
+    RoundLimit,
 }
 
 /// What an outgoing migration did.
@@ -411,6 +441,17 @@ impl Default for ReceiveOptions {
             idle_timeout: Duration::from_secs(60),
         }
     }
+}
+
+/// What an incoming migration received.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IncomingReport {
+    /// Pages received (re-sent pages count each time).
+    pub pages_received: u64,
+    /// BLAKE3 of guest memory as received, equal to the source's.
+    pub memory_digest: String,
+    /// Time from hello to resume.
+    pub total_time: Duration,
 }
 
 /// Receives a VM over `stream` into a new VM shaped like `config` and runs

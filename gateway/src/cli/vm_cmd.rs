@@ -8,7 +8,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use wanmig_gateway::control_client::ControlClient;
 use wanmig_gateway::migration::api::VmList;
 use wanmig_gateway::migration::{MigrationRecord, VmState};
-use wanmig_vmm::{MemoryWorkloadConfig, VmConfig};
+use wanmig_migration::machine::{MemoryWorkloadConfig, VmConfig};
 
 use super::status_cmd::human_bytes;
 use super::target::ControlTarget;

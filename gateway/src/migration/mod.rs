@@ -1,8 +1,9 @@
 //! Cross-site live migration through the gateways: VM hosting at this site
-//! ([`vmhost`]), the gateway-to-gateway session (wire format in [`wire`],
-//! sans-IO relay cores in [`session`]), the tokio/QUIC edge ([`relay`]), the
-//! site's page stores ([`stores`]), the record of migrations ([`records`])
-//! and the `wanmig_migration_*` metrics ([`metrics`]).
+//! ([`vmhost`]), the tokio/QUIC edge of the gateway-to-gateway session
+//! ([`relay`], around the sans-IO cores and frames of
+//! `wanmig_migration::session`), the site's page stores ([`stores`]), the
+//! record of migrations ([`records`]) and the `wanmig_migration_*`
+//! metrics ([`metrics`]).
 //!
 //! [`MigrationService`] ties them together: it serves incoming migration
 //! streams from peers and starts outgoing ones.
@@ -13,10 +14,8 @@ pub mod pacer;
 pub mod processhost;
 pub mod records;
 pub mod relay;
-pub mod session;
 pub mod stores;
 pub mod vmhost;
-pub mod wire;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -27,13 +26,13 @@ use wanmig_codec::EncoderConfig;
 use wanmig_vmm::planner::PlannerConfig;
 use wanmig_vmm::MigrateOptions;
 
-use crate::peering::{stream_kind, Peering, PeeringError};
+use crate::peering::{Peering, PeeringError, StreamKind};
 pub use processhost::ProcessHost;
 pub use records::{Direction, MigrationRecord, Outcome, Records};
 use relay::RelayContext;
-pub use session::{Phase, Progress};
 use stores::SiteStores;
 pub use vmhost::{DiskState, HostError, VmHost, VmHosting, VmInfo, VmState};
+pub use wanmig_migration::session::{Phase, Progress};
 
 /// Migration settings of a site (the `[migration]` config section).
 #[derive(Debug, Clone)]
@@ -124,7 +123,7 @@ impl MigrationService {
         settings: MigrationSettings,
         metrics: Option<Arc<metrics::MigrationMetrics>>,
     ) -> Result<(Self, tokio::task::JoinHandle<()>), PeeringError> {
-        let streams = peering.subscribe_streams(stream_kind::MIGRATION, 16)?;
+        let streams = peering.subscribe_streams(StreamKind::Migration, 16)?;
         let ctx = Arc::new(RelayContext {
             peering,
             host,

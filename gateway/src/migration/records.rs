@@ -12,7 +12,7 @@ use wanmig_vmm::migration::ConvergenceMode;
 use wanmig_vmm::planner::StopReason;
 use wanmig_vmm::MigrationReport;
 
-use super::session::{Phase, Progress};
+use wanmig_migration::session::{Phase, Progress};
 
 /// Finished migrations kept for status.
 const KEEP_FINISHED: usize = 64;

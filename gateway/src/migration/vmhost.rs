@@ -22,13 +22,14 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use wanmig_migration::machine::VmConfig;
 use wanmig_storage::RemoteDisk;
 use wanmig_vmm::migration::IncomingReport;
 use wanmig_vmm::virtio::ChannelPort;
 use wanmig_vmm::virtio::{BlockBackend, RemoteBackend};
 use wanmig_vmm::{
     migrate_to, receive_from_with_disk, MigrateOptions, MigrationError, MigrationReport,
-    ReceiveOptions, Vm, VmConfig,
+    ReceiveOptions, Vm,
 };
 
 /// Serial console lines kept per VM.
