@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use wanmig_gateway::demo::{self, DemoOptions};
+use wanmig_gateway::lab::Link;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_migrates_a_guest_with_a_live_tcp_session_and_verifies_it() {
@@ -19,7 +20,7 @@ async fn demo_migrates_a_guest_with_a_live_tcp_session_and_verifies_it() {
     }
     wanmig_e2e::init_logging();
     let opts = DemoOptions {
-        rtt: Duration::from_millis(40),
+        link: Link::wan(Duration::from_millis(40), 250_000_000),
         mem_bytes: 64 << 20,
         working_set_pages: 2048,
         warm_clone: true,

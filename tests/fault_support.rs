@@ -17,9 +17,8 @@ use std::time::{Duration, Instant};
 
 pub use migration_support::*;
 use wanmig_e2e::{init_logging, Link, Mesh, MeshBuilder};
-use wanmig_gateway::migration::{
-    Direction, MigrateRequest, MigrationRecord, Outcome, Phase, VmState,
-};
+use wanmig_gateway::migration::{Direction, MigrateRequest, MigrationRecord, Outcome, Phase};
+use wanmig_gateway::vms::VmState;
 use wanmig_gateway::GatewayHandle;
 use wanmig_migration::machine::{MemoryWorkloadConfig, VmConfig};
 use wanmig_netem::LinkParams;

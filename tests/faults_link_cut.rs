@@ -18,7 +18,8 @@ mod fault_support;
 use std::time::{Duration, Instant};
 
 use fault_support::*;
-use wanmig_gateway::migration::{Direction, Phase, VmState};
+use wanmig_gateway::migration::{Direction, Phase};
+use wanmig_gateway::vms::VmState;
 
 /// Where in the migration the link is cut.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use fault_support::{poll, VM, WAIT};
 use wanmig_e2e::{init_logging, MeshBuilder};
-use wanmig_gateway::migration::{DiskState, MigrateRequest, Outcome, VmHost, VmState};
+use wanmig_gateway::migration::{MigrateRequest, Outcome};
+use wanmig_gateway::vms::{DiskState, VmHost, VmState};
 use wanmig_guest_abi::virtio::{disk_block_fill, disk_block_last_iteration, DISK_BLOCK_WORDS};
 use wanmig_migration::machine::{DiskConfig, VmConfig};
 

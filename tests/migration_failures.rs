@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use fault_support::*;
 use wanmig_e2e::Mesh;
-use wanmig_gateway::migration::{Direction, Outcome, Phase, VmState};
+use wanmig_gateway::migration::{Direction, Outcome, Phase};
+use wanmig_gateway::vms::VmState;
 use wanmig_migration::machine::VmConfig;
 
 /// Starts the guest at A and lets it run a little.

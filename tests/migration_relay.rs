@@ -16,10 +16,9 @@ use support::*;
 use wanmig_e2e::{init_logging, MeshBuilder};
 use wanmig_gateway::control_client::ControlClient;
 use wanmig_gateway::migration::api::MigrateBody;
-use wanmig_gateway::migration::{
-    Direction, MigrateRequest, MigrationRecord, Outcome, Phase, VmState,
-};
+use wanmig_gateway::migration::{Direction, MigrateRequest, MigrationRecord, Outcome, Phase};
 use wanmig_gateway::peering::StreamKind;
+use wanmig_gateway::vms::VmState;
 use wanmig_gateway::GatewayHandle;
 use wanmig_migration::machine::VmConfig;
 use wanmig_migration::session::frame::{self as session_frame, Frame, OpenRequest, SESSION};

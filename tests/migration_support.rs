@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wanmig_gateway::migration::{VmHost, VmHosting};
+use wanmig_gateway::vms::{VmHost, VmHosting};
 use wanmig_migration::admin::MemSample;
 use wanmig_migration::machine::{MemoryWorkloadConfig, VmConfig};
 use wanmig_vmm::workload_model::reference_digests;

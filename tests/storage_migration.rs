@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use wanmig_e2e::{init_logging, MeshBuilder};
 use wanmig_gateway::migration::api::MigrateBody;
-use wanmig_gateway::migration::{DiskState, MigrateRequest, Outcome, VmHost, VmHosting, VmState};
+use wanmig_gateway::migration::{MigrateRequest, Outcome};
+use wanmig_gateway::vms::{DiskState, VmHost, VmHosting, VmState};
 use wanmig_guest_abi::virtio::{disk_block_fill, disk_block_last_iteration, DISK_BLOCK_WORDS};
 use wanmig_migration::machine::{DiskConfig, VmConfig};
 

@@ -1,4 +1,4 @@
-//! Issue #7's QEMU baseline for the demo scenario: QEMU 7.2's own live
+//! The QEMU baseline of the demo scenario: QEMU 7.2's own live
 //! migration (TCG, multifd x4 with zstd) of a 512 MiB guest holding the
 //! demo memory mix and dirtying 5 MiB/s, over the emulated 100 ms RTT,
 //! 250 Mbit/s link between two namespaces; bytes on the wire from the link's
@@ -21,9 +21,8 @@ fn env_size(key: &str) -> Result<Option<u64>> {
     std::env::var(key)
         .ok()
         .map(|v| {
-            wanmig_netem::units::parse_size(&v)
-                .map_err(anyhow::Error::msg)
-                .with_context(|| format!("{key}={v}: expected a size like 128MiB"))
+            wanmig_units::parse_size(&v)
+                .with_context(|| format!("{key}={v}: expected a size like 128M"))
         })
         .transpose()
 }

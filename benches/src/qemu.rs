@@ -1,6 +1,7 @@
-//! Issue #7's QEMU baseline: QEMU's own live migration of a VM whose RAM
-//! holds the same memory image as wanmig's guest, over the same emulated
-//! link, with the bytes on the wire counted at the link's interfaces.
+//! The QEMU baseline that wanmig's figures are compared with: QEMU's own
+//! live migration of a VM whose RAM holds the same memory image as wanmig's
+//! guest, over the same emulated link, with the bytes on the wire counted
+//! at the link's interfaces.
 //!
 //! How it runs (all of it real: two QEMU processes, kernel TCP, a netem TUN
 //! link between two network namespaces; needs root and
@@ -12,11 +13,10 @@
 //!   lets TCP receive windows grow to 32 MiB so they never limit the path;
 //!   send buffers stay at the kernel's default (at most 4 MiB per socket:
 //!   four multifd sockets hold several times the demo path's 3 MB BDP).
-//!   Raising them too made things worse for QEMU: its bandwidth estimate
-//!   counts bytes parked in socket buffers as sent, so it stops the guest
-//!   with more still to cross (demo scenario, single runs: 1.2 s downtime
-//!   with 32 MiB send buffers, 0.6–1.0 s with the default). The congestion
-//!   controller is the kernel's default (named in the note).
+//!   Larger send buffers hurt QEMU: its bandwidth estimate counts bytes
+//!   parked in socket buffers as sent, so it stops the guest with more
+//!   still to cross and the downtime grows. The congestion controller is
+//!   the kernel's default (named in the note).
 //! - **QEMU.** Debian's QEMU, TCG (`-accel tcg`, works without KVM and is
 //!   what a stock x86 package does everywhere), `-nodefaults`, no disk, no
 //!   display, one vCPU, controlled over QMP on a unix socket ([`qmp`]). The
@@ -39,7 +39,7 @@
 //!   so it could not place the whole image, and the file mapping costs no
 //!   copy. No SeaBIOS runs (see the guest), so nothing else writes RAM.
 //! - **Guest.** A 64 KiB firmware image ([`guest`], source in
-//!   `benches/qemu-guest/dirty.asm`) given with `-bios`: it enters 32-bit
+//!   `testenv/qemu-guest/dirty.asm`) given with `-bios`: it enters 32-bit
 //!   protected mode, takes 1000 PIT interrupts per second and on each one
 //!   writes one word into pseudo-random pages of a working set at 8 MiB
 //!   (wanmig's `WORKLOAD_BASE`, with the demo's 8192 pages by default) at
@@ -53,24 +53,27 @@
 //!   `total-time` and `downtime` are reported beside them but are the
 //!   source's view: pre-copy without a return path calls the migration
 //!   complete once the last bytes sit in the source's socket buffers, which
-//!   on a long fat link is well before they arrive. `wire_bytes` is the growth of the destination-side TUN
-//!   device's `rx_bytes` (IP packets that crossed A → B: the migration
-//!   stream with its TCP/IP headers), `sent_bytes` that of the source
-//!   side's `tx_bytes` (also counting packets the emulated link dropped,
-//!   which TCP sent again), `wire_bytes_reverse` the other direction (ACKs);
+//!   on a long fat link is well before they arrive. `wire_bytes` is the
+//!   growth of the destination-side TUN device's `rx_bytes` (IP packets
+//!   that crossed A → B: the migration stream with its TCP/IP headers),
+//!   `sent_bytes` that of the source side's `tx_bytes` (also counting
+//!   packets the emulated link dropped, which TCP sent again),
+//!   `wire_bytes_reverse` the other direction (ACKs);
 //!   `qemu_reported_bytes` is QEMU's `ram.transferred`, which counts pages
 //!   at their uncompressed size. After the move the destination must be
 //!   running and a spot check reads 16 pages outside the working set back
 //!   from the destination (`pmemsave`) and compares them with the mix.
 //!
+//! [`multifd_model`] computes offline what the same migration sends for a
+//! memory image, without QEMU or a link.
+//!
 //! [`run_baseline`] is async (the TUN link runs on tokio; QEMU control runs
 //! on a blocking thread); [`run_baseline_blocking`] wraps it in a runtime of
 //! its own for callers outside one.
 
-#[path = "qemu/guest.rs"]
-pub mod guest;
-#[path = "qemu/qmp.rs"]
-pub mod qmp;
+pub use wanmig_testenv::qemu::{guest, qmp};
+#[path = "qemu/multifd_model.rs"]
+pub mod multifd_model;
 #[path = "qemu/status.rs"]
 pub mod status;
 #[path = "qemu/vm.rs"]
@@ -283,22 +286,7 @@ pub struct QemuResult {
 
 /// The `qemu-system-x86_64` to use, or why there is none.
 pub fn available() -> Result<PathBuf, String> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let bin = std::env::split_paths(&path)
-        .map(|d| d.join("qemu-system-x86_64"))
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            "qemu-system-x86_64 is not on PATH (install Debian's qemu-system-x86)".to_string()
-        })?;
-    match std::process::Command::new(&bin).arg("--version").output() {
-        Ok(o) if o.status.success() => Ok(bin),
-        Ok(o) => Err(format!(
-            "{} --version failed: {}",
-            bin.display(),
-            String::from_utf8_lossy(&o.stderr).trim()
-        )),
-        Err(e) => Err(format!("cannot run {}: {e}", bin.display())),
-    }
+    wanmig_testenv::qemu::binary()
 }
 
 /// Runs [`run_baseline`] on a runtime of its own (do not call from inside a

@@ -29,6 +29,11 @@ use crate::error::CodecError;
 
 /// The level value that selects LZ4 instead of zstd (below zstd's fastest).
 pub const LZ4_LEVEL: i32 = -8;
+/// Lowest (fastest) level the codec uses: LZ4, one step below zstd's
+/// fastest mode (-7).
+pub const MIN_LEVEL: i32 = LZ4_LEVEL;
+/// Highest zstd level the codec uses.
+pub const MAX_LEVEL: i32 = 19;
 
 /// Section A is one zstd frame.
 pub const FLAG_A_ZSTD: u8 = 1;

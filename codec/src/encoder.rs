@@ -28,7 +28,9 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use serde::{Deserialize, Serialize};
 
-use crate::compress::{LongDistance, SectionEncoder, MAX_WINDOW_LOG, MIN_WINDOW_LOG};
+use crate::compress::{
+    LongDistance, SectionEncoder, MAX_LEVEL, MAX_WINDOW_LOG, MIN_LEVEL, MIN_WINDOW_LOG,
+};
 use crate::error::CodecError;
 use crate::fingerprint::Fingerprint;
 use crate::inventory::Inventory;
@@ -145,7 +147,7 @@ impl EncoderConfig {
         if self.batch_records == 0 || self.batch_records > MAX_RECORDS {
             return bad("codec.batch_records", "must be between 1 and 65536");
         }
-        if !(crate::level::MIN_LEVEL..=crate::level::MAX_LEVEL).contains(&self.level) {
+        if !(MIN_LEVEL..=MAX_LEVEL).contains(&self.level) {
             return bad(
                 "codec.level",
                 "must be a zstd level between -7 and 19, or -8 for LZ4",
@@ -197,7 +199,8 @@ impl EncoderStats {
     }
 
     /// What happened between `earlier` (a snapshot of the same encoder's
-    /// stats) and `self`: one sample for the level controller.
+    /// stats) and `self`: one sample of the codec's work (the migration
+    /// policy tunes the level from such samples).
     pub fn since(&self, earlier: &EncoderStats) -> EncoderStats {
         let d = |a: u64, b: u64| a.saturating_sub(b);
         EncoderStats {
@@ -286,7 +289,7 @@ impl Encoder {
     /// no more often than every few seconds.
     pub fn set_level(&mut self, level: i32) -> Result<(), CodecError> {
         // zstd reads 0 as "default" (3); treat it as 1.
-        let level = match level.clamp(crate::level::MIN_LEVEL, crate::level::MAX_LEVEL) {
+        let level = match level.clamp(MIN_LEVEL, MAX_LEVEL) {
             0 => 1,
             l => l,
         };
@@ -522,7 +525,7 @@ mod tests {
         enc.set_level(0).unwrap();
         assert_eq!(enc.level(), 1, "0 means zstd's default, not a level");
         enc.set_level(-100).unwrap();
-        assert_eq!(enc.level(), crate::level::MIN_LEVEL);
+        assert_eq!(enc.level(), MIN_LEVEL);
         let page = [b'x'; PAGE_SIZE];
         assert_eq!(enc.encode([(Gfn(0), &page)]).len(), 1);
     }

@@ -8,9 +8,9 @@
 //! from the site's persistent [`PageStore`], and NACKing what it cannot
 //! resolve. The [`Inventory`] tells a source what a destination holds at
 //! session start. [`compress`] shrinks each batch's compressible section
-//! (zstd per batch, LZ4, or one long-distance zstd stream). [`level`] picks
-//! the level from measured link and codec rates; [`mix`] generates the
-//! deterministic demo memory mix.
+//! (zstd per batch, LZ4, or one long-distance zstd stream) at a level from
+//! [`MIN_LEVEL`] to [`MAX_LEVEL`]; [`mix`] generates the deterministic demo
+//! memory mix.
 //!
 //! No sockets, no clocks: callers move the bytes and pass measurements in.
 //!
@@ -33,32 +33,19 @@
 //! them (one ordered stream); with long-distance matching that is required
 //! for decoding at all.
 //!
-//! How the relay drives adaptation (all inputs are measurements the relay
-//! takes; the codec reads no clocks):
-//! ```text
-//! let mut ctl = LevelController::new(level_cfg, enc.level())?;
-//! // per Encoder::encode call (or a few of them):
-//! let before = enc.stats();
-//! let t0 = thread_cpu_time();                // CLOCK_THREAD_CPUTIME_ID, or
-//! let batches = enc.encode(pages);          //   an Instant as an upper bound
-//! ctl.on_encoded(enc.level(), &enc.stats().since(&before), thread_cpu_time() - t0);
-//! // whenever the send path has a rate (wire bytes/s the QUIC stream took
-//! // while it was backlogged, or the path's estimate/link hint):
-//! ctl.on_link_rate(bytes_per_sec);
-//! // then, at most every dwell (default 500 ms):
-//! enc.set_level(ctl.decide(now))?;           // takes effect from the next batch
-//! if ctl.advise_long_distance() && enc.long_distance().is_none() {
-//!     enc.set_long_distance(Some(LongDistance::default()))?;   // link-bound at max level
-//! } else if ctl.bottleneck() == Bottleneck::Cpu && enc.long_distance().is_some() {
-//!     enc.set_long_distance(None)?;
-//! }
-//! ```
+//! The codec exposes what a level controller needs and decides nothing
+//! itself: [`Encoder::set_level`] and [`Encoder::set_long_distance`] take
+//! effect from the next batch, and [`Encoder::stats`] (differenced with
+//! [`EncoderStats::since`]) says how many guest bytes became how many wire
+//! bytes. The migration policy (`wanmig_migration::policy::level`) picks
+//! the level from those and the measured link rate.
+//!
 //! The level travels in each batch header (informational; the decoder needs
 //! nothing from it). [`LZ4_LEVEL`] (-8) is the fastest setting: LZ4 instead
 //! of zstd, for links faster than zstd can feed. With long-distance matching
-//! on, each level change restarts the zstd stream (losing its window): the
-//! controller settles after its probes, but give it a dwell of seconds
-//! while long distance is on. The destination's
+//! on, each level change restarts the zstd stream (losing its window), so
+//! change the level no more often than every few seconds while long
+//! distance is on. The destination's
 //! [`DecoderConfig::max_window_log`] must be at least the source's
 //! [`LongDistance::window_log`] (both default to 27: 128 MiB each side).
 
@@ -69,7 +56,6 @@ pub mod encoder;
 pub mod error;
 pub mod fingerprint;
 pub mod inventory;
-pub mod level;
 pub mod mix;
 pub mod page;
 pub mod page_cache;
@@ -77,12 +63,11 @@ pub mod record;
 mod slab;
 pub mod store;
 
-pub use compress::{LongDistance, LZ4_LEVEL};
+pub use compress::{LongDistance, LZ4_LEVEL, MAX_LEVEL, MIN_LEVEL};
 pub use decoder::{Decoded, Decoder, DecoderConfig, DecoderStats};
 pub use encoder::{Encoder, EncoderConfig, EncoderStats, NackResponse};
 pub use error::CodecError;
 pub use fingerprint::Fingerprint;
 pub use inventory::Inventory;
-pub use level::{Bottleneck, LevelConfig, LevelController};
 pub use page::{Gfn, PageBytes, PAGE_SIZE};
 pub use store::{ContentStore, NoStore, PageStore, StoreStats};

@@ -3,6 +3,11 @@
 //!
 //! Relative paths in the file (certificates, keys, the token file) are
 //! resolved against the directory that holds the config file.
+//!
+//! This file owns the settings types of every subsystem
+//! ([`MigrationSettings`], [`StorageSettings`], [`TapPortConfig`],
+//! [`TransportSettings`], [`VmsSettings`], …): the subsystems import them
+//! from here, and this file imports none of the subsystems.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -29,8 +34,11 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{}: {message}", path.display())]
-    Parse { path: PathBuf, message: String },
+    #[error("{}: {}", path.display(), source.to_string().trim_end())]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
     #[error("{}: {key}: {message}", path.display())]
     Invalid {
         path: PathBuf,
@@ -178,11 +186,11 @@ pub struct GatewayConfig {
     /// The L2 overlay: segments, timers, limits (`[overlay]`).
     pub overlay: wanmig_overlay::OverlayConfig,
     /// TAP ports created at start-up (`[[overlay.tap]]`).
-    pub overlay_taps: Vec<crate::overlay_service::TapPortConfig>,
+    pub overlay_taps: Vec<TapPortConfig>,
     /// Live migration (`[migration]`).
-    pub migration: crate::migration::MigrationSettings,
+    pub migration: MigrationSettings,
     /// Follow-on storage migration (`[storage]`).
-    pub storage: crate::storage_relay::StorageSettings,
+    pub storage: StorageSettings,
     /// Where this site's VMs run (`[vms]`).
     pub vms: VmsSettings,
 }
@@ -207,6 +215,80 @@ pub struct VmsSettings {
     /// The `wanmig-vmm` binary (`[vms] vmm`); `None`: next to the running
     /// `wanmig` binary.
     pub vmm: Option<PathBuf>,
+}
+
+/// Migration settings of a site (the `[migration]` config section).
+#[derive(Debug, Clone)]
+pub struct MigrationSettings {
+    /// Directory of the site's page stores (one subdirectory per scope);
+    /// `None`: dedup only within each migration.
+    pub store_dir: Option<PathBuf>,
+    /// Cap of each scope's page store, bytes.
+    pub store_cap: u64,
+    /// Dedup scope used when a migration names none.
+    pub scope: String,
+    /// Downtime budget used when a migration names none.
+    pub downtime: Duration,
+    /// Longest wait for the destination to accept a migration.
+    pub open_timeout: Duration,
+    /// How long a migration whose link failed after the destination
+    /// confirmed it stays unsettled: the destination holds the VM paused
+    /// and the source keeps asking until then.
+    pub handover_wait: Duration,
+    /// The page codec's settings.
+    pub encoder: wanmig_codec::EncoderConfig,
+}
+
+impl Default for MigrationSettings {
+    fn default() -> Self {
+        MigrationSettings {
+            store_dir: None,
+            store_cap: 1 << 30,
+            scope: "default".into(),
+            downtime: Duration::from_millis(300),
+            open_timeout: Duration::from_secs(10),
+            handover_wait: Duration::from_secs(120),
+            encoder: wanmig_codec::EncoderConfig::default(),
+        }
+    }
+}
+
+/// Where imported disks go when no `[storage] dir` is configured
+/// (relative to the config file).
+pub const DEFAULT_DISK_DIR: &str = "disks";
+
+/// The `[storage]` section: how this site takes in the disks of VMs that
+/// migrate here.
+#[derive(Debug, Clone)]
+pub struct StorageSettings {
+    /// Directory the imported disks (and their presence bitmaps) live in.
+    pub dir: PathBuf,
+    /// What the source does with its copy once this site's copy is durable.
+    pub release: wanmig_storage::ReleasePolicy,
+    /// Block size, planner windows and read timeout of imported disks.
+    pub disk: wanmig_storage::RemoteDiskConfig,
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        StorageSettings {
+            dir: PathBuf::from(DEFAULT_DISK_DIR),
+            release: wanmig_storage::ReleasePolicy::Keep,
+            disk: wanmig_storage::RemoteDiskConfig::default(),
+        }
+    }
+}
+
+/// A TAP port to create at start-up (`[[overlay.tap]]` in the gateway TOML).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TapPortConfig {
+    /// Interface name (at most 15 bytes).
+    pub name: String,
+    /// Segment (by name) the TAP joins.
+    pub segment: String,
+    pub mtu: Option<u16>,
+    /// Linux bridge to enslave the TAP to.
+    pub bridge: Option<String>,
 }
 
 /// PEM files of the deployment CA and this site's certificate and key.
@@ -316,7 +398,7 @@ impl GatewayConfig {
     pub fn parse(text: &str, origin: &Path) -> Result<Self, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: origin.to_path_buf(),
-            message: e.to_string().trim_end().to_string(),
+            source: Box::new(e),
         })?;
         Validator { origin }.validate(raw)
     }
@@ -525,11 +607,8 @@ impl Validator<'_> {
     }
 
     /// `[storage]`: every key optional.
-    fn storage(
-        &self,
-        raw: Option<RawStorage>,
-    ) -> Result<crate::storage_relay::StorageSettings, ConfigError> {
-        let d = crate::storage_relay::StorageSettings::default();
+    fn storage(&self, raw: Option<RawStorage>) -> Result<StorageSettings, ConfigError> {
+        let d = StorageSettings::default();
         let raw = raw.unwrap_or(RawStorage {
             dir: None,
             release: None,
@@ -539,9 +618,7 @@ impl Validator<'_> {
         });
         let dir = self.path(
             "storage.dir",
-            raw.dir
-                .as_deref()
-                .unwrap_or(crate::storage_relay::DEFAULT_DISK_DIR),
+            raw.dir.as_deref().unwrap_or(DEFAULT_DISK_DIR),
             false,
         )?;
         let release = match raw.release.as_deref() {
@@ -596,15 +673,12 @@ impl Validator<'_> {
                 ),
             ));
         }
-        Ok(crate::storage_relay::StorageSettings { dir, release, disk })
+        Ok(StorageSettings { dir, release, disk })
     }
 
     /// `[migration]`: every key optional.
-    fn migration(
-        &self,
-        raw: Option<RawMigration>,
-    ) -> Result<crate::migration::MigrationSettings, ConfigError> {
-        let d = crate::migration::MigrationSettings::default();
+    fn migration(&self, raw: Option<RawMigration>) -> Result<MigrationSettings, ConfigError> {
+        let d = MigrationSettings::default();
         let Some(raw) = raw else { return Ok(d) };
         let store_dir = match &raw.store_dir {
             Some(p) => Some(self.path("migration.store_dir", p, false)?),
@@ -637,7 +711,7 @@ impl Validator<'_> {
         encoder
             .validate()
             .map_err(|e| self.err("migration", e.to_string()))?;
-        Ok(crate::migration::MigrationSettings {
+        Ok(MigrationSettings {
             store_dir,
             store_cap,
             scope,
@@ -654,13 +728,7 @@ impl Validator<'_> {
     fn overlay(
         &self,
         raw: Option<toml::Table>,
-    ) -> Result<
-        (
-            wanmig_overlay::OverlayConfig,
-            Vec<crate::overlay_service::TapPortConfig>,
-        ),
-        ConfigError,
-    > {
+    ) -> Result<(wanmig_overlay::OverlayConfig, Vec<TapPortConfig>), ConfigError> {
         let Some(mut table) = raw else {
             return Ok(Default::default());
         };
@@ -680,7 +748,7 @@ impl Validator<'_> {
                 )
             })?,
         };
-        let mut taps: Vec<crate::overlay_service::TapPortConfig> = Vec::new();
+        let mut taps: Vec<TapPortConfig> = Vec::new();
         for (i, t) in raw_taps.into_iter().enumerate() {
             let k = |f: &str| format!("overlay.tap[{i}].{f}");
             if t.name.is_empty() || t.name.len() > 15 {
@@ -703,7 +771,7 @@ impl Validator<'_> {
                     return Err(self.err(k("mtu"), format!("{m} is outside 576..=65521")));
                 }
             }
-            taps.push(crate::overlay_service::TapPortConfig {
+            taps.push(TapPortConfig {
                 name: t.name,
                 segment: t.segment,
                 mtu: t.mtu,

@@ -17,6 +17,7 @@ use axum::{Json, Router};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
+use crate::api_error::respond as api_error;
 use crate::peering::{PeerSnapshot, Peering, Refusals};
 use crate::probe::{self, ProbeError};
 
@@ -109,16 +110,6 @@ impl StatusReport {
 pub struct ProbeRequest {
     pub peer: String,
     pub bytes: u64,
-}
-
-/// Error body of every failed request.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ApiError {
-    pub error: String,
-}
-
-fn api_error(status: StatusCode, msg: impl Into<String>) -> Response {
-    (status, Json(ApiError { error: msg.into() })).into_response()
 }
 
 struct Ctx {

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 
-use crate::control::{ApiError, ProbeRequest, StatusReport};
+use crate::api_error::ApiError;
+use crate::control::{ProbeRequest, StatusReport};
 use crate::probe::ProbeReport;
 
 #[derive(Debug, thiserror::Error)]
@@ -105,7 +106,7 @@ impl ControlClient {
         &self,
         name: &str,
         config: &wanmig_migration::machine::VmConfig,
-    ) -> Result<Option<crate::migration::VmInfo>, ClientError> {
+    ) -> Result<Option<crate::vms::VmInfo>, ClientError> {
         let req = self.http.post(format!("http://{}/v1/vms", self.addr)).json(
             &crate::migration::api::StartVmRequest {
                 name: name.to_string(),

@@ -16,10 +16,11 @@ use crate::config::VmHostKind;
 use crate::control;
 use crate::metrics::Metrics;
 use crate::migration::metrics::MigrationMetrics;
-use crate::migration::{MigrationService, ProcessHost, VmHost, VmHosting};
+use crate::migration::MigrationService;
 use crate::overlay_service::{self, OverlayHandle};
 use crate::peering::{Peering, StreamKind};
 use crate::tls::{self, Identity};
+use crate::vms::{ProcessHost, VmHost, VmHosting};
 use crate::{probe, GatewayError};
 
 /// UDP socket buffers: a 250 Mbit/s × 100 ms link bursts several MB.
@@ -109,14 +110,10 @@ impl Gateway {
                 let vmm = config.vms.vmm.clone();
                 let host =
                     tokio::task::spawn_blocking(move || ProcessHost::open(&dir, vmm.as_deref()))
-                        .await
-                        .map_err(|e| GatewayError::Runtime(e.to_string()))?
-                        .map_err(|e| {
-                            GatewayError::Config(crate::config::ConfigError::Invalid {
-                                path: config.origin.clone(),
-                                key: "vms.dir".into(),
-                                message: e.to_string(),
-                            })
+                        .await?
+                        .map_err(|e| GatewayError::VmHost {
+                            path: config.origin.clone(),
+                            source: Box::new(e),
                         })?;
                 Some(Arc::new(host))
             }

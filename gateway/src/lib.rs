@@ -1,13 +1,20 @@
 //! wanmig-gateway: the site daemon. It peers with the other sites' gateways
 //! over QUIC with mutual TLS (a full mesh, tuned for long fat links), serves
-//! a local control API and Prometheus metrics, and lets later subsystems
-//! (overlay, migration, storage) share the peer connections through
-//! stream-kind handlers and datagrams.
+//! a local control API and Prometheus metrics, and lets the subsystems above
+//! the peering (overlay, migration, storage) share the peer connections
+//! through stream-kind handlers and datagrams. The VMs of the site live in
+//! [`vms`] (registry and hosts), which the migration relay moves between
+//! sites.
+//!
+//! Layering: [`config`] owns every subsystem's settings types and imports
+//! none of them; the peering sits on the config; the subsystems sit on the
+//! peering. `tests/layering.rs` keeps the files free of import circles.
 //!
 //! Entry point: [`Gateway::start`] with a [`GatewayConfig`] loaded by
 //! [`GatewayConfig::load`]; the returned [`GatewayHandle`] exposes the
 //! [`Peering`].
 
+pub mod api_error;
 pub mod backoff;
 pub mod certs;
 pub mod config;
@@ -24,6 +31,7 @@ pub mod probe;
 pub mod storage_relay;
 pub mod tls;
 pub mod transport_tuning;
+pub mod vms;
 
 use std::net::SocketAddr;
 
@@ -62,6 +70,14 @@ pub enum GatewayError {
     Peering(#[from] PeeringError),
     #[error(transparent)]
     Storage(#[from] storage_relay::StorageRelayError),
-    #[error("runtime: {0}")]
-    Runtime(String),
+    /// The process VM host could not take over its state directory.
+    #[error("{}: vms.dir: {source}", path.display())]
+    VmHost {
+        path: std::path::PathBuf,
+        source: Box<vms::HostError>,
+    },
+    #[error("runtime: a start-up task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    #[error("runtime: no tokio runtime is running (start the gateway inside one)")]
+    NoRuntime,
 }

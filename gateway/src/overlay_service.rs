@@ -27,6 +27,7 @@ use wanmig_overlay::{
     SwitchError, Vni,
 };
 
+use crate::config::TapPortConfig;
 use crate::peering::{IncomingStream, LinkState, PeerDatagram, Peering, StreamKind};
 
 /// Frames buffered per in-process port and direction.
@@ -41,18 +42,6 @@ const PEER_POLL: Duration = Duration::from_millis(100);
 const TIMER_TICK: Duration = Duration::from_secs(1);
 /// Receive buffer of a TAP reader (an MTU-65535 frame with VLAN tags fits).
 const TAP_BUFFER: usize = 65_600;
-
-/// A TAP port to create at start-up (`[[overlay.tap]]` in the gateway TOML).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TapPortConfig {
-    /// Interface name (at most 15 bytes).
-    pub name: String,
-    /// Segment (by name) the TAP joins.
-    pub segment: String,
-    pub mtu: Option<u16>,
-    /// Linux bridge to enslave the TAP to.
-    pub bridge: Option<String>,
-}
 
 /// Errors of the overlay service and its handle.
 #[derive(Debug, thiserror::Error)]

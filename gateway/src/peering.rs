@@ -336,8 +336,7 @@ impl Peering {
             config.peers.iter().map(|p| &p.hints),
             &config.transport,
         )));
-        let runtime = quinn::default_runtime()
-            .ok_or_else(|| crate::GatewayError::Runtime("no tokio runtime is running".into()))?;
+        let runtime = quinn::default_runtime().ok_or(crate::GatewayError::NoRuntime)?;
         let local = socket.local_addr().ok();
         // quinn caps UDP payloads at 1472 bytes by default, so MTU discovery
         // could never exceed a 1500-byte path and every full 1514-byte

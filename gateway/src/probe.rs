@@ -26,11 +26,11 @@ pub enum ProbeError {
     Peering(#[from] PeeringError),
     #[error("probe of {0} bytes is larger than the {MAX_PROBE_BYTES}-byte limit")]
     TooLarge(u64),
-    #[error("probe to '{peer}' failed while {during}: {message}")]
+    #[error("probe to '{peer}' failed while {during}: {source}")]
     Stream {
         peer: String,
         during: &'static str,
-        message: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("probe to '{peer}': the peer counted {received} bytes, {sent} were sent")]
     Mismatch {
@@ -108,11 +108,14 @@ impl ProbeReport {
     }
 }
 
-fn stream_err<'a>(peer: &'a str, during: &'static str) -> impl FnOnce(String) -> ProbeError + 'a {
-    move |message| ProbeError::Stream {
+fn stream_err<'a, E>(peer: &'a str, during: &'static str) -> impl FnOnce(E) -> ProbeError + 'a
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    move |e| ProbeError::Stream {
         peer: peer.to_string(),
         during,
-        message,
+        source: Box::new(e),
     }
 }
 
@@ -133,7 +136,7 @@ pub async fn run(
     let start = Instant::now();
     send.write_all(&bytes.to_be_bytes())
         .await
-        .map_err(|e| stream_err(peer, "sending the header")(e.to_string()))?;
+        .map_err(stream_err(peer, "sending the header"))?;
     // One pattern buffer, shared by reference for every chunk: no copies.
     let pattern = Bytes::from(
         (0..CHUNK)
@@ -145,16 +148,16 @@ pub async fn run(
         let n = (bytes - sent).min(CHUNK as u64) as usize;
         send.write_chunk(pattern.slice(..n))
             .await
-            .map_err(|e| stream_err(peer, "sending data")(e.to_string()))?;
+            .map_err(stream_err(peer, "sending data"))?;
         sent += n as u64;
         progress(sent);
     }
     send.finish()
-        .map_err(|e| stream_err(peer, "finishing the stream")(e.to_string()))?;
+        .map_err(stream_err(peer, "finishing the stream"))?;
     let mut ack = [0u8; 16];
     recv.read_exact(&mut ack)
         .await
-        .map_err(|e| stream_err(peer, "waiting for the acknowledgement")(e.to_string()))?;
+        .map_err(stream_err(peer, "waiting for the acknowledgement"))?;
     let elapsed = start.elapsed();
     let ack = ProbeAck::decode(&ack);
     if ack.received != bytes {

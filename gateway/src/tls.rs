@@ -25,7 +25,18 @@ pub enum TlsError {
         source: std::io::Error,
     },
     #[error("{}: {what}", path.display())]
-    Pem { path: PathBuf, what: String },
+    Pem { path: PathBuf, what: &'static str },
+    #[error("{}: {what}: {source}", path.display())]
+    PemBlock {
+        path: PathBuf,
+        what: &'static str,
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("{}: not a usable CA certificate: {source}", path.display())]
+    Ca {
+        path: PathBuf,
+        source: rustls::Error,
+    },
     #[error("{}: certificate names {names:?}, but this gateway's site is '{site}' (expected SAN DNS name '{expected}'); issue it with `wanmig certs`", path.display())]
     WrongOwnName {
         path: PathBuf,
@@ -34,13 +45,15 @@ pub enum TlsError {
         names: Vec<String>,
     },
     #[error("cannot parse certificate: {0}")]
-    Parse(String),
+    Parse(#[from] x509_parser::nom::Err<x509_parser::error::X509Error>),
+    #[error("{0}")]
+    PeerIdentity(&'static str),
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
     #[error("client certificate verifier: {0}")]
-    Verifier(String),
+    Verifier(#[from] rustls::server::VerifierBuilderError),
     #[error("QUIC crypto configuration: {0}")]
-    Quic(String),
+    Quic(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
 }
 
 /// This site's certificate chain and private key.
@@ -95,14 +108,15 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
     let bytes = read(path)?;
     let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::Pem {
+        .map_err(|source| TlsError::PemBlock {
             path: path.to_path_buf(),
-            what: format!("not a PEM certificate file: {e}"),
+            what: "not a PEM certificate file",
+            source,
         })?;
     if certs.is_empty() {
         return Err(TlsError::Pem {
             path: path.to_path_buf(),
-            what: "contains no CERTIFICATE block".into(),
+            what: "contains no CERTIFICATE block",
         });
     }
     Ok(certs)
@@ -111,9 +125,10 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 /// The private key in a PEM file.
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let bytes = read(path)?;
-    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| TlsError::Pem {
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|source| TlsError::PemBlock {
         path: path.to_path_buf(),
-        what: format!("no usable private key: {e}"),
+        what: "no usable private key",
+        source,
     })
 }
 
@@ -121,9 +136,9 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     for c in load_certs(path)? {
-        roots.add(c).map_err(|e| TlsError::Pem {
+        roots.add(c).map_err(|source| TlsError::Ca {
             path: path.to_path_buf(),
-            what: format!("not a usable CA certificate: {e}"),
+            source,
         })?;
     }
     Ok(roots)
@@ -131,8 +146,7 @@ pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
 
 /// The site names (`x` of SAN DNS `x.wanmig`) a certificate carries.
 pub fn cert_site_names(cert: &CertificateDer<'_>) -> Result<Vec<String>, TlsError> {
-    let (_, x509) =
-        x509_parser::parse_x509_certificate(cert).map_err(|e| TlsError::Parse(e.to_string()))?;
+    let (_, x509) = x509_parser::parse_x509_certificate(cert)?;
     let mut out = Vec::new();
     if let Ok(Some(san)) = x509.subject_alternative_name() {
         for name in &san.value.general_names {
@@ -152,9 +166,8 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// Checks that `cert` chains to `roots` as a client certificate.
 pub fn verify_chain(roots: &RootCertStore, cert: &CertificateDer<'_>) -> Result<(), TlsError> {
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots.clone()), provider())
-        .build()
-        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots.clone()), provider()).build()?;
     verifier.verify_client_cert(cert, &[], UnixTime::now())?;
     Ok(())
 }
@@ -165,15 +178,14 @@ pub fn server_crypto(
     identity: &Identity,
     roots: &RootCertStore,
 ) -> Result<Arc<QuicServerConfig>, TlsError> {
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots.clone()), provider())
-        .build()
-        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots.clone()), provider()).build()?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(identity.certs.clone(), identity.key.clone_key())?;
     cfg.alpn_protocols = vec![ALPN.to_vec()];
-    let q = QuicServerConfig::try_from(cfg).map_err(|e| TlsError::Quic(e.to_string()))?;
+    let q = QuicServerConfig::try_from(cfg)?;
     Ok(Arc::new(q))
 }
 
@@ -188,7 +200,7 @@ pub fn client_crypto(
         .with_root_certificates(roots.clone())
         .with_client_auth_cert(identity.certs.clone(), identity.key.clone_key())?;
     cfg.alpn_protocols = vec![ALPN.to_vec()];
-    let q = QuicClientConfig::try_from(cfg).map_err(|e| TlsError::Quic(e.to_string()))?;
+    let q = QuicClientConfig::try_from(cfg)?;
     Ok(Arc::new(q))
 }
 
@@ -196,13 +208,13 @@ pub fn client_crypto(
 pub fn peer_site_names(conn: &quinn::Connection) -> Result<Vec<String>, TlsError> {
     let identity = conn
         .peer_identity()
-        .ok_or_else(|| TlsError::Parse("peer presented no certificate".into()))?;
+        .ok_or_else(|| TlsError::PeerIdentity("peer presented no certificate"))?;
     let certs = identity
         .downcast::<Vec<CertificateDer<'static>>>()
-        .map_err(|_| TlsError::Parse("peer identity is not an X.509 chain".into()))?;
+        .map_err(|_| TlsError::PeerIdentity("peer identity is not an X.509 chain"))?;
     let leaf = certs
         .first()
-        .ok_or_else(|| TlsError::Parse("peer presented an empty certificate chain".into()))?;
+        .ok_or_else(|| TlsError::PeerIdentity("peer presented an empty certificate chain"))?;
     cert_site_names(leaf)
 }
 

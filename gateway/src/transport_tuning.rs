@@ -26,31 +26,27 @@ const MAX_WINDOW: u64 = 512 * MIB;
 /// Per-stream window in bandwidth-delay products: above the congestion
 /// window cap (1.5 × BDP) with room for the receiver's window updates to
 /// lag an RTT, so one stream is limited by the congestion controller, not
-/// by flow control. History (benches/wan_goodput, BBR, before the cap):
-/// 2 × BDP capped goodput at ~78 %; at 4 × and 8 × bursts of bottleneck
-/// drops left more than quinn-proto's 1024 buffered chunks in one stream,
-/// and the receiver aborted the connection ("too many gaps in stream
-/// buffer"). With the cap there are no burst drops; 3 × is kept.
+/// by flow control. A smaller window caps a stream's goodput below the
+/// link rate; a much larger one lets a burst of bottleneck drops leave
+/// more gaps in one stream than quinn-proto buffers (1024 chunks), and the
+/// receiver closes the connection. `docs/tuning.md` (Transport) has the
+/// measurements.
 const STREAM_BDP_MULTIPLE: u64 = 3;
 /// Connection window: room for two full-speed streams.
 const CONN_BDP_MULTIPLE: u64 = 2 * STREAM_BDP_MULTIPLE;
 /// Congestion window cap in bandwidth-delay products: the path holds one
 /// BDP in flight plus what its bottleneck queue absorbs. quinn paces at
-/// 1.25 × window / RTT, so an uncapped window means no pacing at all.
-/// Measured on the emulated 250 Mbit/s × 100 ms link with a 1 × BDP queue
-/// (benches/wan_goodput, `WANMIG_BENCH_VERBOSE=1` traces the window):
+/// 1.25 × window / RTT, so an uncapped window means no pacing at all; and
 /// quinn 0.11's BBR counts flow-control-blocked rounds as app-limited, so
-/// it never leaves startup and its window grew past 250 MB; the sender
-/// then burst whole flow-control windows into the queue and lost ~10 % of
-/// its packets to queue overflow (goodput 72-82 %).
+/// it never leaves startup and its window grows without bound. The sender
+/// would then burst whole flow-control windows into the bottleneck queue
+/// and lose packets to its overflow.
 const CWND_BDP_MULTIPLE_PERCENT: u64 = 150;
 /// The congestion window cap never goes below this (44 full packets; also
-/// the emulator's smallest bottleneck queue). It used to share
-/// [`MIN_WINDOW`] (4 MiB), which put the cap far above 1.5 × BDP on every
-/// link whose BDP is under 2.8 MB (100 Mbit/s × 100 ms is 1.25 MB): BBR's
-/// startup then overfilled the bottleneck queue. Measured with the demo on
-/// the emulated 100 Mbit/s × 100 ms link (a one-BDP queue): 990–1140
-/// packets lost per 128 MiB migration with the 4 MiB floor, none with this.
+/// the emulator's smallest bottleneck queue). It is separate from
+/// [`MIN_WINDOW`]: a 4 MiB floor would put the cap far above 1.5 × BDP on
+/// every link whose BDP is under 2.8 MB (100 Mbit/s × 100 ms is 1.25 MB),
+/// and BBR's startup would overfill a one-BDP bottleneck queue.
 const MIN_CWND_CAP: u64 = 64 << 10;
 /// Initial congestion window as a fraction (1/n) of the link's BDP, sent
 /// paced (1.25 × window / the hinted RTT), not as a burst. The link hints
@@ -58,12 +54,9 @@ const MIN_CWND_CAP: u64 = 64 << 10;
 /// kernel TCP. It matters for every migration, not only the connection's
 /// first: the gateways' connection idles between migrations, BBR does not
 /// grow its window while application-limited, so each migration starts
-/// from here. Measured with `wanmig demo --mem 128MiB` (a migration moves
-/// ~29 MB), alternating in one run: at a quarter BDP BBR took ~800 ms to
-/// fill 100 Mbit/s × 100 ms (total 3.1–3.7 s, copy 2.6–3.1 s); at half a
-/// BDP 3.0 s (copy 2.5–2.6 s); at 250 Mbit/s × 100 ms 1.97–2.0 s against
-/// 1.61–1.82 s. A whole BDP gained little more, and half leaves room for
-/// hints that overstate the path.
+/// from here. A smaller start leaves BBR ramping for a large part of a
+/// short migration; a whole BDP gains little over half, and half leaves
+/// room for hints that overstate the path.
 const INITIAL_WINDOW_BDP_DIVISOR: u64 = 2;
 /// quinn's own initial window (10 × 1472 bytes): never start below it.
 const QUINN_INITIAL_WINDOW: u64 = 14_720;

@@ -1,5 +1,6 @@
 //! The `wanmig` binary end to end: `certs`, config errors from `gateway`,
-//! and `status` / `probe` against two real gateway processes on loopback.
+//! `status` / `probe` / `vm` against two real gateway processes on
+//! loopback, and sizes and rates reading the same in every subcommand.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -235,7 +236,7 @@ fn status_and_probe_talk_to_running_gateways() {
     ]);
     assert!(probe.status.success(), "{}", stderr(&probe));
     let report: serde_json::Value = serde_json::from_slice(&probe.stdout).unwrap();
-    assert_eq!(report["bytes"], 2_000_000);
+    assert_eq!(report["bytes"], 2 << 20, "2M is 2 MiB, as everywhere");
     assert_eq!(report["peer"], "site-b");
     assert!(report["goodput_mbit"].as_f64().unwrap() > 0.0);
 
@@ -252,6 +253,161 @@ fn status_and_probe_talk_to_running_gateways() {
     ]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("rejected the token"), "{}", stderr(&o));
+
+    // `vm start --mem 64M` places a VM with 64 MiB, the same 64M that
+    // `wanmig demo --mem` means (see demo_reads_sizes_and_rates_as_every_command_does).
+    if wanmig_testenv::require_kvm("status_and_probe_talk_to_running_gateways (vm start)") {
+        let cfg = cfg_a.to_str().unwrap();
+        let o = run(&["vm", "start", "--config", cfg, "--mem", "64M", "web"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains("64.0 MiB of memory"),
+            "{}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+        let o = run(&["vm", "list", "--config", cfg, "--json"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let web = list["vms"]
+            .as_array()
+            .and_then(|v| v.iter().find(|vm| vm["name"] == "web"))
+            .unwrap_or_else(|| panic!("web in {list}"));
+        assert_eq!(web["mem_size"], 64u64 << 20, "{web}");
+    }
+}
+
+/// The sentence every size error ends with (`wanmig_units::SIZE_CONVENTION`).
+const SIZES: &str = "K, M, G, T (powers of 1024, the same as KiB, MiB, GiB, TiB";
+
+#[test]
+fn sizes_and_rates_read_the_same_in_every_subcommand() {
+    let d = tempfile::tempdir().unwrap();
+    let token = d.path().join("t.token");
+    std::fs::write(&token, "x\n").unwrap();
+    let target = [
+        "--control",
+        "127.0.0.1:9",
+        "--token-file",
+        token.to_str().unwrap(),
+    ];
+    let with_target = |args: &[&str]| {
+        let mut v: Vec<&str> = args.to_vec();
+        v.extend_from_slice(&target);
+        run(&v)
+    };
+    let netem = |flag: &str, value: &str| {
+        run(&[
+            "netem",
+            "udp",
+            "--listen",
+            "127.0.0.1:9",
+            "--upstream",
+            "127.0.0.1:9",
+            flag,
+            value,
+        ])
+    };
+
+    // One size grammar: every size flag refuses the same way, naming its
+    // flag and the convention.
+    let bad_sizes = [
+        ("--mem", run(&["demo", "--mem", "64X"])),
+        (
+            "--mem",
+            with_target(&["vm", "start", "web", "--mem", "64X"]),
+        ),
+        (
+            "--bytes",
+            with_target(&["probe", "--to", "b", "--bytes", "64X"]),
+        ),
+        ("--queue", netem("--queue", "64X")),
+    ];
+    for (flag, o) in &bad_sizes {
+        let e = stderr(o);
+        assert!(!o.status.success(), "{flag} took 64X");
+        assert!(
+            e.contains(flag) && e.contains("\"64X\"") && e.contains(SIZES),
+            "{e}"
+        );
+    }
+
+    // One rate grammar: a byte rate is refused by each rate flag with the
+    // bit rate to write, 10 MB/s = 80 Mbit/s.
+    let byte_rates = [
+        ("--rate", run(&["demo", "--rate", "10MB/s"])),
+        (
+            "--bandwidth",
+            with_target(&["migrate", "web", "--to", "b", "--bandwidth", "10MB/s"]),
+        ),
+        ("--rate", netem("--rate", "10MB/s")),
+    ];
+    for (flag, o) in &byte_rates {
+        let e = stderr(o);
+        assert!(!o.status.success(), "{flag} took 10MB/s");
+        assert!(e.contains(flag) && e.contains("write 80mbit"), "{e}");
+    }
+    // 10Mbps gets past parsing in `migrate` (the refusal is the missing
+    // gateway's), as it does in the demo, where it is 10 Mbit/s.
+    let o = with_target(&["migrate", "web", "--to", "b", "--bandwidth", "10Mbps"]);
+    assert!(!o.status.success());
+    assert!(!stderr(&o).contains("--bandwidth"), "{}", stderr(&o));
+
+    // Every --help that takes a size or rate states the convention.
+    for (cmd, needles) in [
+        (
+            &["demo", "--help"][..],
+            &["powers of 1024", "bits per second"][..],
+        ),
+        (&["vm", "start", "--help"], &["powers of 1024"]),
+        (&["probe", "--help"], &["powers of 1024"]),
+        (&["migrate", "--help"], &["bits per second"]),
+        (
+            &["netem", "udp", "--help"],
+            &["powers of 1024", "bits per second"],
+        ),
+        (
+            &["netem", "tun", "--help"],
+            &["powers of 1024", "bits per second"],
+        ),
+    ] {
+        let o = run(cmd);
+        assert!(o.status.success(), "{cmd:?}: {}", stderr(&o));
+        let help = String::from_utf8_lossy(&o.stdout);
+        for n in needles {
+            assert!(help.contains(n), "{cmd:?} --help lacks {n:?}:\n{help}");
+        }
+    }
+}
+
+/// `wanmig demo --mem 64M --rate 10mbps` runs a 64 MiB guest over a
+/// 10 Mbit/s link: the sizes and rates of `vm start --mem` and `migrate
+/// --bandwidth`, not 64 MB and 80 Mbit/s.
+#[test]
+fn demo_reads_sizes_and_rates_as_every_command_does() {
+    if !wanmig_testenv::require_kvm("demo_reads_sizes_and_rates_as_every_command_does") {
+        return;
+    }
+    let o = run(&[
+        "demo",
+        "--mem",
+        "64M",
+        "--rate",
+        "10mbps",
+        "--rtt",
+        "10ms",
+        "--mix",
+        "fresh",
+        "--workload",
+        "idle",
+        "--no-disk",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["guest_mem_bytes"], 64u64 << 20, "{r}");
+    assert_eq!(r["link"]["rate_mbit"], 10.0, "{r}");
+    assert_eq!(r["link"]["rtt_ms"], 10.0, "{r}");
+    assert_eq!(r["link"]["loss_model"], "none", "{r}");
 }
 
 #[test]

@@ -13,6 +13,9 @@
 //!   ([`session::frame`]) and its source and destination cores.
 //! - [`storage`]: the storage relay's frames (a migrated VM's disk
 //!   following it).
+//! - [`policy`]: the convergence policy (when to stop pre-copy, the
+//!   downtime budget, flow windows, pacing, the codec level and the link
+//!   rate), fed with measurements.
 //! - [`admin`]: what a running shim reports about its VM (how its run
 //!   ended, the guest's reports), as plain data for the gateway.
 //!
@@ -22,6 +25,7 @@
 
 pub mod admin;
 pub mod machine;
+pub mod policy;
 pub mod session;
 pub mod shim;
 pub mod storage;

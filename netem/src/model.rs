@@ -19,7 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::jitter::sample_delay;
 use crate::loss::LossState;
-use crate::params::{sane_probability, LinkParams};
+use crate::params::LinkParams;
+use crate::probability::sane_probability;
 
 /// Why a packet was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::NetemError;
 use crate::loss::LossModel;
+use crate::probability::check_probability;
 
 /// Shape of the random delay variation added to `delay`.
 ///
@@ -149,27 +150,6 @@ impl LinkParams {
     }
 }
 
-pub(crate) fn check_probability(field: &str, p: f64) -> Result<(), NetemError> {
-    if p.is_finite() && (0.0..=1.0).contains(&p) {
-        Ok(())
-    } else {
-        Err(NetemError::param(
-            field,
-            format!("{p} is not a probability (expected 0..=1, e.g. 0.001 for 0.1%)"),
-        ))
-    }
-}
-
-/// Clamps a probability into `0..=1` (NaN becomes 0) so the model never
-/// misbehaves on unvalidated input.
-pub(crate) fn sane_probability(p: f64) -> f64 {
-    if p.is_nan() {
-        0.0
-    } else {
-        p.clamp(0.0, 1.0)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,13 +201,5 @@ mod tests {
         assert_eq!(p.queue_bytes, MIN_DEFAULT_QUEUE);
         let e = serde_json::from_str::<LinkParams>(r#"{"dealy":"5ms"}"#).unwrap_err();
         assert!(e.to_string().contains("dealy"), "{e}");
-    }
-
-    #[test]
-    fn sane_probability_clamps() {
-        assert_eq!(sane_probability(f64::NAN), 0.0);
-        assert_eq!(sane_probability(2.0), 1.0);
-        assert_eq!(sane_probability(-1.0), 0.0);
-        assert_eq!(sane_probability(0.25), 0.25);
     }
 }

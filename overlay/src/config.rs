@@ -1,13 +1,16 @@
 //! Overlay configuration: segments (name, VNI, flooding, MSS clamp, ARP
-//! suppression) and switch-wide timers and limits, deserialisable from the
-//! gateway's TOML and validated with errors that name the bad key.
+//! suppression) and switch-wide timers and limits (MAC table sizes,
+//! reassembly memory, frame size), deserialisable from the gateway's TOML
+//! and validated with errors that name the bad key.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::fragment;
 use crate::ids::Vni;
+use crate::mactable::MacLimits;
 
 /// One stretched L2 segment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,12 +76,27 @@ pub struct OverlayConfig {
     /// A partially received fragmented frame is dropped after this long.
     #[serde(default = "default_reassembly_timeout", with = "humantime_serde")]
     pub reassembly_timeout: Duration,
-    /// Bytes held in partially received frames, all peers together.
+    /// Memory (bytes) held by partially received frames, all peers
+    /// together: buffers, fragment slots and bookkeeping.
     #[serde(default = "default_reassembly_buffer")]
     pub reassembly_buffer: usize,
+    /// Memory (bytes) partially received frames from one peer may hold;
+    /// absent: a quarter of `reassembly_buffer`, and at least what one
+    /// maximum-size frame needs.
+    #[serde(default)]
+    pub reassembly_buffer_per_peer: Option<usize>,
     /// Largest Ethernet frame (without FCS) accepted from ports or peers.
     #[serde(default = "default_max_frame")]
     pub max_frame_size: usize,
+    /// Learned MACs each segment's table holds (static MACs not counted).
+    #[serde(default = "default_max_macs_per_segment")]
+    pub max_macs_per_segment: usize,
+    /// Learned MACs one local port may hold in a segment's table.
+    #[serde(default = "default_max_macs_per_port")]
+    pub max_macs_per_port: usize,
+    /// Learned MACs one peer site may hold in a segment's table.
+    #[serde(default = "default_max_macs_per_peer")]
+    pub max_macs_per_peer: usize,
 }
 
 impl Default for OverlayConfig {
@@ -92,7 +110,11 @@ impl Default for OverlayConfig {
             freeze_hold: None,
             reassembly_timeout: default_reassembly_timeout(),
             reassembly_buffer: default_reassembly_buffer(),
+            reassembly_buffer_per_peer: None,
             max_frame_size: default_max_frame(),
+            max_macs_per_segment: default_max_macs_per_segment(),
+            max_macs_per_port: default_max_macs_per_port(),
+            max_macs_per_peer: default_max_macs_per_peer(),
         }
     }
 }
@@ -175,18 +197,82 @@ impl OverlayConfig {
                 format!("{} is outside 64..=65535", self.max_frame_size),
             ));
         }
-        if self.reassembly_buffer < self.max_frame_size {
+        let one_frame = fragment::max_frame_charge(self.max_frame_size);
+        if !(one_frame..=MAX_REASSEMBLY_BUFFER).contains(&self.reassembly_buffer) {
             return Err(bad(
                 "reassembly_buffer",
                 format!(
-                    "must hold at least one maximum-size frame ({} bytes)",
-                    self.max_frame_size
+                    "{} is outside {one_frame}..={MAX_REASSEMBLY_BUFFER}: it must hold one maximum-size frame with its bookkeeping, and at most 1 GiB",
+                    self.reassembly_buffer
                 ),
             ));
         }
+        if let Some(per_peer) = self.reassembly_buffer_per_peer {
+            if !(one_frame..=self.reassembly_buffer).contains(&per_peer) {
+                return Err(bad(
+                    "reassembly_buffer_per_peer",
+                    format!(
+                        "{per_peer} is outside {one_frame}..={} (one maximum-size frame with its bookkeeping, up to reassembly_buffer)",
+                        self.reassembly_buffer
+                    ),
+                ));
+            }
+        }
+        if !(1..=MAX_MACS_PER_SEGMENT).contains(&self.max_macs_per_segment) {
+            return Err(bad(
+                "max_macs_per_segment",
+                format!(
+                    "{} is outside 1..={MAX_MACS_PER_SEGMENT}",
+                    self.max_macs_per_segment
+                ),
+            ));
+        }
+        for (key, v) in [
+            ("max_macs_per_port", self.max_macs_per_port),
+            ("max_macs_per_peer", self.max_macs_per_peer),
+        ] {
+            if !(1..=self.max_macs_per_segment).contains(&v) {
+                return Err(bad(
+                    key,
+                    format!(
+                        "{v} is outside 1..={} (at least 1, at most max_macs_per_segment)",
+                        self.max_macs_per_segment
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
+
+    /// The MAC table limits of each segment.
+    pub fn mac_limits(&self) -> MacLimits {
+        MacLimits {
+            per_segment: self.max_macs_per_segment,
+            per_port: self.max_macs_per_port,
+            per_peer: self.max_macs_per_peer,
+        }
+    }
+
+    /// Memory partially received frames from one peer may hold.
+    pub fn reassembly_buffer_per_peer(&self) -> usize {
+        self.reassembly_buffer_per_peer.unwrap_or_else(|| {
+            (self.reassembly_buffer / 4)
+                .max(fragment::max_frame_charge(self.max_frame_size))
+                .min(self.reassembly_buffer)
+        })
+    }
 }
+
+/// Upper bound of `max_macs_per_segment`: a table entry costs about 200
+/// bytes, so a million learned MACs is some 200 MB per segment.
+pub const MAX_MACS_PER_SEGMENT: usize = 1 << 20;
+
+/// Upper bound of `reassembly_buffer`. Partial frames live from their first
+/// fragment to their last, a round trip's jitter, or until
+/// `reassembly_timeout` when a fragment is lost: even a 10 Gbit/s path
+/// losing 1% of its fragmented 9 KiB frames keeps about 25 MB in partial
+/// frames at the default 2 s timeout. A larger value is a typo.
+pub const MAX_REASSEMBLY_BUFFER: usize = 1 << 30;
 
 fn yes() -> bool {
     true
@@ -214,6 +300,18 @@ fn default_reassembly_buffer() -> usize {
 }
 fn default_max_frame() -> usize {
     9216
+}
+// A few thousand hosts per stretched segment; one port (a VM, or a TAP on a
+// bridge) a quarter of that, one peer site half, so neither can take the
+// table alone.
+fn default_max_macs_per_segment() -> usize {
+    4096
+}
+fn default_max_macs_per_port() -> usize {
+    1024
+}
+fn default_max_macs_per_peer() -> usize {
+    2048
 }
 
 #[cfg(test)]
@@ -269,6 +367,104 @@ mod tests {
         let e = c.validate().unwrap_err();
         assert_eq!(e.key, "mac_ageing");
         assert!(e.to_string().contains("mac_ageing"));
+    }
+
+    #[test]
+    fn reassembly_buffer_and_max_frame_size_have_bounds_named_in_errors() {
+        for huge in [1usize << 40, usize::MAX] {
+            let c = OverlayConfig {
+                reassembly_buffer: huge,
+                ..Default::default()
+            };
+            let e = c.validate().unwrap_err();
+            assert_eq!(e.key, "reassembly_buffer", "{e}");
+            assert!(e.to_string().contains("reassembly_buffer"), "{e}");
+        }
+        for bad in [10, 1 << 20] {
+            let c = OverlayConfig {
+                max_frame_size: bad,
+                ..Default::default()
+            };
+            assert_eq!(c.validate().unwrap_err().key, "max_frame_size");
+        }
+        let c: OverlayConfig = toml::from_str("reassembly_buffer = 1099511627776").unwrap();
+        assert_eq!(c.validate().unwrap_err().key, "reassembly_buffer");
+        // Too small for one maximum-size frame with its bookkeeping.
+        let c = OverlayConfig {
+            reassembly_buffer: 9216,
+            ..Default::default()
+        };
+        assert_eq!(c.validate().unwrap_err().key, "reassembly_buffer");
+    }
+
+    #[test]
+    fn per_peer_reassembly_budget_defaults_to_a_quarter_and_is_bounded() {
+        let c = OverlayConfig::default();
+        assert_eq!(c.reassembly_buffer_per_peer(), 1 << 20);
+        let c: OverlayConfig =
+            toml::from_str("reassembly_buffer = 65536\nreassembly_buffer_per_peer = 20000")
+                .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.reassembly_buffer_per_peer(), 20000);
+        // A small switch-wide budget still leaves a peer one whole frame.
+        let c = OverlayConfig {
+            reassembly_buffer: 12_000,
+            ..Default::default()
+        };
+        c.validate().unwrap();
+        assert!(c.reassembly_buffer_per_peer() >= crate::fragment::max_frame_charge(9216));
+        for bad in [100, 1 << 30] {
+            let c = OverlayConfig {
+                reassembly_buffer_per_peer: Some(bad),
+                ..Default::default()
+            };
+            let e = c.validate().unwrap_err();
+            assert_eq!(e.key, "reassembly_buffer_per_peer", "{e}");
+        }
+    }
+
+    #[test]
+    fn mac_table_limits_parse_with_defaults_and_are_validated() {
+        let d = OverlayConfig::default();
+        assert_eq!(
+            (
+                d.max_macs_per_segment,
+                d.max_macs_per_port,
+                d.max_macs_per_peer
+            ),
+            (4096, 1024, 2048)
+        );
+        let c: OverlayConfig = toml::from_str(
+            "max_macs_per_segment = 100\nmax_macs_per_port = 10\nmax_macs_per_peer = 50",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(
+            c.mac_limits(),
+            MacLimits {
+                per_segment: 100,
+                per_port: 10,
+                per_peer: 50
+            }
+        );
+        for (toml, key) in [
+            ("max_macs_per_segment = 0", "max_macs_per_segment"),
+            (
+                "max_macs_per_segment = 1099511627776",
+                "max_macs_per_segment",
+            ),
+            ("max_macs_per_port = 0", "max_macs_per_port"),
+            ("max_macs_per_port = 5000", "max_macs_per_port"),
+            (
+                "max_macs_per_segment = 100\nmax_macs_per_port = 10\nmax_macs_per_peer = 101",
+                "max_macs_per_peer",
+            ),
+        ] {
+            let c: OverlayConfig = toml::from_str(toml).unwrap();
+            let e = c.validate().unwrap_err();
+            assert_eq!(e.key, key, "{toml}: {e}");
+            assert!(e.to_string().contains(key), "{e}");
+        }
     }
 
     #[test]

@@ -18,6 +18,10 @@
 //! [`Switch::poll_timers`] about once a second; carry out every returned
 //! [`Action`]. The clock is always passed in.
 
+// Unsafe code lives in one module only: the bridge ioctl in `port::bridge`,
+// which allows it locally, each block with its `// SAFETY:` line.
+#![deny(unsafe_code)]
+
 pub mod arp_suppress;
 pub mod config;
 pub mod control;

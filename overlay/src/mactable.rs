@@ -1,7 +1,8 @@
-//! The MAC table of one segment: learning, ageing, static entries, and MAC
-//! mobility after RFC 7432 §15 (sequence numbers, tie-break, flap freeze).
+//! The MAC table of one segment: learning, ageing, static entries, limits
+//! on learned entries, and MAC mobility after RFC 7432 §15 (sequence
+//! numbers, tie-break, flap freeze).
 //!
-//! Rules:
+//! Mobility rules:
 //! - A MAC first learned locally gets sequence 0. A MAC that shows up
 //!   locally while the table points at a remote site has moved here: its
 //!   sequence becomes the remote one plus one and the caller advertises it.
@@ -17,6 +18,31 @@
 //! - Locally learned entries and entries learned from remote data traffic
 //!   age out; entries installed by a peer's advertisement live until that
 //!   peer withdraws them, resynchronises without them, or disconnects.
+//!
+//! Limits ([`MacLimits`]), so that a guest inventing source MACs cannot
+//! grow the table here or at any peer:
+//! - Every learned entry is charged to its source, the local port it was
+//!   learned on or the peer site it points at, and to the segment. Static
+//!   entries are configuration: charged to nothing, never displaced.
+//! - A MAC that already has an entry is never refused: refreshes and moves
+//!   (between ports, between sites, after a migration) update it in place,
+//!   and its charge follows it to its new source. Refusing a move would
+//!   strand a migrated VM; a move never grows the table.
+//! - A new MAC learned from a frame (on a local port, or from a peer's
+//!   data traffic) beyond its source's share or the segment limit is not
+//!   learned. The frame is still forwarded; frames to that MAC are unknown
+//!   unicast, flooded under the segment's rate limit. Nothing is evicted
+//!   for it: evicting a learned local MAC would withdraw it from every peer
+//!   and advertise the newcomer, so a flood of invented MACs would become a
+//!   flood of control messages, and the longest-idle real hosts would be
+//!   the first to go. The guest that invents MACs only fills its own share.
+//! - Entries learned from peers' data traffic are a cache of what flooding
+//!   finds again; advertisements and local learning are authoritative and
+//!   are not repeated. So an advertisement beyond its peer's share
+//!   displaces that peer's stalest data-plane entry, and an advertisement
+//!   or a locally learned MAC beyond the segment limit displaces the
+//!   segment's stalest data-plane entry; only when there is none is it
+//!   refused. Frozen entries are never displaced.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
@@ -39,6 +65,46 @@ pub struct MobilityPolicy {
     pub flap_window: Duration,
     /// `None`: frozen MACs stay frozen until [`MacTable::unfreeze`].
     pub freeze_hold: Option<Duration>,
+}
+
+/// The most learned (non-static) entries the table holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MacLimits {
+    /// In the whole segment.
+    pub per_segment: usize,
+    /// Learned on one local port.
+    pub per_port: usize,
+    /// Pointing at one peer site.
+    pub per_peer: usize,
+}
+
+impl MacLimits {
+    /// No limits (tests and tools that need none).
+    pub const UNLIMITED: MacLimits = MacLimits {
+        per_segment: usize::MAX,
+        per_port: usize::MAX,
+        per_peer: usize::MAX,
+    };
+}
+
+/// Which limit kept a new MAC out of the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Limit {
+    Segment,
+    Port,
+    Peer,
+}
+
+impl Limit {
+    pub const ALL: [Limit; 3] = [Limit::Segment, Limit::Port, Limit::Peer];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limit::Segment => "segment",
+            Limit::Port => "port",
+            Limit::Peer => "peer",
+        }
+    }
 }
 
 /// One MAC table entry.
@@ -73,6 +139,19 @@ impl MacEntry {
     pub fn is_frozen(&self) -> bool {
         self.frozen_at.is_some()
     }
+
+    /// What this entry is charged to: its source and whether it is a
+    /// data-plane entry; `None` for static entries.
+    fn tally(&self) -> Option<(Source, bool)> {
+        if self.is_static {
+            return None;
+        }
+        let source = match &self.location {
+            Location::Local(p) => Source::Port(*p),
+            Location::Remote(s) => Source::Peer(s.clone()),
+        };
+        Some((source, self.data_plane))
+    }
 }
 
 /// What learning a source MAC on a local port did.
@@ -90,6 +169,8 @@ pub enum LocalLearn {
     Froze,
     /// Frozen or static: the table did not change.
     Ignored,
+    /// New, but over this limit: not learned.
+    Refused(Limit),
 }
 
 /// What an advertisement from a peer did.
@@ -109,6 +190,9 @@ pub enum AdvertOutcome {
     StaticConflict,
     /// This move froze the MAC.
     Froze,
+    /// New, but over this limit with no data-plane entry to displace: not
+    /// installed.
+    Refused(Limit),
 }
 
 /// A MAC removed by ageing.
@@ -124,19 +208,95 @@ pub fn wins(a_seq: u32, a_site: &SiteId, b_seq: u32, b_site: &SiteId) -> bool {
     a_seq > b_seq || (a_seq == b_seq && a_site < b_site)
 }
 
+/// Who a learned entry is charged to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Source {
+    Port(PortId),
+    Peer(SiteId),
+}
+
+impl Source {
+    fn holds(&self, location: &Location) -> bool {
+        match (self, location) {
+            (Source::Port(p), Location::Local(q)) => p == q,
+            (Source::Peer(s), Location::Remote(r)) => s == r,
+            _ => false,
+        }
+    }
+}
+
+/// Learned entries charged to one source.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Share {
+    entries: usize,
+    data_plane: usize,
+}
+
+/// What the learned entries are charged to.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Usage {
+    learned: usize,
+    data_plane: usize,
+    shares: HashMap<Source, Share>,
+}
+
+impl Usage {
+    fn add(&mut self, t: Option<(Source, bool)>) {
+        let Some((source, dp)) = t else { return };
+        self.learned += 1;
+        self.data_plane += usize::from(dp);
+        let s = self.shares.entry(source).or_default();
+        s.entries += 1;
+        s.data_plane += usize::from(dp);
+    }
+
+    fn sub(&mut self, t: Option<(Source, bool)>) {
+        let Some((source, dp)) = t else { return };
+        self.learned -= 1;
+        self.data_plane -= usize::from(dp);
+        if let Entry::Occupied(mut o) = self.shares.entry(source) {
+            let s = o.get_mut();
+            s.entries -= 1;
+            s.data_plane -= usize::from(dp);
+            if s.entries == 0 {
+                o.remove();
+            }
+        }
+    }
+
+    /// Moves an entry's charge after it changed.
+    fn change(&mut self, before: Option<(Source, bool)>, after: Option<(Source, bool)>) {
+        if before != after {
+            self.sub(before);
+            self.add(after);
+        }
+    }
+
+    fn share(&self, source: &Source) -> Share {
+        self.shares.get(source).copied().unwrap_or_default()
+    }
+}
+
 /// The MAC table of one segment.
 pub struct MacTable {
     local_site: SiteId,
     policy: MobilityPolicy,
+    limits: MacLimits,
     entries: HashMap<MacAddr, MacEntry>,
+    usage: Usage,
+    /// Data-plane entries displaced since the last [`MacTable::take_displaced`].
+    displaced: u64,
 }
 
 impl MacTable {
-    pub fn new(local_site: SiteId, policy: MobilityPolicy) -> Self {
+    pub fn new(local_site: SiteId, policy: MobilityPolicy, limits: MacLimits) -> Self {
         MacTable {
             local_site,
             policy,
+            limits,
             entries: HashMap::new(),
+            usage: Usage::default(),
+            displaced: 0,
         }
     }
 
@@ -156,6 +316,27 @@ impl MacTable {
         self.entries.is_empty()
     }
 
+    /// Learned (non-static) entries, the count the segment limit applies to.
+    pub fn learned_len(&self) -> usize {
+        self.usage.learned
+    }
+
+    /// Learned entries on local `port`.
+    pub fn learned_on_port(&self, port: PortId) -> usize {
+        self.usage.share(&Source::Port(port)).entries
+    }
+
+    /// Learned entries pointing at `site`.
+    pub fn learned_from_peer(&self, site: &SiteId) -> usize {
+        self.usage.share(&Source::Peer(site.clone())).entries
+    }
+
+    /// Data-plane entries displaced by authoritative ones since the last
+    /// call; resets the count.
+    pub fn take_displaced(&mut self) -> u64 {
+        std::mem::take(&mut self.displaced)
+    }
+
     pub fn frozen_count(&self) -> usize {
         self.entries.values().filter(|e| e.is_frozen()).count()
     }
@@ -164,27 +345,87 @@ impl MacTable {
         self.entries.iter()
     }
 
-    /// Installs a static local entry; it never ages or moves.
+    /// Installs a static local entry; it never ages, moves or counts
+    /// against a limit.
     pub fn add_static(&mut self, now: Instant, mac: MacAddr, port: PortId) {
         let mut e = MacEntry::new(Location::Local(port), 0, now);
         e.is_static = true;
+        if let Some(old) = self.entries.insert(mac, e) {
+            self.usage.sub(old.tally());
+        }
+    }
+
+    /// Makes room for a new entry charged to `source`, or says which limit
+    /// keeps it out. `authoritative`: learned locally or advertised, as
+    /// opposed to learned from a peer's data traffic.
+    fn admit(&mut self, source: &Source, authoritative: bool) -> Result<(), Limit> {
+        let (share_limit, limit) = match source {
+            Source::Port(_) => (self.limits.per_port, Limit::Port),
+            Source::Peer(_) => (self.limits.per_peer, Limit::Peer),
+        };
+        let share = self.usage.share(source);
+        if share.entries >= share_limit {
+            // Only an advertisement finds cache entries in its own share:
+            // a port's share holds no data-plane entries.
+            let displaced =
+                authoritative && share.data_plane > 0 && self.displace_stalest(Some(source));
+            if !displaced {
+                return Err(limit);
+            }
+        }
+        if self.usage.learned >= self.limits.per_segment {
+            let displaced =
+                authoritative && self.usage.data_plane > 0 && self.displace_stalest(None);
+            if !displaced {
+                return Err(Limit::Segment);
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the stalest unfrozen data-plane entry (of `source` only, when
+    /// given); returns whether there was one.
+    fn displace_stalest(&mut self, source: Option<&Source>) -> bool {
+        let victim = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.data_plane && !e.is_frozen() && !e.is_static)
+            .filter(|(_, e)| source.is_none_or(|s| s.holds(&e.location)))
+            .min_by_key(|(_, e)| e.last_seen)
+            .map(|(m, _)| *m);
+        let Some(mac) = victim else {
+            return false;
+        };
+        if let Some(e) = self.entries.remove(&mac) {
+            self.usage.sub(e.tally());
+            self.displaced += 1;
+        }
+        true
+    }
+
+    fn insert_new(&mut self, mac: MacAddr, e: MacEntry) {
+        self.usage.add(e.tally());
         self.entries.insert(mac, e);
     }
 
     /// Records a frame from `mac` on local `port`.
     pub fn learn_local(&mut self, now: Instant, mac: MacAddr, port: PortId) -> LocalLearn {
         let policy = self.policy;
-        let e = match self.entries.entry(mac) {
-            Entry::Vacant(v) => {
-                v.insert(MacEntry::new(Location::Local(port), 0, now));
-                return LocalLearn::New { seq: 0 };
+        if !self.entries.contains_key(&mac) {
+            if let Err(limit) = self.admit(&Source::Port(port), true) {
+                return LocalLearn::Refused(limit);
             }
-            Entry::Occupied(o) => o.into_mut(),
+            self.insert_new(mac, MacEntry::new(Location::Local(port), 0, now));
+            return LocalLearn::New { seq: 0 };
+        }
+        let Some(e) = self.entries.get_mut(&mac) else {
+            return LocalLearn::Ignored;
         };
         if e.is_static || e.sticky || e.is_frozen() {
             return LocalLearn::Ignored;
         }
-        match &e.location {
+        let before = e.tally();
+        let outcome = match &e.location {
             Location::Local(p) if *p == port => {
                 e.last_seen = now;
                 LocalLearn::Refreshed
@@ -205,27 +446,38 @@ impl MacTable {
                 e.data_plane = false;
                 LocalLearn::MovedHere { seq: e.seq, from }
             }
-        }
+        };
+        self.usage.change(before, e.tally());
+        outcome
     }
 
     /// Records a frame from `mac` received from `site`: installs a
     /// data-plane entry when the MAC is unknown, refreshes one that exists.
-    /// Entries from advertisements are left to the control plane.
-    pub fn learn_remote_frame(&mut self, now: Instant, mac: MacAddr, site: &SiteId) {
-        match self.entries.entry(mac) {
-            Entry::Vacant(v) => {
+    /// Entries from advertisements are left to the control plane. Returns
+    /// the limit that kept a new MAC out, if one did.
+    pub fn learn_remote_frame(
+        &mut self,
+        now: Instant,
+        mac: MacAddr,
+        site: &SiteId,
+    ) -> Result<(), Limit> {
+        match self.entries.get_mut(&mac) {
+            None => {
+                self.admit(&Source::Peer(site.clone()), false)?;
                 let mut e = MacEntry::new(Location::Remote(site.clone()), 0, now);
                 e.data_plane = true;
-                v.insert(e);
+                self.insert_new(mac, e);
             }
-            Entry::Occupied(mut o) => {
-                let e = o.get_mut();
+            Some(e) => {
                 if e.data_plane {
+                    let before = e.tally();
                     e.location = Location::Remote(site.clone());
                     e.last_seen = now;
+                    self.usage.change(before, e.tally());
                 }
             }
         }
+        Ok(())
     }
 
     /// Applies a peer's advertisement of `mac` at `site` with `seq`; a
@@ -239,14 +491,17 @@ impl MacTable {
         sticky: bool,
     ) -> AdvertOutcome {
         let policy = self.policy;
-        let e = match self.entries.entry(mac) {
-            Entry::Vacant(v) => {
-                let mut e = MacEntry::new(Location::Remote(site.clone()), seq, now);
-                e.sticky = sticky;
-                v.insert(e);
-                return AdvertOutcome::Installed;
+        if !self.entries.contains_key(&mac) {
+            if let Err(limit) = self.admit(&Source::Peer(site.clone()), true) {
+                return AdvertOutcome::Refused(limit);
             }
-            Entry::Occupied(o) => o.into_mut(),
+            let mut e = MacEntry::new(Location::Remote(site.clone()), seq, now);
+            e.sticky = sticky;
+            self.insert_new(mac, e);
+            return AdvertOutcome::Installed;
+        }
+        let Some(e) = self.entries.get_mut(&mac) else {
+            return AdvertOutcome::Ignored;
         };
         if e.is_static {
             // Static here and static there: answering would loop forever.
@@ -258,7 +513,8 @@ impl MacTable {
         if e.is_frozen() {
             return AdvertOutcome::Ignored;
         }
-        match e.location.clone() {
+        let before = e.tally();
+        let outcome = match e.location.clone() {
             Location::Remote(s) if e.data_plane || s == *site => {
                 e.location = Location::Remote(site.clone());
                 e.seq = seq;
@@ -296,7 +552,9 @@ impl MacTable {
                 e.sticky = sticky;
                 AdvertOutcome::MovedAway { from: port }
             }
-        }
+        };
+        self.usage.change(before, e.tally());
+        outcome
     }
 
     /// Applies a peer's withdrawal; returns whether the entry was removed.
@@ -305,7 +563,9 @@ impl MacTable {
             !e.is_frozen() && e.location == Location::Remote(site.clone()) && e.seq <= seq
         });
         if remove {
-            self.entries.remove(&mac);
+            if let Some(e) = self.entries.remove(&mac) {
+                self.usage.sub(e.tally());
+            }
         }
         remove
     }
@@ -314,8 +574,14 @@ impl MacTable {
     /// how many were removed.
     pub fn flush_site(&mut self, site: &SiteId) -> usize {
         let before = self.entries.len();
-        self.entries
-            .retain(|_, e| e.is_frozen() || e.location != Location::Remote(site.clone()));
+        let usage = &mut self.usage;
+        self.entries.retain(|_, e| {
+            let keep = e.is_frozen() || e.location != Location::Remote(site.clone());
+            if !keep {
+                usage.sub(e.tally());
+            }
+            keep
+        });
         before - self.entries.len()
     }
 
@@ -323,11 +589,16 @@ impl MacTable {
     /// (after a full resynchronisation from that site).
     pub fn retain_site(&mut self, site: &SiteId, keep: &dyn Fn(&MacAddr) -> bool) -> usize {
         let before = self.entries.len();
+        let usage = &mut self.usage;
         self.entries.retain(|mac, e| {
-            e.is_frozen()
+            let kept = e.is_frozen()
                 || e.data_plane
                 || e.location != Location::Remote(site.clone())
-                || keep(mac)
+                || keep(mac);
+            if !kept {
+                usage.sub(e.tally());
+            }
+            kept
         });
         before - self.entries.len()
     }
@@ -343,6 +614,7 @@ impl MacTable {
         macs.into_iter()
             .filter_map(|m| {
                 let e = self.entries.remove(&m)?;
+                self.usage.sub(e.tally());
                 Some(Aged {
                     mac: m,
                     was_local: true,
@@ -370,6 +642,7 @@ impl MacTable {
         let policy = self.policy;
         let mut aged = Vec::new();
         let mut unfrozen = Vec::new();
+        let usage = &mut self.usage;
         self.entries.retain(|mac, e| {
             if let Some(at) = e.frozen_at {
                 if policy.freeze_hold.is_some_and(|h| now >= at + h) {
@@ -387,6 +660,7 @@ impl MacTable {
                     was_local: matches!(e.location, Location::Local(_)),
                     seq: e.seq,
                 });
+                usage.sub(e.tally());
                 return false;
             }
             true
@@ -408,6 +682,16 @@ impl MacTable {
                 None => None,
             })
             .min()
+    }
+
+    /// The charges recomputed from the entries (tests check they match).
+    #[cfg(test)]
+    fn recount(&self) -> Usage {
+        let mut u = Usage::default();
+        for e in self.entries.values() {
+            u.add(e.tally());
+        }
+        u
     }
 }
 
@@ -445,7 +729,7 @@ mod tests {
     }
 
     fn table(site: &str) -> MacTable {
-        MacTable::new(SiteId::new(site), policy())
+        MacTable::new(SiteId::new(site), policy(), MacLimits::UNLIMITED)
     }
 
     #[test]
@@ -490,7 +774,7 @@ mod tests {
         let t0 = Instant::now();
         let d = MacAddr([2, 0, 0, 0, 0, 7]);
         t.on_advert(t0, M, &"b".into(), 3, false);
-        t.learn_remote_frame(t0, d, &"b".into());
+        t.learn_remote_frame(t0, d, &"b".into()).unwrap();
         let (aged, _) = t.expire(t0 + Duration::from_secs(1000));
         assert_eq!(aged.len(), 1);
         assert_eq!(aged[0].mac, d);
@@ -566,14 +850,14 @@ mod tests {
     fn advert_replaces_data_plane_entry_whatever_its_sequence() {
         let mut t = table("a");
         let now = Instant::now();
-        t.learn_remote_frame(now, M, &"b".into());
+        t.learn_remote_frame(now, M, &"b".into()).unwrap();
         assert_eq!(
             t.on_advert(now, M, &"c".into(), 0, false),
             AdvertOutcome::Installed
         );
         assert_eq!(t.lookup(&M), Some(&Location::Remote("c".into())));
         // Data-plane learning does not override the advertised entry.
-        t.learn_remote_frame(now, M, &"b".into());
+        t.learn_remote_frame(now, M, &"b".into()).unwrap();
         assert_eq!(t.lookup(&M), Some(&Location::Remote("c".into())));
     }
 
@@ -643,6 +927,7 @@ mod tests {
                 freeze_hold: Some(Duration::from_secs(60)),
                 ..policy()
             },
+            MacLimits::UNLIMITED,
         );
         let t0 = Instant::now();
         t.learn_local(t0, M, PortId(1));
@@ -705,5 +990,200 @@ mod tests {
         assert_eq!(t.flush_site(&"b".into()), 1);
         assert_eq!(t.len(), 1);
         assert!(t.lookup(&m3).is_some());
+    }
+
+    fn limited(site: &str, per_segment: usize, per_port: usize, per_peer: usize) -> MacTable {
+        MacTable::new(
+            SiteId::new(site),
+            policy(),
+            MacLimits {
+                per_segment,
+                per_port,
+                per_peer,
+            },
+        )
+    }
+
+    fn m(n: u16) -> MacAddr {
+        let [hi, lo] = n.to_be_bytes();
+        MacAddr([2, 0, 0, 1, hi, lo])
+    }
+
+    /// The charges the table keeps match the entries it holds.
+    fn assert_charges_match(t: &MacTable) {
+        assert_eq!(t.usage, t.recount());
+    }
+
+    #[test]
+    fn a_port_over_its_share_learns_nothing_new_and_evicts_nothing() {
+        let mut t = limited("a", 100, 3, 50);
+        let now = Instant::now();
+        let st = MacAddr([2, 9, 9, 9, 9, 9]);
+        t.add_static(now, st, PortId(1));
+        for i in 0..3 {
+            assert_eq!(
+                t.learn_local(now, m(i), PortId(1)),
+                LocalLearn::New { seq: 0 }
+            );
+        }
+        assert_eq!(
+            t.learn_local(now, m(3), PortId(1)),
+            LocalLearn::Refused(Limit::Port)
+        );
+        assert!(t.lookup(&m(3)).is_none());
+        // Known MACs still refresh, statics are untouched and not counted,
+        // and another port has its own share.
+        assert_eq!(t.learn_local(now, m(0), PortId(1)), LocalLearn::Refreshed);
+        assert_eq!(t.lookup(&st), Some(&Location::Local(PortId(1))));
+        assert_eq!(t.learned_on_port(PortId(1)), 3);
+        assert_eq!(t.learned_len(), 3);
+        assert_eq!(
+            t.learn_local(now, m(3), PortId(2)),
+            LocalLearn::New { seq: 0 }
+        );
+        // Ageing frees the share.
+        let later = now + Duration::from_secs(400);
+        t.learn_local(later, m(3), PortId(2));
+        t.expire(later);
+        assert_eq!(t.learned_on_port(PortId(1)), 0);
+        assert_eq!(
+            t.learn_local(later, m(4), PortId(1)),
+            LocalLearn::New { seq: 0 }
+        );
+        assert_charges_match(&t);
+    }
+
+    #[test]
+    fn moves_are_never_refused_and_carry_their_charge() {
+        let mut t = limited("a", 100, 2, 50);
+        let now = Instant::now();
+        t.learn_local(now, m(0), PortId(1));
+        t.learn_local(now, m(1), PortId(1));
+        // A VM that lived at b migrates onto the full port: it moves here.
+        t.on_advert(now, m(2), &"b".into(), 4, false);
+        assert_eq!(
+            t.learn_local(now, m(2), PortId(1)),
+            LocalLearn::MovedHere {
+                seq: 5,
+                from: "b".into()
+            }
+        );
+        assert_eq!(t.learned_on_port(PortId(1)), 3);
+        assert_eq!(t.learned_from_peer(&"b".into()), 0);
+        // Moving between ports and away again is not refused either.
+        assert_eq!(t.learn_local(now, m(2), PortId(3)), LocalLearn::PortMove);
+        assert_eq!(
+            t.on_advert(now, m(0), &"c".into(), 1, false),
+            AdvertOutcome::MovedAway { from: PortId(1) }
+        );
+        assert_eq!(t.learned_on_port(PortId(1)), 1);
+        assert_eq!(t.learned_from_peer(&"c".into()), 1);
+        assert_charges_match(&t);
+    }
+
+    #[test]
+    fn peer_data_traffic_is_capped_and_adverts_displace_it() {
+        let mut t = limited("a", 100, 10, 4);
+        let t0 = Instant::now();
+        let b: SiteId = "b".into();
+        for i in 0..6u16 {
+            let at = t0 + Duration::from_secs(u64::from(i));
+            let r = t.learn_remote_frame(at, m(i), &b);
+            assert_eq!(r, if i < 4 { Ok(()) } else { Err(Limit::Peer) });
+        }
+        assert_eq!(t.learned_from_peer(&b), 4);
+        // An advertisement is authoritative: it displaces b's stalest
+        // data-plane entry (m(0)), never an advertised one.
+        let now = t0 + Duration::from_secs(10);
+        assert_eq!(
+            t.on_advert(now, m(10), &b, 0, false),
+            AdvertOutcome::Installed
+        );
+        assert!(t.lookup(&m(0)).is_none());
+        assert_eq!(t.take_displaced(), 1);
+        for i in 11..14 {
+            assert_eq!(
+                t.on_advert(now, m(i), &b, 0, false),
+                AdvertOutcome::Installed
+            );
+        }
+        assert_eq!(t.take_displaced(), 3);
+        // Now b's share holds advertised entries only.
+        assert_eq!(
+            t.on_advert(now, m(14), &b, 0, false),
+            AdvertOutcome::Refused(Limit::Peer)
+        );
+        assert_eq!(t.learned_from_peer(&b), 4);
+        assert_charges_match(&t);
+    }
+
+    #[test]
+    fn a_full_segment_refuses_data_plane_learning_and_gives_way_to_local_hosts() {
+        let mut t = limited("a", 6, 4, 4);
+        let t0 = Instant::now();
+        for (i, site) in [(0u16, "b"), (1, "b"), (2, "c"), (3, "c")] {
+            let at = t0 + Duration::from_secs(u64::from(i));
+            t.learn_remote_frame(at, m(i), &site.into()).unwrap();
+        }
+        t.learn_local(t0, m(4), PortId(1));
+        t.learn_local(t0, m(5), PortId(1));
+        assert_eq!(t.learned_len(), 6);
+        assert_eq!(
+            t.learn_remote_frame(t0, m(6), &"c".into()),
+            Err(Limit::Segment)
+        );
+        // A local host displaces the segment's stalest data-plane entry.
+        let now = t0 + Duration::from_secs(10);
+        assert_eq!(
+            t.learn_local(now, m(7), PortId(2)),
+            LocalLearn::New { seq: 0 }
+        );
+        assert!(t.lookup(&m(0)).is_none());
+        assert_eq!(t.take_displaced(), 1);
+        assert_eq!(t.learned_len(), 6);
+        // Frozen data-plane entries are never displaced.
+        let mut f = limited("a", 1, 4, 4);
+        f.learn_remote_frame(t0, m(0), &"b".into()).unwrap();
+        f.entries.get_mut(&m(0)).unwrap().frozen_at = Some(t0);
+        assert_eq!(
+            f.learn_local(t0, m(1), PortId(1)),
+            LocalLearn::Refused(Limit::Segment)
+        );
+        assert_charges_match(&t);
+        assert_charges_match(&f);
+    }
+
+    #[test]
+    fn charges_follow_every_change_of_the_table() {
+        // A random walk through every operation; the kept charges must
+        // always match a recount, and the limits must hold.
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let mut t = limited("b", 40, 12, 20);
+        let t0 = Instant::now();
+        let sites: [SiteId; 3] = ["a".into(), "c".into(), "d".into()];
+        for step in 0..20_000u64 {
+            let now = t0 + Duration::from_millis(step * 50);
+            let mac = m(rng.random_range(0..80));
+            let site = &sites[rng.random_range(0..3)];
+            let port = PortId(rng.random_range(1..4));
+            match rng.random_range(0..100) {
+                0..=34 => drop(t.learn_local(now, mac, port)),
+                35..=59 => drop(t.learn_remote_frame(now, mac, site)),
+                60..=79 => drop(t.on_advert(now, mac, site, rng.random_range(0..5), false)),
+                80..=86 => drop(t.on_withdraw(mac, site, rng.random_range(0..5))),
+                87..=89 => drop(t.expire(now)),
+                90 => drop(t.flush_site(site)),
+                91 => drop(t.retain_site(site, &|x| x.0[5] % 2 == 0)),
+                92 => drop(t.flush_port(port)),
+                93 => t.add_static(now, mac, port),
+                94 => drop(t.on_advert(now, mac, site, 0, true)),
+                95 => drop(t.unfreeze(&mac)),
+                _ => {}
+            }
+            assert_charges_match(&t);
+            assert!(t.learned_len() <= 40, "step {step}");
+        }
+        assert!(t.take_displaced() > 0);
     }
 }

@@ -1,7 +1,7 @@
 //! Prometheus metrics of the overlay (`wanmig_overlay_*`), registered on a
 //! registry the caller owns, and the drop reasons they are labelled with.
 
-use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 /// Why a frame, datagram or control message was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -86,9 +86,12 @@ pub struct OverlayMetrics {
     pub fragments: IntCounterVec,
     pub reassembled: IntCounter,
     pub reassembly_failures: IntCounterVec,
+    pub reassembly_bytes: IntGauge,
     pub drops: IntCounterVec,
     pub mac_table_size: IntGaugeVec,
     pub mac_moves: IntCounterVec,
+    pub mac_learning_refused: IntCounterVec,
+    pub mac_displaced: IntCounterVec,
     pub frozen_macs: IntGaugeVec,
     pub mss_clamped: IntCounterVec,
     pub control_messages: IntCounterVec,
@@ -150,9 +153,14 @@ impl OverlayMetrics {
             .expect("valid metric definition"),
             reassembly_failures: counter_vec(
                 "wanmig_overlay_reassembly_failures_total",
-                "Partially received frames dropped, by reason.",
+                "Partially received frames dropped, by reason: timeout, peer_budget (evicted to keep its peer within reassembly_buffer_per_peer), global_budget (evicted to keep all peers within reassembly_buffer), inconsistent, oversized, too_many_fragments.",
                 &["reason"],
             ),
+            reassembly_bytes: IntGauge::new(
+                "wanmig_overlay_reassembly_bytes",
+                "Memory held by partially received frames (buffers, fragment slots, bookkeeping).",
+            )
+            .expect("valid metric definition"),
             drops: counter_vec(
                 "wanmig_overlay_drops_total",
                 "Frames, datagrams and control messages dropped, by reason.",
@@ -166,6 +174,16 @@ impl OverlayMetrics {
             mac_moves: counter_vec(
                 "wanmig_overlay_mac_moves_total",
                 "MAC moves between sites, by VNI.",
+                &["vni"],
+            ),
+            mac_learning_refused: counter_vec(
+                "wanmig_overlay_mac_learning_refused_total",
+                "New MACs not learned because a MAC table limit was reached, by VNI and limit (segment, port, peer).",
+                &["vni", "limit"],
+            ),
+            mac_displaced: counter_vec(
+                "wanmig_overlay_mac_displaced_total",
+                "Data-plane MAC entries displaced by advertised or locally learned MACs at a limit, by VNI.",
                 &["vni"],
             ),
             frozen_macs: gauge_vec(
@@ -198,9 +216,12 @@ impl OverlayMetrics {
         registry.register(Box::new(m.fragments.clone()))?;
         registry.register(Box::new(m.reassembled.clone()))?;
         registry.register(Box::new(m.reassembly_failures.clone()))?;
+        registry.register(Box::new(m.reassembly_bytes.clone()))?;
         registry.register(Box::new(m.drops.clone()))?;
         registry.register(Box::new(m.mac_table_size.clone()))?;
         registry.register(Box::new(m.mac_moves.clone()))?;
+        registry.register(Box::new(m.mac_learning_refused.clone()))?;
+        registry.register(Box::new(m.mac_displaced.clone()))?;
         registry.register(Box::new(m.frozen_macs.clone()))?;
         registry.register(Box::new(m.mss_clamped.clone()))?;
         registry.register(Box::new(m.control_messages.clone()))?;

@@ -6,12 +6,14 @@
 //! suppression ([`crate::arp_suppress`]), flood policy ([`crate::flood`]),
 //! fragmentation ([`crate::fragment`]) and MSS clamping
 //! ([`crate::mss_clamp`]), and keeps the metrics ([`crate::metrics`]).
+//! MACs the table's limits keep out are counted and logged at most once
+//! per [`LIMIT_LOG_INTERVAL`] per segment, never once per frame.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use prometheus::IntGauge;
+use prometheus::{IntCounter, IntGauge};
 
 use crate::arp_suppress::{self, ArpCache};
 use crate::config::{ConfigError, OverlayConfig, SegmentConfig};
@@ -21,7 +23,7 @@ use crate::flood::{self, Ingress, TokenBucket};
 use crate::fragment::{self, Reassembler, ReassemblyLimits};
 use crate::frame::{EthFrame, FrameError};
 use crate::ids::{MacAddr, PortId, SiteId, Vni};
-use crate::mactable::{AdvertOutcome, Aged, LocalLearn, Location, MacTable, MobilityPolicy};
+use crate::mactable::{AdvertOutcome, Aged, Limit, LocalLearn, Location, MacTable, MobilityPolicy};
 use crate::metrics::{DropReason, OverlayMetrics, Traffic};
 use crate::mss_clamp;
 
@@ -95,6 +97,37 @@ struct Segment {
     peers: HashMap<SiteId, PeerTraffic>,
     size_gauge: IntGauge,
     frozen_gauge: IntGauge,
+    /// New MACs kept out, by [`Limit::ALL`] order.
+    refused: [IntCounter; 3],
+    displaced: IntCounter,
+    limit_log: LimitLog,
+}
+
+/// How often, at most, a segment logs that its MAC limits keep MACs out.
+pub const LIMIT_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Where a MAC the limits kept out was seen.
+#[derive(Debug, Clone)]
+enum Seen {
+    Port(PortId),
+    Peer(SiteId),
+}
+
+impl std::fmt::Display for Seen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Seen::Port(p) => write!(f, "{p}"),
+            Seen::Peer(s) => write!(f, "peer {s}"),
+        }
+    }
+}
+
+/// MACs kept out by the limits since the segment last logged them.
+#[derive(Default)]
+struct LimitLog {
+    pending: [u64; 3],
+    last_seen: Option<Seen>,
+    last_logged: Option<Instant>,
 }
 
 impl Segment {
@@ -111,6 +144,60 @@ impl Segment {
     fn update_gauges(&self) {
         self.size_gauge.set(self.macs.len() as i64);
         self.frozen_gauge.set(self.macs.frozen_count() as i64);
+    }
+
+    /// Counts a new MAC that `limit` kept out; logs when a log is due.
+    fn refused(&mut self, now: Instant, limit: Limit, seen: Seen) {
+        let i = limit_index(limit);
+        self.refused[i].inc();
+        self.limit_log.pending[i] += 1;
+        self.limit_log.last_seen = Some(seen);
+        self.log_limits(now);
+    }
+
+    /// Counts the data-plane entries the latest learning displaced.
+    fn count_displaced(&mut self) {
+        let n = self.macs.take_displaced();
+        if n > 0 {
+            self.displaced.inc_by(n);
+        }
+    }
+
+    /// Logs the MACs kept out since the last log, if any and if the last
+    /// log is at least [`LIMIT_LOG_INTERVAL`] old.
+    fn log_limits(&mut self, now: Instant) {
+        let log = &mut self.limit_log;
+        let due = log
+            .last_logged
+            .is_none_or(|t| now.saturating_duration_since(t) >= LIMIT_LOG_INTERVAL);
+        if !due || log.pending.iter().all(|n| *n == 0) {
+            return;
+        }
+        let [segment_full, port_share, peer_share] = log.pending;
+        let last = log
+            .last_seen
+            .take()
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        tracing::warn!(
+            vni = %self.vni,
+            segment = %self.cfg.name,
+            segment_full,
+            port_share,
+            peer_share,
+            last_from = %last,
+            "MAC table limits kept new source MACs out: their frames are still forwarded, frames to them are treated as unknown unicast (flooded under the rate limit); raise max_macs_per_segment/port/peer if these are real hosts"
+        );
+        log.pending = [0; 3];
+        log.last_logged = Some(now);
+    }
+}
+
+fn limit_index(limit: Limit) -> usize {
+    match limit {
+        Limit::Segment => 0,
+        Limit::Port => 1,
+        Limit::Peer => 2,
     }
 }
 
@@ -160,7 +247,7 @@ impl Switch {
                     cfg: s.clone(),
                     vni,
                     ports: Vec::new(),
-                    macs: MacTable::new(local_site.clone(), policy),
+                    macs: MacTable::new(local_site.clone(), policy, config.mac_limits()),
                     arp: ArpCache::new(config.arp_ageing),
                     flood_local: TokenBucket::new(s.flood_rate_pps, s.flood_burst),
                     flood_remote: TokenBucket::new(s.flood_rate_pps, s.flood_burst),
@@ -171,6 +258,13 @@ impl Switch {
                     peers: HashMap::new(),
                     size_gauge: metrics.mac_table_size.with_label_values(&[&label]),
                     frozen_gauge: metrics.frozen_macs.with_label_values(&[&label]),
+                    refused: Limit::ALL.map(|l| {
+                        metrics
+                            .mac_learning_refused
+                            .with_label_values(&[&label, l.as_str()])
+                    }),
+                    displaced: metrics.mac_displaced.with_label_values(&[&label]),
+                    limit_log: LimitLog::default(),
                     label,
                 },
             );
@@ -185,6 +279,7 @@ impl Switch {
                 reasm: Reassembler::new(ReassemblyLimits {
                     timeout: config.reassembly_timeout,
                     max_buffered: config.reassembly_buffer,
+                    max_buffered_per_peer: config.reassembly_buffer_per_peer(),
                     max_frame: config.max_frame_size,
                 }),
                 next_frag_id: 0,
@@ -347,7 +442,9 @@ impl Switch {
                 }
             }
             LocalLearn::Ignored => {}
+            LocalLearn::Refused(limit) => seg.refused(now, limit, Seen::Port(port)),
         }
+        seg.count_displaced();
         seg.size_gauge.set(seg.macs.len() as i64);
 
         // ARP suppression.
@@ -443,9 +540,7 @@ impl Switch {
         let frame = match hdr.fragment {
             Some(fi) => {
                 ctx.metrics.fragments.with_label_values(&["rx"]).inc();
-                let done = ctx
-                    .reasm
-                    .push(now, from, hdr.vni, fi, datagram.slice(off..));
+                let done = ctx.reasm.push(now, from, hdr.vni, fi, &datagram[off..]);
                 ctx.sync_reassembly_counts();
                 match done {
                     Some(f) => f,
@@ -471,7 +566,9 @@ impl Switch {
         // Announcements (GARP/RARP) were already rate-limited or were moves
         // at the sending site; they must reach local switches after a move.
         let announcement = arp.is_some_and(|a| a.is_announcement());
-        seg.macs.learn_remote_frame(now, eth.src, from);
+        if let Err(limit) = seg.macs.learn_remote_frame(now, eth.src, from) {
+            seg.refused(now, limit, Seen::Peer(from.clone()));
+        }
         seg.size_gauge.set(seg.macs.len() as i64);
         let dst = eth.dst;
         if dst.is_group() {
@@ -615,7 +712,8 @@ impl Switch {
         self.ctx.peers.keys()
     }
 
-    /// Runs ageing, reassembly timeouts and freeze holds.
+    /// Runs ageing, reassembly timeouts and freeze holds, and logs MACs the
+    /// limits kept out since the last log when it is due.
     pub fn poll_timers(&mut self, now: Instant) -> Actions {
         let mut out = Vec::new();
         let ctx = &mut self.ctx;
@@ -633,6 +731,7 @@ impl Switch {
                 }));
             }
             seg.arp.expire(now);
+            seg.log_limits(now);
             seg.update_gauges();
         }
         out
@@ -722,6 +821,10 @@ impl Ctx {
         }
         let moved = match seg.macs.on_advert(now, a.mac, from, a.seq, a.sticky) {
             AdvertOutcome::Installed | AdvertOutcome::Ignored => false,
+            AdvertOutcome::Refused(limit) => {
+                seg.refused(now, limit, Seen::Peer(from.clone()));
+                false
+            }
             AdvertOutcome::StaticConflict => {
                 tracing::warn!(vni = %seg.vni, mac = %a.mac, peer = %from, "MAC is configured static at two sites; keeping ours");
                 self.metrics.drop(DropReason::StaticConflict);
@@ -757,10 +860,14 @@ impl Ctx {
                 to: Location::Remote(from.clone()),
             }));
         }
+        seg.count_displaced();
         seg.size_gauge.set(seg.macs.len() as i64);
     }
 
     fn sync_reassembly_counts(&mut self) {
+        self.metrics
+            .reassembly_bytes
+            .set(self.reasm.buffered_bytes() as i64);
         let c = self.reasm.take_counts();
         if c.completed > 0 {
             self.metrics.reassembled.inc_by(c.completed);
@@ -773,9 +880,11 @@ impl Ctx {
         }
         for (reason, n) in [
             ("timeout", c.timeouts),
-            ("evicted", c.evicted),
+            ("peer_budget", c.peer_budget),
+            ("global_budget", c.global_budget),
             ("inconsistent", c.inconsistent),
             ("oversized", c.oversized),
+            ("too_many_fragments", c.too_many_fragments),
         ] {
             if n > 0 {
                 self.metrics

@@ -11,8 +11,11 @@
 //! interface/namespace names that stay unique across parallel tests and
 //! processes and fit Linux's 15-character interface-name limit.
 //! [`free_tcp_port`] / [`free_udp_port`] give ports a child process binds.
+//! [`qemu`] gates tests on QEMU (`WANMIG_REQUIRE_QEMU=1` makes a missing
+//! QEMU a failure) and holds a QMP client and a test guest firmware.
 
 mod ports;
+pub mod qemu;
 
 pub use ports::{free_tcp_port, free_udp_port};
 

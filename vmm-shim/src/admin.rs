@@ -8,7 +8,6 @@
 //! `tcp:HOST:PORT`).
 
 use crate::migration::{migrate_to, MigrateOptions, MigrationReport, MigrationStream};
-use crate::planner::PlannerConfig;
 use crate::vm::Vm;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
@@ -17,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use wanmig_migration::admin::{MemSample, Status};
+use wanmig_migration::policy::PlannerConfig;
 
 /// Where a migration goes to or comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -14,7 +14,6 @@ pub mod guest_control;
 mod kick;
 pub mod memory;
 pub mod migration;
-pub mod planner;
 pub mod protocol_io;
 pub mod serial;
 pub mod state;

@@ -7,7 +7,6 @@
 //! handover leaves the VM running at the source.
 
 use crate::memory::{self, Page};
-use crate::planner::{Decision, Planner, PlannerConfig, RoundResult, StopReason};
 use crate::protocol_io::{self, StreamError};
 use crate::serial::SerialSink;
 use crate::state::{StateError, VmState};
@@ -16,6 +15,9 @@ use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 use wanmig_migration::machine::VmConfig;
+use wanmig_migration::policy::{
+    ConvergenceMode, Decision, Planner, PlannerConfig, RoundResult, StopReason,
+};
 use wanmig_migration::shim::{Decoder, Message, PageBatch, BATCH_PAGES, SHIM};
 
 /// A byte stream a migration can run over.
@@ -110,19 +112,6 @@ pub struct RoundReport {
     pub dirty_after: u64,
     /// vCPU throttle during the round, percent.
     pub throttle: u8,
-}
-
-/// How the migration converged.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-pub enum ConvergenceMode {
-    /// The dirty set shrank until the final round fit the budget.
-    Converged,
-    /// It fit the budget only after throttling the vCPU.
-    AutoConverge,
-    /// It could not fit; stopped at a local minimum of the dirty set.
-    SmartStop,
-    /// Stopped at the round limit.
-    RoundLimit,
 }
 
 /// What an outgoing migration did.
@@ -389,12 +378,7 @@ fn run_source<S: MigrationStream>(
         Err(e) => return Err(MigrationError::HandoverUnconfirmed(e.to_string())),
     }
     let total_pages_sent = rounds.iter().map(|r| r.pages).sum::<u64>() + last.len() as u64;
-    let mode = match stop_reason {
-        StopReason::FitsBudget if max_throttle == 0 => ConvergenceMode::Converged,
-        StopReason::FitsBudget => ConvergenceMode::AutoConverge,
-        StopReason::SmartStop => ConvergenceMode::SmartStop,
-        StopReason::MaxRounds => ConvergenceMode::RoundLimit,
-    };
+    let mode = ConvergenceMode::of(stop_reason, max_throttle);
     Ok(MigrationReport {
         memory_pages,
         rounds,

@@ -7,10 +7,10 @@
 //!
 //! Wall time is cut into cycles of [`CYCLE`] from the moment the throttle
 //! was set: the first `100 - p` % of each cycle the vCPU may run, the rest
-//! it is held off. Counting only time inside KVM_RUN (the throttle this
-//! replaces) barely slows a guest that paces itself with the sleep port and
-//! runs a few % of the time; holding it off wall time cuts such a guest's
-//! work roughly in proportion. The cycle is long compared with the guest's
+//! it is held off. Counting only time inside KVM_RUN would barely slow a
+//! guest that paces itself with the sleep port and runs a few % of the
+//! time; holding it off wall time cuts such a guest's work roughly in
+//! proportion. The cycle is long compared with the guest's
 //! own pacing period (a few ms) because a paced guest that wakes behind
 //! schedule does one catch-up step at the start of each run window: with
 //! QEMU's 10 ms timeslice that step alone would keep a guest ticking every

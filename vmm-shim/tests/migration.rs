@@ -12,10 +12,10 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 use wanmig_migration::admin::RunExit;
 use wanmig_migration::machine::VmConfig;
+use wanmig_migration::policy::{ConvergenceMode, PlannerConfig};
 use wanmig_migration::shim::{Decoder, Kind, Message, ProtocolError, SHIM};
 use wanmig_migration::version::{PreambleError, VersionError};
-use wanmig_vmm::migration::{ConvergenceMode, IncomingReport};
-use wanmig_vmm::planner::PlannerConfig;
+use wanmig_vmm::migration::IncomingReport;
 use wanmig_vmm::protocol_io::{self, StreamError};
 use wanmig_vmm::{migrate_to, receive_from, MigrateOptions, MigrationError, ReceiveOptions, Vm};
 

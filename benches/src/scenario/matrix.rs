@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 use wanmig_gateway::demo::{DemoOptions, GuestWorkload, MemoryMix};
+use wanmig_gateway::lab::Link;
+use wanmig_netem::{JitterDist, LinkParams, LossModel};
 
 /// RTTs of the matrix, milliseconds.
 pub const RTTS_MS: [u64; 5] = [1, 20, 50, 100, 150];
@@ -93,6 +95,19 @@ impl LinkSpec {
         )
     }
 
+    /// Both directions of the emulated link: this RTT and rate, the mean
+    /// loss (bursty for [`Loss::Bursty1`]) and the jitter.
+    pub fn link(&self) -> Link {
+        let burst = (self.loss == Loss::Bursty1).then_some(BURST_PACKETS);
+        let p = LinkParams::wan(self.rtt(), self.rate_bps())
+            .with_loss(LossModel::of_mean(self.loss.mean(), burst))
+            .with_jitter(self.jitter(), JitterDist::Uniform);
+        Link {
+            forward: p.clone(),
+            reverse: p,
+        }
+    }
+
     pub fn slug(&self) -> String {
         let loss = match self.loss {
             Loss::Clean => "clean",
@@ -168,11 +183,7 @@ impl Scenario {
     /// for the memory migration, which ends before the storage copy starts.
     pub fn demo_options(&self, reduction: bool) -> DemoOptions {
         DemoOptions {
-            rtt: self.link.rtt(),
-            rate_bps: self.link.rate_bps(),
-            loss: self.link.loss.mean(),
-            loss_burst: (self.link.loss == Loss::Bursty1).then_some(BURST_PACKETS),
-            jitter: self.link.jitter(),
+            link: self.link.link(),
             mem_bytes: self.mem_bytes,
             mix: self.mix,
             workload: self.workload,
@@ -247,8 +258,8 @@ impl Set {
                     ));
                 }
                 v.extend(guest_sweep(LinkSpec::new(100, 250, Loss::Clean), MEM));
-                // The hardest corner of issue #7's envelope: the slowest
-                // rate at the longest RTT with bursty loss, with both
+                // The hardest corner of the matrix: the slowest rate at
+                // the longest RTT with bursty loss, with both
                 // write-heavy guests (one word per write, and whole pages
                 // that defeat deltas).
                 for w in [WriteHeavy, WriteHeavyPages] {
@@ -359,8 +370,15 @@ mod tests {
             64 << 20,
         );
         let o = s.demo_options(true);
-        assert_eq!(o.jitter, Duration::from_micros(2500));
-        assert!((o.loss_model().mean_loss() - 0.01).abs() < 1e-9);
+        assert_eq!(o.link.forward.jitter, Duration::from_micros(2500));
+        assert_eq!(
+            o.link.forward.loss,
+            LossModel::Bursty {
+                mean: 0.01,
+                burst: BURST_PACKETS
+            }
+        );
+        assert_eq!(o.link.reverse, o.link.forward);
         assert!(!s.demo_options(false).reduction);
         assert_eq!(s.demo_options(true).disk_bytes, Some(DISK_BYTES));
         assert_eq!(

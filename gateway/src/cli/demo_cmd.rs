@@ -7,8 +7,10 @@ use anyhow::{bail, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use wanmig_gateway::demo::{self, DemoOptions, DemoReport, GuestWorkload, MemoryMix};
+use wanmig_gateway::lab::Link;
 use wanmig_gateway::migration::MigrationRecord;
-use wanmig_netem::units::{parse_duration, parse_percent, parse_rate, parse_size};
+use wanmig_netem::LinkArgs;
+use wanmig_units::{format_rate, format_size, parse_duration, parse_size};
 
 /// Two sites on loopback joined by the WAN emulator; a KVM guest at site A
 /// with realistic memory content that keeps dirtying memory; a TCP client at
@@ -18,26 +20,17 @@ use wanmig_netem::units::{parse_duration, parse_percent, parse_rate, parse_size}
 /// results continue exactly, and that the TCP session survived with every
 /// byte in order. Needs /dev/kvm, not root. Exits non-zero when a check
 /// fails.
+///
+/// The link flags are `wanmig netem`'s; the demo's link defaults to a
+/// 100 ms RTT and 250 Mbit/s with no loss or jitter.
 #[derive(Debug, Args)]
+#[command(
+    mut_arg("rtt", |a| a.default_value("100ms")),
+    mut_arg("rate", |a| a.default_value("250mbit")),
+)]
 pub struct DemoArgs {
-    /// Round-trip time of the emulated WAN.
-    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
-    rtt: Duration,
-    /// Bottleneck rate of the emulated WAN (e.g. 250mbit, 1gbit).
-    #[arg(long, default_value = "250mbit", value_parser = parse_rate)]
-    rate: u64,
-    /// Mean packet loss on each direction (e.g. 0.1%); independent unless
-    /// --loss-burst makes it bursty.
-    #[arg(long, default_value = "0%", value_parser = parse_percent)]
-    loss: f64,
-    /// Make the loss bursty (Gilbert-Elliott) with this mean burst length in
-    /// packets (e.g. 4); --loss stays the mean loss rate.
-    #[arg(long, value_name = "PACKETS")]
-    loss_burst: Option<f64>,
-    /// Uniform delay variation added to each direction (e.g. 5ms).
-    #[arg(long, default_value = "0ms", value_parser = parse_duration)]
-    jitter: Duration,
-    /// Guest memory (e.g. 512MiB), filled with the --mix.
+    /// Guest memory in bytes, e.g. 512M (K, M, G are powers of 1024, as
+    /// KiB, MiB, GiB; kB, MB, GB powers of 1000), filled with the --mix.
     #[arg(long, default_value = "512MiB", value_parser = parse_size)]
     mem: u64,
     /// What guest memory holds: `fresh` (a freshly booted VM, 90% zero
@@ -54,12 +47,13 @@ pub struct DemoArgs {
     /// cannot shrink re-sent pages and wanmig must throttle the guest too).
     #[arg(long, value_enum, default_value = "moderate")]
     workload: GuestWorkload,
-    /// How fast the moderate guest dirties memory, bytes per second (e.g.
-    /// 5MiB).
+    /// How fast the moderate guest dirties memory: bytes per second, as a
+    /// size (e.g. 5M is 5 MiB/s; K, M, G are powers of 1024).
     #[arg(long, default_value = "5MiB", value_parser = parse_size)]
     dirty_rate: u64,
-    /// Size of the VM's sparse disk, which the guest's disk workload writes
-    /// and which follows the VM to site B after the compute move.
+    /// Size of the VM's sparse disk in bytes (e.g. 64M = 64 MiB; K, M, G
+    /// are powers of 1024), which the guest's disk workload writes and
+    /// which follows the VM to site B after the compute move.
     #[arg(long, default_value = "64MiB", value_parser = parse_size)]
     disk: u64,
     /// Run the VM without a disk (no storage migration).
@@ -82,6 +76,8 @@ pub struct DemoArgs {
     /// Print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
+    #[command(flatten, next_help_heading = "The emulated WAN link")]
+    link: LinkArgs,
 }
 
 fn progress_bar(json: bool) -> ProgressBar {
@@ -106,26 +102,29 @@ fn show(bar: &ProgressBar, r: &MigrationRecord) {
         p.memory_pages
     });
     bar.set_message(format!(
-        "round {} ({} pages)  {:?}  wire {:.1} MiB  reduction {:.2}x",
+        "round {} ({} pages)  {:?}  wire {}  reduction {:.2}x",
         p.round,
         p.round_pages,
         r.phase,
-        p.bytes_out as f64 / (1 << 20) as f64,
+        format_size(p.bytes_out),
         p.reduction_ratio()
     ));
 }
 
 fn print_human(r: &DemoReport) {
-    let mib = |b: u64| b as f64 / (1 << 20) as f64;
     println!(
-        "wanmig demo — two sites, {:.0} ms RTT (jitter {:.0} ms), {:.0} Mbit/s, {:.2}% loss ({})",
-        r.link.rtt_ms, r.link.jitter_ms, r.link.rate_mbit, r.link.loss_percent, r.link.loss_model
+        "wanmig demo — two sites, {:.0} ms RTT (jitter {:.0} ms), {}, {:.2}% loss ({})",
+        r.link.rtt_ms,
+        r.link.jitter_ms,
+        format_rate(r.link.rate_mbit * 1e6),
+        r.link.loss_percent,
+        r.link.loss_model
     );
     println!(
-        "  guest            {} memory mix, {} workload ({:.1} MiB/s dirtied)",
+        "  guest            {} memory mix, {} workload ({}/s dirtied)",
         r.mix,
         r.workload,
-        mib(r.dirty_bytes_per_sec)
+        format_size(r.dirty_bytes_per_sec)
     );
     println!("  migration {}: {}", r.migration_id, r.outcome);
     println!("  total time       {} ms", r.total_ms);
@@ -140,13 +139,13 @@ fn print_human(r: &DemoReport) {
         r.convergence.as_deref().unwrap_or("-")
     );
     println!(
-        "  guest memory     {:.1} MiB (sent {:.1} MiB over all rounds)",
-        mib(r.guest_mem_bytes),
-        mib(r.guest_bytes_sent)
+        "  guest memory     {} (sent {} over all rounds)",
+        format_size(r.guest_mem_bytes),
+        format_size(r.guest_bytes_sent)
     );
     println!(
-        "  on the wire      {:.1} MiB ({:.1}% of guest memory), reduction {:.2}x",
-        mib(r.wire_bytes),
+        "  on the wire      {} ({:.1}% of guest memory), reduction {:.2}x",
+        format_size(r.wire_bytes),
         100.0 * r.wire_bytes as f64 / r.guest_mem_bytes.max(1) as f64,
         r.reduction
     );
@@ -176,10 +175,10 @@ fn print_human(r: &DemoReport) {
     );
     if let Some(s) = &r.storage {
         println!(
-            "  disk             {:.1} MiB copied to site B in {} ms, {:.1} MiB on the wire, verified {} ({} guest iterations, {} errors)",
-            mib(s.disk_bytes),
+            "  disk             {} copied to site B in {} ms, {} on the wire, verified {} ({} guest iterations, {} errors)",
+            format_size(s.disk_bytes),
             s.total_ms,
-            mib(s.wire_bytes),
+            format_size(s.wire_bytes),
             s.verified,
             s.iterations,
             s.guest_errors
@@ -187,21 +186,21 @@ fn print_human(r: &DemoReport) {
     }
     if let Some(b) = &r.return_move {
         println!(
-            "  move back to A   {}: {} ms, downtime {}, {:.1} MiB on the wire, verified {}, {} TCP bytes in order after it",
+            "  move back to A   {}: {} ms, downtime {}, {} on the wire, verified {}, {} TCP bytes in order after it",
             b.outcome,
             b.total_ms,
             b.downtime_ms.map_or("-".into(), |d| format!("{d:.1} ms")),
-            mib(b.wire_bytes),
+            format_size(b.wire_bytes),
             b.memory_verified && b.workload_verified,
             b.tcp_bytes_verified_after_return
         );
     }
     if let Some(c) = &r.warm_clone {
         println!(
-            "  warm clone       {}: {} ms, {:.1} MiB on the wire, reduction {:.1}x, {} pages by reference, verified {}",
+            "  warm clone       {}: {} ms, {} on the wire, reduction {:.1}x, {} pages by reference, verified {}",
             c.outcome,
             c.total_ms,
-            mib(c.wire_bytes),
+            format_size(c.wire_bytes),
             c.reduction,
             c.pages_ref,
             c.memory_verified && c.workload_verified
@@ -209,13 +208,11 @@ fn print_human(r: &DemoReport) {
     }
 }
 
-pub async fn run(a: DemoArgs) -> Result<()> {
-    let opts = DemoOptions {
-        rtt: a.rtt,
-        rate_bps: a.rate,
-        loss: a.loss,
-        loss_burst: a.loss_burst,
-        jitter: a.jitter,
+/// The demo's options from its flags.
+fn options(a: &DemoArgs) -> Result<DemoOptions> {
+    let (forward, reverse) = a.link.to_params()?;
+    Ok(DemoOptions {
+        link: Link { forward, reverse },
         mem_bytes: a.mem,
         mix: a.mix,
         workload: a.workload,
@@ -226,7 +223,11 @@ pub async fn run(a: DemoArgs) -> Result<()> {
         warm_clone: a.warm_clone,
         round_trip: a.round_trip,
         ..DemoOptions::default()
-    };
+    })
+}
+
+pub async fn run(a: DemoArgs) -> Result<()> {
+    let opts = options(&a)?;
     if let Err(e) = kvm_available() {
         bail!("wanmig demo needs /dev/kvm, read-write (it is not root-only): {e}");
     }
@@ -251,4 +252,96 @@ fn kvm_available() -> std::io::Result<()> {
         .write(true)
         .open("/dev/kvm")
         .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use clap::{CommandFactory, Parser};
+    use wanmig_netem::LossModel;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        demo: DemoArgs,
+    }
+
+    fn options_of(args: &[&str]) -> DemoOptions {
+        let cli = Cli::try_parse_from(std::iter::once("demo").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        options(&cli.demo).unwrap_or_else(|e| panic!("{args:?}: {e:#}"))
+    }
+
+    #[test]
+    fn the_flags_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_are_the_documented_link_and_guest() {
+        let o = options_of(&[]);
+        let d = DemoOptions::default();
+        assert_eq!(o.link.forward, d.link.forward);
+        assert_eq!(o.link.reverse, d.link.reverse);
+        assert_eq!(o.rtt(), Duration::from_millis(100));
+        assert_eq!(o.rate_bps(), 250_000_000);
+        assert_eq!(o.link.forward.loss, LossModel::None);
+        assert_eq!(o.mem_bytes, 512 << 20);
+        assert_eq!(o.dirty_bytes_per_sec, 5 << 20);
+        assert_eq!(o.disk_bytes, Some(64 << 20));
+    }
+
+    #[test]
+    fn link_flags_come_from_netem() {
+        let o = options_of(&[
+            "--rtt",
+            "40ms",
+            "--rate",
+            "10Mbps",
+            "--loss",
+            "1%",
+            "--loss-burst",
+            "4",
+            "--jitter",
+            "2ms",
+        ]);
+        assert_eq!(o.rtt(), Duration::from_millis(40));
+        assert_eq!(o.rate_bps(), 10_000_000, "Mbps is megabits");
+        assert_eq!(
+            o.link.forward.loss,
+            LossModel::Bursty {
+                mean: 0.01,
+                burst: 4.0
+            }
+        );
+        assert_eq!(o.link.forward.jitter, Duration::from_millis(2));
+        // Flags only `wanmig netem` had before reach the demo too.
+        let o = options_of(&[
+            "--delay",
+            "10ms",
+            "--duplicate",
+            "1%",
+            "--reverse-rate",
+            "5mbit",
+        ]);
+        assert_eq!(
+            o.rtt(),
+            Duration::from_millis(20),
+            "--delay replaces the default --rtt"
+        );
+        assert_eq!(o.link.forward.duplicate, 0.01);
+        assert_eq!(o.link.reverse.rate_bps, Some(5_000_000));
+        assert_eq!(o.rate_bps(), 250_000_000);
+    }
+
+    #[test]
+    fn sizes_are_binary() {
+        let o = options_of(&["--mem", "64M", "--disk", "32M", "--dirty-rate", "1M"]);
+        assert_eq!(o.mem_bytes, 64 << 20);
+        assert_eq!(o.disk_bytes, Some(32 << 20));
+        assert_eq!(o.dirty_bytes_per_sec, 1 << 20);
+    }
 }

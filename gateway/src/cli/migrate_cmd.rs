@@ -13,8 +13,9 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use wanmig_gateway::migration::api::MigrateBody;
 use wanmig_gateway::migration::{MigrateRequest, MigrationRecord, Outcome, Progress};
+use wanmig_units::{format_rate, format_size, parse_duration, parse_rate, UnitError};
 
-use super::status_cmd::human_bytes;
+use super::disk_copy::{copy_bar, follow_export, StorageReport};
 use super::target::ControlTarget;
 
 #[derive(Debug, Args)]
@@ -26,10 +27,12 @@ pub struct MigrateArgs {
     pub to: String,
     /// Longest acceptable pause of the VM, e.g. 300ms (the handover through
     /// the gateways adds one round trip). Default: the gateway's setting.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = parse_duration)]
     pub downtime: Option<Duration>,
-    /// Cap on the migration's WAN rate in bit/s, e.g. 100M or 1G (decimal).
-    #[arg(long, value_parser = parse_rate)]
+    /// Cap on the migration's WAN rate in bits per second, e.g. 100mbit,
+    /// 100Mbit/s, 100Mbps or 100M (k, M, G are powers of 1000; a rate in
+    /// bytes per second times 8: 30 MB/s is 240mbit). Default: no cap.
+    #[arg(long, value_parser = positive_rate)]
     pub bandwidth: Option<u64>,
     /// Dedup scope at the destination. Default: the gateway's setting.
     #[arg(long)]
@@ -47,35 +50,26 @@ pub struct MigrateArgs {
     pub no_storage: bool,
     /// After the compute move, give up following the storage copy when it
     /// reports no progress for this long, e.g. 2m (the copy keeps running).
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "2m")]
+    #[arg(long, value_parser = parse_duration, default_value = "2m")]
     pub storage_stall_timeout: Duration,
     #[command(flatten)]
     pub target: ControlTarget,
 }
 
-/// Parses a rate in bit/s with an optional decimal suffix: `250M`, `1G`.
-pub fn parse_rate(s: &str) -> Result<u64, String> {
-    let s = s.trim().trim_end_matches("bit/s").trim_end_matches("bps");
-    let (num, mult) = match s.chars().last() {
-        Some(c) if c.is_ascii_alphabetic() => {
-            let m = match c.to_ascii_uppercase() {
-                'K' => 1e3,
-                'M' => 1e6,
-                'G' => 1e9,
-                _ => return Err(format!("unknown rate suffix in {s:?} (use K, M or G)")),
-            };
-            (&s[..s.len() - 1], m)
-        }
-        _ => (s, 1.0),
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a rate (e.g. 100M)"))?;
-    let bps = n * mult;
-    if !(bps.is_finite() && bps >= 1.0) {
-        return Err(format!("{s:?} is not a positive rate"));
+/// A `--bandwidth`: a rate above zero (no cap is no `--bandwidth`).
+fn positive_rate(s: &str) -> Result<u64, PositiveRateError> {
+    match parse_rate(s)? {
+        0 => Err(PositiveRateError::Zero),
+        bps => Ok(bps),
     }
-    Ok(bps as u64)
+}
+
+#[derive(Debug, thiserror::Error)]
+enum PositiveRateError {
+    #[error(transparent)]
+    Unit(#[from] UnitError),
+    #[error("a cap of 0 would stop the migration; leave --bandwidth out for no cap")]
+    Zero,
 }
 
 /// What the display shows at one poll (sans-IO: fed records and clock
@@ -137,28 +131,18 @@ impl ProgressView {
     }
 }
 
-pub fn rate(bps: f64) -> String {
-    if bps >= 1e9 {
-        format!("{:.2} Gbit/s", bps / 1e9)
-    } else if bps >= 1e6 {
-        format!("{:.1} Mbit/s", bps / 1e6)
-    } else {
-        format!("{:.0} kbit/s", bps / 1e3)
-    }
-}
-
 impl View {
     pub fn line(&self) -> String {
         let mut s = format!("round {}", self.round);
         if let Some(r) = self.remaining_pages {
-            s.push_str(&format!(", {} left", human_bytes(r * 4096)));
+            s.push_str(&format!(", {} left", format_size(r * 4096)));
         }
         if let Some(d) = self.dirty_pages {
-            s.push_str(&format!(", {} dirty", human_bytes(d * 4096)));
+            s.push_str(&format!(", {} dirty", format_size(d * 4096)));
         }
         s.push_str(&format!(
             ", wire {}, reduction {:.1}x",
-            rate(self.wire_bps),
+            format_rate(self.wire_bps),
             self.ratio
         ));
         if let Some(e) = self.eta {
@@ -183,8 +167,8 @@ pub fn report(r: &MigrationRecord) -> String {
         "  rounds {}, pages {}, {} of pages -> {} on the wire ({:.1}x; zero {}, ref {}, delta {}, compressed {}, raw {})\n",
         p.round + 1,
         p.pages,
-        human_bytes(p.bytes_in),
-        human_bytes(p.bytes_out),
+        format_size(p.bytes_in),
+        format_size(p.bytes_out),
         p.reduction_ratio(),
         p.zero,
         p.refs,
@@ -217,7 +201,7 @@ struct JsonReport<'a> {
     record: &'a MigrationRecord,
     /// `null` without a disk, after `--no-storage`, or when the compute move
     /// failed.
-    storage: Option<super::storage_cmd::StorageReport>,
+    storage: Option<StorageReport>,
 }
 
 pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
@@ -271,10 +255,8 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
     let mut storage = None;
     let mut storage_error = None;
     if record.outcome == Some(Outcome::Succeeded) && !args.no_storage {
-        let bar = super::storage_cmd::copy_bar(args.json);
-        match super::storage_cmd::follow_export(&client, &args.vm, &bar, args.storage_stall_timeout)
-            .await
-        {
+        let bar = copy_bar(args.json);
+        match follow_export(&client, &args.vm, &bar, args.storage_stall_timeout).await {
             Ok(r) => storage = r,
             Err(e) => storage_error = Some(e),
         }
@@ -334,7 +316,7 @@ mod tests {
         .unwrap_or_else(|e| panic!("a minimal record: {e}"));
         let j = serde_json::to_value(JsonReport {
             record: &record,
-            storage: Some(super::super::storage_cmd::StorageReport {
+            storage: Some(StorageReport {
                 disk_bytes: 1 << 30,
                 wire_bytes: 1 << 20,
                 total_ms: 900,
@@ -348,13 +330,14 @@ mod tests {
     }
 
     #[test]
-    fn rates_parse_with_decimal_suffixes() {
-        assert_eq!(parse_rate("100M"), Ok(100_000_000));
-        assert_eq!(parse_rate("1.5G"), Ok(1_500_000_000));
-        assert_eq!(parse_rate("64k"), Ok(64_000));
-        assert_eq!(parse_rate("250Mbit/s"), Ok(250_000_000));
-        assert!(parse_rate("0").is_err());
-        assert!(parse_rate("fast").is_err());
+    fn bandwidth_is_a_positive_bit_rate() {
+        assert_eq!(positive_rate("100M").ok(), Some(100_000_000));
+        assert_eq!(positive_rate("10Mbps").ok(), Some(10_000_000));
+        assert_eq!(positive_rate("250Mbit/s").ok(), Some(250_000_000));
+        assert!(matches!(positive_rate("0"), Err(PositiveRateError::Zero)));
+        let e = positive_rate("10MB/s").unwrap_err().to_string();
+        assert!(e.contains("80mbit"), "{e}");
+        assert!(positive_rate("fast").is_err());
     }
 
     #[test]

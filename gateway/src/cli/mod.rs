@@ -1,13 +1,20 @@
 //! Command-line interface of `wanmig`: the clap definitions, logging setup
-//! and dispatch to one module per subcommand.
+//! and dispatch to one module per subcommand (`*_cmd`). Subcommands share
+//! only leaf modules: [`target`] (which gateway to ask), [`table`] (text
+//! table layout), [`site_tables`] (a site's VM and migration tables) and
+//! [`disk_copy`] (following a storage copy). Sizes, rates and durations are
+//! parsed and printed by `wanmig-units`.
 
 mod certs_cmd;
 mod demo_cmd;
+mod disk_copy;
 mod gateway_cmd;
 mod migrate_cmd;
 mod probe_cmd;
+mod site_tables;
 mod status_cmd;
 mod storage_cmd;
+mod table;
 mod target;
 mod vm_cmd;
 

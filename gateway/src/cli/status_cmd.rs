@@ -3,7 +3,10 @@
 use clap::Args;
 use wanmig_gateway::control::StatusReport;
 use wanmig_gateway::LinkState;
+use wanmig_units::format_size;
 
+use super::site_tables::render_site;
+use super::table::table;
 use super::target::ControlTarget;
 
 #[derive(Debug, Args)]
@@ -24,27 +27,11 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
         print!("{}", render(&report));
         // VMs and migrations at this site (gateways without them answer
         // with an error, which leaves just the peer table).
-        if let Ok(site) = super::vm_cmd::render_site(&client).await {
+        if let Ok(site) = render_site(&client).await {
             print!("{site}");
         }
     }
     Ok(())
-}
-
-/// Bytes with a binary unit, e.g. `3.0 MiB`.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
 }
 
 fn render(r: &StatusReport) -> String {
@@ -75,17 +62,17 @@ fn render(r: &StatusReport) -> String {
                 dash()
             },
             if up {
-                human_bytes(l.cwnd_bytes)
+                format_size(l.cwnd_bytes)
             } else {
                 dash()
             },
             if up {
-                human_bytes(l.bytes_sent)
+                format_size(l.bytes_sent)
             } else {
                 dash()
             },
             if up {
-                human_bytes(l.bytes_received)
+                format_size(l.bytes_received)
             } else {
                 dash()
             },
@@ -99,18 +86,7 @@ fn render(r: &StatusReport) -> String {
                 .to_string(),
         ]);
     }
-    let widths: Vec<usize> = (0..header.len())
-        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
-        .collect();
-    for row in &rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
+    out.push_str(&table(&rows));
     for p in &r.peers {
         if let (false, Some(e)) = (p.state == LinkState::Up, &p.last_error) {
             out.push_str(&format!("{}: {e}\n", p.site));
@@ -124,15 +100,4 @@ fn render(r: &StatusReport) -> String {
         ));
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn human_bytes_units() {
-        assert_eq!(human_bytes(512), "512 B");
-        assert_eq!(human_bytes(3 * 1024 * 1024), "3.0 MiB");
-    }
 }

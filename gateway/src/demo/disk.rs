@@ -11,7 +11,7 @@ use serde::Serialize;
 use wanmig_guest_abi::virtio::{disk_block_fill, disk_iteration_block, DISK_BLOCK_WORDS};
 use wanmig_migration::machine::DiskConfig;
 
-use crate::migration::{DiskState, VmHost};
+use crate::vms::{DiskState, VmHost};
 
 /// Bytes per disk-workload block (one sector).
 const BLOCK: u64 = 512;

@@ -29,11 +29,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use wanmig_migration::machine::{MemoryWorkloadConfig, NetConfig, VmConfig};
-use wanmig_netem::{JitterDist, LinkParams, LossModel};
 use wanmig_vmm::workload_model::first_mismatch;
 
 use crate::lab::{Link, MeshBuilder};
-use crate::migration::{MigrateRequest, MigrationRecord, Outcome, VmHost, VmHosting};
+use crate::migration::{MigrateRequest, MigrationRecord, Outcome};
+use crate::vms::{VmHost, VmHosting};
 use disk::StorageReport;
 use echo_client::{EchoClient, EchoClientConfig, EchoStats};
 use guest::GuestShape;
@@ -55,15 +55,8 @@ const SAMPLE_PERIOD: Duration = Duration::from_millis(100);
 /// What the demo runs (every field has a default; see `wanmig demo --help`).
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
-    pub rtt: Duration,
-    pub rate_bps: u64,
-    /// Mean loss probability on each direction of the WAN (0..1).
-    pub loss: f64,
-    /// `Some(n)`: the loss comes in bursts of `n` packets on average
-    /// (Gilbert-Elliott, mean rate `loss`); `None`: independent loss.
-    pub loss_burst: Option<f64>,
-    /// Spread of the uniform delay variation on each direction.
-    pub jitter: Duration,
+    /// The emulated WAN between the two sites (site A → B is `forward`).
+    pub link: Link,
     pub mem_bytes: u64,
     /// What the guest's memory holds.
     pub mix: MemoryMix,
@@ -94,11 +87,7 @@ pub struct DemoOptions {
 impl Default for DemoOptions {
     fn default() -> Self {
         DemoOptions {
-            rtt: Duration::from_millis(100),
-            rate_bps: 250_000_000,
-            loss: 0.0,
-            loss_burst: None,
-            jitter: Duration::ZERO,
+            link: Link::wan(Duration::from_millis(100), 250_000_000),
             mem_bytes: 512 << 20,
             mix: MemoryMix::Busy,
             workload: GuestWorkload::Moderate,
@@ -116,26 +105,20 @@ impl Default for DemoOptions {
 }
 
 impl DemoOptions {
+    /// The round-trip time of the emulated WAN (both directions' delays).
+    pub fn rtt(&self) -> Duration {
+        self.link.forward.delay + self.link.reverse.delay
+    }
+
+    /// The bottleneck rate from site A to site B in bit/s (0: unlimited).
+    pub fn rate_bps(&self) -> u64 {
+        self.link.forward.rate_bps.unwrap_or(0)
+    }
+
     /// The bytes per second the guest dirties under this workload.
     pub fn effective_dirty_rate(&self) -> u64 {
         self.workload
-            .dirty_bytes_per_sec(self.dirty_bytes_per_sec, self.rate_bps)
-    }
-
-    /// The loss model of each direction of the link.
-    pub fn loss_model(&self) -> LossModel {
-        match self.loss_burst {
-            _ if self.loss <= 0.0 => LossModel::None,
-            None => LossModel::Random { p: self.loss },
-            Some(burst) => bursty_loss(self.loss, burst),
-        }
-    }
-
-    /// One direction of the emulated WAN.
-    pub fn link_params(&self) -> LinkParams {
-        LinkParams::wan(self.rtt, self.rate_bps)
-            .with_loss(self.loss_model())
-            .with_jitter(self.jitter, JitterDist::Uniform)
+            .dirty_bytes_per_sec(self.dirty_bytes_per_sec, self.rate_bps())
     }
 
     fn guest(&self) -> GuestShape {
@@ -150,29 +133,29 @@ impl DemoOptions {
     }
 }
 
-/// Gilbert-Elliott loss with mean rate `mean` in bursts of `burst` packets
-/// on average: every packet in the bad state is lost, none in the good
-/// one, so `r = 1 / burst` and `p = mean · r / (1 − mean)`.
-pub fn bursty_loss(mean: f64, burst: f64) -> LossModel {
-    let r = (1.0 / burst.max(1.0)).min(1.0);
-    let p = (mean * r / (1.0 - mean)).clamp(0.0, 1.0);
-    LossModel::GilbertElliott {
-        p,
-        r,
-        loss_bad: 1.0,
-        loss_good: 0.0,
-    }
-}
-
-/// The emulated WAN, as the report states it.
+/// The emulated WAN, as the report states it (site A → B).
 #[derive(Debug, Clone, Serialize)]
 pub struct LinkReport {
     pub rtt_ms: f64,
     pub rate_mbit: f64,
     pub loss_percent: f64,
-    /// "none", "random" or "bursty (mean burst N packets)".
+    /// "none", "random", "bursty (Gilbert-Elliott, mean burst N packets)"
+    /// (see [`wanmig_netem::LossModel`]'s `Display`).
     pub loss_model: String,
     pub jitter_ms: f64,
+}
+
+impl LinkReport {
+    fn of(opts: &DemoOptions) -> Self {
+        let f = &opts.link.forward;
+        LinkReport {
+            rtt_ms: opts.rtt().as_secs_f64() * 1e3,
+            rate_mbit: opts.rate_bps() as f64 / 1e6,
+            loss_percent: f.loss.mean_loss() * 100.0,
+            loss_model: f.loss.to_string(),
+            jitter_ms: f.jitter.as_secs_f64() * 1e3,
+        }
+    }
 }
 
 /// Guest pages the migration relayed, by record kind, and the codec bytes
@@ -445,23 +428,15 @@ pub async fn run(
     opts: DemoOptions,
     mut progress: impl FnMut(&MigrationRecord),
 ) -> Result<DemoReport> {
-    if !(0.0..1.0).contains(&opts.loss) {
-        bail!("--loss must be at least 0% and below 100%");
+    for params in [&opts.link.forward, &opts.link.reverse] {
+        params
+            .validate()
+            .context("the emulated link's settings (--rtt, --rate, --loss, --jitter, ...)")?;
     }
-    if opts.loss_burst.is_some_and(|b| b.is_nan() || b < 1.0) {
-        bail!("--loss-burst must be at least 1 packet");
-    }
-    let params = opts.link_params();
-    params
-        .validate()
-        .context("the emulated link's settings (--rtt, --rate, --loss, --jitter)")?;
     let shape = opts.guest();
     let mesh = MeshBuilder::new(2)
-        .link(Link {
-            forward: params.clone(),
-            reverse: params,
-        })
-        .hints(opts.rate_bps as f64 / 1e6, opts.rtt)
+        .link(opts.link.clone())
+        .hints(opts.rate_bps() as f64 / 1e6, opts.rtt())
         .extra_config(&format!(
             "[overlay]\n[[overlay.segment]]\nname = \"{SEGMENT}\"\nvni = 100\n\n\
              [migration]\nstore_dir = \"stores/{{site}}\"\n{}",
@@ -626,20 +601,7 @@ pub async fn run(
     };
     let p = &record.progress;
     let report = DemoReport {
-        link: LinkReport {
-            rtt_ms: opts.rtt.as_secs_f64() * 1e3,
-            rate_mbit: opts.rate_bps as f64 / 1e6,
-            loss_percent: opts.loss * 100.0,
-            loss_model: match opts.loss_model() {
-                LossModel::None => "none".into(),
-                LossModel::Random { .. } => "random".into(),
-                LossModel::GilbertElliott { .. } => format!(
-                    "bursty (Gilbert-Elliott, mean burst {} packets)",
-                    opts.loss_burst.unwrap_or(1.0)
-                ),
-            },
-            jitter_ms: opts.jitter.as_secs_f64() * 1e3,
-        },
+        link: LinkReport::of(&opts),
         migration_id: id,
         outcome: outcome.label().to_string(),
         total_ms,

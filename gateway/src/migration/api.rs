@@ -11,9 +11,10 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use wanmig_migration::machine::VmConfig;
 
-use super::{MigrateRequest, MigrationRecord, MigrationService, StartError, VmInfo};
-use crate::control::ApiError;
+use super::{MigrateRequest, MigrationRecord, MigrationService, StartError};
+use crate::api_error::respond as error;
 use crate::peering::PeeringError;
+use crate::vms::{DiskState, HostError, VmInfo};
 
 /// `POST /v1/vms` body.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -57,7 +58,7 @@ pub struct StorageStatus {
     pub vm: String,
     /// This site is the destination: the VM runs here on this disk.
     #[serde(default)]
-    pub disk: Option<super::DiskState>,
+    pub disk: Option<DiskState>,
     /// This site is the source: it exports the VM's disk.
     #[serde(default)]
     pub export: Option<crate::storage_relay::ExportStatus>,
@@ -68,7 +69,7 @@ pub struct StorageStatus {
 pub struct StorageList {
     pub site: String,
     /// Disks of VMs that run here, by VM.
-    pub disks: Vec<(String, super::DiskState)>,
+    pub disks: Vec<(String, DiskState)>,
     /// Disks this site exports (VMs that left with their disk).
     pub exports: Vec<crate::storage_relay::ExportStatus>,
 }
@@ -86,19 +87,22 @@ pub struct MigrationList {
     pub migrations: Vec<MigrationRecord>,
 }
 
-fn error(status: StatusCode, msg: impl Into<String>) -> Response {
-    (status, Json(ApiError { error: msg.into() })).into_response()
-}
-
-fn host_status(e: &super::HostError) -> StatusCode {
-    use super::HostError as H;
+fn host_status(e: &HostError) -> StatusCode {
+    use HostError as H;
     match e {
         H::Unknown(_) => StatusCode::NOT_FOUND,
         // A disk still copying, or missing/wrong: the VM's disk state
         // conflicts with the request.
-        H::Busy { .. } | H::Storage { .. } => StatusCode::CONFLICT,
-        H::BadName(_) | H::Config(_) => StatusCode::BAD_REQUEST,
-        H::Start { .. } | H::Migration(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        H::Busy { .. } | H::Storage { .. } | H::DiskIo { .. } | H::DiskRelay { .. } => {
+            StatusCode::CONFLICT
+        }
+        H::BadName(_) | H::Config(_) | H::Unsupported { .. } => StatusCode::BAD_REQUEST,
+        H::Start { .. }
+        | H::Vm { .. }
+        | H::StartIo { .. }
+        | H::VmmBinary { .. }
+        | H::StateDir { .. }
+        | H::Migration(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -195,14 +199,14 @@ async fn migrate_storage(State(m): State<MigrationService>, Path(vm): Path<Strin
             ..storage_status(&m, &vm)
         })
         .into_response(),
-        Err(super::HostError::Unknown(_)) => error(
+        Err(HostError::Unknown(_)) => error(
             StatusCode::NOT_FOUND,
             format!(
                 "VM '{vm}' does not run at {}: run `wanmig storage migrate {vm}` against the gateway of the site where it runs now (`wanmig vm list` there shows it)",
                 m.site()
             ),
         ),
-        Err(e @ super::HostError::Storage { .. }) => error(StatusCode::CONFLICT, e.to_string()),
+        Err(e @ HostError::Storage { .. }) => error(StatusCode::CONFLICT, e.to_string()),
         Err(e) => error(host_status(&e), e.to_string()),
     }
 }

@@ -1,74 +1,34 @@
-//! Cross-site live migration through the gateways: VM hosting at this site
-//! ([`vmhost`]), the tokio/QUIC edge of the gateway-to-gateway session
-//! ([`relay`], around the sans-IO cores and frames of
-//! `wanmig_migration::session`), the site's page stores ([`stores`]), the
-//! record of migrations ([`records`]) and the `wanmig_migration_*`
-//! metrics ([`metrics`]).
+//! Cross-site live migration through the gateways, between the VM hosts of
+//! two sites ([`crate::vms`]): the tokio/QUIC edge of the gateway-to-gateway
+//! session ([`relay`], around the sans-IO cores and frames of
+//! `wanmig_migration::session`, taking its decisions from
+//! `wanmig_migration::policy`), the site's page stores ([`stores`]), the
+//! record of migrations ([`records`]) and the `wanmig_migration_*` metrics
+//! ([`metrics`]).
 //!
 //! [`MigrationService`] ties them together: it serves incoming migration
 //! streams from peers and starts outgoing ones.
 
 pub mod api;
 pub mod metrics;
-pub mod pacer;
-pub mod processhost;
 pub mod records;
 pub mod relay;
 pub mod stores;
-pub mod vmhost;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use wanmig_codec::EncoderConfig;
-use wanmig_vmm::planner::PlannerConfig;
+use wanmig_migration::policy::{DowntimeGoal, PlannerConfig};
 use wanmig_vmm::MigrateOptions;
 
+use crate::config::MigrationSettings;
 use crate::peering::{Peering, PeeringError, StreamKind};
-pub use processhost::ProcessHost;
+use crate::vms::{HostError, VmHosting};
 pub use records::{Direction, MigrationRecord, Outcome, Records};
 use relay::RelayContext;
 use stores::SiteStores;
-pub use vmhost::{DiskState, HostError, VmHost, VmHosting, VmInfo, VmState};
 pub use wanmig_migration::session::{Phase, Progress};
-
-/// Migration settings of a site (the `[migration]` config section).
-#[derive(Debug, Clone)]
-pub struct MigrationSettings {
-    /// Directory of the site's page stores (one subdirectory per scope);
-    /// `None`: dedup only within each migration.
-    pub store_dir: Option<PathBuf>,
-    /// Cap of each scope's page store, bytes.
-    pub store_cap: u64,
-    /// Dedup scope used when a migration names none.
-    pub scope: String,
-    /// Downtime budget used when a migration names none.
-    pub downtime: Duration,
-    /// Longest wait for the destination to accept a migration.
-    pub open_timeout: Duration,
-    /// How long a migration whose link failed after the destination
-    /// confirmed it stays unsettled: the destination holds the VM paused
-    /// and the source keeps asking until then.
-    pub handover_wait: Duration,
-    /// The page codec's settings.
-    pub encoder: EncoderConfig,
-}
-
-impl Default for MigrationSettings {
-    fn default() -> Self {
-        MigrationSettings {
-            store_dir: None,
-            store_cap: 1 << 30,
-            scope: "default".into(),
-            downtime: Duration::from_millis(300),
-            open_timeout: Duration::from_secs(10),
-            handover_wait: Duration::from_secs(120),
-            encoder: EncoderConfig::default(),
-        }
-    }
-}
 
 /// What an operator asks for (`POST /v1/migrations`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -95,17 +55,6 @@ pub enum StartError {
     SameSite(String),
     #[error("invalid dedup scope '{0}': use 1-64 letters, digits, '-', '_' or '.'")]
     BadScope(String),
-}
-
-/// The stop-and-copy budget to give the source shim so the operator's
-/// `downtime` holds across the WAN. The shim's pause lasts the final copy,
-/// the later of its memory digest and the Complete→Confirmed round trip
-/// (the two overlap), and the Handover→Resumed round trip; the issue's
-/// target is `downtime` plus one RTT, so the shim's own part gets one RTT
-/// less (never less than a tenth of the budget, so a long link still
-/// converges).
-pub fn shim_budget(downtime: Duration, rtt: Duration) -> Duration {
-    downtime.saturating_sub(rtt).max(downtime / 10)
 }
 
 /// The migration subsystem of one gateway.
@@ -211,9 +160,10 @@ impl MigrationService {
             .and_then(|p| p.link)
             .map(|l| Duration::from_secs_f64(l.rtt_ms.max(0.0) / 1e3))
             .unwrap_or_default();
+        let goal = DowntimeGoal::new(req.downtime.unwrap_or(self.settings.downtime), rtt);
         let opts = MigrateOptions {
             planner: PlannerConfig {
-                downtime_budget: shim_budget(req.downtime.unwrap_or(self.settings.downtime), rtt),
+                downtime_budget: goal.shim_budget(),
                 ..PlannerConfig::default()
             },
             ..MigrateOptions::default()
@@ -239,18 +189,5 @@ impl MigrationService {
             .records
             .get(&id)
             .expect("a started migration keeps its record"))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_shim_budget_leaves_room_for_one_round_trip() {
-        let ms = Duration::from_millis;
-        assert_eq!(shim_budget(ms(300), ms(60)), ms(240));
-        assert_eq!(shim_budget(ms(300), Duration::ZERO), ms(300));
-        assert_eq!(shim_budget(ms(300), ms(1000)), ms(30));
     }
 }

@@ -8,8 +8,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use wanmig_vmm::migration::ConvergenceMode;
-use wanmig_vmm::planner::StopReason;
+use wanmig_migration::policy::{ConvergenceMode, StopReason};
 use wanmig_vmm::MigrationReport;
 
 use wanmig_migration::session::{Phase, Progress};

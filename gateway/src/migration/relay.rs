@@ -22,19 +22,22 @@ use tokio::net::UnixStream;
 use tokio::sync::oneshot;
 use wanmig_codec::{ContentStore, EncoderConfig, Inventory};
 use wanmig_migration::machine::VmConfig;
+use wanmig_migration::policy::{
+    ConfigError, CopyProgress, Flight, PathEstimate, RelayConfig, RelayPolicy,
+};
 use wanmig_migration::session::frame::{
     self, Decoder as FrameDecoder, Frame, OpenRequest, Resolution, SESSION,
 };
 use wanmig_migration::session::{
-    shim_frame, window_gain, DestSession, FlowWindow, Phase, SessionError, SourceSession, Step,
+    shim_frame, DestSession, Phase, SessionError, SourceSession, Step,
 };
 use wanmig_migration::shim::{self, Message};
 use wanmig_vmm::{MigrateOptions, ReceiveOptions};
 
 use super::records::{Direction, Outcome, Records};
 use super::stores::SiteStores;
-use super::vmhost::{HostError, VmHosting};
 use crate::peering::{IncomingStream, Peering, StreamKind};
+use crate::vms::{HostError, VmHosting};
 
 /// Read buffer size for both streams.
 const READ_CHUNK: usize = 256 << 10;
@@ -64,6 +67,8 @@ pub enum RelayError {
     Local(#[from] std::io::Error),
     #[error(transparent)]
     Session(#[from] SessionError),
+    #[error(transparent)]
+    Policy(#[from] ConfigError),
     #[error(transparent)]
     Host(#[from] HostError),
     #[error("the peer closed the migration stream before it finished")]
@@ -183,20 +188,23 @@ enum LoopEnd {
     Failed(RelayError),
 }
 
-/// Whether the source relay may take more pages from the shim: both the
-/// batch bytes and the guest bytes in flight are inside their windows.
-fn has_room(session: &SourceSession, wire: &FlowWindow, guest: &FlowWindow) -> bool {
-    session.in_flight() < wire.window() && session.guest_in_flight() < guest.window()
+/// Batch bytes and guest bytes the source relay has in flight (sent, not
+/// yet acknowledged by the destination).
+fn in_flight(session: &SourceSession) -> Flight {
+    Flight {
+        wire: session.in_flight(),
+        guest: session.guest_in_flight(),
+    }
 }
 
-/// What the QUIC path could carry, bytes per second: the congestion window
-/// per RTT. An upper bound (the window is capped at 1.5 × BDP), used while
-/// the migration does not fill the link, so its own delivery rate says
-/// nothing about the link.
-fn path_rate(c: &quinn::Connection) -> Option<f64> {
+/// The QUIC path's congestion window and round trip, as its controller
+/// keeps them.
+fn path_estimate(c: &quinn::Connection) -> PathEstimate {
     let path = c.stats().path;
-    let rtt = path.rtt.as_secs_f64();
-    (rtt > 0.0).then(|| path.cwnd as f64 / rtt)
+    PathEstimate {
+        cwnd: path.cwnd,
+        rtt: path.rtt,
+    }
 }
 
 /// Runs an outgoing migration of `vm` to `to` under record `id`; returns
@@ -263,9 +271,6 @@ async fn source_inner(
     opts: MigrateOptions,
     bandwidth_bps: Option<u64>,
 ) -> Result<wanmig_vmm::MigrationReport, RelayError> {
-    let mut pacer = bandwidth_bps
-        .filter(|&b| b > 0)
-        .map(|b| super::pacer::Pacer::new(b, std::time::Instant::now()));
     let config = ctx.host.config(vm)?;
     let (mut send, mut recv) = ctx.peering.open_stream(to, StreamKind::Migration).await?;
     send_frames(
@@ -303,6 +308,7 @@ async fn source_inner(
     // enough to hold all of the VM's memory.
     let mut enc = ctx.encoder.clone();
     enc.cache_bytes = enc.cache_bytes.max(config.mem_size as usize + (1 << 20));
+    let initial_level = enc.level;
     let mut session = SourceSession::new(enc, inventory, config.mem_size / 4096)?;
     let rtt = ctx
         .peering
@@ -312,12 +318,14 @@ async fn source_inner(
         .and_then(|p| p.link)
         .map(|l| Duration::from_secs_f64(l.rtt_ms.max(0.0) / 1e3))
         .unwrap_or(Duration::from_millis(10));
-    let mut flow = FlowWindow::new(rtt);
-    let mut guest_flow = FlowWindow::guest(rtt);
+    let mut policy = RelayPolicy::new(
+        RelayConfig {
+            bandwidth_cap_bps: bandwidth_bps,
+            ..RelayConfig::new(rtt, initial_level)
+        },
+        std::time::Instant::now(),
+    )?;
     let connection = ctx.peering.live_connection(to).ok();
-    // Whether the wire window held the shim back since the last level
-    // decision: then the acks' delivery rate is the link's rate.
-    let mut wire_limited = false;
     // Time spent encoding, and the copy's start: is one encoding thread
     // the bottleneck?
     let mut encode_busy = Duration::ZERO;
@@ -337,20 +345,20 @@ async fn source_inner(
     let mut stalled_at: Option<std::time::Instant> = None;
     let mut last_phase = session.phase();
     let end = loop {
-        if stalled_at.is_none() && !has_room(&session, &flow, &guest_flow) {
+        if stalled_at.is_none() && !policy.has_room(in_flight(&session)) {
             stalled_at = Some(std::time::Instant::now());
         }
-        wire_limited |= session.in_flight() >= flow.window();
+        policy.on_in_flight(in_flight(&session));
         if session.phase() != last_phase {
             last_phase = session.phase();
-            tracing::debug!(phase = ?last_phase, in_flight = session.in_flight(), guest_in_flight = session.guest_in_flight(), window = flow.window(), guest_window = guest_flow.window(), pages = session.progress().pages, "source relay phase");
+            tracing::debug!(phase = ?last_phase, in_flight = session.in_flight(), guest_in_flight = session.guest_in_flight(), window = policy.wire_window().window(), guest_window = policy.guest_window().window(), pages = session.progress().pages, "source relay phase");
         }
         tokio::select! {
             // Backpressure: the shim's writes block while a window's worth
             // of batches (or of the guest pages in them) is unacknowledged,
             // so its rounds run at the speed of the WAN or of the
             // destination, whichever is slower, and its planner sees it.
-            r = local.read(&mut lbuf), if has_room(&session, &flow, &guest_flow) => {
+            r = local.read(&mut lbuf), if policy.has_room(in_flight(&session)) => {
                 let n = match r {
                     Ok(0) | Err(_) => break LoopEnd::ShimDone,
                     Ok(n) => n,
@@ -374,17 +382,13 @@ async fn source_inner(
                 }
                 let spent = encoding.elapsed();
                 encode_busy += spent;
-                session.on_encode_time(spent);
-                let link_rate = if wire_limited && flow.rate() > 0.0 {
-                    Some(flow.rate())
-                } else {
-                    connection.as_ref().and_then(path_rate)
-                };
-                if let Some(r) = link_rate {
-                    session.on_link_rate(r);
+                policy.on_encoded(session.level(), &session.encoder_stats(), spent);
+                if let Some(c) = &connection {
+                    policy.on_path(path_estimate(c));
                 }
-                wire_limited = false;
-                match session.adapt(std::time::Instant::now()) {
+                let live = session.phase() == Phase::Copying;
+                let setting = policy.codec(std::time::Instant::now(), session.codec_setting(), live);
+                match session.apply_codec(setting) {
                     Ok(level) => {
                         if let Some(m) = &ctx.metrics {
                             m.codec_level.set(level.into());
@@ -394,27 +398,29 @@ async fn source_inner(
                 }
                 let phase = session.phase();
                 let progress = session.progress().clone();
-                let gain = window_gain(&progress, guest_flow.window());
-                flow.set_gain(gain);
-                guest_flow.set_gain(gain);
+                policy.on_progress(CopyProgress {
+                    memory_pages: progress.memory_pages,
+                    round: progress.round,
+                    round_pages: progress.round_pages,
+                });
                 ctx.records.update(id, Direction::Outgoing, |r| {
                     r.phase = phase;
                     r.progress = progress;
                 });
-                if let Some(p) = &mut pacer {
-                    let bytes: u64 = frames.iter().map(frame::frame_len).sum();
-                    let wait = p.reserve(bytes, std::time::Instant::now());
-                    if !wait.is_zero() {
-                        tokio::time::sleep(wait).await;
-                    }
+                let bytes: u64 = frames.iter().map(frame::frame_len).sum();
+                let wait = policy.pace(bytes, std::time::Instant::now());
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
                 }
                 if let Err(e) = send_frames(&mut send, &frames).await {
                     break LoopEnd::Failed(e);
                 }
                 // Handed to QUIC: the windows time the round trip from here.
-                let now = std::time::Instant::now();
-                flow.on_sent(session.acked() + session.in_flight(), now);
-                guest_flow.on_sent(session.guest_acked() + session.guest_in_flight(), now);
+                let sent = Flight {
+                    wire: session.acked() + session.in_flight(),
+                    guest: session.guest_acked() + session.guest_in_flight(),
+                };
+                policy.on_sent(sent, std::time::Instant::now());
             }
             r = recv.read(&mut buf), if !peer_done => {
                 let n = match r {
@@ -428,16 +434,18 @@ async fn source_inner(
                 };
                 dec.feed(&buf[..n]);
                 let failed = apply_peer_frames(&mut dec, &mut session, &mut send, &mut local, |s| {
-                    let now = std::time::Instant::now();
-                    flow.on_ack(s.acked(), now);
-                    guest_flow.on_ack(s.guest_acked(), now);
+                    let acked = Flight {
+                        wire: s.acked(),
+                        guest: s.guest_acked(),
+                    };
+                    policy.on_acked(acked, std::time::Instant::now());
                 })
                 .await
                 .err();
                 if let Some(t) = stalled_at {
-                    if has_room(&session, &flow, &guest_flow) {
+                    if policy.has_room(in_flight(&session)) {
                         stalled_at = None;
-                        tracing::trace!(ms = t.elapsed().as_secs_f64() * 1e3, window = flow.window(), guest_window = guest_flow.window(), "flow window stall ended");
+                        tracing::trace!(ms = t.elapsed().as_secs_f64() * 1e3, window = policy.wire_window().window(), guest_window = policy.guest_window().window(), "flow window stall ended");
                     }
                 }
                 let phase = session.phase();
@@ -457,9 +465,12 @@ async fn source_inner(
         wire_mbit_s = p.bytes_out as f64 * 8.0 / 1e6 / copy_time.as_secs_f64().max(1e-9),
         guest_mbit_s = p.bytes_in as f64 * 8.0 / 1e6 / copy_time.as_secs_f64().max(1e-9),
         level = p.level,
-        window = flow.window(),
-        ack_rtt_ms = flow.min_ack_rtt().map(|d| d.as_secs_f64() * 1e3),
-        guest_window = guest_flow.window(),
+        window = policy.wire_window().window(),
+        ack_rtt_ms = policy
+            .wire_window()
+            .min_ack_rtt()
+            .map(|d| d.as_secs_f64() * 1e3),
+        guest_window = policy.guest_window().window(),
         "source relay: encoder load over the migration"
     );
     if let LoopEnd::Failed(e) = &end {
@@ -712,7 +723,7 @@ fn unrecorded_resolution(host: &dyn VmHosting, vm: Option<&str>) -> Resolution {
     let runs_here = vm.is_some_and(|vm| {
         host.list()
             .iter()
-            .any(|v| v.name == vm && v.state == super::vmhost::VmState::Running)
+            .any(|v| v.name == vm && v.state == crate::vms::VmState::Running)
     });
     if runs_here {
         Resolution::Running
@@ -749,15 +760,13 @@ async fn run_destination(
         config,
         scope,
     } = *request;
-    if let Err(e) = super::vmhost::validate_vm_name(&vm).and_then(|_| {
-        config
-            .validate()
-            .map_err(|e| HostError::Config(e.to_string()))
-    }) {
+    if let Err(e) =
+        crate::vms::validate_vm_name(&vm).and_then(|_| config.validate().map_err(HostError::Config))
+    {
         return Err(refuse(&mut send, e.to_string()).await);
     }
     if let Some(existing) = ctx.host.list().into_iter().find(|v| v.name == vm) {
-        use super::vmhost::VmState;
+        use crate::vms::VmState;
         if !matches!(
             existing.state,
             VmState::MigratedAway { .. }

@@ -43,32 +43,6 @@ pub use dest::{ImportReport, StorageImport};
 pub use metrics::{CopyOutcome, RelayMetrics};
 pub use stream::StreamError;
 
-/// Where imported disks go when no `[storage] dir` is configured
-/// (relative to the config file).
-pub const DEFAULT_DISK_DIR: &str = "disks";
-
-/// The `[storage]` section: how this site takes in the disks of VMs that
-/// migrate here.
-#[derive(Debug, Clone)]
-pub struct StorageSettings {
-    /// Directory the imported disks (and their presence bitmaps) live in.
-    pub dir: PathBuf,
-    /// What the source does with its copy once this site's copy is durable.
-    pub release: ReleasePolicy,
-    /// Block size, planner windows and read timeout of imported disks.
-    pub disk: RemoteDiskConfig,
-}
-
-impl Default for StorageSettings {
-    fn default() -> Self {
-        StorageSettings {
-            dir: PathBuf::from(DEFAULT_DISK_DIR),
-            release: ReleasePolicy::Keep,
-            disk: RemoteDiskConfig::default(),
-        }
-    }
-}
-
 /// Why a storage relay operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageRelayError {

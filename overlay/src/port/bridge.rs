@@ -2,6 +2,9 @@
 //!
 //! Hand-written (one ioctl) rather than pulling in a netlink stack such as
 //! rtnetlink, or shelling out to `ip`, which a daemon should not depend on.
+//! The only module of this crate with unsafe code (FFI to libc).
+
+#![allow(unsafe_code)]
 
 use std::io;
 

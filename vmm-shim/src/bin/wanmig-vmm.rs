@@ -9,8 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use wanmig_migration::admin::RunExit;
 use wanmig_migration::machine::{DiskConfig, MemoryWorkloadConfig, NetConfig, VmConfig};
+use wanmig_migration::policy::PlannerConfig;
+use wanmig_units::parse_size;
 use wanmig_vmm::admin::{self, AdminRequest, AdminResponse, Endpoint};
-use wanmig_vmm::planner::PlannerConfig;
 use wanmig_vmm::{ReceiveOptions, Vm};
 
 #[derive(Parser)]
@@ -60,7 +61,8 @@ enum Cmd {
 
 #[derive(Args)]
 struct RunArgs {
-    /// Guest memory size, e.g. 64M, 1G or a byte count.
+    /// Guest memory in bytes, e.g. 64M or 1G (K, M, G are powers of 1024,
+    /// as KiB, MiB, GiB and QEMU's -m; kB, MB, GB powers of 1000).
     #[arg(long, default_value = "64M", value_parser = parse_size)]
     mem: u64,
     /// What the guest runs: `idle` or `memory` (the dirtying workload).
@@ -138,20 +140,6 @@ struct RunArgs {
     /// while it settles a lost link, so it asks for more than the default).
     #[arg(long, default_value_t = 60)]
     incoming_idle_timeout_s: u64,
-}
-
-fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (num, mult) = match s.chars().last() {
-        Some('K' | 'k') => (&s[..s.len() - 1], 1u64 << 10),
-        Some('M' | 'm') => (&s[..s.len() - 1], 1 << 20),
-        Some('G' | 'g') => (&s[..s.len() - 1], 1 << 30),
-        _ => (s, 1),
-    };
-    num.parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .ok_or_else(|| format!("`{s}` is not a size; use e.g. 64M, 1G or a byte count"))
 }
 
 fn parse_mac(s: &str) -> Result<[u8; 6], String> {

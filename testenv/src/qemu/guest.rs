@@ -1,10 +1,11 @@
-//! The QEMU baseline's guest firmware: a 64 KiB image given to QEMU with
-//! `-bios` (no SeaBIOS, so guest RAM keeps exactly the preloaded memory
-//! image) that dirties pages of a working set at a set rate, or idles.
+//! A QEMU guest firmware for tests and the QEMU baseline: a 64 KiB image
+//! given to QEMU with `-bios` (no SeaBIOS, so guest RAM keeps exactly what
+//! was preloaded) that dirties pages of a working set at a set rate, or
+//! idles.
 //!
-//! The program is `benches/qemu-guest/dirty.asm`; its bytes are carried
+//! The program is `testenv/qemu-guest/dirty.asm`; its bytes are carried
 //! here with the source line of each instruction beside them, so building
-//! the benchmarks needs no assembler. `guest_matches_nasm` assembles the
+//! the tests needs no assembler. `guest_matches_nasm` assembles the
 //! source with `nasm` (when installed) and checks the two agree byte for
 //! byte. The host only patches the parameter block ([`DirtyParams`]).
 

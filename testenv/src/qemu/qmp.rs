@@ -1,15 +1,57 @@
 //! A QEMU Machine Protocol client over a unix socket: the greeting and
 //! capability negotiation, commands and their replies, with asynchronous
-//! asynchronous events kept with their timestamps. [`parse`] classifies one
-//! line of the protocol (no I/O); [`Qmp`] wraps it around a blocking socket.
+//! events kept with their timestamps. [`parse`] classifies one line of the
+//! protocol (no I/O); [`Qmp`] wraps it around a blocking socket.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
+
+/// A QMP exchange that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QmpError {
+    #[error("QMP sent a line that is not JSON: {line:?}")]
+    NotJson {
+        line: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("QMP sent a message of unknown shape: {0}")]
+    Shape(String),
+    #[error("{who}: QMP socket {} did not accept within {timeout:?} (did QEMU start?)", path.display())]
+    Connect {
+        who: String,
+        path: PathBuf,
+        timeout: Duration,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{who}: {doing} on the QMP socket")]
+    Io {
+        who: String,
+        doing: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{who}: QEMU closed its QMP socket (did it exit?)")]
+    Closed { who: String },
+    #[error("{who}: {command} failed: {class}: {desc}")]
+    Command {
+        who: String,
+        command: String,
+        class: String,
+        desc: String,
+    },
+    #[error("{who}: expected {expected}, got {got}")]
+    Unexpected {
+        who: String,
+        expected: &'static str,
+        got: String,
+    },
+}
 
 /// One message from QEMU.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,9 +77,11 @@ pub struct Event {
 }
 
 /// Classifies one line QEMU sent.
-pub fn parse(line: &str) -> Result<Message> {
-    let v: Value = serde_json::from_str(line)
-        .with_context(|| format!("QMP sent a line that is not JSON: {line:?}"))?;
+pub fn parse(line: &str) -> Result<Message, QmpError> {
+    let v: Value = serde_json::from_str(line).map_err(|source| QmpError::NotJson {
+        line: line.to_string(),
+        source,
+    })?;
     if v.get("QMP").is_some() {
         return Ok(Message::Greeting);
     }
@@ -64,7 +108,7 @@ pub fn parse(line: &str) -> Result<Message> {
             data: v.get("data").cloned().unwrap_or(Value::Null),
         }));
     }
-    bail!("QMP sent a message of unknown shape: {line}")
+    Err(QmpError::Shape(line.to_string()))
 }
 
 /// A negotiated QMP session.
@@ -80,26 +124,30 @@ pub struct Qmp {
 impl Qmp {
     /// Connects to `path` (retrying until QEMU has created it, up to
     /// `timeout`), reads the greeting and leaves negotiation mode.
-    pub fn connect(path: &Path, who: &str, timeout: Duration) -> Result<Self> {
+    pub fn connect(path: &Path, who: &str, timeout: Duration) -> Result<Self, QmpError> {
         let deadline = Instant::now() + timeout;
         let stream = loop {
             match UnixStream::connect(path) {
                 Ok(s) => break s,
-                Err(e) if Instant::now() >= deadline => {
-                    return Err(e).with_context(|| {
-                        format!(
-                            "{who}: QMP socket {} did not accept within {timeout:?}",
-                            path.display()
-                        )
+                Err(source) if Instant::now() >= deadline => {
+                    return Err(QmpError::Connect {
+                        who: who.to_string(),
+                        path: path.to_path_buf(),
+                        timeout,
+                        source,
                     })
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(20)),
             }
         };
+        let io = |doing: &str| {
+            let (who, doing) = (who.to_string(), doing.to_string());
+            move |source| QmpError::Io { who, doing, source }
+        };
         stream
             .set_read_timeout(Some(Duration::from_secs(30)))
-            .context("setting the QMP read timeout")?;
-        let writer = stream.try_clone().context("cloning the QMP socket")?;
+            .map_err(io("setting the read timeout"))?;
+        let writer = stream.try_clone().map_err(io("cloning the socket"))?;
         let mut q = Qmp {
             reader: BufReader::new(stream),
             writer,
@@ -108,27 +156,39 @@ impl Qmp {
         };
         match q.read()? {
             Message::Greeting => {}
-            other => bail!("{who}: expected the QMP greeting, got {other:?}"),
+            other => {
+                return Err(QmpError::Unexpected {
+                    who: who.to_string(),
+                    expected: "the QMP greeting",
+                    got: format!("{other:?}"),
+                })
+            }
         }
         q.execute("qmp_capabilities", json!({}))?;
         Ok(q)
     }
 
-    fn read(&mut self) -> Result<Message> {
+    fn read(&mut self) -> Result<Message, QmpError> {
         let mut line = String::new();
         let n = self
             .reader
             .read_line(&mut line)
-            .with_context(|| format!("{}: reading from QMP", self.who))?;
+            .map_err(|source| QmpError::Io {
+                who: self.who.clone(),
+                doing: "reading".into(),
+                source,
+            })?;
         if n == 0 {
-            bail!("{}: QEMU closed its QMP socket (did it exit?)", self.who);
+            return Err(QmpError::Closed {
+                who: self.who.clone(),
+            });
         }
         parse(line.trim_end())
     }
 
     /// Runs `command` with `arguments`; returns its `return` value, or an
     /// error carrying QEMU's description.
-    pub fn execute(&mut self, command: &str, arguments: Value) -> Result<Value> {
+    pub fn execute(&mut self, command: &str, arguments: Value) -> Result<Value, QmpError> {
         let mut msg = json!({ "execute": command });
         if arguments.as_object().is_some_and(|o| !o.is_empty()) {
             msg["arguments"] = arguments;
@@ -137,15 +197,30 @@ impl Qmp {
         text.push('\n');
         self.writer
             .write_all(text.as_bytes())
-            .with_context(|| format!("{}: sending {command}", self.who))?;
+            .map_err(|source| QmpError::Io {
+                who: self.who.clone(),
+                doing: format!("sending {command}"),
+                source,
+            })?;
         loop {
             match self.read()? {
                 Message::Return(v) => return Ok(v),
                 Message::Error { class, desc } => {
-                    return Err(anyhow!("{}: {command} failed: {class}: {desc}", self.who))
+                    return Err(QmpError::Command {
+                        who: self.who.clone(),
+                        command: command.to_string(),
+                        class,
+                        desc,
+                    })
                 }
                 Message::Event(e) => self.events.push(e),
-                Message::Greeting => bail!("{}: unexpected second QMP greeting", self.who),
+                Message::Greeting => {
+                    return Err(QmpError::Unexpected {
+                        who: self.who.clone(),
+                        expected: "a reply",
+                        got: "a second QMP greeting".into(),
+                    })
+                }
             }
         }
     }

@@ -14,18 +14,16 @@
 //! The controller keeps a moving estimate per level it has seen, picks the
 //! best known level, and probes one unmeasured neighbour in the direction
 //! the bottleneck points. It changes the level at most once per `dwell`.
+//! With long-distance matching on, each level change restarts the codec's
+//! zstd stream (losing its window); the controller settles after its
+//! probes, but a dwell of seconds suits it better then.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::encoder::EncoderStats;
-use crate::error::CodecError;
+use wanmig_codec::{EncoderStats, MAX_LEVEL, MIN_LEVEL};
 
-/// Highest zstd level the codec uses.
-pub const MAX_LEVEL: i32 = 19;
-/// Lowest (fastest) level the codec uses: LZ4 ([`crate::LZ4_LEVEL`]), one
-/// step below zstd's fastest mode (-7).
-pub const MIN_LEVEL: i32 = crate::compress::LZ4_LEVEL;
+use super::ConfigError;
 
 /// Controller settings.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -72,8 +70,8 @@ impl Default for LevelConfig {
 
 impl LevelConfig {
     /// Checks every field; the error names the bad key.
-    pub fn validate(&self) -> Result<(), CodecError> {
-        let bad = |key, why: String| Err(CodecError::Config { key, why });
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key, why: String| Err(ConfigError { key, why });
         if !(MIN_LEVEL..=MAX_LEVEL).contains(&self.min_level) {
             return bad(
                 "level.min_level",
@@ -130,7 +128,7 @@ pub struct LevelController {
 }
 
 impl LevelController {
-    pub fn new(cfg: LevelConfig, initial_level: i32) -> Result<Self, CodecError> {
+    pub fn new(cfg: LevelConfig, initial_level: i32) -> Result<Self, ConfigError> {
         cfg.validate()?;
         Ok(LevelController {
             level: initial_level.clamp(cfg.min_level, cfg.max_level),
@@ -315,7 +313,7 @@ mod tests {
         // (LZ4).
         let (c, _) = run(400e9 / 8.0, 3, 80);
         assert_eq!(c.level(), LevelConfig::default().min_level);
-        assert_eq!(c.level(), crate::LZ4_LEVEL);
+        assert_eq!(c.level(), wanmig_codec::LZ4_LEVEL);
         assert_eq!(c.bottleneck(), Bottleneck::Cpu);
         // 40 Gbit/s: the model's best level is a negative one where CPU and
         // link balance; the controller finds it.

@@ -1,8 +1,9 @@
-//! The pre-copy convergence planner, sans-IO: it is told what each round
-//! achieved (pages and bytes sent, time taken, pages found dirty afterwards)
-//! and the time, and decides what the migration does next — another round,
-//! throttle the vCPU further (auto-converge, up to a configured limit),
-//! stop-and-copy now, or cancel because the total timeout has passed.
+//! The pre-copy convergence planner the source shim runs, sans-IO: it is
+//! told what each round achieved (pages and bytes sent, time taken, pages
+//! found dirty afterwards) and the time, and decides what the migration does
+//! next — another round, throttle the vCPU further (auto-converge, up to a
+//! configured limit), stop-and-copy now, or cancel because the total timeout
+//! has passed. [`ConvergenceMode`] sums up how it ended.
 //!
 //! Stop-and-copy happens when the predicted final round (dirty pages at the
 //! measured bandwidth) fits the downtime budget; when it cannot converge
@@ -81,6 +82,32 @@ pub enum StopReason {
     SmartStop,
     /// The round limit was reached.
     MaxRounds,
+}
+
+/// How a migration converged.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum ConvergenceMode {
+    /// The dirty set shrank until the final round fit the budget.
+    Converged,
+    /// It fit the budget only after throttling the vCPU.
+    AutoConverge,
+    /// It could not fit; stopped at a local minimum of the dirty set.
+    SmartStop,
+    /// Stopped at the round limit.
+    RoundLimit,
+}
+
+impl ConvergenceMode {
+    /// How a migration converged that stopped for `reason` after
+    /// throttling the vCPU up to `max_throttle` percent.
+    pub fn of(reason: StopReason, max_throttle: u8) -> ConvergenceMode {
+        match reason {
+            StopReason::FitsBudget if max_throttle == 0 => ConvergenceMode::Converged,
+            StopReason::FitsBudget => ConvergenceMode::AutoConverge,
+            StopReason::SmartStop => ConvergenceMode::SmartStop,
+            StopReason::MaxRounds => ConvergenceMode::RoundLimit,
+        }
+    }
 }
 
 /// The planner's decision after a round.
@@ -418,9 +445,9 @@ mod tests {
     #[test]
     fn recorded_write_heavy_pages_run_under_an_ineffective_throttle_smart_stops() {
         // Dirty sets after each round of a demo run (write-heavy-pages,
-        // 128 MiB, 100 Mbit/s) with the old KVM_RUN-time throttle, which
-        // barely slowed the guest: the planner throttles in steps to 80 %
-        // and, the set still far above the budget, stops at a minimum.
+        // 128 MiB, 100 Mbit/s) under a throttle that barely slowed the
+        // guest: the planner throttles in steps to 80 % and, the set still
+        // far above the budget, stops at a minimum.
         let recorded = [
             8_001, 7_195, 6_832, 6_619, 6_290, 6_965, 6_588, 6_792, 6_670, 6_331, 5_845, 4_993,
             3_937, 3_843, 3_756, 3_900, 3_800, 3_950,
@@ -539,5 +566,93 @@ mod tests {
             q.on_round(round(65536, 100, 5_000), t),
             Decision::StopAndCopy(StopReason::FitsBudget)
         );
+    }
+
+    /// One round of a recorded run: pages sent, bytes sent, nanoseconds
+    /// it took, pages dirty after it, nanoseconds since the start when the
+    /// planner was asked, and what it decided.
+    type Recorded = (u64, u64, u64, u64, u64, Decision);
+
+    /// Replays `rounds` through a planner with the shim's budget and stop
+    /// overhead of the run.
+    fn replay(budget_ns: u64, overhead_ns: u64, rounds: &[Recorded]) {
+        let t = Instant::now();
+        let cfg = PlannerConfig {
+            downtime_budget: Duration::from_nanos(budget_ns),
+            ..Default::default()
+        };
+        let mut p = Planner::new(cfg, t);
+        p.set_stop_overhead(Duration::from_nanos(overhead_ns));
+        for (i, &(pages, bytes, elapsed, dirty, at, decision)) in rounds.iter().enumerate() {
+            let r = RoundResult {
+                pages_sent: pages,
+                bytes_sent: bytes,
+                elapsed: Duration::from_nanos(elapsed),
+                dirty_pages: dirty,
+            };
+            assert_eq!(
+                p.on_round(r, t + Duration::from_nanos(at)),
+                decision,
+                "round {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn recorded_demo_runs_get_the_decisions_they_got() {
+        use Decision::{NextRound, StopAndCopy, Throttle};
+        // `wanmig demo --mem 128MiB --no-disk` (250 Mbit/s, 100 ms): the
+        // gateway's budget of 300 ms less the link's round trip.
+        replay(
+            184_661_906,
+            93_152_218,
+            &[
+                (32768, 134481024, 1918283415, 2353, 2210954721, NextRound),
+                (
+                    2353,
+                    9656802,
+                    18362151,
+                    0,
+                    2229452557,
+                    StopAndCopy(StopReason::FitsBudget),
+                ),
+            ],
+        );
+        // The same with `--workload write-heavy-pages`: throttled in three
+        // steps until the rest fit.
+        replay(
+            195_927_132,
+            5_000_000,
+            &[
+                (32768, 134481024, 2530251255, 7936, 2729685109, NextRound),
+                (7936, 32569623, 1158604771, 7243, 3888633635, NextRound),
+                (7243, 29725533, 873547946, 6520, 4762541536, Throttle(20)),
+                (6520, 26758314, 753335940, 2696, 5517106834, NextRound),
+                (2696, 11064483, 315730461, 3078, 5844654333, NextRound),
+                (3078, 12632229, 402576378, 3217, 6250412262, Throttle(40)),
+                (3217, 13202685, 534852915, 2183, 6796565886, NextRound),
+                (2183, 8959113, 387367295, 2023, 7184576088, NextRound),
+                (2023, 8302464, 343075821, 2686, 7528482488, Throttle(60)),
+                (2686, 11023443, 450303199, 1889, 7981601431, NextRound),
+                (
+                    1889,
+                    7752528,
+                    220244751,
+                    1042,
+                    8205317316,
+                    StopAndCopy(StopReason::FitsBudget),
+                ),
+            ],
+        );
+    }
+
+    #[test]
+    fn the_convergence_mode_says_whether_the_throttle_was_needed() {
+        use ConvergenceMode as M;
+        assert_eq!(M::of(StopReason::FitsBudget, 0), M::Converged);
+        assert_eq!(M::of(StopReason::FitsBudget, 40), M::AutoConverge);
+        assert_eq!(M::of(StopReason::SmartStop, 0), M::SmartStop);
+        assert_eq!(M::of(StopReason::SmartStop, 80), M::SmartStop);
+        assert_eq!(M::of(StopReason::MaxRounds, 20), M::RoundLimit);
     }
 }

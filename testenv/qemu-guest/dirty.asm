@@ -1,9 +1,9 @@
-; The QEMU baseline's guest: a 64 KiB firmware image passed to QEMU with
-; `-bios`, so no SeaBIOS runs and guest RAM holds exactly the preloaded
-; memory image. It switches to 32-bit protected mode (flat segments, no
-; paging), programs the PIT for 1000 interrupts per second and dirties
-; pages of a working set at a set rate; with a rate of 0 it halts forever
-; (an idle guest).
+; A QEMU test guest (the QEMU baseline's and qemu-stream's tests'): a 64 KiB
+; firmware image passed to QEMU with `-bios`, so no SeaBIOS runs and guest
+; RAM holds exactly the preloaded memory image. It switches to 32-bit
+; protected mode (flat segments, no paging), programs the PIT for 1000
+; interrupts per second and dirties pages of a working set at a set rate;
+; with a rate of 0 it halts forever (an idle guest).
 ;
 ; Each dirtied page gets one 32-bit word overwritten at a pseudo-random
 ; offset, the page itself picked pseudo-randomly (an LCG) from the working
@@ -11,7 +11,7 @@
 ; page written, pages drawn at random from a working set at 8 MiB).
 ;
 ; The parameter block at offset 0xF000 (physical 0xFFFFF000) is written by
-; the host (benches/src/qemu/guest.rs) before QEMU starts. The Rust side
+; the host (testenv/src/qemu/guest.rs) before QEMU starts. The Rust side
 ; carries these bytes verbatim (`CODE`); the test `guest_matches_nasm`
 ; assembles this file with `nasm -f bin` and compares when nasm is present.
 ;

@@ -5,7 +5,9 @@
 //! while it migrates, the migration sockets and a `migrating.json`
 //! marker). The shim does not die with the gateway: a gateway killed and
 //! restarted re-adopts every shim that still answers on its control socket
-//! ([`ProcessHost::open`]) and says which migration was interrupted.
+//! ([`ProcessHost::open`]) and says which migration was interrupted. Names
+//! and states live in the [`Registry`] both hosts share; this host adds
+//! each VM's shim process.
 //!
 //! The relay hands [`VmHosting`] one end of a unix stream carrying the shim
 //! protocol; this host joins it to the shim's own migration endpoint and
@@ -22,13 +24,11 @@
 //! a local file that does not follow it: migrating a VM with a disk is
 //! refused here (storage migration runs with the in-process host).
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -39,7 +39,9 @@ use wanmig_vmm::migration::IncomingReport;
 use wanmig_vmm::protocol_io::StreamError;
 use wanmig_vmm::{MigrateOptions, MigrationError, MigrationReport, ReceiveOptions};
 
-use super::vmhost::{ensure_replaceable, validate_vm_name, HostError, VmHosting, VmInfo, VmState};
+use super::error::HostError;
+use super::hosting::VmHosting;
+use super::registry::{validate_vm_name, Departure, Registry, VmInfo, VmRecord, VmState};
 
 /// How long a new shim may take to boot its VM (or an arriving one to
 /// answer after it resumed) before the host gives up on it.
@@ -63,28 +65,38 @@ struct Migrating {
     to: String,
 }
 
-struct Entry {
-    config: VmConfig,
-    state: VmState,
+/// What this host keeps of a VM besides its registry record.
+#[derive(Default)]
+struct Shim {
     /// The shim, when this process spawned it (`None` for a re-adopted
     /// shim, which is not our child).
     child: Option<Child>,
     pid: Option<u32>,
-    last_error: Option<String>,
     /// Latest memory-workload iteration the shim reported.
     iteration: u64,
 }
+
+impl Shim {
+    /// Whether the shim still runs.
+    fn alive(&mut self) -> bool {
+        match &mut self.child {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => self
+                .pid
+                .is_some_and(|p| Path::new(&format!("/proc/{p}")).exists()),
+        }
+    }
+}
+
+/// Where a VM that boots here says it comes from while it boots.
+const BOOTING: &str = "this site (booting)";
 
 /// VMs running in `wanmig-vmm` processes (see the module comment).
 pub struct ProcessHost {
     dir: PathBuf,
     vmm: PathBuf,
-    vms: Mutex<BTreeMap<String, Entry>>,
+    vms: Registry<Shim>,
     seq: AtomicU64,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn start_err(name: &str, reason: impl Into<String>) -> HostError {
@@ -142,11 +154,9 @@ impl ProcessHost {
     /// binary; `None`: the one next to the running executable). Re-adopts
     /// the shims a previous gateway left running there.
     pub fn open(dir: &Path, vmm: Option<&Path>) -> Result<Self, HostError> {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            HostError::Config(format!(
-                "cannot create the VM state directory {} ([vms] dir): {e}",
-                dir.display()
-            ))
+        std::fs::create_dir_all(dir).map_err(|source| HostError::StateDir {
+            dir: dir.to_path_buf(),
+            source,
         })?;
         let vmm = match vmm {
             Some(v) => v.to_path_buf(),
@@ -158,7 +168,7 @@ impl ProcessHost {
         let host = ProcessHost {
             dir: dir.to_path_buf(),
             vmm,
-            vms: Mutex::new(BTreeMap::new()),
+            vms: Registry::new(),
             seq: AtomicU64::new(0),
         };
         host.adopt_all();
@@ -177,12 +187,12 @@ impl ProcessHost {
 
     /// The pid of `name`'s shim, while it has one.
     pub fn pid(&self, name: &str) -> Option<u32> {
-        lock(&self.vms).get(name).and_then(|e| e.pid)
+        self.vms.with(name, |e| e.host.pid).flatten()
     }
 
     /// The state of `name` here.
     pub fn state(&self, name: &str) -> Option<VmState> {
-        lock(&self.vms).get(name).map(|e| e.state.clone())
+        self.vms.state(name)
     }
 
     /// The memory workload's samples, from the shim (empty when it does
@@ -289,14 +299,16 @@ impl ProcessHost {
                 }
             },
         };
-        lock(&self.vms).insert(
-            name.to_string(),
-            Entry {
-                config,
-                state,
+        let record = VmRecord {
+            last_error,
+            ..VmRecord::new(config, state)
+        };
+        self.vms.restore(
+            name,
+            record,
+            Shim {
                 child: None,
                 pid,
-                last_error,
                 iteration,
             },
         );
@@ -306,11 +318,11 @@ impl ProcessHost {
     fn fresh_dir(&self, name: &str, config: &VmConfig) -> Result<PathBuf, HostError> {
         let dir = self.vm_dir(name);
         let _ = std::fs::remove_dir_all(&dir);
-        let err =
-            |e: std::io::Error| start_err(name, format!("cannot write {}: {e}", dir.display()));
-        std::fs::create_dir_all(&dir).map_err(err)?;
-        let json = serde_json::to_vec_pretty(config).map_err(|e| start_err(name, e.to_string()))?;
-        std::fs::write(dir.join("config.json"), json).map_err(err)?;
+        let what = format!("cannot write {}", dir.display());
+        std::fs::create_dir_all(&dir).map_err(HostError::start_io(name, what.clone()))?;
+        let json = serde_json::to_vec_pretty(config)
+            .map_err(|e| HostError::start_io(name, what.clone())(e.into()))?;
+        std::fs::write(dir.join("config.json"), json).map_err(HostError::start_io(name, what))?;
         Ok(dir)
     }
 
@@ -318,10 +330,10 @@ impl ProcessHost {
     /// own process group (a signal to the gateway's group spares it).
     fn spawn(&self, name: &str, dir: &Path, extra: &[String]) -> Result<Child, HostError> {
         let log = std::fs::File::create(dir.join("shim.log"))
-            .map_err(|e| start_err(name, format!("cannot create its log: {e}")))?;
+            .map_err(HostError::start_io(name, "cannot create its log"))?;
         let log2 = log
             .try_clone()
-            .map_err(|e| start_err(name, e.to_string()))?;
+            .map_err(HostError::start_io(name, "cannot create its log"))?;
         use std::os::unix::process::CommandExt;
         let child = Command::new(&self.vmm)
             .arg("run")
@@ -337,14 +349,10 @@ impl ProcessHost {
             .stderr(log2)
             .process_group(0)
             .spawn()
-            .map_err(|e| {
-                start_err(
-                    name,
-                    format!(
-                        "cannot run {} ({e}); set [vms] vmm to the wanmig-vmm binary",
-                        self.vmm.display()
-                    ),
-                )
+            .map_err(|source| HostError::VmmBinary {
+                name: name.to_string(),
+                vmm: self.vmm.clone(),
+                source,
             })?;
         let _ = std::fs::write(dir.join("pid"), child.id().to_string());
         Ok(child)
@@ -388,16 +396,6 @@ impl ProcessHost {
         }
     }
 
-    /// Whether the shim of `e` still runs.
-    fn alive(e: &mut Entry) -> bool {
-        match &mut e.child {
-            Some(c) => matches!(c.try_wait(), Ok(None)),
-            None => e
-                .pid
-                .is_some_and(|p| Path::new(&format!("/proc/{p}")).exists()),
-        }
-    }
-
     /// Records that `name` left this site in `state` (see [`LEFT`]).
     fn record_left(&self, name: &str, state: &VmState) {
         let path = self.vm_dir(name).join(LEFT);
@@ -409,18 +407,13 @@ impl ProcessHost {
         }
     }
 
-    fn set(&self, name: &str, f: impl FnOnce(&mut Entry)) {
-        if let Some(e) = lock(&self.vms).get_mut(name) {
-            f(e);
-        }
-    }
-
     /// Refuses what a process-hosted VM cannot do yet (module comment).
     fn check_supported(name: &str, config: &VmConfig) -> Result<(), HostError> {
         if config.net.is_some() {
-            return Err(HostError::Config(format!(
-                "VM '{name}' has a network card, which process-hosted VMs do not have yet; use [vms] host = \"in-process\""
-            )));
+            return Err(HostError::Unsupported {
+                name: name.to_string(),
+                reason: "has a network card, which process-hosted VMs do not have yet; use [vms] host = \"in-process\"",
+            });
         }
         Ok(())
     }
@@ -429,28 +422,16 @@ impl ProcessHost {
 impl VmHosting for ProcessHost {
     fn start(&self, name: &str, config: VmConfig) -> Result<(), HostError> {
         validate_vm_name(name)?;
-        config
-            .validate()
-            .map_err(|e| HostError::Config(e.to_string()))?;
+        config.validate()?;
         Self::check_supported(name, &config)?;
-        {
-            let mut vms = lock(&self.vms);
-            ensure_replaceable(name, vms.get(name).map(|e| &e.state), "be started again")?;
-            // Reserve the name while the shim boots.
-            vms.insert(
-                name.to_string(),
-                Entry {
-                    config: config.clone(),
-                    state: VmState::Incoming {
-                        from: "this site (booting)".into(),
-                    },
-                    child: None,
-                    pid: None,
-                    last_error: None,
-                    iteration: 0,
-                },
-            );
-        }
+        // Hold the name while the shim boots.
+        let held = self.vms.reserve(
+            name,
+            config.clone(),
+            BOOTING,
+            "be started again",
+            Shim::default(),
+        )?;
         let started = (|| {
             let dir = self.fresh_dir(name, &config)?;
             let mut child = self.spawn(name, &dir, &[])?;
@@ -464,15 +445,13 @@ impl VmHosting for ProcessHost {
                     pid = child.id(),
                     "VM started in its own wanmig-vmm process"
                 );
-                self.set(name, |e| {
-                    e.pid = Some(child.id());
-                    e.child = Some(child);
-                    e.state = VmState::Running;
+                held.commit(None, |h| {
+                    h.pid = Some(child.id());
+                    h.child = Some(child);
                 });
                 Ok(())
             }
             Err(err) => {
-                lock(&self.vms).remove(name);
                 let _ = std::fs::remove_dir_all(self.vm_dir(name));
                 Err(err)
             }
@@ -480,18 +459,13 @@ impl VmHosting for ProcessHost {
     }
 
     fn config(&self, name: &str) -> Result<VmConfig, HostError> {
-        let vms = lock(&self.vms);
-        let e = vms
-            .get(name)
-            .ok_or_else(|| HostError::Unknown(name.to_string()))?;
-        match e.state {
-            VmState::Running if e.config.disk.is_some() => Err(HostError::Storage {
+        self.vms.migratable(name, |e| match e.record().config.disk {
+            Some(_) => Err(HostError::Storage {
                 name: name.to_string(),
                 reason: "its disk is a local file of this site's wanmig-vmm process; storage migration runs only with [vms] host = \"in-process\"".into(),
             }),
-            VmState::Running => Ok(e.config.clone()),
-            ref s => Err(HostError::busy(name, s, "be migrated")),
-        }
+            None => Ok(()),
+        })
     }
 
     fn migrate_out(
@@ -501,16 +475,7 @@ impl VmHosting for ProcessHost {
         stream: UnixStream,
         opts: &MigrateOptions,
     ) -> Result<MigrationReport, HostError> {
-        {
-            let mut vms = lock(&self.vms);
-            let e = vms
-                .get_mut(name)
-                .ok_or_else(|| HostError::Unknown(name.to_string()))?;
-            if e.state != VmState::Running {
-                return Err(HostError::busy(name, &e.state, "be migrated"));
-            }
-            e.state = VmState::MigratingOut { to: to.to_string() };
-        }
+        self.vms.depart(name, to, |_| ())?;
         let dir = self.vm_dir(name);
         let marker = dir.join("migrating.json");
         let _ = std::fs::write(
@@ -563,62 +528,71 @@ impl VmHosting for ProcessHost {
                 .map_err(|_| std::io::Error::other("the migration request thread failed"))?
         })();
         let _ = std::fs::remove_file(&marker);
-        let mut vms = lock(&self.vms);
-        let Some(e) = vms.get_mut(name) else {
-            return Err(HostError::Unknown(name.to_string()));
-        };
-        match answer {
-            Ok(AdminResponse::Migrated(report)) => {
-                e.state = VmState::MigratedAway { to: to.to_string() };
-                e.last_error = None;
-                self.record_left(name, &e.state);
-                Ok(*report)
-            }
+        let (how, result) = match answer {
+            Ok(AdminResponse::Migrated(report)) => (Departure::Left, Ok(*report)),
             Ok(AdminResponse::Error {
                 message,
                 vm_running_here: true,
-            }) => {
-                e.state = VmState::Running;
-                e.last_error = Some(format!("migration to {to} failed: {message}"));
-                Err(kept_err(message))
-            }
-            Ok(AdminResponse::HandedOver { message }) => {
-                e.state = VmState::HandoverUnconfirmed {
-                    to: to.to_string(),
+            }) => (
+                Departure::Stayed {
+                    error: Some(format!("migration to {to} failed: {message}")),
+                },
+                Err(kept_err(message)),
+            ),
+            Ok(AdminResponse::HandedOver { message }) => (
+                Departure::Unconfirmed {
                     reason: message.clone(),
-                };
-                self.record_left(name, &e.state);
+                },
                 Err(HostError::Migration(MigrationError::HandoverUnconfirmed(
                     message,
-                )))
-            }
-            Ok(AdminResponse::Error { message, .. }) => {
-                // Not running here, not handed over: the VM ended.
-                e.state = VmState::Failed {
+                ))),
+            ),
+            // Not running here, not handed over: the VM ended.
+            Ok(AdminResponse::Error { message, .. }) => (
+                Departure::Ended {
                     reason: format!("the VM ended while migrating to {to}: {message}"),
-                };
-                Err(kept_err(format!("the VM ended while migrating: {message}")))
-            }
-            Ok(other) => {
-                e.state = VmState::Running;
-                Err(kept_err(format!("unexpected answer {other:?}")))
-            }
+                    error: None,
+                },
+                Err(kept_err(format!("the VM ended while migrating: {message}"))),
+            ),
+            Ok(other) => (
+                Departure::Stayed { error: None },
+                Err(kept_err(format!("unexpected answer {other:?}"))),
+            ),
             Err(io) => {
-                let reason = if Self::alive(e) {
-                    e.state = VmState::Running;
-                    format!("talking to the VM's wanmig-vmm process failed: {io}")
+                if self.vms.with_host(name, Shim::alive).unwrap_or(false) {
+                    let reason = format!("talking to the VM's wanmig-vmm process failed: {io}");
+                    (
+                        Departure::Stayed {
+                            error: Some(reason.clone()),
+                        },
+                        Err(kept_err(reason)),
+                    )
                 } else {
-                    let r = format!(
+                    let reason = format!(
                         "its wanmig-vmm process exited during the migration to {to}: {}",
                         Self::log_tail(&dir)
                     );
-                    e.state = VmState::Failed { reason: r.clone() };
-                    r
-                };
-                e.last_error = Some(reason.clone());
-                Err(kept_err(reason))
+                    (
+                        Departure::Ended {
+                            reason: reason.clone(),
+                            error: Some(reason.clone()),
+                        },
+                        Err(kept_err(reason)),
+                    )
+                }
             }
+        };
+        let Some(state) = self.vms.departed(name, to, how, |_, _| ()) else {
+            return Err(HostError::Unknown(name.to_string()));
+        };
+        if matches!(
+            state,
+            VmState::MigratedAway { .. } | VmState::HandoverUnconfirmed { .. }
+        ) {
+            self.record_left(name, &state);
         }
+        result
     }
 
     fn receive(
@@ -630,39 +604,26 @@ impl VmHosting for ProcessHost {
         opts: &ReceiveOptions,
     ) -> Result<IncomingReport, HostError> {
         validate_vm_name(name)?;
-        config
-            .validate()
-            .map_err(|e| HostError::Config(e.to_string()))?;
+        config.validate()?;
         if config.disk.is_some() {
             return Err(HostError::Storage {
                 name: name.to_string(),
                 reason: "this site hosts VMs in processes ([vms] host = \"process\"), which do not take in disks yet".into(),
             });
         }
-        let previous = {
-            let mut vms = lock(&self.vms);
-            ensure_replaceable(name, vms.get(name).map(|e| &e.state), "be received")?;
-            vms.insert(
-                name.to_string(),
-                Entry {
-                    config: config.clone(),
-                    state: VmState::Incoming {
-                        from: from.to_string(),
-                    },
-                    child: None,
-                    pid: None,
-                    last_error: None,
-                    iteration: 0,
-                },
-            )
-        };
+        let held = self
+            .vms
+            .reserve(name, config.clone(), from, "be received", Shim::default())?;
         let dir = self.vm_dir(name);
         let mut child = None;
         let result = (|| {
             let dir = self.fresh_dir(name, &config)?;
             // Marks a VM that never ran here (re-adoption removes it).
-            std::fs::write(dir.join("incoming"), from)
-                .map_err(|e| start_err(name, e.to_string()))?;
+            let incoming = dir.join("incoming");
+            std::fs::write(&incoming, from).map_err(HostError::start_io(
+                name,
+                format!("cannot write {}", incoming.display()),
+            ))?;
             let sock = dir.join("in.sock");
             let c = child.insert(self.spawn(
                 name,
@@ -676,7 +637,8 @@ impl VmHosting for ProcessHost {
                     opts.idle_timeout.as_secs().max(1).to_string(),
                 ],
             )?);
-            self.set(name, |e| e.pid = Some(c.id()));
+            let pid = c.id();
+            self.vms.with_host(name, |h| h.pid = Some(pid));
             let deadline = Instant::now() + CONNECT_WAIT;
             let conn = loop {
                 if let Ok(s) = UnixStream::connect(&sock) {
@@ -696,7 +658,10 @@ impl VmHosting for ProcessHost {
                 }
                 std::thread::sleep(Duration::from_millis(5));
             };
-            pump(conn, stream).map_err(|e| start_err(name, e.to_string()))?;
+            pump(conn, stream).map_err(HostError::start_io(
+                name,
+                "relaying the migration stream to wanmig-vmm",
+            ))?;
             let st = Self::wait_ready(c, &dir, READY_WAIT).map_err(|r| {
                 start_err(
                     name,
@@ -712,14 +677,12 @@ impl VmHosting for ProcessHost {
             let _ = std::fs::remove_file(dir.join("incoming"));
             Ok((report, st))
         })();
-        let mut vms = lock(&self.vms);
         match result {
             Ok((report, st)) => {
-                if let Some(e) = vms.get_mut(name) {
-                    e.child = child;
-                    e.state = VmState::Running;
-                    e.iteration = st.mem_iteration;
-                }
+                held.commit(None, |h| {
+                    h.child = child;
+                    h.iteration = st.mem_iteration;
+                });
                 tracing::info!(
                     vm = name,
                     from,
@@ -733,69 +696,40 @@ impl VmHosting for ProcessHost {
                     let _ = c.wait();
                 }
                 let _ = std::fs::remove_dir_all(&dir);
-                match previous {
-                    Some(p) => vms.insert(name.to_string(), p),
-                    None => vms.remove(name),
-                };
+                // Dropping `held` gives the name back to what held it.
                 Err(err)
             }
         }
     }
 
     fn list(&self) -> Vec<VmInfo> {
-        // Ask running shims for news without holding the lock.
-        let running: Vec<String> = lock(&self.vms)
-            .iter()
-            .filter(|(_, e)| e.state == VmState::Running)
-            .map(|(n, _)| n.clone())
-            .collect();
-        for name in running {
+        // Ask running shims for news without holding the registry's lock.
+        for name in self.vms.names_in(&VmState::Running) {
             let answer = status(&self.control_socket(&name));
-            self.set(&name, |e| {
-                if e.state != VmState::Running {
-                    return;
+            self.vms.check_running(&name, |h| match answer {
+                Some(s) if s.exit.is_none() => {
+                    h.iteration = s.mem_iteration;
+                    None
                 }
-                match answer {
-                    Some(s) if s.exit.is_none() => e.iteration = s.mem_iteration,
-                    Some(s) => {
-                        e.state = VmState::Failed {
-                            reason: format!("the VM ended: {:?}", s.exit),
-                        }
-                    }
-                    None if !Self::alive(e) => {
-                        e.state = VmState::Failed {
-                            reason: format!(
-                                "its wanmig-vmm process ({}) exited; start the VM again",
-                                e.pid.map(|p| format!("pid {p}")).unwrap_or_default()
-                            ),
-                        }
-                    }
-                    None => {}
-                }
+                Some(s) => Some(format!("the VM ended: {:?}", s.exit)),
+                None if !h.alive() => Some(format!(
+                    "its wanmig-vmm process ({}) exited; start the VM again",
+                    h.pid.map(|p| format!("pid {p}")).unwrap_or_default()
+                )),
+                None => None,
             });
         }
-        lock(&self.vms)
-            .iter()
-            .map(|(name, e)| VmInfo {
-                name: name.clone(),
-                state: e.state.clone(),
-                mem_size: e.config.mem_size,
-                iteration: e.iteration,
-                last_error: e.last_error.clone(),
-                storage: None,
-            })
+        self.vms
+            .list(|h| h.iteration)
+            .into_iter()
+            .map(|(info, iteration)| VmInfo { iteration, ..info })
             .collect()
     }
 
     fn settle_handover(&self, name: &str, to: &str, running_there: bool) {
-        let mut vms = lock(&self.vms);
-        let Some(e) = vms.get_mut(name) else { return };
-        let Some(state) = e.state.settled(to, running_there) else {
-            return;
-        };
-        e.state = state.clone();
-        drop(vms);
-        self.record_left(name, &state);
+        if let Some(state) = self.vms.settle(name, to, running_there) {
+            self.record_left(name, &state);
+        }
     }
 }
 

@@ -1,0 +1,289 @@
+//! VMs hosted in this process ([`VmHost`]): wanmig-vmm's `Vm`, one set of
+//! vCPU threads each, which needs no root and lets one process run several
+//! sites (what `wanmig demo` and the tests use). Its VMs' disks follow them
+//! when storage is attached ([`VmHost::attach_storage`],
+//! [`super::disk_follow`]).
+
+use std::collections::VecDeque;
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use wanmig_migration::machine::VmConfig;
+use wanmig_vmm::migration::IncomingReport;
+use wanmig_vmm::virtio::ChannelPort;
+use wanmig_vmm::{
+    migrate_to, receive_from_with_disk, MigrateOptions, MigrationReport, ReceiveOptions, Vm,
+};
+
+use super::disk_follow::{ensure_disk_settled, DiskFollow};
+use super::disk_state::DiskState;
+use super::error::HostError;
+use super::hosting::VmHosting;
+use super::registry::{validate_vm_name, Departure, Registry, VmInfo, VmState};
+use crate::config::StorageSettings;
+use crate::storage_relay::{ExportStatus, StorageRelay};
+
+/// Serial console lines kept per VM.
+const SERIAL_LINES: usize = 200;
+
+/// Where a VM that boots here says it comes from while it boots.
+const BOOTING: &str = "this site (booting)";
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What this host keeps of a VM besides its registry record.
+struct InProcess {
+    /// The VM, while it is here (also kept after it was handed over, paused
+    /// for good, so its last reports stay readable); `None` while a
+    /// migration holds it or before it arrived. A slot of its own, so work
+    /// on one VM ([`VmHost::with_vm`]) never holds the registry's lock.
+    vm: Arc<Mutex<Option<Vm>>>,
+    net_port: Option<ChannelPort>,
+    serial: Arc<Mutex<VecDeque<String>>>,
+}
+
+impl InProcess {
+    fn new() -> Self {
+        InProcess {
+            vm: Arc::new(Mutex::new(None)),
+            net_port: None,
+            serial: Arc::new(Mutex::new(VecDeque::new())),
+        }
+    }
+}
+
+/// VMs running in this process.
+#[derive(Default)]
+pub struct VmHost {
+    vms: Registry<InProcess>,
+    disks: DiskFollow,
+}
+
+fn serial_sink(lines: Arc<Mutex<VecDeque<String>>>) -> wanmig_vmm::serial::SerialSink {
+    Box::new(move |s: &str| {
+        let mut l = lock(&lines);
+        if l.len() == SERIAL_LINES {
+            l.pop_front();
+        }
+        l.push_back(s.to_string());
+    })
+}
+
+impl VmHost {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Lets VM disks follow their VMs (see [`DiskFollow::attach`]). Call
+    /// inside the tokio runtime the relay runs on.
+    pub fn attach_storage(&self, relay: StorageRelay, settings: StorageSettings) {
+        self.disks.attach(relay, settings);
+    }
+
+    /// The state of `name`'s disk copy here, if it arrived with storage
+    /// (with live progress while it copies).
+    pub fn disk_state(&self, name: &str) -> Option<DiskState> {
+        self.vms.with(name, |e| e.disk()).flatten()
+    }
+
+    /// Runs `f` on the VM called `name` if it is held here (running, or
+    /// released after a handover).
+    pub fn with_vm<R>(&self, name: &str, f: impl FnOnce(&Vm) -> R) -> Option<R> {
+        let slot = self.vms.with(name, |e| Arc::clone(&e.host.vm))?;
+        let vm = lock(&slot);
+        vm.as_ref().map(f)
+    }
+
+    /// The state of `name` here.
+    pub fn state(&self, name: &str) -> Option<VmState> {
+        self.vms.state(name)
+    }
+
+    /// The far end of the VM's in-process virtio-net card (once per run
+    /// here), for the overlay to attach.
+    pub fn take_net_port(&self, name: &str) -> Option<ChannelPort> {
+        self.vms.with_host(name, |h| h.net_port.take()).flatten()
+    }
+
+    /// The VM's last serial console lines.
+    pub fn serial(&self, name: &str) -> Vec<String> {
+        self.vms
+            .with(name, |e| lock(&e.host.serial).iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+impl VmHosting for VmHost {
+    fn start(&self, name: &str, config: VmConfig) -> Result<(), HostError> {
+        validate_vm_name(name)?;
+        config.validate()?;
+        let host = InProcess::new();
+        let serial = Arc::clone(&host.serial);
+        let held = self
+            .vms
+            .reserve(name, config.clone(), BOOTING, "be started again", host)?;
+        let vm_err = |source| HostError::Vm {
+            name: name.to_string(),
+            source,
+        };
+        let vm = Vm::create(config.clone(), serial_sink(serial)).map_err(vm_err)?;
+        vm.start().map_err(vm_err)?;
+        let net_port = vm.take_net_port();
+        tracing::info!(vm = name, mem = config.mem_size, "VM started");
+        held.commit(None, |h| {
+            *lock(&h.vm) = Some(vm);
+            h.net_port = net_port;
+        });
+        Ok(())
+    }
+
+    fn config(&self, name: &str) -> Result<VmConfig, HostError> {
+        let config = self
+            .vms
+            .migratable(name, |e| ensure_disk_settled(name, e))?;
+        // The relay asks for the config before it opens the migration; the
+        // disk is exported now so the destination can ask for its size.
+        self.disks.export(name, &config)?;
+        Ok(config)
+    }
+
+    fn migrate_out(
+        &self,
+        name: &str,
+        to: &str,
+        mut stream: UnixStream,
+        opts: &MigrateOptions,
+    ) -> Result<MigrationReport, HostError> {
+        let slot = self.vms.depart(name, to, |h| Arc::clone(&h.vm))?;
+        let Some(mut vm) = lock(&slot).take() else {
+            // Running without a VM object cannot happen (a reservation is
+            // committed with one); refuse rather than pretend.
+            let state = self
+                .vms
+                .departed(name, to, Departure::Stayed { error: None }, |_, _| ());
+            return Err(HostError::busy(
+                name,
+                &state.unwrap_or(VmState::Running),
+                "be migrated",
+            ));
+        };
+        let result = migrate_to(&mut vm, &mut stream, opts);
+        drop(stream);
+        let how = match &result {
+            Ok(_) => Departure::Left,
+            Err(err) if err.vm_kept_at_source() => Departure::Stayed {
+                error: Some(format!("migration to {to} failed: {err}")),
+            },
+            Err(err) => Departure::Unconfirmed {
+                reason: err.to_string(),
+            },
+        };
+        self.vms.departed(name, to, how, |h, state| {
+            *lock(&h.vm) = Some(vm);
+            if *state != VmState::Running {
+                h.net_port = None;
+            }
+        });
+        result.map_err(Into::into)
+    }
+
+    fn receive(
+        &self,
+        name: &str,
+        from: &str,
+        config: VmConfig,
+        mut stream: UnixStream,
+        opts: &ReceiveOptions,
+    ) -> Result<IncomingReport, HostError> {
+        validate_vm_name(name)?;
+        let mut config = config;
+        // With storage, the disk comes from `from` into this site's disk
+        // directory; the VM's config names the local copy.
+        let arrival = self.disks.prepare_arrival(name, from, &mut config)?;
+        config.validate()?;
+        let host = InProcess::new();
+        let serial = Arc::clone(&host.serial);
+        // Hold the name: a second migration of the same VM to this site
+        // must not race this one.
+        let held = self
+            .vms
+            .reserve(name, config.clone(), from, "be received", host)?;
+        let disk = arrival.as_ref().map(|a| a.backend());
+        let (vm, report) =
+            receive_from_with_disk(&mut stream, config.clone(), serial_sink(serial), opts, disk)?;
+        drop(stream);
+        let net_port = vm.take_net_port();
+        let disk_path = config.disk.as_ref().map(|d| d.path.clone());
+        let first = match (&arrival, &disk_path) {
+            (Some(a), Some(path)) => Some(a.first_state(from, path)),
+            _ => None,
+        };
+        held.commit(first, |h| {
+            *lock(&h.vm) = Some(vm);
+            h.net_port = net_port;
+        });
+        tracing::info!(vm = name, from, "VM arrived and runs here");
+        if let (Some(a), Some(path)) = (arrival, disk_path) {
+            self.disks.arrived(&self.vms, name, from, path, a);
+        }
+        Ok(report)
+    }
+
+    fn settle_handover(&self, name: &str, to: &str, running_there: bool) {
+        self.vms.settle(name, to, running_there);
+    }
+
+    fn list(&self) -> Vec<VmInfo> {
+        // The iteration is read from each VM after the registry's lock is
+        // released.
+        self.vms
+            .list(|h| Arc::clone(&h.vm))
+            .into_iter()
+            .map(|(mut info, slot)| {
+                info.iteration = lock(&slot)
+                    .as_ref()
+                    .and_then(|vm| vm.reports().mem_samples().last().map(|s| s.iteration))
+                    .unwrap_or(0);
+                info
+            })
+            .collect()
+    }
+
+    fn set_storage_background(&self, name: &str, background: bool) -> Result<(), HostError> {
+        self.disks.set_background(name, background)
+    }
+
+    fn storage_migrate(&self, name: &str) -> Result<DiskState, HostError> {
+        self.disks.migrate(&self.vms, name)
+    }
+
+    fn storage_exports(&self) -> Vec<ExportStatus> {
+        self.disks.exports()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_vms_and_bad_configs_are_refused_with_reasons() {
+        let host = VmHost::new();
+        let e = host.config("nope").unwrap_err();
+        assert!(e.to_string().contains("not known"), "{e}");
+        let (a, _b) = UnixStream::pair().unwrap();
+        assert!(matches!(
+            host.migrate_out("nope", "site-b", a, &MigrateOptions::default()),
+            Err(HostError::Unknown(_))
+        ));
+        let bad = VmConfig {
+            mem_size: 12345,
+            ..VmConfig::default()
+        };
+        let e = host.start("x", bad).unwrap_err();
+        assert!(e.to_string().contains("mem_size"), "{e}");
+        assert!(host.list().is_empty());
+    }
+}
