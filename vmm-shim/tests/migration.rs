@@ -228,13 +228,16 @@ fn corrupted_page_aborts_cleanly_and_the_vm_stays_at_the_source() {
     assert_still_running_at_source(&src);
 }
 
+/// Each `Pages` message's round and page count, as a [`tap`] saw them.
+type SeenRounds = std::sync::Arc<std::sync::Mutex<Vec<(u32, u64)>>>;
+
 /// Copies `from` to `to` until either closes; with `rounds`, also decodes
 /// the shim messages passing and records each `Pages` message's round and
 /// page count.
 fn tap(
     mut from: UnixStream,
     mut to: UnixStream,
-    rounds: Option<std::sync::Arc<std::sync::Mutex<Vec<(u32, u64)>>>>,
+    rounds: Option<SeenRounds>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut d = Decoder::new();

@@ -264,7 +264,7 @@ pub(crate) async fn start_import(
         Err(Failure::Link(source)) => {
             return Err(StorageRelayError::Link {
                 peer: peer.to_string(),
-                source,
+                source: Box::new(source),
             })
         }
     };

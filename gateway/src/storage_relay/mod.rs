@@ -61,8 +61,10 @@ pub enum StorageRelayError {
     #[error("storage stream to '{peer}': {source} (the copy resumes when the link returns)")]
     Link {
         peer: String,
+        // Boxed: QUIC's errors are large, and this error travels inside
+        // the VM host's and the migration's errors.
         #[source]
-        source: StreamError,
+        source: Box<StreamError>,
     },
     /// Not a link problem (a task of the relay failed): retrying the same
     /// way will not help.
@@ -301,7 +303,7 @@ impl StorageRelay {
         }
         let link = |source: StreamError| StorageRelayError::Link {
             peer: peer.to_string(),
-            source,
+            source: Box::new(source),
         };
         let (mut send, mut recv) = self
             .inner
