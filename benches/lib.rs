@@ -1,7 +1,7 @@
 //! Shared code of the benchmarks: the kernel-TCP baseline over the netem
 //! TUN link ([`tcp_baseline`]), the goodput result rows they print, QEMU's
 //! live-migration baseline ([`qemu`]), the scenario runner and report
-//! of issue #7 ([`scenario`]) and the real-memory corpus ([`corpus`]).
+//! ([`scenario`]) and the real-memory corpus ([`corpus`]).
 
 #[path = "src/corpus.rs"]
 pub mod corpus;

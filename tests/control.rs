@@ -12,7 +12,7 @@ async fn the_control_api_rejects_a_wrong_or_missing_token() {
     let mesh = MeshBuilder::new(2).start().await.unwrap();
     let addr = mesh.gw("site-a").control_addr().unwrap();
 
-    let wrong = ControlClient::new(addr, "not-the-token".into());
+    let wrong = ControlClient::new(addr, "not-the-token".into()).unwrap();
     match wrong.status().await {
         Err(ClientError::Unauthorized { message, .. }) => {
             assert!(message.contains("wrong"), "{message}")
@@ -47,6 +47,7 @@ async fn status_of_a_gateway_that_is_not_running_says_so() {
         .local_addr()
         .unwrap();
     let err = ControlClient::new(addr, "t".into())
+        .unwrap()
         .status()
         .await
         .unwrap_err();

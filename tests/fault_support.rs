@@ -1,4 +1,4 @@
-//! Helpers of the fault-scenario tests (issue #7), included with `#[path]`:
+//! Helpers of the fault-scenario tests, included with `#[path]`:
 //! the two-site mesh the link-cut cases run on, a guest whose round 0 and
 //! later rounds take long enough on a slow link to be cut in the middle,
 //! reading migration records, and the end-state checks every fault case

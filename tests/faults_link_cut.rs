@@ -1,4 +1,4 @@
-//! Issue #7's link-cut matrix: the WAN link between two gateways is cut
+//! The link-cut matrix: the WAN link between two gateways is cut
 //! (the emulator's control) for 1 s, for 10 s or for good, during round 0,
 //! during a later pre-copy round, during the final (stop-and-copy) round
 //! and after the handover (the destination resumed the VM, the source has

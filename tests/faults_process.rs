@@ -1,4 +1,4 @@
-//! Issue #7's process faults, with real `wanmig gateway` processes (one per
+//! Process faults, with real `wanmig gateway` processes (one per
 //! site, `[vms] host = "process"`: every VM in its own `wanmig-vmm`
 //! process) joined by the WAN emulator, and a real KVM guest migrating from
 //! site-a to site-b:

@@ -1,4 +1,4 @@
-//! Issue #7's storage-copy cuts: a real KVM guest with a disk migrates from
+//! Storage-copy cuts: a real KVM guest with a disk migrates from
 //! site-a to site-b, and while the follow-on storage copy runs (the VM at B
 //! on a remote-backed disk) the WAN link is cut for 1 s, for 10 s or for
 //! good, as soon as B reports the copy (the cut often lands while the

@@ -1,4 +1,4 @@
-//! The L2 overlay end to end (issue #3): two gateways in-process with a WAN
+//! The L2 overlay end to end: two gateways in-process with a WAN
 //! emulator between them (50 ms RTT), a Linux network namespace per host
 //! behind a TAP port of a gateway, kernel TCP at full 1500-byte MTU across
 //! the stretched segment (frames are larger than the QUIC datagrams, so

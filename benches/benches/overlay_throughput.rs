@@ -1,4 +1,4 @@
-//! Overlay benchmark (issue #3), printed as a table:
+//! Overlay benchmark, printed as a table:
 //!
 //! 1. kernel TCP throughput TAP-to-TAP across two gateways on loopback (no
 //!    emulated delay, 1500-byte MTU), side by side with the kernel's VXLAN

@@ -1,4 +1,4 @@
-//! The scenario matrix of issue #7 (see `wanmig_benches::scenario`): each
+//! The scenario matrix (see `wanmig_benches::scenario`): each
 //! scenario moves a KVM guest between two sites over the emulated WAN with
 //! wanmig and then with plain pre-copy (reduction off), on the same link in
 //! the same run, and QEMU's own migration where asked; prints progress and

@@ -1,5 +1,5 @@
 //! Follow-on storage copy through two real gateways over the emulated WAN
-//! (250 Mbit/s, 100 ms RTT; issue #6's figures): a 1 GiB ext4 image holding
+//! (250 Mbit/s, 100 ms RTT): a 1 GiB ext4 image holding
 //! copies of real text (`/usr/share/doc`) and binaries (`/usr/bin`) plus
 //! free space, built without mounting by `mke2fs -d` (Debian's e2fsprogs;
 //! without it the storage crate's synthetic image generator stands in, and

@@ -1,4 +1,4 @@
-//! The scenario matrix's quick subset in CI (issue #7): three small
+//! The scenario matrix's quick subset in CI: three small
 //! scenarios — a clean 20 ms / 250 Mbit/s link, 1% bursty loss with jitter
 //! at 50 ms / 100 Mbit/s, and a write-heavy guest whose whole-page writes
 //! defeat deltas at 100 Mbit/s (both runs must throttle it) — each run

@@ -38,6 +38,10 @@ pub enum ClientError {
     },
     #[error(transparent)]
     Token(#[from] crate::control::TokenError),
+    #[error("{addr} is not a loopback address: the control API listens on loopback only, and the token must not leave this host (use 127.0.0.1:PORT, or --config with the gateway's config file)")]
+    NotLoopback { addr: SocketAddr },
+    #[error("cannot set up the HTTP client: {0}")]
+    Http(reqwest::Error),
 }
 
 /// A control API client bound to one gateway.
@@ -50,21 +54,35 @@ pub struct ControlClient {
 }
 
 impl ControlClient {
-    pub fn new(addr: SocketAddr, token: String) -> Self {
-        ControlClient {
+    /// A client of the control API on `addr`, which must be a loopback
+    /// address (the API is local-only, and the bearer token must not travel
+    /// further). The client connects directly: `HTTP_PROXY` and its kin are
+    /// ignored, so the token is never handed to a proxy.
+    pub fn new(addr: SocketAddr, token: String) -> Result<Self, ClientError> {
+        if !addr.ip().is_loopback() {
+            return Err(ClientError::NotLoopback { addr });
+        }
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .map_err(ClientError::Http)?;
+        Ok(ControlClient {
             addr,
             token,
             token_file: None,
-            http: reqwest::Client::new(),
-        }
+            http,
+        })
     }
 
     /// A client that reads its token from `token_file`.
     pub fn with_token_file(addr: SocketAddr, token_file: &Path) -> Result<Self, ClientError> {
+        if !addr.ip().is_loopback() {
+            return Err(ClientError::NotLoopback { addr });
+        }
         let token = crate::control::read_token(token_file)?;
         Ok(ControlClient {
             token_file: Some(token_file.to_path_buf()),
-            ..ControlClient::new(addr, token)
+            ..ControlClient::new(addr, token)?
         })
     }
 

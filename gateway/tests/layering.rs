@@ -27,14 +27,7 @@ use proc_macro2::{Delimiter, Group, TokenStream, TokenTree};
 /// files (relative to the workspace root) of one circle, and why it is
 /// still here. An entry whose circle is gone fails the test, so the list
 /// only shrinks.
-const ALLOWED: &[(&[&str], &str)] = &[
-    // The proto/policy branches move codec/src/level.rs into the migration
-    // crate, which ends this one.
-    (
-        &["codec/src/encoder.rs", "codec/src/level.rs"],
-        "the encoder and its level choice import each other: proto/policy branches",
-    ),
-];
+const ALLOWED: &[(&[&str], &str)] = &[];
 
 #[test]
 fn no_import_circles_between_files() {

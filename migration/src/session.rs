@@ -839,15 +839,14 @@ mod tests {
     }
 
     /// The relay's part in adapting the codec: the policy gets the
-    /// encoder's statistics and the encode's CPU time, and the session
-    /// applies the settings it picks. Returns the level in force.
-    fn adapt(
-        src: &mut SourceSession,
-        policy: &mut RelayPolicy,
-        cpu: std::time::Duration,
-        now: std::time::Instant,
-    ) -> i32 {
+    /// encoder's statistics and the encode's CPU time...
+    fn encoded(src: &SourceSession, policy: &mut RelayPolicy, cpu: std::time::Duration) {
         policy.on_encoded(src.level(), &src.encoder_stats(), cpu);
+    }
+
+    /// ...and the session applies the settings it picks. Returns the level
+    /// in force.
+    fn decide(src: &mut SourceSession, policy: &mut RelayPolicy, now: std::time::Instant) -> i32 {
         let live = src.phase() == Phase::Copying;
         let setting = policy.codec(now, src.codec_setting(), live);
         src.apply_codec(setting).unwrap()
@@ -879,12 +878,8 @@ mod tests {
         for i in 0..3u32 {
             text_round(&mut src, &mut dst, 64, i.into());
             let now = t0 + std::time::Duration::from_secs(i.into());
-            adapt(
-                &mut src,
-                &mut policy,
-                std::time::Duration::from_micros(50),
-                now,
-            );
+            encoded(&src, &mut policy, std::time::Duration::from_micros(50));
+            decide(&mut src, &mut policy, now);
         }
         assert_eq!(policy.bottleneck(), Bottleneck::Link);
         assert_eq!(src.level(), top);
@@ -914,17 +909,13 @@ mod tests {
             text_round(&mut src, &mut dst, 64, i.into());
             let cost = (src.level() + 10) as u64 * 5;
             let now = t0 + std::time::Duration::from_secs(i.into());
-            // The codec is the bottleneck at the level just measured. Ask
-            // before the policy decides (a level it has just stepped to has
-            // no measurements yet), and from the second round on (it learns
-            // the link rate when it first decides).
-            let cpu = std::time::Duration::from_millis(cost);
-            policy.on_encoded(src.level(), &src.encoder_stats(), cpu);
+            encoded(&src, &mut policy, std::time::Duration::from_millis(cost));
+            // (The link rate reaches the controller with the first
+            // decision.)
             if i > 0 {
-                assert_eq!(policy.bottleneck(), Bottleneck::Cpu, "round {i}");
+                assert_eq!(policy.bottleneck(), Bottleneck::Cpu);
             }
-            let setting = policy.codec(now, src.codec_setting(), true);
-            src.apply_codec(setting).unwrap();
+            decide(&mut src, &mut policy, now);
         }
         assert!(!src.progress().long_distance);
         let low = src.level();
@@ -936,13 +927,8 @@ mod tests {
         policy.on_path(path(1e3));
         for i in 8..12u32 {
             let now = t0 + std::time::Duration::from_secs(i.into());
-            let level = adapt(
-                &mut src,
-                &mut policy,
-                std::time::Duration::from_micros(1),
-                now,
-            );
-            assert_eq!(level, low);
+            encoded(&src, &mut policy, std::time::Duration::from_micros(1));
+            assert_eq!(decide(&mut src, &mut policy, now), low);
         }
     }
 

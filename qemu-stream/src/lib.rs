@@ -105,6 +105,7 @@
 pub mod emit;
 pub mod event;
 pub mod format;
+mod grammar;
 mod main_channel;
 mod multifd;
 pub mod page_id;

@@ -13,7 +13,7 @@ use crate::format::{
     ram_flag, Command, SectionType, CAPABILITY_IGNORE_SHARED, FILE_MAGIC, FILE_VERSION, PAGE_MASK,
     PAGE_SIZE, RAM_IDSTR, RAM_SECTION_VERSION,
 };
-use crate::parser::{be32, be64, consumed, Stop, Unit};
+use crate::grammar::{be32, be64, consumed, Stop, Unit};
 use crate::unsupported::Unsupported;
 
 /// Longest machine type name accepted in the configuration section.

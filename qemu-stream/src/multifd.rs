@@ -12,7 +12,7 @@ use crate::format::{
     MULTIFD_COMPRESSION_MASK, MULTIFD_FLAG_SYNC, MULTIFD_HELLO_LEN, MULTIFD_MAGIC,
     MULTIFD_MAX_PAGES, MULTIFD_RAMBLOCK_LEN, MULTIFD_VERSION, PAGE_MASK, PAGE_SIZE,
 };
-use crate::parser::{be32, be64, consumed, Stop, Unit};
+use crate::grammar::{be32, be64, consumed, Stop, Unit};
 use crate::unsupported::Unsupported;
 
 enum State {

@@ -1,7 +1,6 @@
 //! [`UnitError`]: which value could not be read, why, and what to write.
 
-use crate::rate::RATE_CONVENTION;
-use crate::size::SIZE_CONVENTION;
+use crate::convention::{RATE_CONVENTION, SIZE_CONVENTION};
 
 /// A value on a command line (or in a setting) that is not what its flag
 /// takes. The message names the value and says what is accepted; clap

@@ -33,6 +33,7 @@
 
 #![forbid(unsafe_code)]
 
+mod convention;
 pub mod duration;
 mod error;
 mod number;

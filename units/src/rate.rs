@@ -1,12 +1,8 @@
 //! Rates in bits per second: [`parse_rate`] and [`format_rate`].
 
+pub use crate::convention::RATE_CONVENTION;
 use crate::error::{Problem, UnitError};
 use crate::number::{split_number, Decimal};
-
-/// What [`parse_rate`] accepts, as the errors and `--help` texts say it.
-pub const RATE_CONVENTION: &str = "Rates are bits per second: a number with k, M, G, T \
-     (powers of 1000) and optionally bit, bit/s or bps, e.g. 250mbit, 250Mbit/s, 250Mbps, 1G; \
-     for a rate in bytes per second multiply by 8 (30 MB/s = 240mbit)";
 
 /// How a unit counts: bits, or bytes (refused, with the bit rate to write).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

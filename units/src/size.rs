@@ -1,12 +1,8 @@
 //! Sizes in bytes: [`parse_size`] and [`format_size`].
 
+pub use crate::convention::SIZE_CONVENTION;
 use crate::error::{Problem, UnitError};
 use crate::number::split_number;
-
-/// What [`parse_size`] accepts, as the errors and `--help` texts say it.
-pub const SIZE_CONVENTION: &str = "Sizes are bytes: a count, or a number with K, M, G, T \
-     (powers of 1024, the same as KiB, MiB, GiB, TiB: 64M = 64 MiB, as QEMU's -m) \
-     or kB, MB, GB, TB (powers of 1000), e.g. 64M, 512KiB, 2MB";
 
 const KI: u64 = 1 << 10;
 

@@ -55,7 +55,7 @@ pub struct MultifdZstd {
 }
 
 impl Default for MultifdZstd {
-    /// Two channels at zstd level 1 (issue 12's comparison).
+    /// Two channels at zstd level 1, the baseline wanmig is measured against.
     fn default() -> Self {
         MultifdZstd {
             channels: 2,

@@ -1,4 +1,4 @@
-//! The scenario runner of issue #7: runs a set of the matrix
+//! The scenario runner: runs a set of the matrix
 //! ([`matrix`]) on this machine — wanmig, raw pre-copy and (where asked)
 //! QEMU side by side per scenario ([`run`]) — computes each scenario's
 //! physical floor ([`floor`]), and writes per-run JSON, the combined JSON

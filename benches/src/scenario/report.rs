@@ -47,7 +47,7 @@ impl Verdict {
     }
 }
 
-/// The goals, judged for one scenario.
+/// The project's goals for a migration, judged for one scenario.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 pub struct Goals {
     /// ≤ 1.3 × the floor (clean links).
