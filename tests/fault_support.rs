@@ -20,8 +20,8 @@ use wanmig_e2e::{init_logging, Link, Mesh, MeshBuilder};
 use wanmig_gateway::migration::{Direction, MigrateRequest, MigrationRecord, Outcome, Phase};
 use wanmig_gateway::vms::VmState;
 use wanmig_gateway::GatewayHandle;
+use wanmig_migration::machine::{MemoryWorkloadConfig, VmConfig};
 use wanmig_netem::LinkParams;
-use wanmig_vmm::{MemoryWorkloadConfig, VmConfig};
 
 pub const VM: &str = "vm1";
 
@@ -237,7 +237,7 @@ pub async fn moved_to_b(mesh: &Mesh, config: &VmConfig, id: &str) {
     );
     assert_eq!(b.vm_host().state(VM), Some(VmState::Running));
     let stopped = a.vm_host().with_vm(VM, |v| v.exit_status()).flatten();
-    assert_eq!(stopped, Some(wanmig_vmm::RunExit::Stopped));
+    assert_eq!(stopped, Some(wanmig_migration::admin::RunExit::Stopped));
     let a_last = iteration(a.vm_host(), VM);
     assert!(wait_iteration(b.vm_host(), VM, a_last + 10).await);
     assert_eq!(iteration(a.vm_host(), VM), a_last, "A's copy stays stopped");
@@ -270,7 +270,7 @@ pub async fn handed_over_unconfirmed(mesh: &Mesh, config: &VmConfig, id: &str) -
         Some(VmState::HandoverUnconfirmed { .. })
     ));
     let stopped = a.vm_host().with_vm(VM, |v| v.exit_status()).flatten();
-    assert_eq!(stopped, Some(wanmig_vmm::RunExit::Stopped));
+    assert_eq!(stopped, Some(wanmig_migration::admin::RunExit::Stopped));
     let a_last = iteration(a.vm_host(), VM);
     assert!(wait_iteration(b.vm_host(), VM, a_last + 10).await);
     assert_eq!(iteration(a.vm_host(), VM), a_last, "A's copy stays stopped");

@@ -22,8 +22,7 @@ use wanmig_e2e::{init_logging, MeshBuilder};
 use wanmig_gateway::migration::{MigrateRequest, Outcome};
 use wanmig_gateway::vms::{DiskState, VmHost, VmState};
 use wanmig_guest_abi::virtio::{disk_block_fill, disk_block_last_iteration, DISK_BLOCK_WORDS};
-use wanmig_vmm::config::DiskConfig;
-use wanmig_vmm::VmConfig;
+use wanmig_migration::machine::{DiskConfig, VmConfig};
 
 const DISK_LEN: u64 = 16 << 20;
 const SEED: u64 = 0x0007_d15c;

@@ -19,7 +19,7 @@ use fault_support::*;
 use wanmig_e2e::Mesh;
 use wanmig_gateway::migration::{Direction, Outcome, Phase};
 use wanmig_gateway::vms::VmState;
-use wanmig_vmm::VmConfig;
+use wanmig_migration::machine::VmConfig;
 
 /// Starts the guest at A and lets it run a little.
 async fn dirtying_guest_at_a(mesh: &Mesh) -> VmConfig {
@@ -105,7 +105,7 @@ async fn runs_at_b_only(mesh: &Mesh, config: &VmConfig, id: &str) {
     assert!(out.resolution.is_some(), "A will settle it");
     // A never runs it again.
     let stopped = a.vm_host().with_vm(VM, |v| v.exit_status()).flatten();
-    assert_eq!(stopped, Some(wanmig_vmm::RunExit::Stopped));
+    assert_eq!(stopped, Some(wanmig_migration::admin::RunExit::Stopped));
     let a_last = iteration(a.vm_host(), VM);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(iteration(a.vm_host(), VM), a_last, "A's copy stays stopped");

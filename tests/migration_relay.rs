@@ -4,6 +4,8 @@
 //! gateways' records), the guest's deterministic workload digests equal an
 //! unmigrated run's before, across and after both moves, the WAN carried
 //! far fewer bytes than guest memory, and status/metrics say what happened.
+//! Also: a session in another version, or opening with a frame this build
+//! does not know, is refused with a reason the source's operator can act on.
 
 #[path = "migration_support.rs"]
 mod support;
@@ -15,8 +17,11 @@ use wanmig_e2e::{init_logging, MeshBuilder};
 use wanmig_gateway::control_client::ControlClient;
 use wanmig_gateway::migration::api::MigrateBody;
 use wanmig_gateway::migration::{Direction, MigrateRequest, MigrationRecord, Outcome, Phase};
+use wanmig_gateway::peering::StreamKind;
 use wanmig_gateway::vms::VmState;
 use wanmig_gateway::GatewayHandle;
+use wanmig_migration::machine::VmConfig;
+use wanmig_migration::session::frame::{self as session_frame, Frame, OpenRequest, SESSION};
 
 /// The destination's record of migration `id`, once it has finished: the
 /// source's record can finish a moment before the destination's does (the
@@ -117,6 +122,21 @@ async fn migrate_and_check(
     assert!(rec.convergence.is_some() && rec.stop_reason.is_some());
     assert!(rec.max_throttle.is_some());
     assert!(rec.state_bytes.unwrap_or(0) > 0, "a VM state blob was sent");
+    // The gateways counted the rounds the shim named: both ends of the
+    // relay stand at the last round that sent pages, and the source
+    // relayed exactly the pages the shim reported.
+    let last_round = rec
+        .round_pages
+        .iter()
+        .rposition(|&p| p > 0)
+        .expect("round 0 sent pages") as u32;
+    assert_eq!(rec.progress.round, last_round, "{:?}", rec.round_pages);
+    assert_eq!(inc.progress.round, last_round);
+    assert_eq!(
+        rec.progress.pages,
+        rec.round_pages.iter().sum::<u64>(),
+        "pages the shim sent, each counted once per round"
+    );
 
     // Exactly one place.
     assert_eq!(
@@ -255,5 +275,68 @@ async fn vm_moves_a_to_b_and_back_through_the_wan() {
         .find(|r| r.direction == Direction::Outgoing)
         .unwrap();
     assert_eq!(i64::from(out.progress.level), level);
+    mesh.shutdown().await;
+}
+
+/// What the destination gateway answers to a migration stream that opens
+/// with `opening` (raw session bytes).
+async fn answer_to(mesh: &wanmig_e2e::Mesh, opening: &[u8]) -> Frame {
+    let (mut send, mut recv) = mesh
+        .gw("site-a")
+        .peering()
+        .open_stream("site-b", StreamKind::Migration)
+        .await
+        .expect("a migration stream");
+    send.write_all(opening).await.unwrap();
+    let bytes = tokio::time::timeout(WAIT, recv.read_to_end(1 << 20))
+        .await
+        .expect("an answer in time")
+        .expect("the answer");
+    let mut d = session_frame::Decoder::new();
+    d.feed(&bytes);
+    d.next().unwrap().expect("one whole frame")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_session_versions_and_unknown_frames_are_refused_with_a_reason() {
+    init_logging();
+    let mesh = MeshBuilder::new(2).start().await.unwrap();
+    assert!(mesh.wait_all_up(WAIT).await);
+    let open = |version| {
+        session_frame::to_bytes(&Frame::Open {
+            version,
+            request: Box::new(OpenRequest {
+                id: "site-a-test".into(),
+                vm: "web".into(),
+                config: VmConfig::default(),
+                scope: "default".into(),
+            }),
+        })
+    };
+    for (version, upgrade) in [
+        (
+            SESSION.current + 1,
+            "upgrade wanmig at the destination gateway's site",
+        ),
+        (
+            SESSION.oldest - 1,
+            "upgrade wanmig at the source gateway's site",
+        ),
+    ] {
+        match answer_to(&mesh, &open(version)).await {
+            Frame::Refuse(reason) => assert!(
+                reason.contains(&format!("version {version}")) && reason.contains(upgrade),
+                "{reason}"
+            ),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+    // A first frame of an essential kind this build does not know.
+    match answer_to(&mesh, &[0x6e, 0, 0, 0, 0]).await {
+        Frame::Refuse(reason) => assert!(reason.contains("message kind 110"), "{reason}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // Nothing was started at either site.
+    assert!(mesh.gw("site-b").migration().records().is_empty());
     mesh.shutdown().await;
 }

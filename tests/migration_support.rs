@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wanmig_gateway::vms::{VmHost, VmHosting};
-use wanmig_vmm::guest_control::MemSample;
+use wanmig_migration::admin::MemSample;
+use wanmig_migration::machine::{MemoryWorkloadConfig, VmConfig};
 use wanmig_vmm::workload_model::reference_digests;
-use wanmig_vmm::{MemoryWorkloadConfig, VmConfig};
 
 pub const WAIT: Duration = Duration::from_secs(90);
 

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use wanmig_e2e::{init_logging, Link, MeshBuilder};
-use wanmig_gateway::peering::close_code;
+use wanmig_gateway::peering::{close_code, StreamKind};
 use wanmig_gateway::{LinkState, Role};
 
 const UP_TIMEOUT: Duration = Duration::from_secs(20);
@@ -159,7 +159,8 @@ async fn registered_stream_kinds_and_datagrams_reach_their_handlers() {
     let mesh = MeshBuilder::new(2).start().await.unwrap();
     assert!(mesh.wait_all_up(UP_TIMEOUT).await);
     let (a, b) = (mesh.gw("site-a"), mesh.gw("site-b"));
-    const ECHO: u8 = 0x42;
+    // A kind no build defines, registered here by its raw value.
+    const ECHO: StreamKind = StreamKind::Unknown(0x42);
     let mut streams = b.subscribe_streams(ECHO, 4).unwrap();
     assert!(
         b.subscribe_streams(ECHO, 4).is_err(),
@@ -184,7 +185,10 @@ async fn registered_stream_kinds_and_datagrams_reach_their_handlers() {
     );
 
     // A kind nobody registered is reset with UNKNOWN_STREAM_KIND.
-    let (_send, mut recv) = a.open_stream("site-b", 0x77).await.unwrap();
+    let (_send, mut recv) = a
+        .open_stream("site-b", StreamKind::from(0x77))
+        .await
+        .unwrap();
     match recv.read_to_end(1024).await {
         Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))) => {
             assert_eq!(

@@ -12,8 +12,7 @@ use wanmig_gateway::migration::api::MigrateBody;
 use wanmig_gateway::migration::{MigrateRequest, Outcome};
 use wanmig_gateway::vms::{DiskState, VmHost, VmHosting, VmState};
 use wanmig_guest_abi::virtio::{disk_block_fill, disk_block_last_iteration, DISK_BLOCK_WORDS};
-use wanmig_vmm::config::DiskConfig;
-use wanmig_vmm::VmConfig;
+use wanmig_migration::machine::{DiskConfig, VmConfig};
 
 const DISK_LEN: u64 = 4 << 20;
 const SEED: u64 = 0x0510_7a6e;

@@ -2,7 +2,9 @@
 //! over the WAN emulator relay: the destination's remote-backed disk is fed
 //! by the storage relay while a writer at the destination keeps writing and
 //! reading back its blocks. Checks the digests after completion, a link cut
-//! mid-copy, and a destination crash mid-copy.
+//! mid-copy, and a destination crash mid-copy; and that a stream in another
+//! storage protocol version, or opening with a frame this build does not
+//! know, is answered with a reason (an unknown advisory frame is skipped).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,8 +13,10 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 use wanmig_gateway::lab::{Link, Mesh, MeshBuilder};
+use wanmig_gateway::peering::StreamKind;
 use wanmig_gateway::storage_relay::{ImportReport, StorageImport, StorageRelay, StorageRelayError};
 use wanmig_gateway::LinkState;
+use wanmig_migration::storage::{decode_frame, Frame, MAX_FRAME, STORAGE};
 use wanmig_storage::presence::PresenceBitmap;
 use wanmig_storage::testdisk::{build_image, ImageMix};
 use wanmig_storage::{disk_digest, ReleasePolicy, RemoteDisk, RemoteDiskConfig};
@@ -455,6 +459,71 @@ async fn references_to_evicted_pages_fall_back_to_plain_blocks() {
             disk_digest(src).unwrap(),
             "{name}"
         );
+    }
+    mesh.shutdown().await;
+}
+
+/// What the source gateway answers to a storage stream that opens with
+/// `opening` (raw storage bytes).
+async fn storage_answer_to(mesh: &Mesh, opening: &[u8]) -> Frame {
+    let (mut send, mut recv) = mesh
+        .gw("site-b")
+        .peering()
+        .open_stream("site-a", StreamKind::Storage)
+        .await
+        .expect("a storage stream");
+    send.write_all(opening).await.unwrap();
+    let bytes = tokio::time::timeout(Duration::from_secs(60), recv.read_to_end(1 << 20))
+        .await
+        .expect("an answer in time")
+        .expect("the answer");
+    let f = wanmig_wire::split_frame(&bytes, MAX_FRAME)
+        .unwrap()
+        .expect("one whole frame");
+    decode_frame(f.tag, f.body).unwrap().expect("a known frame")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_storage_versions_and_unknown_frames_are_answered_with_a_reason() {
+    let mesh = mesh(100_000_000).await;
+    let query = |version| {
+        Frame::QuerySize {
+            version,
+            name: "nothing".into(),
+        }
+        .to_bytes()
+    };
+    for (version, upgrade) in [
+        (
+            STORAGE.current + 1,
+            "upgrade wanmig at the source gateway's site",
+        ),
+        (
+            STORAGE.oldest - 1,
+            "upgrade wanmig at the destination gateway's site",
+        ),
+    ] {
+        match storage_answer_to(&mesh, &query(version)).await {
+            Frame::Error(reason) => assert!(
+                reason.contains(&format!("version {version}")) && reason.contains(upgrade),
+                "{reason}"
+            ),
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+    // An essential kind this build does not know is refused; an advisory
+    // one is skipped and the query behind it answered.
+    match storage_answer_to(&mesh, &[0x6e, 0, 0, 0, 0]).await {
+        Frame::Error(reason) => assert!(reason.contains("message kind 110"), "{reason}"),
+        other => panic!("expected an error, got {other:?}"),
+    }
+    let mut advisory_first = vec![0x9b, 3, 0, 0, 0, 1, 2, 3];
+    advisory_first.extend(query(STORAGE.current));
+    match storage_answer_to(&mesh, &advisory_first).await {
+        Frame::Error(reason) => {
+            assert!(reason.contains("no disk 'nothing' is exported"), "{reason}")
+        }
+        other => panic!("expected an error, got {other:?}"),
     }
     mesh.shutdown().await;
 }

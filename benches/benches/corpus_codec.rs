@@ -50,7 +50,7 @@ use wanmig_codec::{
     Decoder, DecoderConfig, Encoder, EncoderConfig, EncoderStats, Gfn, Inventory, LongDistance,
     PageBytes, PageStore, PAGE_SIZE,
 };
-use wanmig_vmm::protocol::BATCH_PAGES;
+use wanmig_migration::shim::BATCH_PAGES;
 
 const MIB: f64 = (1u64 << 20) as f64;
 const GIB: f64 = (1u64 << 30) as f64;

@@ -18,7 +18,7 @@ use wanmig_benches::qemu::multifd_model::{MultifdZstd, PACKET_PAGES};
 use wanmig_codec::{
     Decoder, DecoderConfig, Encoder, EncoderConfig, Gfn, Inventory, PageBytes, PageStore, PAGE_SIZE,
 };
-use wanmig_vmm::protocol::BATCH_PAGES;
+use wanmig_migration::shim::BATCH_PAGES;
 use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
 
 fn images_to_test() -> Option<&'static [&'static str]> {

@@ -123,7 +123,7 @@ impl ControlClient {
     pub async fn start_vm(
         &self,
         name: &str,
-        config: &wanmig_vmm::VmConfig,
+        config: &wanmig_migration::machine::VmConfig,
     ) -> Result<Option<crate::vms::VmInfo>, ClientError> {
         let req = self.http.post(format!("http://{}/v1/vms", self.addr)).json(
             &crate::migration::api::StartVmRequest {

@@ -18,7 +18,7 @@ use crate::metrics::Metrics;
 use crate::migration::metrics::MigrationMetrics;
 use crate::migration::MigrationService;
 use crate::overlay_service::{self, OverlayHandle};
-use crate::peering::{stream_kind, Peering};
+use crate::peering::{Peering, StreamKind};
 use crate::tls::{self, Identity};
 use crate::vms::{ProcessHost, VmHost, VmHosting};
 use crate::{probe, GatewayError};
@@ -63,7 +63,7 @@ impl Gateway {
         let (stop, _) = watch::channel(false);
         let mut tasks = Vec::new();
 
-        let probes = peering.subscribe_streams(stream_kind::PROBE, 16)?;
+        let probes = peering.subscribe_streams(StreamKind::Probe, 16)?;
         tasks.push(tokio::spawn(probe::serve(probes)));
 
         // The overlay's metrics live on their own registry (same `site`

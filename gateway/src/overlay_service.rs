@@ -1,7 +1,7 @@
 //! The overlay service: the I/O around one gateway's L2 switch
 //! ([`wanmig_overlay::Switch`]). One task owns the switch and feeds it
 //! peer datagrams, control messages (one reliable stream per peer and
-//! direction, kind [`stream_kind::OVERLAY`]), frames from local ports (TAP
+//! direction, kind [`StreamKind::Overlay`]), frames from local ports (TAP
 //! devices and in-process channels), peer up/down transitions and a 1 s
 //! timer; it carries out the returned actions. [`OverlayHandle`] attaches
 //! and detaches ports at runtime and reads the switch's state.
@@ -28,7 +28,7 @@ use wanmig_overlay::{
 };
 
 use crate::config::TapPortConfig;
-use crate::peering::{stream_kind, IncomingStream, LinkState, PeerDatagram, Peering};
+use crate::peering::{IncomingStream, LinkState, PeerDatagram, Peering, StreamKind};
 
 /// Frames buffered per in-process port and direction.
 pub const CHANNEL_PORT_FRAMES: usize = 1024;
@@ -56,8 +56,8 @@ pub enum OverlayError {
     Port(#[from] wanmig_overlay::port::PortError),
     #[error("overlay: cannot register metrics: {0}")]
     Metrics(#[from] prometheus::Error),
-    #[error("overlay: stream kind {0} is taken by another subsystem")]
-    StreamKind(u8),
+    #[error("overlay: stream kind {0:?} is taken by another subsystem")]
+    StreamKind(StreamKind),
     #[error("overlay service has stopped (the gateway is shutting down)")]
     Stopped,
 }
@@ -259,8 +259,8 @@ pub async fn start(
         .collect();
     segments.sort_by_key(|(_, v)| *v);
     let streams = peering
-        .subscribe_streams(stream_kind::OVERLAY, 16)
-        .map_err(|_| OverlayError::StreamKind(stream_kind::OVERLAY))?;
+        .subscribe_streams(StreamKind::Overlay, 16)
+        .map_err(|_| OverlayError::StreamKind(StreamKind::Overlay))?;
     let datagrams = peering.subscribe_datagrams(DATAGRAM_QUEUE);
     let (frames_tx, frames_rx) = mpsc::channel(FRAME_QUEUE);
     let (cmds_tx, cmds_rx) = mpsc::channel(64);
@@ -330,7 +330,7 @@ async fn write_control(
     site: String,
     mut rx: mpsc::UnboundedReceiver<ControlMsg>,
 ) {
-    let mut send = match peering.open_stream(&site, stream_kind::OVERLAY).await {
+    let mut send = match peering.open_stream(&site, StreamKind::Overlay).await {
         Ok((send, _recv)) => send,
         Err(e) => {
             tracing::info!(peer = site, error = %e, "cannot open the overlay control stream");

@@ -26,20 +26,29 @@ use crate::config::{site_dns_name, GatewayConfig, PeerConfig};
 use crate::tls::{self, Identity};
 use crate::transport_tuning;
 
-/// Stream-kind header bytes: the first byte of every bidirectional stream
-/// names the subsystem that handles it.
-pub mod stream_kind {
-    /// A goodput probe (see [`crate::probe`]).
-    pub const PROBE: u8 = 1;
-    /// Overlay control messages (MAC adverts, withdrawals, full syncs), one
-    /// stream per peer and direction (see [`crate::overlay_service`]).
-    pub const OVERLAY: u8 = 2;
-    /// A relayed live migration, one stream per migration (see
-    /// [`crate::migration`]).
-    pub const MIGRATION: u8 = 3;
-    /// A follow-on storage migration lane (on-demand or background), two
-    /// streams per copy (see [`crate::storage_relay`]).
-    pub const STORAGE: u8 = 4;
+wanmig_wire::wire_enum! {
+    /// The stream-kind header: the first byte of every bidirectional
+    /// stream names the gateway subsystem that handles it. It belongs to
+    /// the peering (it names the probe and the overlay as well as
+    /// migration and storage), so it lives here, not in the migration
+    /// core. A kind this gateway does not know (a newer peer's) decodes as
+    /// `Unknown`: unless something registered that raw value, the stream
+    /// is reset with [`close_code::UNKNOWN_STREAM_KIND`] and the refusal
+    /// logged.
+    pub enum StreamKind(u8) {
+        /// A goodput probe (see [`crate::probe`]).
+        Probe = 1,
+        /// Overlay control messages (MAC adverts, withdrawals, full syncs),
+        /// one stream per peer and direction (see
+        /// [`crate::overlay_service`]).
+        Overlay = 2,
+        /// A relayed live migration, one stream per migration (see
+        /// [`crate::migration`]).
+        Migration = 3,
+        /// A follow-on storage migration lane (on-demand or background),
+        /// two streams per copy (see [`crate::storage_relay`]).
+        Storage = 4,
+    }
 }
 
 /// Application close / reset codes on peering connections and streams.
@@ -77,8 +86,8 @@ pub enum PeeringError {
         peer: String,
         source: quinn::SendDatagramError,
     },
-    #[error("stream kind {0} already has a handler")]
-    KindTaken(u8),
+    #[error("stream kind {0:?} already has a handler")]
+    KindTaken(StreamKind),
 }
 
 /// Which side of a peer pair opens the connection.
@@ -175,7 +184,7 @@ pub struct Refusals {
 #[derive(Debug)]
 pub struct IncomingStream {
     pub peer: String,
-    pub kind: u8,
+    pub kind: StreamKind,
     pub send: SendStream,
     pub recv: RecvStream,
 }
@@ -202,7 +211,7 @@ struct Shared {
     site: String,
     endpoint: Endpoint,
     peers: Mutex<HashMap<String, PeerEntry>>,
-    stream_handlers: Mutex<HashMap<u8, mpsc::Sender<IncomingStream>>>,
+    stream_handlers: Mutex<HashMap<StreamKind, mpsc::Sender<IncomingStream>>>,
     datagram_sink: Mutex<Option<mpsc::Sender<PeerDatagram>>>,
     refusals: Mutex<Refusals>,
     changes: watch::Sender<u64>,
@@ -475,14 +484,14 @@ impl Peering {
     pub async fn open_stream(
         &self,
         site: &str,
-        kind: u8,
+        kind: StreamKind,
     ) -> Result<(SendStream, RecvStream), PeeringError> {
         let conn = self.live_connection(site)?;
         let (mut send, recv) = conn.open_bi().await.map_err(|source| PeeringError::Open {
             peer: site.to_string(),
             source,
         })?;
-        send.write_all(&[kind])
+        send.write_all(&[u8::from(kind)])
             .await
             .map_err(|source| PeeringError::Write {
                 peer: site.to_string(),
@@ -506,7 +515,7 @@ impl Peering {
     /// arrive on the returned channel.
     pub fn subscribe_streams(
         &self,
-        kind: u8,
+        kind: StreamKind,
         capacity: usize,
     ) -> Result<mpsc::Receiver<IncomingStream>, PeeringError> {
         let mut h = lock(&self.shared.stream_handlers);
@@ -749,10 +758,11 @@ async fn dispatch_stream(
             return;
         }
     }
-    let tx = lock(&shared.stream_handlers).get(&kind[0]).cloned();
+    let kind = StreamKind::from(kind[0]);
+    let tx = lock(&shared.stream_handlers).get(&kind).cloned();
     let stream = IncomingStream {
         peer,
-        kind: kind[0],
+        kind,
         send,
         recv,
     };
@@ -768,7 +778,16 @@ async fn dispatch_stream(
             }
         }
         None => {
-            tracing::warn!(peer = %stream.peer, kind = kind[0], "no handler for stream kind; resetting it");
+            match kind {
+                StreamKind::Unknown(k) => tracing::warn!(
+                    peer = %stream.peer,
+                    kind = k,
+                    "refusing a stream of unknown kind {k}: the peer runs a wanmig build with a subsystem this gateway lacks; run the same wanmig version at both sites"
+                ),
+                known => {
+                    tracing::warn!(peer = %stream.peer, kind = ?known, "no handler for stream kind; resetting it")
+                }
+            }
             send = stream.send;
             recv = stream.recv;
             let _ = send.reset(VarInt::from_u32(close_code::UNKNOWN_STREAM_KIND));

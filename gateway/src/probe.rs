@@ -1,5 +1,5 @@
 //! Goodput probe: sends N bytes over a fresh QUIC stream (kind
-//! [`stream_kind::PROBE`]) to a peer gateway, which counts them and
+//! [`StreamKind::Probe`]) to a peer gateway, which counts them and
 //! acknowledges; reports goodput, duration and RTT.
 //!
 //! Wire format after the kind byte — request: `u64 BE length`, then that
@@ -13,7 +13,7 @@ use quinn::VarInt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::peering::{stream_kind, IncomingStream, Peering, PeeringError};
+use crate::peering::{IncomingStream, Peering, PeeringError, StreamKind};
 
 /// Largest probe a receiver accepts (1 TiB).
 pub const MAX_PROBE_BYTES: u64 = 1 << 40;
@@ -132,7 +132,7 @@ pub async fn run(
     }
     let conn = peering.live_connection(peer)?;
     let lost_before = conn.stats().path.lost_packets;
-    let (mut send, mut recv) = peering.open_stream(peer, stream_kind::PROBE).await?;
+    let (mut send, mut recv) = peering.open_stream(peer, StreamKind::Probe).await?;
     let start = Instant::now();
     send.write_all(&bytes.to_be_bytes())
         .await

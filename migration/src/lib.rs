@@ -3,6 +3,30 @@
 //! clocks and pass what they measured in; everything that decides what a
 //! migration says and does lives here, as plain state machines.
 //!
+//! - [`machine`]: the VM description that travels between sites
+//!   ([`machine::VmConfig`]) and the shape a destination must match.
+//! - [`version`]: the versioning rule of the three stream protocols below,
+//!   written once.
+//! - [`shim`]: the shim migration protocol (source shim ↔ destination
+//!   shim, or a gateway relaying between them).
+//! - [`session`]: the gateway-to-gateway migration session, its frames
+//!   ([`session::frame`]) and its source and destination cores.
+//! - [`storage`]: the storage relay's frames (a migrated VM's disk
+//!   following it).
+//! - [`policy`]: the convergence policy (when to stop pre-copy, the
+//!   downtime budget, flow windows, pacing, the codec level and the link
+//!   rate), fed with measurements.
+//! - [`admin`]: what a running shim reports about its VM (how its run
+//!   ended, the guest's reports), as plain data for the gateway.
+//!
 //! No tokio, no quinn, no KVM: `cargo tree -p wanmig-migration` shows it.
 
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod machine;
 pub mod policy;
+pub mod session;
+pub mod shim;
+pub mod storage;
+pub mod version;

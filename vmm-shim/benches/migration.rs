@@ -9,11 +9,10 @@
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
+use wanmig_migration::machine::{MemoryWorkloadConfig, VmConfig};
 use wanmig_migration::policy::PlannerConfig;
 use wanmig_vmm::migration::{MigrationReport, MigrationStream};
-use wanmig_vmm::{
-    migrate_to, receive_from, MemoryWorkloadConfig, MigrateOptions, ReceiveOptions, Vm, VmConfig,
-};
+use wanmig_vmm::{migrate_to, receive_from, MigrateOptions, ReceiveOptions, Vm};
 
 /// A stream whose writes are paced to `bytes_per_sec` (a slow link).
 struct RateLimited {

@@ -1,12 +1,13 @@
 //! The shim's local control channel: one JSON request per line on a unix
 //! socket, one JSON response line back. It lets an operator (or the
 //! gateway, or a test) ask a running `wanmig-vmm` for its status and tell it
-//! to migrate its VM to an address. Also the address syntax of migration
-//! endpoints (`unix:PATH`, `tcp:HOST:PORT`).
+//! to migrate its VM to an address. The status and sample data are
+//! `wanmig_migration::admin`'s; the requests and responses that carry the
+//! planner's settings and the migration report are here, with the socket
+//! code. Also the address syntax of migration endpoints (`unix:PATH`,
+//! `tcp:HOST:PORT`).
 
-use crate::guest_control::MemSample;
 use crate::migration::{migrate_to, MigrateOptions, MigrationReport, MigrationStream};
-use crate::vcpu::RunExit;
 use crate::vm::Vm;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
@@ -14,6 +15,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use wanmig_migration::admin::{MemSample, Status};
 use wanmig_migration::policy::PlannerConfig;
 
 /// Where a migration goes to or comes from.
@@ -99,23 +101,6 @@ pub enum AdminRequest {
         #[serde(default)]
         planner: Option<PlannerConfig>,
     },
-}
-
-/// Status of the VM.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Status {
-    /// How the run ended, `None` while running.
-    pub exit: Option<RunExit>,
-    /// Latest memory-workload iteration reported.
-    pub mem_iteration: u64,
-    /// Digest reported with it.
-    pub mem_digest: u64,
-    /// Reports received.
-    pub reports: u64,
-    /// Latest disk-workload report: [iteration, digest, verified, errors].
-    pub disk: Option<[u64; 4]>,
-    /// Latest TCP-service report: [connections, bytes, digest, session bytes].
-    pub net: Option<[u64; 4]>,
 }
 
 /// A response on the control socket.

@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 use wanmig_guest_abi as abi;
+use wanmig_migration::admin::MemSample;
 
 /// What a guest write to a control port asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,15 +42,6 @@ pub fn parse_report(b: &[u8; abi::REPORT_SIZE]) -> abi::Report {
         reserved: 0,
         values: [u64_at(8), u64_at(16), u64_at(24), u64_at(32)],
     }
-}
-
-/// One memory-workload iteration as the guest reported it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct MemSample {
-    /// Iteration number (from 1).
-    pub iteration: u64,
-    /// The guest's running digest after it.
-    pub digest: u64,
 }
 
 /// The guest's reports: the recent memory-workload samples and the latest

@@ -6,20 +6,19 @@
 //! resumes it only on the source's `Handover`. Any failure before the
 //! handover leaves the VM running at the source.
 
-use crate::config::VmConfig;
 use crate::memory::{self, Page};
-use crate::protocol::{
-    self, Decoder, Message, PageBatch, StreamError, BATCH_PAGES, PROTOCOL_VERSION,
-};
+use crate::protocol_io::{self, StreamError};
 use crate::serial::SerialSink;
 use crate::state::{StateError, VmState};
 use crate::vm::{Vm, VmError};
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
+use wanmig_migration::machine::VmConfig;
 use wanmig_migration::policy::{
     ConvergenceMode, Decision, Planner, PlannerConfig, RoundResult, StopReason,
 };
+use wanmig_migration::shim::{Decoder, Message, PageBatch, BATCH_PAGES, SHIM};
 
 /// A byte stream a migration can run over.
 pub trait MigrationStream: Read + Write + Send {
@@ -50,8 +49,6 @@ pub enum MigrationError {
     PeerAborted(String),
     #[error("protocol violation: expected {expected}, got {got}")]
     Unexpected { expected: &'static str, got: String },
-    #[error("migration protocol version mismatch: peer speaks {theirs}, this shim {ours}; run the same wanmig-vmm version on both sides")]
-    VersionMismatch { ours: u32, theirs: u32 },
     #[error("the destination cannot hold this VM: {0}")]
     ConfigMismatch(String),
     #[error("memory digest mismatch: source {source_digest}, destination {destination_digest}; the destination's copy is incomplete or corrupt")]
@@ -102,7 +99,8 @@ impl Default for MigrateOptions {
 /// One pre-copy round as reported.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RoundReport {
-    /// Round number (0 = all of memory).
+    /// Round number (0 = all of memory), as the round's `Pages`
+    /// messages carry it.
     pub round: u32,
     /// Pages sent.
     pub pages: u64,
@@ -154,19 +152,20 @@ struct Sender<'a, S> {
 
 impl<S: MigrationStream> Sender<'_, S> {
     fn send(&mut self, m: &Message) -> Result<(), MigrationError> {
-        self.bytes += protocol::write_message(self.stream, m, &mut self.scratch)?;
+        self.bytes += protocol_io::write_message(self.stream, m, &mut self.scratch)?;
         Ok(())
     }
 
     fn recv(&mut self) -> Result<Message, MigrationError> {
-        match protocol::read_message(self.stream, &mut self.dec)? {
+        match protocol_io::read_message(self.stream, &mut self.dec)? {
             Message::Abort(reason) => Err(MigrationError::PeerAborted(reason)),
             m => Ok(m),
         }
     }
 
-    /// Sends `gfns` in batches; returns bytes written.
-    fn send_pages(&mut self, vm: &Vm, gfns: &[u64]) -> Result<u64, MigrationError> {
+    /// Sends `gfns` in batches as pages of pre-copy round `round`;
+    /// returns bytes written.
+    fn send_pages(&mut self, vm: &Vm, gfns: &[u64], round: u32) -> Result<u64, MigrationError> {
         let before = self.bytes;
         let mut batch = PageBatch::new();
         for chunk in gfns.chunks(BATCH_PAGES) {
@@ -178,9 +177,12 @@ impl<S: MigrationStream> Sender<'_, S> {
                     .map_err(|_| MigrationError::Incomplete("a page buffer"))?;
                 memory::read_page(vm.memory(), gfn, buf).map_err(VmError::from)?;
             }
-            let msg = Message::Pages(std::mem::take(&mut batch));
+            let msg = Message::Pages {
+                round,
+                batch: std::mem::take(&mut batch),
+            };
             self.send(&msg)?;
-            if let Message::Pages(b) = msg {
+            if let Message::Pages { batch: b, .. } = msg {
                 batch = b;
             }
         }
@@ -230,7 +232,7 @@ fn run_source<S: MigrationStream>(
     let started = Instant::now();
     let mut planner = Planner::new(opts.planner.clone(), started);
     tx.send(&Message::Hello {
-        version: PROTOCOL_VERSION,
+        version: SHIM.current,
         machine: vm.config().machine(),
     })?;
     match tx.recv()? {
@@ -249,7 +251,7 @@ fn run_source<S: MigrationStream>(
     let mut max_throttle = 0u8;
     let stop_reason = loop {
         let t0 = Instant::now();
-        let bytes = tx.send_pages(vm, &gfns)?;
+        let bytes = tx.send_pages(vm, &gfns, rounds.len() as u32)?;
         let elapsed = t0.elapsed();
         if rounds.is_empty() {
             // At the pause the source digests all of its memory while
@@ -311,7 +313,9 @@ fn run_source<S: MigrationStream>(
     let (digest, state) = std::thread::scope(|scope| {
         let mem = vm.memory();
         let digesting = scope.spawn(move || memory::digest(mem));
-        let sent = tx.send_pages(vm, &last).and_then(|_| {
+        // The round sent while paused follows the live ones.
+        let final_round = rounds.len() as u32;
+        let sent = tx.send_pages(vm, &last, final_round).and_then(|_| {
             let state = vm.save_state()?.encode();
             tx.send(&Message::State(state.clone()))?;
             tx.send(&Message::Complete)?;
@@ -393,7 +397,9 @@ fn run_source<S: MigrationStream>(
 
 fn describe(m: &Message) -> String {
     match m {
-        Message::Pages(b) => format!("a batch of {} pages", b.len()),
+        Message::Pages { round, batch } => {
+            format!("a batch of {} pages of round {round}", batch.len())
+        }
         Message::State(s) => format!("a {}-byte state blob", s.len()),
         other => format!("{other:?}"),
     }
@@ -464,8 +470,13 @@ pub fn receive_from_with_disk<S: MigrationStream>(
     };
     let result = run_destination(&mut rx, config, serial, disk);
     if let Err(e) = &result {
+        // Tell the source why, unless the stream itself failed; a protocol
+        // error (a version this shim refuses, say) is told too.
         match e {
-            MigrationError::PeerAborted(_) | MigrationError::Stream(_) => {}
+            MigrationError::PeerAborted(_)
+            | MigrationError::Stream(
+                StreamError::Io(_) | StreamError::Closed | StreamError::Truncated(_),
+            ) => {}
             other => {
                 let _ = rx.send(&Message::Abort(other.to_string()));
             }
@@ -481,13 +492,10 @@ fn run_destination<S: MigrationStream>(
     disk: Option<crate::vm::DiskBackend>,
 ) -> Result<(Vm, IncomingReport), MigrationError> {
     let started = Instant::now();
+    // The decoder has checked the hello's version (an unsupported one is
+    // a protocol error, answered with an abort that says which site to
+    // upgrade).
     let machine = match rx.recv()? {
-        Message::Hello { version, .. } if version != PROTOCOL_VERSION => {
-            return Err(MigrationError::VersionMismatch {
-                ours: PROTOCOL_VERSION,
-                theirs: version,
-            })
-        }
         Message::Hello { machine, .. } => machine,
         other => return Err(unexpected("hello", &other)),
     };
@@ -513,7 +521,7 @@ fn run_destination<S: MigrationStream>(
             other => other?,
         };
         match msg {
-            Message::Pages(batch) => {
+            Message::Pages { batch, .. } => {
                 for (gfn, data) in batch.pages() {
                     if gfn >= pages {
                         return Err(MigrationError::BadPage { gfn, pages });

@@ -19,20 +19,7 @@ use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::signal::Killable;
 use wanmig_guest_abi as abi;
 
-/// How a VM's run ended.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum RunExit {
-    /// The guest wrote this code to the exit port.
-    Guest(u32),
-    /// The guest triple-faulted or otherwise shut the vCPU down.
-    Shutdown,
-    /// The guest executed HLT with nothing to wake it.
-    Halted,
-    /// KVM reported an error; the text says which.
-    Failed(String),
-    /// The VMM stopped the VM (e.g. after handing it over in a migration).
-    Stopped,
-}
+use wanmig_migration::admin::RunExit;
 
 /// State shared between the vCPU thread and the VMM.
 pub struct Shared {

@@ -2,13 +2,12 @@
 //! thread, and the operations migration needs (pause, resume, dirty
 //! tracking, state save/restore, memory digest).
 
-use crate::config::{ConfigError, VmConfig};
 use crate::dirty_log::{self, SlotError};
-use crate::guest_control::{MemSample, ReportLog};
+use crate::guest_control::ReportLog;
 use crate::memory::{self, GuestMem, MemoryError};
 use crate::serial::{Serial, SerialSink};
 use crate::state::VmState;
-use crate::vcpu::{lock, RunExit, Shared, VcpuError, VcpuHandle};
+use crate::vcpu::{lock, Shared, VcpuError, VcpuHandle};
 use crate::vcpu_state::VcpuCaps;
 use crate::virtio::{
     channel_pair, BlockBackend, ChannelPort, NetBackend, RawFileBackend, TapBackend, VirtioBlock,
@@ -20,6 +19,8 @@ use kvm_ioctls::{Kvm, VmFd};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use wanmig_guest_abi::virtio::{BLK_MMIO_BASE, NET_MMIO_BASE};
+use wanmig_migration::admin::{MemSample, RunExit};
+use wanmig_migration::machine::{ConfigError, VmConfig};
 
 /// Errors creating or operating a VM.
 #[derive(Debug, thiserror::Error)]

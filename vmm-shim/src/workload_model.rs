@@ -2,8 +2,8 @@
 //! run reports, computed without a VM. Tests, the demo and the benchmarks
 //! compare a (migrated) guest's reported digests against it.
 
-use crate::config::MemoryWorkloadConfig;
 use wanmig_guest_abi::memory_workload::{MemoryWorkload, WorkingSet, WORDS_PER_PAGE};
+use wanmig_migration::machine::MemoryWorkloadConfig;
 
 /// The workload's working set as plain host memory.
 pub struct HostWorkingSet(pub Vec<u64>);

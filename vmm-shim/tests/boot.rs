@@ -4,8 +4,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use wanmig_guest_abi::memory_workload::WORDS_PER_PAGE;
+use wanmig_migration::admin::RunExit;
+use wanmig_migration::machine::{MemoryWorkloadConfig, VmConfig};
 use wanmig_vmm::workload_model::{reference_digests, reference_digests_from, HostWorkingSet};
-use wanmig_vmm::{MemoryWorkloadConfig, RunExit, Vm, VmConfig};
+use wanmig_vmm::Vm;
 
 fn capture() -> (Arc<Mutex<Vec<String>>>, wanmig_vmm::serial::SerialSink) {
     let lines = Arc::new(Mutex::new(Vec::new()));

@@ -10,9 +10,9 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
+use wanmig_migration::machine::{DiskConfig, NetConfig, VmConfig};
 use wanmig_testenv::{unique_name, Netns};
-use wanmig_vmm::config::{DiskConfig, NetConfig};
-use wanmig_vmm::{migrate_to, receive_from, MigrateOptions, ReceiveOptions, Vm, VmConfig};
+use wanmig_vmm::{migrate_to, receive_from, MigrateOptions, ReceiveOptions, Vm};
 
 #[test]
 fn disk_workload_writes_and_verifies_blocks() {

@@ -1,7 +1,8 @@
 //! Live migration between two VMs in one process over a unix socket pair:
 //! idle and dirtying guests, digests against the unmigrated reference, and
 //! the failure paths (corrupted stream, refused config, version mismatch,
-//! total timeout), after which the VM must still run at the source.
+//! total timeout), after which the VM must still run at the source; and
+//! the round number each `Pages` message carries.
 
 mod common;
 
@@ -9,12 +10,14 @@ use common::{capture, dirtying_config, reference_digests};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
+use wanmig_migration::admin::RunExit;
+use wanmig_migration::machine::VmConfig;
 use wanmig_migration::policy::{ConvergenceMode, PlannerConfig};
+use wanmig_migration::shim::{Decoder, Kind, Message, ProtocolError, SHIM};
+use wanmig_migration::version::{PreambleError, VersionError};
 use wanmig_vmm::migration::IncomingReport;
-use wanmig_vmm::protocol::{self, Decoder, Message};
-use wanmig_vmm::{
-    migrate_to, receive_from, MigrateOptions, MigrationError, ReceiveOptions, RunExit, Vm, VmConfig,
-};
+use wanmig_vmm::protocol_io::{self, StreamError};
+use wanmig_vmm::{migrate_to, receive_from, MigrateOptions, MigrationError, ReceiveOptions, Vm};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -225,6 +228,98 @@ fn corrupted_page_aborts_cleanly_and_the_vm_stays_at_the_source() {
     assert_still_running_at_source(&src);
 }
 
+/// Each `Pages` message's round and page count, as a [`tap`] saw them.
+type SeenRounds = std::sync::Arc<std::sync::Mutex<Vec<(u32, u64)>>>;
+
+/// Copies `from` to `to` until either closes; with `rounds`, also decodes
+/// the shim messages passing and records each `Pages` message's round and
+/// page count.
+fn tap(
+    mut from: UnixStream,
+    mut to: UnixStream,
+    rounds: Option<SeenRounds>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut d = Decoder::new();
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if let Some(rounds) = &rounds {
+                d.feed(&buf[..n]);
+                while let Ok(Some(m)) = d.next() {
+                    if let Message::Pages { round, batch } = m {
+                        rounds.lock().unwrap().push((round, batch.len() as u64));
+                    }
+                }
+            }
+            if to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Write);
+    })
+}
+
+#[test]
+fn every_pages_message_names_the_round_the_report_counts_it_in() {
+    if !wanmig_testenv::require_kvm("every_pages_message_names_the_round_the_report_counts_it_in") {
+        return;
+    }
+    // A guest that keeps dirtying pages, so there are several rounds.
+    let config = dirtying_config(32, 32, Duration::ZERO);
+    let (_l, sink) = capture();
+    let mut src = Vm::create(config.clone(), sink).unwrap();
+    src.start().unwrap();
+    src.wait_mem_iteration(5, WAIT).unwrap();
+    let (mut src_end, tap_src) = UnixStream::pair().unwrap();
+    let (tap_dst, dst_end) = UnixStream::pair().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let forward = tap(
+        tap_src.try_clone().unwrap(),
+        tap_dst.try_clone().unwrap(),
+        Some(seen.clone()),
+    );
+    let back = tap(tap_dst, tap_src, None);
+    let dest = spawn_destination(config, dst_end);
+    // A budget no round fits: the planner runs rounds up to its limit.
+    let opts = MigrateOptions {
+        planner: PlannerConfig {
+            downtime_budget: Duration::from_micros(1),
+            max_rounds: 3,
+            auto_converge: false,
+            ..PlannerConfig::default()
+        },
+        ..MigrateOptions::default()
+    };
+    let report = migrate_to(&mut src, &mut src_end, &opts).unwrap();
+    dest.join().unwrap().unwrap();
+    drop(src_end);
+    forward.join().unwrap();
+    back.join().unwrap();
+    // Pages per round as the messages named them, in order.
+    let mut per_round: Vec<(u32, u64)> = Vec::new();
+    for &(round, pages) in seen.lock().unwrap().iter() {
+        match per_round.last_mut() {
+            Some((r, p)) if *r == round => *p += pages,
+            _ => per_round.push((round, pages)),
+        }
+    }
+    let mut expected: Vec<(u32, u64)> = report
+        .rounds
+        .iter()
+        .filter(|r| r.pages > 0)
+        .map(|r| (r.round, r.pages))
+        .collect();
+    if report.final_pages > 0 {
+        expected.push((report.rounds.len() as u32, report.final_pages));
+    }
+    assert!(report.rounds.len() >= 2, "{report:#?}");
+    assert_eq!(per_round, expected, "{report:#?}");
+}
+
 #[test]
 fn garbage_instead_of_an_answer_keeps_the_vm_at_the_source() {
     if !wanmig_testenv::require_kvm("garbage_instead_of_an_answer_keeps_the_vm_at_the_source") {
@@ -238,18 +333,19 @@ fn garbage_instead_of_an_answer_keeps_the_vm_at_the_source() {
     let (mut a, mut b) = UnixStream::pair().unwrap();
     let fake = std::thread::spawn(move || {
         let mut d = Decoder::new();
-        let hello = protocol::read_message(&mut b, &mut d).unwrap();
+        let hello = protocol_io::read_message(&mut b, &mut d).unwrap();
         assert!(matches!(hello, Message::Hello { .. }));
-        b.write_all(&[0xee; 64]).unwrap();
+        // A well-formed frame of an essential kind no build defines, then
+        // garbage.
+        b.write_all(&[0x6e, 0, 0, 0, 0]).unwrap();
+        // (The source may have hung up already.)
+        let _ = b.write_all(&[0xee; 64]);
         // Drain until the source gives up.
         let mut sink = Vec::new();
         let _ = b.read_to_end(&mut sink);
     });
     let err = migrate_to(&mut src, &mut a, &MigrateOptions::default()).unwrap_err();
-    assert!(
-        err.to_string().contains("unknown migration message type"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("message kind 110"), "{err}");
     drop(a);
     fake.join().unwrap();
     assert_still_running_at_source(&src);
@@ -291,21 +387,29 @@ fn destination_rejects_another_protocol_version_with_a_reason() {
     }
     let (mut a, b) = UnixStream::pair().unwrap();
     let dest = spawn_destination(VmConfig::default(), b);
-    let mut frame = vec![1u8, 0, 0, 0, 0];
-    frame.extend_from_slice(&protocol::HELLO_MAGIC);
-    frame.extend_from_slice(&(protocol::PROTOCOL_VERSION + 1).to_le_bytes());
-    let len = (frame.len() - 5) as u32;
-    frame[1..5].copy_from_slice(&len.to_le_bytes());
+    // A hello from a newer source: the same magic, the next version.
+    let mut body = SHIM.magic.to_vec();
+    body.extend_from_slice(&(SHIM.current + 1).to_le_bytes());
+    body.extend_from_slice(b"{}");
+    let mut frame = vec![u8::from(Kind::Hello)];
+    frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&body);
     a.write_all(&frame).unwrap();
-    let answer = protocol::read_message(&mut a, &mut Decoder::new()).unwrap();
+    let answer = protocol_io::read_message(&mut a, &mut Decoder::new()).unwrap();
     assert!(
-        matches!(answer, Message::Abort(ref r) if r.contains("version mismatch")),
+        matches!(answer, Message::Abort(ref r) if r.contains("upgrade wanmig at the destination shim's site")),
         "{answer:?}"
     );
-    assert!(matches!(
-        dest.join().unwrap(),
-        Err(MigrationError::VersionMismatch { .. })
-    ));
+    let err = dest.join().unwrap().err().expect("the destination refuses");
+    assert!(
+        matches!(
+            err,
+            MigrationError::Stream(StreamError::Protocol(ProtocolError::Preamble(
+                PreambleError::Version(VersionError::TooNew { .. })
+            )))
+        ),
+        "{err}"
+    );
 }
 
 #[test]

@@ -8,10 +8,11 @@ mod common;
 use std::time::{Duration, Instant};
 use wanmig_guest_abi::memory_workload::WORDS_PER_PAGE;
 use wanmig_guest_abi::{PAGE_SIZE, WORKLOAD_BASE};
-use wanmig_vmm::config::PageWrites;
+use wanmig_migration::admin::RunExit;
+use wanmig_migration::machine::{MemoryWorkloadConfig, PageWrites, VmConfig};
 use wanmig_vmm::memory::{self, Page};
 use wanmig_vmm::workload_model::{reference_digests, HostWorkingSet};
-use wanmig_vmm::{MemoryWorkloadConfig, RunExit, Vm, VmConfig};
+use wanmig_vmm::Vm;
 
 fn full_pages(working_set_pages: u64, pages_per_iteration: u64, iterations: u64) -> VmConfig {
     VmConfig {

@@ -10,8 +10,9 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use wanmig_vmm::admin::{self, AdminRequest, AdminResponse, Status};
-use wanmig_vmm::MemoryWorkloadConfig;
+use wanmig_migration::admin::Status;
+use wanmig_migration::machine::MemoryWorkloadConfig;
+use wanmig_vmm::admin::{self, AdminRequest, AdminResponse};
 
 /// A child process killed (by pid) and reaped on drop.
 struct Proc(Child);

@@ -7,7 +7,7 @@
 mod common;
 
 use std::time::{Duration, Instant};
-use wanmig_vmm::config::PageWrites;
+use wanmig_migration::machine::PageWrites;
 use wanmig_vmm::throttle::CYCLE;
 use wanmig_vmm::Vm;
 

@@ -76,6 +76,17 @@ fn header(buf: &[u8]) -> Option<(u8, u32)> {
     Some((h[0], u32::from_le_bytes([h[1], h[2], h[3], h[4]])))
 }
 
+/// The tag and body length of a frame header, for a reader that takes
+/// the header and then exactly the body from its stream (no decoder
+/// buffer in between).
+pub fn frame_header(h: &[u8; FRAME_HEADER_LEN], max_body: u32) -> Result<(u8, u32), FrameError> {
+    let (tag, len) = (h[0], u32::from_le_bytes([h[1], h[2], h[3], h[4]]));
+    if len > max_body {
+        return Err(FrameError::TooLarge { len, max: max_body });
+    }
+    Ok((tag, len))
+}
+
 /// Incremental frame decoder: feed bytes as they arrive, take whole frames.
 #[derive(Debug)]
 pub struct FrameDecoder {
@@ -213,6 +224,17 @@ mod tests {
         assert_eq!(
             split_frame(&[1, 101, 0, 0, 0], 100).unwrap_err(),
             FrameError::TooLarge { len: 101, max: 100 }
+        );
+    }
+
+    #[test]
+    fn a_header_alone_gives_tag_and_length() {
+        let f = frame(6, b"body");
+        let h: &[u8; FRAME_HEADER_LEN] = f[..FRAME_HEADER_LEN].try_into().unwrap();
+        assert_eq!(frame_header(h, 4), Ok((6, 4)));
+        assert_eq!(
+            frame_header(h, 3),
+            Err(FrameError::TooLarge { len: 4, max: 3 })
         );
     }
 

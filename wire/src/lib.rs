@@ -23,5 +23,6 @@ pub mod tag;
 
 pub use coding::{Be, Codec, DecodeError, Reader, UnexpectedEnd, WriteExt};
 pub use frame::{
-    split_frame, write_frame, FrameDecoder, FrameError, RawFrame, SplitFrame, FRAME_HEADER_LEN,
+    frame_header, split_frame, write_frame, FrameDecoder, FrameError, RawFrame, SplitFrame,
+    FRAME_HEADER_LEN,
 };

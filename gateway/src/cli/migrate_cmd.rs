@@ -344,12 +344,14 @@ mod tests {
     fn the_view_derives_rates_remaining_and_eta() {
         let t0 = Instant::now();
         let mut v = ProgressView::default();
-        let mut p = Progress::default();
-        p.memory_pages = 1000;
-        p.round_pages = 100;
-        p.pages = 100;
-        p.bytes_in = 100 * 4096;
-        p.bytes_out = 100_000;
+        let mut p = Progress {
+            memory_pages: 1000,
+            round_pages: 100,
+            pages: 100,
+            bytes_in: 100 * 4096,
+            bytes_out: 100_000,
+            ..Progress::default()
+        };
         let first = v.update(&p, t0);
         assert_eq!(first.remaining_pages, Some(900));
         assert_eq!(first.eta, None, "no rate yet");

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
+use wanmig_migration::machine::{MemoryWorkloadConfig, VmConfig};
 use wanmig_units::{format_size, parse_duration, parse_size};
-use wanmig_vmm::{MemoryWorkloadConfig, VmConfig};
 
 use super::site_tables::render_vms;
 use super::target::ControlTarget;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use wanmig_guest_abi::virtio::{disk_block_fill, disk_iteration_block, DISK_BLOCK_WORDS};
-use wanmig_vmm::config::DiskConfig;
+use wanmig_migration::machine::DiskConfig;
 
 use crate::vms::{DiskState, VmHost};
 

@@ -9,9 +9,10 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde::Serialize;
 use wanmig_codec::mix::{self, MixSpec, PageKind};
-use wanmig_vmm::config::{DiskConfig, NetConfig, PageWrites};
+use wanmig_migration::machine::{
+    DiskConfig, MemoryWorkloadConfig, NetConfig, PageWrites, VmConfig,
+};
 use wanmig_vmm::workload_model::HostWorkingSet;
-use wanmig_vmm::{MemoryWorkloadConfig, VmConfig};
 
 /// What the guest's memory holds when the migration starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]

@@ -28,9 +28,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
-use wanmig_vmm::config::NetConfig;
+use wanmig_migration::machine::{MemoryWorkloadConfig, NetConfig, VmConfig};
 use wanmig_vmm::workload_model::first_mismatch;
-use wanmig_vmm::{MemoryWorkloadConfig, VmConfig};
 
 use crate::lab::{Link, MeshBuilder};
 use crate::migration::{MigrateRequest, MigrationRecord, Outcome};

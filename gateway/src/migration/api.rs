@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use wanmig_vmm::VmConfig;
+use wanmig_migration::machine::VmConfig;
 
 use super::{MigrateRequest, MigrationRecord, MigrationService, StartError};
 use crate::api_error::respond as error;

@@ -1,9 +1,10 @@
 //! Cross-site live migration through the gateways, between the VM hosts of
-//! two sites ([`crate::vms`]): the gateway-to-gateway session (wire format
-//! in [`wire`], sans-IO relay cores in [`session`]), the tokio/QUIC edge
-//! ([`relay`], which takes its decisions from `wanmig_migration::policy`),
-//! the site's page stores ([`stores`]), the record of migrations
-//! ([`records`]) and the `wanmig_migration_*` metrics ([`metrics`]).
+//! two sites ([`crate::vms`]): the tokio/QUIC edge of the gateway-to-gateway
+//! session ([`relay`], around the sans-IO cores and frames of
+//! `wanmig_migration::session`, taking its decisions from
+//! `wanmig_migration::policy`), the site's page stores ([`stores`]), the
+//! record of migrations ([`records`]) and the `wanmig_migration_*` metrics
+//! ([`metrics`]).
 //!
 //! [`MigrationService`] ties them together: it serves incoming migration
 //! streams from peers and starts outgoing ones.
@@ -12,9 +13,7 @@ pub mod api;
 pub mod metrics;
 pub mod records;
 pub mod relay;
-pub mod session;
 pub mod stores;
-pub mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,12 +23,12 @@ use wanmig_migration::policy::{DowntimeGoal, PlannerConfig};
 use wanmig_vmm::MigrateOptions;
 
 use crate::config::MigrationSettings;
-use crate::peering::{stream_kind, Peering, PeeringError};
+use crate::peering::{Peering, PeeringError, StreamKind};
 use crate::vms::{HostError, VmHosting};
 pub use records::{Direction, MigrationRecord, Outcome, Records};
 use relay::RelayContext;
-pub use session::{Phase, Progress};
 use stores::SiteStores;
+pub use wanmig_migration::session::{Phase, Progress};
 
 /// What an operator asks for (`POST /v1/migrations`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -73,7 +72,7 @@ impl MigrationService {
         settings: MigrationSettings,
         metrics: Option<Arc<metrics::MigrationMetrics>>,
     ) -> Result<(Self, tokio::task::JoinHandle<()>), PeeringError> {
-        let streams = peering.subscribe_streams(stream_kind::MIGRATION, 16)?;
+        let streams = peering.subscribe_streams(StreamKind::Migration, 16)?;
         let ctx = Arc::new(RelayContext {
             peering,
             host,

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use wanmig_migration::policy::{ConvergenceMode, StopReason};
 use wanmig_vmm::MigrationReport;
 
-use super::session::{Phase, Progress};
+use wanmig_migration::session::{Phase, Progress};
 
 /// Finished migrations kept for status.
 const KEEP_FINISHED: usize = 64;

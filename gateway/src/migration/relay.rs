@@ -21,17 +21,22 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::oneshot;
 use wanmig_codec::{ContentStore, EncoderConfig, Inventory};
+use wanmig_migration::machine::VmConfig;
 use wanmig_migration::policy::{
     ConfigError, CopyProgress, Flight, PathEstimate, RelayConfig, RelayPolicy,
 };
-use wanmig_vmm::protocol::{self, Message};
-use wanmig_vmm::{MigrateOptions, ReceiveOptions, VmConfig};
+use wanmig_migration::session::frame::{
+    self, Decoder as FrameDecoder, Frame, OpenRequest, Resolution, SESSION,
+};
+use wanmig_migration::session::{
+    shim_frame, DestSession, Phase, SessionError, SourceSession, Step,
+};
+use wanmig_migration::shim::{self, Message};
+use wanmig_vmm::{MigrateOptions, ReceiveOptions};
 
 use super::records::{Direction, Outcome, Records};
-use super::session::{DestSession, Phase, SessionError, SourceSession, Step};
 use super::stores::SiteStores;
-use super::wire::{self, Frame, FrameDecoder, OpenRequest, Resolution, SESSION_VERSION};
-use crate::peering::{stream_kind, IncomingStream, Peering};
+use crate::peering::{IncomingStream, Peering, StreamKind};
 use crate::vms::{HostError, VmHosting};
 
 /// Read buffer size for both streams.
@@ -48,8 +53,16 @@ pub enum RelayError {
     Refused(String),
     #[error("the destination did not answer the migration request within {0:?}")]
     OpenTimeout(Duration),
-    #[error("QUIC stream to the peer: {0}")]
-    Quic(String),
+    #[error("reading the QUIC stream from the peer: {0}")]
+    QuicRead(#[from] quinn::ReadError),
+    #[error("writing the QUIC stream to the peer: {0}")]
+    QuicWrite(#[from] quinn::WriteError),
+    #[error("the {what} thread failed: {source}")]
+    Thread {
+        what: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
     #[error("local shim stream: {0}")]
     Local(#[from] std::io::Error),
     #[error(transparent)]
@@ -91,11 +104,9 @@ pub struct Parked {
 async fn send_frames(send: &mut SendStream, frames: &[Frame]) -> Result<u64, RelayError> {
     let mut buf = Vec::new();
     for f in frames {
-        wire::encode(f, &mut buf);
+        frame::encode(f, &mut buf);
     }
-    send.write_all(&buf)
-        .await
-        .map_err(|e| RelayError::Quic(e.to_string()))?;
+    send.write_all(&buf).await?;
     Ok(buf.len() as u64)
 }
 
@@ -103,7 +114,7 @@ async fn send_frames(send: &mut SendStream, frames: &[Frame]) -> Result<u64, Rel
 async fn send_shim(local: &mut UnixStream, msgs: &[Message]) -> Result<(), RelayError> {
     let mut buf = Vec::new();
     for m in msgs {
-        protocol::encode(m, &mut buf);
+        shim::encode(m, &mut buf);
     }
     local.write_all(&buf).await?;
     Ok(())
@@ -158,7 +169,7 @@ async fn read_frame(
         match recv.read(buf).await {
             Ok(Some(n)) => dec.feed(&buf[..n]),
             Ok(None) => return Err(RelayError::PeerClosed),
-            Err(e) => return Err(RelayError::Quic(e.to_string())),
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -261,11 +272,11 @@ async fn source_inner(
     bandwidth_bps: Option<u64>,
 ) -> Result<wanmig_vmm::MigrationReport, RelayError> {
     let config = ctx.host.config(vm)?;
-    let (mut send, mut recv) = ctx.peering.open_stream(to, stream_kind::MIGRATION).await?;
+    let (mut send, mut recv) = ctx.peering.open_stream(to, StreamKind::Migration).await?;
     send_frames(
         &mut send,
         &[Frame::Open {
-            version: SESSION_VERSION,
+            version: SESSION.current,
             request: Box::new(OpenRequest {
                 id: id.to_string(),
                 vm: vm.to_string(),
@@ -288,7 +299,7 @@ async fn source_inner(
         other => {
             return Err(SessionError::Unexpected(format!(
                 "{} instead of accept or refuse",
-                super::session::frame_name(&other)
+                other.name()
             ))
             .into())
         }
@@ -326,7 +337,7 @@ async fn source_inner(
     let shim =
         tokio::task::spawn_blocking(move || host.migrate_out(&vm_name, &to_site, shim_end, &opts));
 
-    let mut shim_dec = protocol::Decoder::new();
+    let mut shim_dec = shim::Decoder::new();
     let mut lbuf = vec![0u8; READ_CHUNK];
     // The destination closes its side once the VM runs there; the shim may
     // still be reading `Resumed`, so keep relaying until it is done.
@@ -396,7 +407,7 @@ async fn source_inner(
                     r.phase = phase;
                     r.progress = progress;
                 });
-                let bytes: u64 = frames.iter().map(wire::frame_len).sum();
+                let bytes: u64 = frames.iter().map(frame::frame_len).sum();
                 let wait = policy.pace(bytes, std::time::Instant::now());
                 if !wait.is_zero() {
                     tokio::time::sleep(wait).await;
@@ -419,7 +430,7 @@ async fn source_inner(
                         continue;
                     }
                     Ok(None) => break LoopEnd::Failed(RelayError::PeerClosed),
-                    Err(e) => break LoopEnd::Failed(RelayError::Quic(e.to_string())),
+                    Err(e) => break LoopEnd::Failed(e.into()),
                 };
                 dec.feed(&buf[..n]);
                 let failed = apply_peer_frames(&mut dec, &mut session, &mut send, &mut local, |s| {
@@ -473,18 +484,16 @@ async fn source_inner(
                 send_shim(&mut local, std::slice::from_ref(&abort)),
             )
             .await;
-            let _ = tokio::time::timeout(
-                ABORT_WAIT,
-                send_frames(&mut send, &[super::session::shim_frame(&abort)]),
-            )
-            .await;
+            let _ = tokio::time::timeout(ABORT_WAIT, send_frames(&mut send, &[shim_frame(&abort)]))
+                .await;
         }
     }
     // Closing our end ends the shim's migration if it still runs.
     drop(local);
-    let result = shim
-        .await
-        .map_err(|e| RelayError::Quic(format!("the migration thread failed: {e}")))?;
+    let result = shim.await.map_err(|source| RelayError::Thread {
+        what: "migration",
+        source,
+    })?;
     match &result {
         Ok(_) => {
             let _ = send.finish();
@@ -560,7 +569,8 @@ pub async fn resolve(
             format!("{to} discarded the VM after this site handed it over: it runs nowhere; start it again")
         }
         (false, Some(_)) => format!("{to} discarded its copy; the VM runs here"),
-        (_, None) => format!(
+        // (`ask_resolution` turns an unknown answer into an error.)
+        (_, None | Some(Resolution::Unknown(_))) => format!(
             "{to} did not answer within {:?}; check it with `wanmig status` there",
             ctx.handover_wait
         ),
@@ -577,10 +587,11 @@ async fn ask_resolution(
     to: &str,
     handed_over: bool,
 ) -> Result<Resolution, RelayError> {
-    let (mut send, mut recv) = ctx.peering.open_stream(to, stream_kind::MIGRATION).await?;
+    let (mut send, mut recv) = ctx.peering.open_stream(to, StreamKind::Migration).await?;
     send_frames(
         &mut send,
         &[Frame::Resolve {
+            version: SESSION.current,
             id: id.to_string(),
             vm: Some(vm.to_string()),
             handed_over,
@@ -595,13 +606,15 @@ async fn ask_resolution(
         .map_err(|_| RelayError::OpenTimeout(wait))??;
     let _ = send.finish();
     match answer {
-        Frame::Resolved(r) => Ok(r),
-        Frame::Refuse(reason) => Err(RelayError::Refused(reason)),
-        other => Err(SessionError::Unexpected(format!(
-            "{} instead of resolved",
-            super::session::frame_name(&other)
+        Frame::Resolved(Resolution::Unknown(r)) => Err(SessionError::Unexpected(format!(
+            "resolution {r}, which this gateway does not know"
         ))
         .into()),
+        Frame::Resolved(r) => Ok(r),
+        Frame::Refuse(reason) => Err(RelayError::Refused(reason)),
+        other => {
+            Err(SessionError::Unexpected(format!("{} instead of resolved", other.name())).into())
+        }
     }
 }
 
@@ -639,11 +652,20 @@ async fn handle_stream(ctx: Arc<RelayContext>, s: IncomingStream) -> Result<(), 
     let mut buf = vec![0u8; READ_CHUNK];
     let first = tokio::time::timeout(ctx.open_timeout, read_frame(&mut recv, &mut dec, &mut buf))
         .await
-        .map_err(|_| RelayError::OpenTimeout(ctx.open_timeout))??;
+        .map_err(|_| RelayError::OpenTimeout(ctx.open_timeout))?;
+    let first = match first {
+        // A session version this gateway refuses, or a malformed opening:
+        // the source's operator reads why.
+        Err(RelayError::Session(SessionError::Wire(e))) => {
+            return Err(refuse(&mut send, e.to_string()).await)
+        }
+        other => other?,
+    };
     if let Frame::Resolve {
         id,
         vm,
         handed_over,
+        ..
     } = first
     {
         let r = settle_incoming(&ctx, &peer, &id, vm.as_deref(), handed_over).await;
@@ -724,21 +746,12 @@ async fn run_destination(
     mut buf: Vec<u8>,
     open: Frame,
 ) -> Result<(), RelayError> {
+    // The decoder has checked the open's version (see
+    // `wanmig_migration::version`).
     let request = match open {
-        Frame::Open { version, .. } if version != SESSION_VERSION => {
-            return Err(refuse(
-                &mut send,
-                format!("migration session version {version} is not supported (this gateway speaks {SESSION_VERSION}); run the same wanmig version at both sites"),
-            )
-            .await)
-        }
         Frame::Open { request, .. } => request,
         other => {
-            return Err(refuse(
-                &mut send,
-                format!("expected open, got {}", super::session::frame_name(&other)),
-            )
-            .await)
+            return Err(refuse(&mut send, format!("expected open, got {}", other.name())).await)
         }
     };
     let OpenRequest {
@@ -804,7 +817,7 @@ async fn run_destination(
             },
         )
     });
-    let mut shim_dec = protocol::Decoder::new();
+    let mut shim_dec = shim::Decoder::new();
     let mut lbuf = vec![0u8; 64 << 10];
     let end = loop {
         tokio::select! {
@@ -812,7 +825,7 @@ async fn run_destination(
                 let n = match r {
                     Ok(Some(n)) => n,
                     Ok(None) => break LoopEnd::Failed(RelayError::PeerClosed),
-                    Err(e) => break LoopEnd::Failed(RelayError::Quic(e.to_string())),
+                    Err(e) => break LoopEnd::Failed(e.into()),
                 };
                 dec.feed(&buf[..n]);
                 let before = session.phase();
@@ -825,10 +838,11 @@ async fn run_destination(
                 if before != Phase::Copying || session.phase() != before {
                     tracing::debug!(phase = ?session.phase(), pending = session.pending(), ms = t.elapsed().as_secs_f64() * 1e3, bytes = n, pages = session.pages(), zero_skipped = session.zero_skipped(), "destination relay applied peer frames");
                 }
-                let (phase, pages) = (session.phase(), session.pages());
+                let (phase, pages, round) = (session.phase(), session.pages(), session.round());
                 ctx.records.update(&id, Direction::Incoming, |r| {
                     r.phase = phase;
                     r.progress.pages = pages;
+                    r.progress.round = round;
                 });
                 if let Some(e) = failed {
                     break LoopEnd::Failed(e);
@@ -917,9 +931,10 @@ async fn run_destination(
         }
     }
     drop(local);
-    let result = shim
-        .await
-        .map_err(|e| RelayError::Quic(format!("the receiving thread failed: {e}")))?;
+    let result = shim.await.map_err(|source| RelayError::Thread {
+        what: "receiving",
+        source,
+    })?;
     let _ = send.finish();
     // Saving the index takes a while (~0.1 s for a 512 MiB VM): off the
     // runtime's workers, or it holds up the QUIC driver that is still

@@ -20,11 +20,12 @@ use wanmig_storage::{FetchRequest, Fetcher, LinkDown, Priority, RemoteDisk, Remo
 use wanmig_storage::wire::{BlockDecoder, Decoded};
 
 use super::dedup;
-use super::frame::{read_frame, Frame, Lane};
 use super::metrics::{CopyOutcome, RelayMetrics};
+use super::stream::{read_frame, write_frame, StreamError};
 use super::{lock, StorageRelayError};
 use crate::migration::stores::ScopeStore;
-use crate::peering::{stream_kind, Peering};
+use crate::peering::{Peering, StreamKind};
+use wanmig_migration::storage::{Frame, Lane, STORAGE};
 
 /// What an import did.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -89,7 +90,10 @@ impl Fetcher for LaneFetcher {
                 count: request.count,
             }
         } else {
-            Frame::request(&request)
+            Frame::Request {
+                first_block: request.first_block,
+                count: request.count,
+            }
         };
         lane.send(frame).map_err(|_| LinkDown)
     }
@@ -120,12 +124,11 @@ impl StorageImport {
     /// Waits until every block is local, durable, confirmed to the source
     /// and the source copy released.
     pub async fn finish(mut self) -> Result<ImportReport, StorageRelayError> {
-        let task = self
-            .task
-            .take()
-            .ok_or_else(|| StorageRelayError::Internal("import already finished".into()))?;
-        task.await
-            .map_err(|e| StorageRelayError::Internal(format!("import task failed: {e}")))?
+        let task = self.task.take().ok_or(StorageRelayError::Finished)?;
+        task.await.map_err(|source| StorageRelayError::Task {
+            what: "the import task",
+            source,
+        })?
     }
 
     /// Stops the transfer at once, saving nothing (a destination crash).
@@ -166,7 +169,7 @@ enum Failure {
     /// The source already released the disk after checking this copy.
     Released,
     /// The link broke: reconnect and resume.
-    Link(String),
+    Link(StreamError),
 }
 
 async fn open_lane(
@@ -175,29 +178,28 @@ async fn open_lane(
 ) -> Result<(SendStream, RecvStream, Vec<std::ops::Range<u64>>), Failure> {
     let (mut send, mut recv) = t
         .peering
-        .open_stream(&t.peer, stream_kind::STORAGE)
+        .open_stream(&t.peer, StreamKind::Storage)
         .await
-        .map_err(|e| Failure::Link(e.to_string()))?;
+        .map_err(|e| Failure::Link(e.into()))?;
     let inventory = match (&t.store, lane) {
         (Some(store), Lane::Background) => Some(store.inventory_bytes()),
         _ => None,
     };
     let open = Frame::Open {
+        version: STORAGE.current,
         lane,
         name: t.name.clone(),
         disk_len: t.disk_len,
         block_size: t.block_size,
         inventory,
     };
-    send.write_all(&open.encode())
-        .await
-        .map_err(|e| Failure::Link(e.to_string()))?;
+    write_frame(&mut send, &open).await.map_err(Failure::Link)?;
     match read_frame(&mut recv).await {
         Ok(Frame::Holes(h)) => Ok((send, recv, h)),
         Ok(Frame::Released) => Err(Failure::Released),
         Ok(Frame::Error(m)) => Err(Failure::Refused(m)),
         Ok(other) => Err(Failure::Refused(format!("unexpected answer {other:?}"))),
-        Err(e) => Err(Failure::Link(e.to_string())),
+        Err(e) => Err(Failure::Link(e)),
     }
 }
 
@@ -259,10 +261,10 @@ pub(crate) async fn start_import(
                 message,
             })
         }
-        Err(Failure::Link(message)) => {
+        Err(Failure::Link(source)) => {
             return Err(StorageRelayError::Link {
                 peer: peer.to_string(),
-                message,
+                source: Box::new(source),
             })
         }
     };
@@ -280,7 +282,10 @@ pub(crate) async fn start_import(
         Ok::<_, wanmig_storage::StorageError>(d)
     })
     .await
-    .map_err(|e| StorageRelayError::Internal(format!("opening the local copy: {e}")))??;
+    .map_err(|source| StorageRelayError::Task {
+        what: "opening the local copy",
+        source,
+    })??;
     let disk = Arc::new(disk);
     let Some(session) = session else {
         if !disk.is_all_local() {
@@ -434,7 +439,7 @@ async fn drive(
             Ok::<(), wanmig_storage::StorageError>(())
         })
         .await
-        .map_err(|e| Failure::Link(e.to_string()))?
+        .map_err(|e| Failure::Link(e.into()))?
         .map_err(|e| Failure::Refused(e.to_string()))?;
     }
     let (dsend, drecv) = s.demand;
@@ -449,7 +454,7 @@ async fn drive(
     tokio::select! {
         r = demand_reader => r,
         r = read_lane(brecv, Arc::clone(disk), fetcher, t.store.clone(), None) => match r {
-            Ok(()) => Err(Failure::Link("background stream ended".into())),
+            Ok(()) => Err(Failure::Link(StreamError::Closed)),
             Err(e) => Err(e),
         },
         r = write_lane(dsend, drx) => r,
@@ -551,7 +556,7 @@ async fn read_lane(
             Ok(Frame::Released) => return Ok(()),
             Ok(Frame::Error(m)) => return Err(Failure::Refused(m)),
             Ok(other) => return Err(Failure::Refused(format!("unexpected frame {other:?}"))),
-            Err(e) => return Err(Failure::Link(e.to_string())),
+            Err(e) => return Err(Failure::Link(e)),
         }
     }
 }
@@ -561,11 +566,9 @@ async fn write_lane(
     mut rx: mpsc::UnboundedReceiver<Frame>,
 ) -> Result<(), Failure> {
     while let Some(f) = rx.recv().await {
-        send.write_all(&f.encode())
-            .await
-            .map_err(|e| Failure::Link(e.to_string()))?;
+        write_frame(&mut send, &f).await.map_err(Failure::Link)?;
     }
-    Err(Failure::Link("request lane closed".into()))
+    Err(Failure::Link(StreamError::LaneClosed("request")))
 }
 
 /// Drives the disk's timers, reports progress to the source and adds the
@@ -584,7 +587,7 @@ async fn ticker(
     let mut done_sent = false;
     let mut every = tokio::time::interval(Duration::from_millis(100));
     let mut last_progress: Option<Instant> = None;
-    let closed = || Failure::Link("request lane closed".into());
+    let closed = || Failure::Link(StreamError::LaneClosed("request"));
     loop {
         every.tick().await;
         let now = disk.metrics().snapshot();
@@ -618,7 +621,7 @@ async fn ticker(
             }
         })
         .await
-        .map_err(|e| Failure::Link(e.to_string()))?;
+        .map_err(|e| Failure::Link(e.into()))?;
         match r {
             Ok(Some(done)) => {
                 tracing::info!(disk = %name, written_blocks = done.written.present_count(), "storage copy complete locally; confirming to the source");

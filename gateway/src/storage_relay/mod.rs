@@ -1,6 +1,6 @@
 //! The storage relay: carries a follow-on storage migration between two
 //! gateways over the peering connection (stream kind
-//! [`stream_kind::STORAGE`]).
+//! [`StreamKind::Storage`]).
 //!
 //! - Source side ([`source`]): serves disks the operator (or the migration)
 //!   exported with [`StorageRelay::export`]; answers each `Open` with the
@@ -26,9 +26,9 @@
 
 pub mod dedup;
 pub mod dest;
-pub mod frame;
 pub mod metrics;
 pub mod source;
+pub mod stream;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -36,11 +36,12 @@ use std::sync::{Arc, Mutex};
 
 use wanmig_storage::{ReleasePolicy, RemoteDiskConfig, SourceDisk, StorageError};
 
-use crate::peering::{stream_kind, Peering, PeeringError};
+use crate::peering::{Peering, PeeringError, StreamKind};
+use wanmig_migration::storage::{Frame, STORAGE};
 
 pub use dest::{ImportReport, StorageImport};
-pub use frame::{Frame, FrameError, Lane};
 pub use metrics::{CopyOutcome, RelayMetrics};
+pub use stream::StreamError;
 
 /// Why a storage relay operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -57,12 +58,26 @@ pub enum StorageRelayError {
         name: String,
         message: String,
     },
-    #[error("storage stream to '{peer}': {message} (the copy resumes when the link returns)")]
-    Link { peer: String, message: String },
+    #[error("storage stream to '{peer}': {source} (the copy resumes when the link returns)")]
+    Link {
+        peer: String,
+        // Boxed: QUIC's errors are large, and this error travels inside
+        // the VM host's and the migration's errors.
+        #[source]
+        source: Box<StreamError>,
+    },
     /// Not a link problem (a task of the relay failed): retrying the same
     /// way will not help.
-    #[error("storage relay: {0} (a wanmig bug; the source keeps its copy: see the gateway log, then retry with `wanmig storage migrate`)")]
-    Internal(String),
+    #[error("storage relay: {what} failed: {source} (a wanmig bug; the source keeps its copy: see the gateway log, then retry with `wanmig storage migrate`)")]
+    Task {
+        what: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    #[error("storage relay: creating the storage metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("storage relay: the import already finished (a wanmig bug)")]
+    Finished,
 }
 
 /// A disk the source side may serve.
@@ -154,10 +169,8 @@ impl StorageRelay {
     /// Registers the `STORAGE` stream handler on `peering` and starts
     /// serving exported disks. Must be called inside a tokio runtime.
     pub fn start(peering: Peering, zstd_level: i32) -> Result<Self, StorageRelayError> {
-        let streams = peering.subscribe_streams(stream_kind::STORAGE, 16)?;
-        let metrics = RelayMetrics::new().map_err(|e| {
-            StorageRelayError::Internal(format!("creating the storage metrics: {e}"))
-        })?;
+        let streams = peering.subscribe_streams(StreamKind::Storage, 16)?;
+        let metrics = RelayMetrics::new()?;
         let inner = Arc::new(Inner {
             peering,
             exports: Mutex::new(HashMap::new()),
@@ -288,27 +301,31 @@ impl StorageRelay {
         if !valid_name(name) {
             return Err(StorageRelayError::BadName(name.to_string()));
         }
-        let link = |message: String| StorageRelayError::Link {
+        let link = |source: StreamError| StorageRelayError::Link {
             peer: peer.to_string(),
-            message,
+            source: Box::new(source),
         };
         let (mut send, mut recv) = self
             .inner
             .peering
-            .open_stream(peer, stream_kind::STORAGE)
+            .open_stream(peer, StreamKind::Storage)
             .await?;
-        send.write_all(&Frame::QuerySize(name.to_string()).encode())
-            .await
-            .map_err(|e| link(e.to_string()))?;
-        match frame::read_frame(&mut recv).await {
+        let query = Frame::QuerySize {
+            version: STORAGE.current,
+            name: name.to_string(),
+        };
+        stream::write_frame(&mut send, &query).await.map_err(link)?;
+        match stream::read_frame(&mut recv).await {
             Ok(Frame::Size { len, background }) => Ok(ExportedDisk { len, background }),
             Ok(Frame::Error(message)) => Err(StorageRelayError::Refused {
                 peer: peer.to_string(),
                 name: name.to_string(),
                 message,
             }),
-            Ok(other) => Err(link(format!("unexpected answer {other:?}"))),
-            Err(e) => Err(link(e.to_string())),
+            Ok(other) => Err(link(StreamError::Unexpected(format!(
+                "{other:?} in answer to a size query"
+            )))),
+            Err(e) => Err(link(e)),
         }
     }
 

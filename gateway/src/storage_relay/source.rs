@@ -15,9 +15,10 @@ use wanmig_storage::wire::{BlockContent, BlockEncoder};
 use super::dedup::PageEncoder;
 use wanmig_storage::{release_source, FetchRequest, PresenceBitmap, Priority, SourceDisk};
 
-use super::frame::{read_frame, Frame, Lane, ReadFrameError};
+use super::stream::{self, read_frame, StreamError};
 use super::{lock, Export, Inner};
 use crate::peering::IncomingStream;
+use wanmig_migration::storage::{Frame, Lane};
 
 pub(crate) async fn accept_loop(inner: Arc<Inner>, mut streams: mpsc::Receiver<IncomingStream>) {
     while let Some(s) = streams.recv().await {
@@ -31,10 +32,26 @@ pub(crate) async fn accept_loop(inner: Arc<Inner>, mut streams: mpsc::Receiver<I
     }
 }
 
-async fn write(send: &mut SendStream, f: &Frame) -> Result<(), String> {
-    send.write_all(&f.encode())
-        .await
-        .map_err(|e| format!("writing to the destination: {e}"))
+/// Why serving a storage stream ended early.
+#[derive(Debug, thiserror::Error)]
+enum ServeError {
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    /// The destination was told this in an `Error` frame.
+    #[error("{0}")]
+    Refused(String),
+    #[error("creating a block encoder: {0}")]
+    Encoder(std::io::Error),
+}
+
+async fn write(send: &mut SendStream, f: &Frame) -> Result<(), StreamError> {
+    stream::write_frame(send, f).await
+}
+
+/// Tells the destination why its stream is refused; the error to log.
+async fn refuse(send: &mut SendStream, msg: String) -> ServeError {
+    let _ = write(send, &Frame::Error(msg.clone())).await;
+    ServeError::Refused(msg)
 }
 
 /// Checks the destination's end-of-copy digest against this disk.
@@ -144,9 +161,15 @@ async fn serve(
     peer: &str,
     mut send: SendStream,
     mut recv: RecvStream,
-) -> Result<(), String> {
-    let open = read_frame(&mut recv).await.map_err(|e| e.to_string())?;
-    if let Frame::QuerySize(name) = &open {
+) -> Result<(), ServeError> {
+    let open = match read_frame(&mut recv).await {
+        Ok(f) => f,
+        // A version this side does not speak, or a malformed opening: the
+        // destination's operator reads why.
+        Err(StreamError::Wire(e)) => return Err(refuse(&mut send, e.to_string()).await),
+        Err(e) => return Err(e.into()),
+    };
+    if let Frame::QuerySize { name, .. } = &open {
         let len = lock(&inner.exports)
             .get(name)
             .filter(|e| !e.released)
@@ -168,10 +191,17 @@ async fn serve(
         disk_len,
         block_size,
         inventory,
+        ..
     } = open
     else {
-        let _ = write(&mut send, &Frame::Error("expected Open".into())).await;
-        return Err("first frame was not Open".into());
+        return Err(refuse(&mut send, format!("expected Open, got {:?}", open.kind())).await);
+    };
+    let priority = match lane {
+        Lane::OnDemand => Priority::OnDemand,
+        Lane::Background => Priority::Background,
+        Lane::Unknown(l) => {
+            return Err(refuse(&mut send, format!("unknown storage lane {l}")).await)
+        }
     };
     if lane == Lane::OnDemand {
         // On-demand answers overtake background data on the connection.
@@ -179,9 +209,11 @@ async fn serve(
     }
     let export = settled_export(&inner.exports, &name).await;
     let Some(export) = export else {
-        let msg = format!("no disk '{name}' is exported at this site");
-        write(&mut send, &Frame::Error(msg.clone())).await?;
-        return Err(msg);
+        return Err(refuse(
+            &mut send,
+            format!("no disk '{name}' is exported at this site"),
+        )
+        .await);
     };
     if export.released {
         // The destination did not hear our `Released`: say it again.
@@ -202,36 +234,31 @@ async fn serve(
         let path = export.path.clone();
         tokio::task::spawn_blocking(move || SourceDisk::open(&path, disk_len, block_size))
             .await
+            .map_err(StreamError::from)?
             .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()))
     };
     let disk = match opened {
         Ok(d) => Arc::new(d),
-        Err(msg) => {
-            write(&mut send, &Frame::Error(msg.clone())).await?;
-            return Err(msg);
-        }
+        Err(msg) => return Err(refuse(&mut send, msg).await),
     };
     write(&mut send, &Frame::Holes(disk.hole_blocks())).await?;
-    let mut encoder = BlockEncoder::new(inner.zstd_level).map_err(|e| e.to_string())?;
+    let mut encoder = BlockEncoder::new(inner.zstd_level).map_err(ServeError::Encoder)?;
     // Page references against the destination's store (background lane).
     let mut pages = match inventory.map(|b| wanmig_codec::Inventory::from_bytes(&b)) {
-        Some(Ok(inv)) => Some(PageEncoder::new(inv, inner.zstd_level).map_err(|e| e.to_string())?),
+        Some(Ok(inv)) => {
+            Some(PageEncoder::new(inv, inner.zstd_level).map_err(ServeError::Encoder)?)
+        }
         Some(Err(e)) => {
             tracing::warn!(disk = %name, "the destination's inventory is unusable ({e}); sending without references");
             None
         }
         None => None,
     };
-    let priority = match lane {
-        Lane::OnDemand => Priority::OnDemand,
-        Lane::Background => Priority::Background,
-    };
     loop {
         let frame = match read_frame(&mut recv).await {
             Ok(f) => f,
-            Err(ReadFrameError::Closed) => return Ok(()),
-            Err(e) => return Err(e.to_string()),
+            Err(StreamError::Closed) => return Ok(()),
+            Err(e) => return Err(e.into()),
         };
         match frame {
             Frame::Request { first_block, count } | Frame::RequestPlain { first_block, count } => {
@@ -244,8 +271,7 @@ async fn serve(
                         "request for blocks {first_block}+{count} outside the disk's {} blocks",
                         disk.geometry().block_count()
                     );
-                    write(&mut send, &Frame::Error(msg.clone())).await?;
-                    return Err(msg);
+                    return Err(refuse(&mut send, msg).await);
                 }
                 // The count comes from the destination: read and compress a
                 // bounded piece at a time, off the async threads, instead of
@@ -275,7 +301,7 @@ async fn serve(
                         (encoder, pages, r.map(|()| out))
                     })
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(StreamError::from)?;
                     encoder = enc;
                     pages = pg;
                     match frames {
@@ -292,10 +318,7 @@ async fn serve(
                                 e.status.wire_bytes += bytes;
                             }
                         }
-                        Err(e) => {
-                            write(&mut send, &Frame::Error(e.to_string())).await?;
-                            return Err(e.to_string());
-                        }
+                        Err(e) => return Err(refuse(&mut send, e.to_string()).await),
                     }
                 }
             }
@@ -312,15 +335,13 @@ async fn serve(
                 if let Err(msg) =
                     confirm_and_release(&inner.exports, &name, peer, &disk, digest, written).await
                 {
-                    write(&mut send, &Frame::Error(msg.clone())).await?;
-                    return Err(msg);
+                    return Err(refuse(&mut send, msg).await);
                 }
                 write(&mut send, &Frame::Released).await?;
             }
             other => {
                 let msg = format!("unexpected frame from the destination: {other:?}");
-                write(&mut send, &Frame::Error(msg.clone())).await?;
-                return Err(msg);
+                return Err(refuse(&mut send, msg).await);
             }
         }
     }

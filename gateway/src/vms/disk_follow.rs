@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
+use wanmig_migration::machine::VmConfig;
 use wanmig_storage::RemoteDisk;
 use wanmig_vmm::virtio::{BlockBackend, RemoteBackend};
-use wanmig_vmm::VmConfig;
 
 use super::disk_state::{live_disk_state, DiskState};
 use super::error::HostError;

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use wanmig_vmm::config::ConfigError;
+use wanmig_migration::machine::ConfigError;
 use wanmig_vmm::{MigrationError, VmError};
 
 use crate::storage_relay::StorageRelayError;

@@ -7,8 +7,9 @@
 
 use std::os::unix::net::UnixStream;
 
+use wanmig_migration::machine::VmConfig;
 use wanmig_vmm::migration::IncomingReport;
-use wanmig_vmm::{MigrateOptions, MigrationReport, ReceiveOptions, VmConfig};
+use wanmig_vmm::{MigrateOptions, MigrationReport, ReceiveOptions};
 
 use super::disk_state::DiskState;
 use super::error::HostError;

@@ -8,11 +8,11 @@ use std::collections::VecDeque;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use wanmig_migration::machine::VmConfig;
 use wanmig_vmm::migration::IncomingReport;
 use wanmig_vmm::virtio::ChannelPort;
 use wanmig_vmm::{
     migrate_to, receive_from_with_disk, MigrateOptions, MigrationReport, ReceiveOptions, Vm,
-    VmConfig,
 };
 
 use super::disk_follow::{ensure_disk_settled, DiskFollow};

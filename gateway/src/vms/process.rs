@@ -32,11 +32,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use wanmig_vmm::admin::{self, AdminRequest, AdminResponse, Status};
-use wanmig_vmm::guest_control::MemSample;
+use wanmig_migration::admin::{MemSample, Status};
+use wanmig_migration::machine::VmConfig;
+use wanmig_vmm::admin::{self, AdminRequest, AdminResponse};
 use wanmig_vmm::migration::IncomingReport;
-use wanmig_vmm::protocol::StreamError;
-use wanmig_vmm::VmConfig;
+use wanmig_vmm::protocol_io::StreamError;
 use wanmig_vmm::{MigrateOptions, MigrationError, MigrationReport, ReceiveOptions};
 
 use super::error::HostError;
@@ -818,7 +818,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let host = ProcessHost::open(dir.path(), None).unwrap();
         let config = VmConfig {
-            net: Some(wanmig_vmm::config::NetConfig {
+            net: Some(wanmig_migration::machine::NetConfig {
                 mac: [2, 0, 0, 0, 0, 1],
                 ip: std::net::Ipv4Addr::new(198, 18, 0, 2),
                 prefix_len: 24,
@@ -831,7 +831,7 @@ mod tests {
         assert!(e.to_string().contains("in-process"), "{e}");
         let (a, _b) = UnixStream::pair().unwrap();
         let with_disk = VmConfig {
-            disk: Some(wanmig_vmm::config::DiskConfig {
+            disk: Some(wanmig_migration::machine::DiskConfig {
                 path: dir.path().join("d.img"),
                 seed: 1,
                 blocks_per_iteration: 1,

@@ -20,8 +20,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
+use wanmig_migration::machine::VmConfig;
 use wanmig_storage::RemoteDisk;
-use wanmig_vmm::VmConfig;
 
 use super::disk_state::{live_disk_state, DiskState};
 use super::error::HostError;

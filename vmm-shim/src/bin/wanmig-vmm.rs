@@ -7,11 +7,12 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use wanmig_migration::admin::RunExit;
+use wanmig_migration::machine::{DiskConfig, MemoryWorkloadConfig, NetConfig, VmConfig};
 use wanmig_migration::policy::PlannerConfig;
 use wanmig_units::parse_size;
 use wanmig_vmm::admin::{self, AdminRequest, AdminResponse, Endpoint};
-use wanmig_vmm::config::{DiskConfig, NetConfig};
-use wanmig_vmm::{MemoryWorkloadConfig, ReceiveOptions, RunExit, Vm, VmConfig};
+use wanmig_vmm::{ReceiveOptions, Vm};
 
 #[derive(Parser)]
 #[command(

@@ -14,8 +14,8 @@ use wanmig_guest_abi::virtio::{
 use wanmig_guest_abi::{splitmix64, REPORT_DISK_ITERATION};
 use wanmig_testenv::{require_kvm, require_netns, sh, unique_name, Netns};
 
-use crate::config::{DiskConfig, NetConfig};
-use crate::{Vm, VmConfig};
+use crate::Vm;
+use wanmig_migration::machine::{DiskConfig, NetConfig, VmConfig};
 
 fn quiet_serial() -> crate::serial::SerialSink {
     Box::new(|_line: &str| {})

@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use wanmig_vmm::{MemoryWorkloadConfig, VmConfig};
+use wanmig_migration::machine::{MemoryWorkloadConfig, VmConfig};
 
 /// A serial sink collecting lines, and the lines.
 pub fn capture() -> (Arc<Mutex<Vec<String>>>, wanmig_vmm::serial::SerialSink) {

@@ -12,19 +12,24 @@
 //!
 //! Both track the migration's [`Phase`] from the shim messages that pass
 //! through them; the relay uses it to say what happened when a link dies.
-//! No sockets, no clocks: the relay passes messages and frames in and
-//! writes out what comes back.
+//! The source counts pre-copy [`Progress`] by the round number each
+//! `Pages` message carries, and each `Batch` frame carries it on to the
+//! destination, whose `Pages` name the same round. No sockets, no clocks:
+//! the relay passes messages and frames in and writes out what comes back.
+//! The frames themselves are in [`frame`].
 
+pub mod frame;
+
+use crate::policy::window::{MIN_GUEST_WINDOW, MIN_WINDOW};
+use crate::policy::CodecSetting;
 use serde::{Deserialize, Serialize};
 use wanmig_codec::{
     CodecError, ContentStore, Decoder, DecoderConfig, DecoderStats, Encoder, EncoderConfig,
     EncoderStats, Gfn, Inventory, PageBytes,
 };
-use wanmig_migration::policy::window::{MIN_GUEST_WINDOW, MIN_WINDOW};
-use wanmig_migration::policy::CodecSetting;
-use wanmig_vmm::protocol::{self, Message, PageBatch, ProtocolError, BATCH_PAGES};
 
-use super::wire::{Frame, WireError};
+use crate::shim::{self, Message, PageBatch, ProtocolError, BATCH_PAGES};
+use frame::{Frame, WireError};
 
 /// Bytes of one guest page.
 const PAGE_BYTES: u64 = 4096;
@@ -61,7 +66,7 @@ impl Phase {
 
     fn after(self, msg: &Message) -> Phase {
         match msg {
-            Message::Hello { .. } | Message::HelloAck | Message::Pages(_) => {
+            Message::Hello { .. } | Message::HelloAck | Message::Pages { .. } => {
                 if self == Phase::Opening {
                     Phase::Copying
                 } else {
@@ -104,14 +109,14 @@ pub enum SessionError {
 /// Encodes one shim message as a `Shim` frame.
 pub fn shim_frame(msg: &Message) -> Frame {
     let mut v = Vec::new();
-    protocol::encode(msg, &mut v);
+    shim::encode(msg, &mut v);
     Frame::Shim(v)
 }
 
 /// Decodes a `Shim` frame's payload: exactly one shim message, never pages
 /// (pages travel as codec batches).
 pub fn parse_shim(bytes: &[u8]) -> Result<Message, SessionError> {
-    let mut d = protocol::Decoder::new();
+    let mut d = shim::Decoder::new();
     d.feed(bytes);
     let msg = d
         .next()?
@@ -122,7 +127,7 @@ pub fn parse_shim(bytes: &[u8]) -> Result<Message, SessionError> {
             d.buffered()
         )));
     }
-    if let Message::Pages(_) = msg {
+    if let Message::Pages { .. } = msg {
         return Err(SessionError::Unexpected(
             "plain pages in a shim frame (pages travel as codec batches)".into(),
         ));
@@ -139,9 +144,8 @@ pub struct Step {
     pub to_shim: Vec<Message>,
 }
 
-/// Pre-copy progress as the source gateway sees it. Rounds are inferred
-/// from the page order: the shim sends each round's pages in ascending gfn
-/// order, so a gfn at or below the previous one starts a new round.
+/// Pre-copy progress as the source gateway sees it. The round is the one
+/// the shim's `Pages` messages name, not a guess from the page order.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Progress {
     /// Guest memory in pages.
@@ -174,8 +178,6 @@ pub struct Progress {
     /// Whether long-distance matching is on.
     #[serde(default)]
     pub long_distance: bool,
-    #[serde(skip)]
-    last_gfn: Option<u64>,
 }
 
 impl Progress {
@@ -188,17 +190,20 @@ impl Progress {
         }
     }
 
-    fn on_page(&mut self, gfn: u64) {
-        if let Some(last) = self.last_gfn {
-            if gfn <= last {
-                self.round += 1;
-                self.last_round_pages = self.round_pages;
-                self.round_pages = 0;
-            }
+    /// `pages` pages of round `round` were relayed. A round that sent
+    /// nothing (no page was dirty) leaves the previous round at 0 pages.
+    fn on_pages(&mut self, round: u32, pages: u64) {
+        if round != self.round {
+            self.last_round_pages = if self.round.checked_add(1) == Some(round) {
+                self.round_pages
+            } else {
+                0
+            };
+            self.round = round;
+            self.round_pages = 0;
         }
-        self.last_gfn = Some(gfn);
-        self.round_pages += 1;
-        self.pages += 1;
+        self.round_pages += pages;
+        self.pages += pages;
     }
 
     fn absorb(&mut self, s: &EncoderStats) {
@@ -304,8 +309,8 @@ impl SourceSession {
 
     fn count_sent(&mut self, frames: &[Frame]) {
         for f in frames {
-            if let Frame::Batch(b) = f {
-                self.batch_sent += b.len() as u64;
+            if let Frame::Batch { batch, .. } = f {
+                self.batch_sent += batch.len() as u64;
             }
         }
     }
@@ -341,10 +346,8 @@ impl SourceSession {
     pub fn on_shim(&mut self, msg: Message) -> Vec<Frame> {
         self.phase = self.phase.after(&msg);
         match msg {
-            Message::Pages(batch) => {
-                for (gfn, _) in batch.pages() {
-                    self.progress.on_page(gfn);
-                }
+            Message::Pages { round, batch } => {
+                self.progress.on_pages(round, batch.len() as u64);
                 let pages = batch.pages().filter_map(|(gfn, data)| {
                     let page: &PageBytes = data.try_into().ok()?;
                     Some((Gfn(gfn), page))
@@ -353,7 +356,7 @@ impl SourceSession {
                     .encoder
                     .encode(pages)
                     .into_iter()
-                    .map(Frame::Batch)
+                    .map(|batch| Frame::Batch { round, batch })
                     .collect();
                 self.progress.absorb(&self.encoder.stats());
                 self.count_sent(&frames);
@@ -376,7 +379,12 @@ impl SourceSession {
                     return Err(SessionError::Refetch(resp.refetch.len()));
                 }
                 self.progress.nacked += nacks.len() as u64;
-                step.to_peer = resp.batches.into_iter().map(Frame::Batch).collect();
+                let round = self.progress.round;
+                step.to_peer = resp
+                    .batches
+                    .into_iter()
+                    .map(|batch| Frame::Batch { round, batch })
+                    .collect();
                 self.progress.absorb(&self.encoder.stats());
                 self.count_sent(&step.to_peer);
             }
@@ -404,26 +412,11 @@ impl SourceSession {
             other => {
                 return Err(SessionError::Unexpected(format!(
                     "{} during a migration",
-                    frame_name(&other)
+                    other.name()
                 )))
             }
         }
         Ok(step)
-    }
-}
-
-/// Short name of a frame for messages.
-pub fn frame_name(f: &Frame) -> &'static str {
-    match f {
-        Frame::Open { .. } => "open",
-        Frame::Accept { .. } => "accept",
-        Frame::Refuse(_) => "refuse",
-        Frame::Batch(_) => "a page batch",
-        Frame::Nack(_) => "a nack",
-        Frame::Shim(_) => "a shim message",
-        Frame::Resolve { .. } => "resolve",
-        Frame::Resolved(_) => "resolved",
-        Frame::Ack(_) => "an ack",
     }
 }
 
@@ -441,6 +434,8 @@ pub struct DestSession<S: ContentStore> {
     /// The source's `Complete`, held while NACKed pages are outstanding.
     held_complete: Option<Message>,
     pages: u64,
+    /// The pre-copy round of the latest batch.
+    round: u32,
     /// Guest memory in pages; pages beyond it are a protocol violation.
     memory_pages: u64,
     /// One bit per frame: content other than the initial zeroes was passed
@@ -463,6 +458,7 @@ impl<S: ContentStore> DestSession<S> {
             phase: Phase::Opening,
             held_complete: None,
             pages: 0,
+            round: 0,
             memory_pages,
             written: vec![0; memory_pages.div_ceil(64) as usize],
             zero_skipped: 0,
@@ -506,6 +502,12 @@ impl<S: ContentStore> DestSession<S> {
         self.pages
     }
 
+    /// The pre-copy round of the latest batch (as the source shim numbered
+    /// it).
+    pub fn round(&self) -> u32 {
+        self.round
+    }
+
     pub fn decoder_stats(&self) -> DecoderStats {
         self.decoder.stats()
     }
@@ -519,7 +521,11 @@ impl<S: ContentStore> DestSession<S> {
     pub fn on_peer(&mut self, frame: Frame) -> Result<Step, SessionError> {
         let mut step = Step::default();
         match frame {
-            Frame::Batch(bytes) => {
+            Frame::Batch {
+                round,
+                batch: bytes,
+            } => {
+                self.round = round;
                 self.batch_received += bytes.len() as u64;
                 let decoded = self.decoder.decode(&bytes)?;
                 self.pages += decoded.pages.len() as u64;
@@ -538,12 +544,14 @@ impl<S: ContentStore> DestSession<S> {
                     }
                     batch.push(gfn.0, &page[..]);
                     if batch.len() == BATCH_PAGES {
-                        step.to_shim
-                            .push(Message::Pages(std::mem::take(&mut batch)));
+                        step.to_shim.push(Message::Pages {
+                            round,
+                            batch: std::mem::take(&mut batch),
+                        });
                     }
                 }
                 if !batch.is_empty() {
-                    step.to_shim.push(Message::Pages(batch));
+                    step.to_shim.push(Message::Pages { round, batch });
                 }
                 if !decoded.nacks.is_empty() {
                     step.to_peer.push(Frame::Nack(decoded.nacks));
@@ -570,7 +578,7 @@ impl<S: ContentStore> DestSession<S> {
             other => {
                 return Err(SessionError::Unexpected(format!(
                     "{} during a migration",
-                    frame_name(&other)
+                    other.name()
                 )))
             }
         }
@@ -579,7 +587,7 @@ impl<S: ContentStore> DestSession<S> {
 
     /// A message from the destination shim: the frame for the source.
     pub fn on_shim(&mut self, msg: Message) -> Result<Frame, SessionError> {
-        if let Message::Pages(_) = msg {
+        if let Message::Pages { .. } = msg {
             return Err(SessionError::Unexpected(
                 "the destination shim sent pages".into(),
             ));
@@ -592,11 +600,9 @@ impl<S: ContentStore> DestSession<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::{Bottleneck, LevelConfig, PathEstimate, RelayConfig, RelayPolicy};
     use wanmig_codec::store::NoStore;
     use wanmig_codec::{Fingerprint, LongDistance, PAGE_SIZE};
-    use wanmig_migration::policy::{
-        Bottleneck, LevelConfig, PathEstimate, RelayConfig, RelayPolicy,
-    };
 
     /// Content store backed by a map (a site that already holds pages).
     #[derive(Default)]
@@ -623,12 +629,12 @@ mod tests {
             .collect()
     }
 
-    fn batch(pages: &[(u64, Vec<u8>)]) -> Message {
+    fn batch(round: u32, pages: &[(u64, Vec<u8>)]) -> Message {
         let mut b = PageBatch::new();
         for (g, p) in pages {
             b.push(*g, p);
         }
-        Message::Pages(b)
+        Message::Pages { round, batch: b }
     }
 
     /// Runs frames from source to destination and returns the destination's
@@ -655,9 +661,12 @@ mod tests {
     fn pages_of(msgs: &[Message]) -> Vec<(u64, Vec<u8>)> {
         msgs.iter()
             .filter_map(|m| match m {
-                Message::Pages(b) => {
-                    Some(b.pages().map(|(g, d)| (g, d.to_vec())).collect::<Vec<_>>())
-                }
+                Message::Pages { batch, .. } => Some(
+                    batch
+                        .pages()
+                        .map(|(g, d)| (g, d.to_vec()))
+                        .collect::<Vec<_>>(),
+                ),
                 _ => None,
             })
             .flatten()
@@ -672,8 +681,10 @@ mod tests {
         round0[3].1 = page(1);
         round0[4].1 = page(1); // duplicate content: a reference
         round0[9].1 = page(2);
-        let frames = src.on_shim(batch(&round0));
-        assert!(frames.iter().all(|f| matches!(f, Frame::Batch(_))));
+        let frames = src.on_shim(batch(0, &round0));
+        assert!(frames
+            .iter()
+            .all(|f| matches!(f, Frame::Batch { round: 0, .. })));
         let got = pump(&mut src, &mut dst, frames);
         // Applied to fresh (zeroed) memory, the delivered pages rebuild
         // round 0 exactly, in gfn order; the zero pages stayed behind.
@@ -695,7 +706,7 @@ mod tests {
         let mut changed = page(2);
         changed[100] ^= 0xff;
         let round1 = vec![(9u64, changed.clone())];
-        let frames = src.on_shim(batch(&round1));
+        let frames = src.on_shim(batch(1, &round1));
         let got = pump(&mut src, &mut dst, frames);
         assert_eq!(pages_of(&got), round1);
         assert_eq!(src.progress().round, 1);
@@ -722,7 +733,7 @@ mod tests {
                 (g, data)
             })
             .collect();
-        let frames = src.on_shim(batch(&pages));
+        let frames = src.on_shim(batch(0, &pages));
         let sent = src.in_flight();
         assert!(sent > 2 * ACK_EVERY, "{sent}");
         assert_eq!(src.acked(), 0);
@@ -740,9 +751,9 @@ mod tests {
         let mut src = SourceSession::new(EncoderConfig::default(), Inventory::new(), 256).unwrap();
         // Zero pages: a few wire bytes carry many guest bytes.
         let zeros: Vec<(u64, Vec<u8>)> = (0..128).map(|g| (g, vec![0u8; PAGE_SIZE])).collect();
-        let first = src.on_shim(batch(&zeros));
+        let first = src.on_shim(batch(0, &zeros));
         let first_end = src.in_flight();
-        let second = src.on_shim(batch(&[(200, page(3)), (201, page(4))]));
+        let second = src.on_shim(batch(0, &[(200, page(3)), (201, page(4))]));
         let end = src.in_flight();
         assert!(!first.is_empty() && !second.is_empty());
         assert!(first_end < 4096, "zero pages cost {first_end} wire bytes");
@@ -775,7 +786,7 @@ mod tests {
                 let pages: Vec<(u64, Vec<u8>)> = (next..next + BATCH_PAGES as u64)
                     .map(|g| (g, vec![0u8; PAGE_SIZE]))
                     .collect();
-                queue.extend(src.on_shim(batch(&pages)));
+                queue.extend(src.on_shim(batch(0, &pages)));
                 next += BATCH_PAGES as u64;
             }
             if queue.is_empty() {
@@ -811,8 +822,8 @@ mod tests {
         let mut src = SourceSession::new(cfg, Inventory::new(), n).unwrap();
         let mut dst = DestSession::new(DecoderConfig::default(), NoStore, n).unwrap();
         let hello = Message::Hello {
-            version: protocol::PROTOCOL_VERSION,
-            machine: wanmig_vmm::VmConfig::default().machine(),
+            version: shim::SHIM.current,
+            machine: crate::machine::VmConfig::default().machine(),
         };
         let frames = src.on_shim(hello);
         pump(&mut src, &mut dst, frames);
@@ -822,7 +833,7 @@ mod tests {
     /// Sends round `round` of `n` text pages; checks they arrive intact.
     fn text_round(src: &mut SourceSession, dst: &mut DestSession<NoStore>, n: u64, round: u64) {
         let pages: Vec<(u64, Vec<u8>)> = (0..n).map(|g| (g, text_page(g + 1000 * round))).collect();
-        let frames = src.on_shim(batch(&pages));
+        let frames = src.on_shim(batch(round as u32, &pages));
         let got = pump(src, dst, frames);
         assert_eq!(pages_of(&got), pages, "round {round} arrives intact");
     }
@@ -928,7 +939,7 @@ mod tests {
         let mut round0: Vec<(u64, Vec<u8>)> = (0..8).map(|g| (g, vec![0u8; PAGE_SIZE])).collect();
         round0[2].1 = page(9);
         round0[5].1 = page(10);
-        let frames = src.on_shim(batch(&round0));
+        let frames = src.on_shim(batch(0, &round0));
         let got = pump(&mut src, &mut dst, frames);
         assert_eq!(
             pages_of(&got),
@@ -939,11 +950,11 @@ mod tests {
         // A frame written before must be zeroed explicitly; one never
         // written stays skipped.
         let round1 = vec![(2u64, vec![0u8; PAGE_SIZE]), (3, vec![0u8; PAGE_SIZE])];
-        let frames = src.on_shim(batch(&round1));
+        let frames = src.on_shim(batch(1, &round1));
         let got = pump(&mut src, &mut dst, frames);
         assert_eq!(pages_of(&got), vec![(2, vec![0u8; PAGE_SIZE])]);
         // And after being zeroed, frame 2 still counts as written.
-        let frames = src.on_shim(batch(&[(2u64, vec![0u8; PAGE_SIZE])]));
+        let frames = src.on_shim(batch(2, &[(2u64, vec![0u8; PAGE_SIZE])]));
         let got = pump(&mut src, &mut dst, frames);
         assert_eq!(pages_of(&got), vec![(2, vec![0u8; PAGE_SIZE])]);
     }
@@ -952,7 +963,7 @@ mod tests {
     fn pages_beyond_the_vm_are_rejected() {
         let mut src = SourceSession::new(EncoderConfig::default(), Inventory::new(), 64).unwrap();
         let mut dst = DestSession::new(DecoderConfig::default(), NoStore, 4).unwrap();
-        let frames = src.on_shim(batch(&[(4u64, page(1))]));
+        let frames = src.on_shim(batch(0, &[(4u64, page(1))]));
         let r = dst.on_peer(frames.into_iter().next().unwrap());
         assert!(matches!(r, Err(SessionError::Unexpected(_))), "{r:?}");
     }
@@ -967,7 +978,7 @@ mod tests {
         let mut src = SourceSession::new(EncoderConfig::default(), inv, 8).unwrap();
         let mut dst = DestSession::new(DecoderConfig::default(), MapStore::default(), 64).unwrap();
 
-        let frames = src.on_shim(batch(&[(5, content.clone())]));
+        let frames = src.on_shim(batch(0, &[(5, content.clone())]));
         let step = dst.on_peer(frames.into_iter().next().unwrap()).unwrap();
         assert!(pages_of(&step.to_shim).is_empty(), "nothing to deliver yet");
         let [Frame::Nack(n)] = &step.to_peer[..] else {
@@ -1007,8 +1018,8 @@ mod tests {
         let mut src = SourceSession::new(EncoderConfig::default(), Inventory::new(), 8).unwrap();
         let mut dst = DestSession::new(DecoderConfig::default(), NoStore, 64).unwrap();
         let hello = Message::Hello {
-            version: protocol::PROTOCOL_VERSION,
-            machine: wanmig_vmm::VmConfig::default().machine(),
+            version: shim::SHIM.current,
+            machine: crate::machine::VmConfig::default().machine(),
         };
         for (msg, src_phase) in [
             (hello, Phase::Copying),
@@ -1040,22 +1051,116 @@ mod tests {
     fn hostile_frames_are_errors_not_panics() {
         let mut src = SourceSession::new(EncoderConfig::default(), Inventory::new(), 8).unwrap();
         let mut dst = DestSession::new(DecoderConfig::default(), NoStore, 64).unwrap();
-        assert!(dst.on_peer(Frame::Batch(vec![0xab; 64])).is_err());
+        assert!(dst
+            .on_peer(Frame::Batch {
+                round: 0,
+                batch: vec![0xab; 64]
+            })
+            .is_err());
         assert!(dst.on_peer(Frame::Shim(vec![1, 2])).is_err());
         assert!(dst.on_peer(Frame::Refuse("x".into())).is_err());
         // Plain pages must not sneak through as a shim frame.
-        let pages = shim_frame(&batch(&[(0, vec![1; PAGE_SIZE])]));
+        let pages = shim_frame(&batch(0, &[(0, vec![1; PAGE_SIZE])]));
         assert!(dst.on_peer(pages).is_err());
-        assert!(src.on_peer(Frame::Batch(vec![])).is_err());
+        assert!(src
+            .on_peer(Frame::Batch {
+                round: 0,
+                batch: vec![]
+            })
+            .is_err());
         assert!(src.on_peer(Frame::Shim(vec![99, 0, 0, 0, 0])).is_err());
         // Two messages in one shim frame.
         let mut two = Vec::new();
-        protocol::encode(&Message::Resumed, &mut two);
-        protocol::encode(&Message::Resumed, &mut two);
+        shim::encode(&Message::Resumed, &mut two);
+        shim::encode(&Message::Resumed, &mut two);
         assert!(src.on_peer(Frame::Shim(two)).is_err());
         // A NACK for content the source never sent needs no answer... but a
         // NACK for a page it no longer holds is an error, not wrong data.
         let r = src.on_peer(Frame::Nack(vec![(Gfn(3), Fingerprint([5; 32]))]));
         assert!(matches!(r, Err(SessionError::Refetch(1))), "{r:?}");
+    }
+
+    #[test]
+    fn the_round_is_the_one_the_shim_names_even_when_its_first_page_is_above_the_last() {
+        let mut src = SourceSession::new(EncoderConfig::default(), Inventory::new(), 64).unwrap();
+        let mut dst = DestSession::new(DecoderConfig::default(), NoStore, 64).unwrap();
+        let round0: Vec<(u64, Vec<u8>)> = (0..8).map(|g| (g, page(g as u8))).collect();
+        let got = {
+            let frames = src.on_shim(batch(0, &round0));
+            pump(&mut src, &mut dst, frames)
+        };
+        assert!(got
+            .iter()
+            .all(|m| matches!(m, Message::Pages { round: 0, .. })));
+        // Round 1 dirtied only pages above round 0's last (gfn 7): page
+        // order alone would take them for more of round 0.
+        let round1 = vec![(10u64, page(30)), (11, page(31))];
+        let frames = src.on_shim(batch(1, &round1));
+        assert!(frames
+            .iter()
+            .all(|f| matches!(f, Frame::Batch { round: 1, .. })));
+        let got = pump(&mut src, &mut dst, frames);
+        let p = src.progress();
+        assert_eq!(
+            (p.round, p.round_pages, p.last_round_pages, p.pages),
+            (1, 2, 8, 10)
+        );
+        assert_eq!(dst.round(), 1);
+        assert_eq!(pages_of(&got), round1);
+        assert!(got
+            .iter()
+            .all(|m| matches!(m, Message::Pages { round: 1, .. })));
+        // A round with no dirty page sends nothing: the one after it
+        // follows an empty round.
+        let frames = src.on_shim(batch(3, &[(2, page(40))]));
+        pump(&mut src, &mut dst, frames);
+        let p = src.progress();
+        assert_eq!((p.round, p.round_pages, p.last_round_pages), (3, 1, 0));
+    }
+
+    #[test]
+    fn round_numbers_cross_from_shim_bytes_to_progress_and_on_to_the_destination_shim() {
+        // The source shim's bytes, as the source relay reads them.
+        let rounds: [(u32, &[u64]); 3] = [(0, &[0, 1, 2, 3]), (1, &[5, 6]), (2, &[9])];
+        let mut shim_stream = Vec::new();
+        for (round, gfns) in rounds {
+            let pages: Vec<(u64, Vec<u8>)> = gfns.iter().map(|&g| (g, page(g as u8 + 1))).collect();
+            shim::encode(&batch(round, &pages), &mut shim_stream);
+        }
+        let mut src = SourceSession::new(EncoderConfig::default(), Inventory::new(), 16).unwrap();
+        let mut dst = DestSession::new(DecoderConfig::default(), NoStore, 16).unwrap();
+        let mut from_shim = shim::Decoder::new();
+        from_shim.feed(&shim_stream);
+        // The WAN: session frames as bytes.
+        let mut wan = Vec::new();
+        let mut progress = Vec::new();
+        while let Some(msg) = from_shim.next().unwrap() {
+            for f in src.on_shim(msg) {
+                frame::encode(&f, &mut wan);
+            }
+            progress.push((src.progress().round, src.progress().round_pages));
+        }
+        assert_eq!(progress, [(0, 4), (1, 2), (2, 1)]);
+        let mut from_wan = frame::Decoder::new();
+        from_wan.feed(&wan);
+        let mut to_dest_shim = Vec::new();
+        while let Some(f) = from_wan.next().unwrap() {
+            for m in dst.on_peer(f).unwrap().to_shim {
+                shim::encode(&m, &mut to_dest_shim);
+            }
+        }
+        let mut at_dest = shim::Decoder::new();
+        at_dest.feed(&to_dest_shim);
+        let mut seen = Vec::new();
+        while let Some(m) = at_dest.next().unwrap() {
+            let Message::Pages { round, batch } = m else {
+                panic!("only pages were sent")
+            };
+            seen.extend(batch.pages().map(|(g, _)| (round, g)));
+        }
+        assert_eq!(
+            seen,
+            [(0, 0), (0, 1), (0, 2), (0, 3), (1, 5), (1, 6), (2, 9)]
+        );
     }
 }

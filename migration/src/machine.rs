@@ -1,7 +1,10 @@
 //! What a VM is: memory size, the workloads the guest runs and their
-//! parameters, and the devices. Validated here, turned into the guest's
-//! boot parameters, and reduced to the [`MachineConfig`] a migration
-//! destination must match.
+//! parameters, and the devices ([`VmConfig`]). It is the VM description
+//! that travels between sites (the gateway session's `Open` carries it,
+//! and the destination builds the VM from it); validated here, turned
+//! into the test guest's boot parameters, and reduced to the
+//! [`MachineConfig`] a migration destination must match (the shim
+//! protocol's `Hello` carries that).
 
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
