@@ -25,7 +25,7 @@
 //! refused here (storage migration runs with the in-process host).
 
 use std::io::{BufRead, Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
