@@ -262,3 +262,31 @@ async fn a_gateway_refuses_to_start_with_a_certificate_for_another_site() {
         "{msg}"
     );
 }
+
+/// A gateway whose page-store directory cannot be used does not start:
+/// the error names the key and the path, before any migration needs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_refuses_to_start_with_an_unusable_store_dir() {
+    let prepared = MeshBuilder::new(2)
+        .extra_config("[migration]\nstore_dir = \"store-file\"\n")
+        .prepare()
+        .await
+        .unwrap();
+    let path = prepared.config_path("site-a").to_path_buf();
+    // A regular file where the directory should be.
+    std::fs::write(path.parent().unwrap().join("store-file"), "not a dir").unwrap();
+    let cfg = GatewayConfig::load(&path).unwrap();
+    let err = Gateway::start_on(
+        cfg,
+        wanmig_gateway::gateway::bind_udp("127.0.0.1:0".parse().unwrap()).unwrap(),
+    )
+    .await
+    .err()
+    .expect("start must fail");
+    assert!(matches!(err, GatewayError::StoreDir { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("migration.store_dir") && msg.contains("store-file"),
+        "{msg}"
+    );
+}

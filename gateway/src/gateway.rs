@@ -122,6 +122,16 @@ impl Gateway {
             Some(p) => p.clone(),
             None => vm_host.clone(),
         };
+        if let Some(root) = config.migration.store_dir.clone() {
+            let checked = root.clone();
+            tokio::task::spawn_blocking(move || crate::migration::stores::prepare_root(&checked))
+                .await?
+                .map_err(|source| GatewayError::StoreDir {
+                    config: config.origin.clone(),
+                    path: root,
+                    source,
+                })?;
+        }
         let (migration, migration_task) = MigrationService::start(
             peering.clone(),
             hosting,

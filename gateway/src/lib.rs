@@ -78,6 +78,13 @@ pub enum GatewayError {
         path: std::path::PathBuf,
         source: Box<vms::HostError>,
     },
+    /// `[migration] store_dir` cannot hold page stores.
+    #[error("{}: migration.store_dir: {} is not a directory the gateway can write: {source} (create it for the gateway's user, or remove the key for session-only deduplication)", config.display(), path.display())]
+    StoreDir {
+        config: std::path::PathBuf,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("runtime: a start-up task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
     #[error("runtime: no tokio runtime is running (start the gateway inside one)")]

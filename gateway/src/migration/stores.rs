@@ -4,7 +4,7 @@
 //! directory configured, dedup works within each session only.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use wanmig_codec::store::{validate_scope, StoreStats};
@@ -71,6 +71,28 @@ pub struct SiteStores {
     open: Arc<Mutex<HashMap<String, ScopeStore>>>,
 }
 
+/// Makes sure `root` can hold page stores: creates it if missing, and
+/// writes and removes a probe file in it, so an unusable directory fails
+/// the gateway's start-up rather than the first migration that needs it.
+pub fn prepare_root(root: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(root)?;
+    if !std::fs::metadata(root)?.is_dir() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotADirectory,
+            "not a directory",
+        ));
+    }
+    let probe = root.join(format!(".wanmig-probe-{}", std::process::id()));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"probe"));
+    let removed = std::fs::remove_file(&probe);
+    written?;
+    removed
+}
+
 impl SiteStores {
     /// Stores under `root` (none: session-only dedup), each capped at
     /// `cap_bytes`.
@@ -105,6 +127,23 @@ impl SiteStores {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_store_root_is_created_and_must_be_a_writable_directory() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("a/b");
+        prepare_root(&root).unwrap();
+        assert!(root.is_dir());
+        assert_eq!(
+            std::fs::read_dir(&root).unwrap().count(),
+            0,
+            "probe left behind"
+        );
+        let file = d.path().join("file");
+        std::fs::write(&file, "x").unwrap();
+        assert!(prepare_root(&file).is_err());
+        assert!(prepare_root(&file.join("below")).is_err());
+    }
 
     #[test]
     fn scopes_share_one_store_and_persist_content() {
