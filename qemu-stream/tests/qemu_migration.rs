@@ -146,8 +146,8 @@ impl Outcome {
 /// pages left fit the downtime limit at the measured bandwidth (1 ms here:
 /// 32 KiB, 8 pages); a guest that dirties faster than the link drains
 /// keeps that from happening on any machine, however fast QEMU's own passes
-/// run (an uncapped loopback pass took 100 ms on CI, leaving too few dirty
-/// pages to hold the migration).
+/// run (an uncapped loopback pass can end before the guest has dirtied
+/// enough pages to hold the migration).
 const HOLD_BANDWIDTH: u64 = 32 << 20;
 /// Pages per second the live tests' guest dirties: 2.4x the hold's drain
 /// rate, so a guest slowed by TCG still outruns it.
