@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use wanmig_codec::PageKind;
 use wanmig_gateway::demo::{self, DemoOptions};
 use wanmig_gateway::lab::Link;
 
@@ -54,7 +55,9 @@ async fn demo_migrates_a_guest_with_a_live_tcp_session_and_verifies_it() {
     );
     assert!(report.reduction > 2.0, "{json}");
     assert!(
-        report.pages_zero > 0 && report.pages_ref > 0 && report.pages_compressed > 0,
+        report.pages[PageKind::Zero] > 0
+            && report.pages[PageKind::Ref] > 0
+            && report.pages[PageKind::Compressed] > 0,
         "{json}"
     );
     assert!(report.downtime_ms.is_some(), "{json}");
@@ -75,16 +78,20 @@ async fn demo_migrates_a_guest_with_a_live_tcp_session_and_verifies_it() {
         report.round_pages[0] >= (64 << 20) / 4096,
         "round 0 sends all of memory: {json}"
     );
-    let kinds = &report.wire_by_kind;
+    let wire = &report.wire_by_kind;
     assert_eq!(
-        kinds.zero + kinds.reference + kinds.raw + kinds.zstd_section_and_headers,
+        wire.fixed.total() + wire.shared_section_and_headers,
         report.wire_bytes,
         "{json}"
     );
-    assert!(
-        kinds.zero > 0 && kinds.reference > 0 && kinds.raw > 0,
-        "{json}"
-    );
+    for kind in [PageKind::Zero, PageKind::Ref, PageKind::Raw] {
+        assert_eq!(
+            wire.fixed[kind],
+            report.pages[kind] * kind.fixed_wire_bytes().unwrap(),
+            "{kind}: {json}"
+        );
+        assert!(wire.fixed[kind] > 0, "{kind}: {json}");
+    }
     assert!(report.progress_series.len() >= 2, "{json}");
     let last = report.progress_series.last().unwrap();
     assert_eq!(last.wire_bytes, report.wire_bytes, "{json}");
@@ -128,7 +135,7 @@ async fn demo_migrates_a_guest_with_a_live_tcp_session_and_verifies_it() {
     // the destination's (now warm) page store.
     let clone = report.warm_clone.as_ref().expect("a warm-clone report");
     assert!(clone.memory_verified && clone.workload_verified, "{json}");
-    assert!(clone.pages_ref > 0, "{json}");
+    assert!(clone.pages[PageKind::Ref] > 0, "{json}");
     assert!(clone.wire_bytes * 5 < report.wire_bytes, "{json}");
     for key in [
         "total_ms",

@@ -25,7 +25,7 @@ use crate::policy::CodecSetting;
 use serde::{Deserialize, Serialize};
 use wanmig_codec::{
     CodecError, ContentStore, Decoder, DecoderConfig, DecoderStats, Encoder, EncoderConfig,
-    EncoderStats, Gfn, Inventory, PageBytes,
+    EncoderStats, Gfn, Inventory, PageBytes, PerKind,
 };
 
 use crate::shim::{self, Message, PageBatch, ProtocolError, BATCH_PAGES};
@@ -165,12 +165,9 @@ pub struct Progress {
     pub bytes_out: u64,
     /// NACKed pages answered.
     pub nacked: u64,
-    /// Pages by record kind.
-    pub zero: u64,
-    pub refs: u64,
-    pub delta: u64,
-    pub compressed: u64,
-    pub raw: u64,
+    /// Pages by what the encoder made of them.
+    #[serde(default)]
+    pub by_kind: PerKind,
     /// The compression level in force (zstd level; -8 is LZ4), as the
     /// level controller set it.
     #[serde(default)]
@@ -209,11 +206,7 @@ impl Progress {
     fn absorb(&mut self, s: &EncoderStats) {
         self.bytes_in = s.bytes_in;
         self.bytes_out = s.bytes_out;
-        self.zero = s.zero;
-        self.refs = s.refs();
-        self.delta = s.delta;
-        self.compressed = s.compressed;
-        self.raw = s.raw + s.fill;
+        self.by_kind = s.by_kind();
     }
 }
 
@@ -602,7 +595,7 @@ mod tests {
     use super::*;
     use crate::policy::{Bottleneck, LevelConfig, PathEstimate, RelayConfig, RelayPolicy};
     use wanmig_codec::store::NoStore;
-    use wanmig_codec::{Fingerprint, LongDistance, PAGE_SIZE};
+    use wanmig_codec::{Fingerprint, LongDistance, PageKind, PAGE_SIZE};
 
     /// Content store backed by a map (a site that already holds pages).
     #[derive(Default)]
@@ -698,8 +691,8 @@ mod tests {
         assert!(mem.iter().enumerate().all(|(g, d)| *d == round0[g].1));
         let p = src.progress().clone();
         assert_eq!((p.round, p.round_pages, p.pages), (0, 64, 64));
-        assert_eq!(p.zero, 61);
-        assert_eq!(p.refs, 1);
+        assert_eq!(p.by_kind[PageKind::Zero], 61);
+        assert_eq!(p.by_kind[PageKind::Ref], 1);
         assert!(p.bytes_out < p.bytes_in / 8, "{p:?}");
 
         // Round 1 re-sends a page with a small change: a delta.
@@ -710,7 +703,7 @@ mod tests {
         let got = pump(&mut src, &mut dst, frames);
         assert_eq!(pages_of(&got), round1);
         assert_eq!(src.progress().round, 1);
-        assert_eq!(src.progress().delta, 1);
+        assert_eq!(src.progress().by_kind[PageKind::Delta], 1);
         assert_eq!(src.progress().last_round_pages, 64);
     }
 

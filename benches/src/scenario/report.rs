@@ -7,6 +7,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use serde::Serialize;
+use wanmig_codec::PageKind;
 use wanmig_gateway::demo::{GuestWorkload, MemoryMix};
 
 use super::floor::{
@@ -360,18 +361,22 @@ fn charts(dir: &Path, results: &[ScenarioResult]) -> Result<Vec<(String, String)
             let layer = |f: &dyn Fn(&wanmig_gateway::demo::DemoReport) -> u64| -> Vec<f64> {
                 with.iter().map(|(_, d)| f(d) as f64 / MIB).collect()
             };
-            let layers = vec![
-                ("zero records".to_string(), layer(&|d| d.wire_by_kind.zero)),
-                (
-                    "references".to_string(),
-                    layer(&|d| d.wire_by_kind.reference),
-                ),
-                ("raw pages".to_string(), layer(&|d| d.wire_by_kind.raw)),
-                (
-                    "zstd (literals, deltas) + headers".to_string(),
-                    layer(&|d| d.wire_by_kind.zstd_section_and_headers),
-                ),
-            ];
+            // One layer per kind whose records have a fixed size, then the
+            // shared compressed section.
+            let mut layers: Vec<(String, Vec<f64>)> = PageKind::ALL
+                .into_iter()
+                .filter(|k| k.fixed_wire_bytes().is_some())
+                .map(|k| (format!("{k} pages"), layer(&|d| d.wire_by_kind.fixed[k])))
+                .collect();
+            let shared: Vec<String> = PageKind::ALL
+                .into_iter()
+                .filter(|k| k.fixed_wire_bytes().is_none())
+                .map(|k| k.to_string())
+                .collect();
+            layers.push((
+                format!("compressed section ({}) + headers", shared.join(", ")),
+                layer(&|d| d.wire_by_kind.shared_section_and_headers),
+            ));
             let link = with[0].0.scenario.link.label();
             let caption = format!("Wire bytes by record kind ({link})");
             plot::stacked_bars(

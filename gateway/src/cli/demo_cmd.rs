@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use wanmig_codec::PageKind;
 use wanmig_gateway::demo::{self, DemoOptions, DemoReport, GuestWorkload, MemoryMix};
 use wanmig_gateway::lab::Link;
 use wanmig_gateway::migration::MigrationRecord;
@@ -149,10 +150,7 @@ fn print_human(r: &DemoReport) {
         100.0 * r.wire_bytes as f64 / r.guest_mem_bytes.max(1) as f64,
         r.reduction
     );
-    println!(
-        "  pages            zero {}  ref {}  delta {}  compressed {}  raw {}",
-        r.pages_zero, r.pages_ref, r.pages_delta, r.pages_compressed, r.pages_raw
-    );
+    println!("  pages            {}", r.pages.describe());
     println!(
         "  memory verified  {} (digest {})",
         r.memory_verified,
@@ -202,7 +200,7 @@ fn print_human(r: &DemoReport) {
             c.total_ms,
             format_size(c.wire_bytes),
             c.reduction,
-            c.pages_ref,
+            c.pages[PageKind::Ref],
             c.memory_verified && c.workload_verified
         );
     }

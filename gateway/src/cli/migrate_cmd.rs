@@ -164,17 +164,13 @@ pub fn report(r: &MigrationRecord) -> String {
         r.outcome.map(|o| o.label()).unwrap_or("in flight")
     );
     out.push_str(&format!(
-        "  rounds {}, pages {}, {} of pages -> {} on the wire ({:.1}x; zero {}, ref {}, delta {}, compressed {}, raw {})\n",
+        "  rounds {}, pages {}, {} of pages -> {} on the wire ({:.1}x; {})\n",
         p.round + 1,
         p.pages,
         format_size(p.bytes_in),
         format_size(p.bytes_out),
         p.reduction_ratio(),
-        p.zero,
-        p.refs,
-        p.delta,
-        p.compressed,
-        p.raw
+        p.by_kind.describe()
     ));
     if let Some(d) = r.downtime_ms {
         out.push_str(&format!(

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
+use wanmig_codec::PerKind;
 use wanmig_migration::machine::{MemoryWorkloadConfig, NetConfig, VmConfig};
 use wanmig_vmm::workload_model::first_mismatch;
 
@@ -158,32 +159,23 @@ impl LinkReport {
     }
 }
 
-/// Guest pages the migration relayed, by record kind, and the codec bytes
-/// they took on the wire. Zero, reference and raw records have fixed sizes
-/// in the batch format (`wanmig_codec::record`: a 9-byte table entry, plus
-/// a 32-byte fingerprint for a reference, plus the 4096-byte page for a raw
-/// record), so their bytes follow from their counts; deltas and literals
-/// share the zstd section, so `zstd_section_and_headers` is the rest of the
-/// wire bytes (zstd output and batch headers).
+/// The codec bytes a migration took on the wire, by page kind. Kinds whose
+/// records have a fixed size in the batch format
+/// ([`wanmig_codec::PageKind::fixed_wire_bytes`]) are counted exactly in `fixed`; the
+/// others share the compressed section, so `shared_section_and_headers` is
+/// the rest of the wire bytes (that section and the batch headers).
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct WireByKind {
-    pub zero: u64,
-    pub reference: u64,
-    pub raw: u64,
-    pub zstd_section_and_headers: u64,
+    pub fixed: PerKind,
+    pub shared_section_and_headers: u64,
 }
 
 impl WireByKind {
     fn from_progress(p: &crate::migration::Progress) -> Self {
-        const ENTRY: u64 = 9;
-        let zero = p.zero * ENTRY;
-        let reference = p.refs * (ENTRY + 32);
-        let raw = p.raw * (ENTRY + 4096);
+        let fixed = p.by_kind.fixed_wire_bytes();
         WireByKind {
-            zero,
-            reference,
-            raw,
-            zstd_section_and_headers: p.bytes_out.saturating_sub(zero + reference + raw),
+            fixed,
+            shared_section_and_headers: p.bytes_out.saturating_sub(fixed.total()),
         }
     }
 }
@@ -212,11 +204,8 @@ pub struct DemoReport {
     pub wire_bytes: u64,
     /// Guest bytes sent ÷ wire bytes.
     pub reduction: f64,
-    pub pages_zero: u64,
-    pub pages_ref: u64,
-    pub pages_delta: u64,
-    pub pages_compressed: u64,
-    pub pages_raw: u64,
+    /// Pages relayed, by what the encoder made of them.
+    pub pages: PerKind,
     /// BLAKE3 of guest memory at the handover, equal at both sites.
     pub memory_digest: Option<String>,
     pub memory_verified: bool,
@@ -278,7 +267,8 @@ pub struct CloneReport {
     pub guest_bytes_sent: u64,
     pub wire_bytes: u64,
     pub reduction: f64,
-    pub pages_ref: u64,
+    /// Pages relayed, by what the encoder made of them.
+    pub pages: PerKind,
     pub memory_verified: bool,
     pub workload_verified: bool,
 }
@@ -611,11 +601,7 @@ pub async fn run(
         guest_bytes_sent: p.bytes_in,
         wire_bytes: p.bytes_out,
         reduction: p.reduction_ratio(),
-        pages_zero: p.zero,
-        pages_ref: p.refs,
-        pages_delta: p.delta,
-        pages_compressed: p.compressed,
-        pages_raw: p.raw,
+        pages: p.by_kind,
         memory_verified: outcome == Outcome::Succeeded && record.memory_digest.is_some(),
         memory_digest: record.memory_digest.clone(),
         workload_verified,
@@ -777,7 +763,7 @@ async fn migrate_clone(
         guest_bytes_sent: p.bytes_in,
         wire_bytes: p.bytes_out,
         reduction: p.reduction_ratio(),
-        pages_ref: p.refs,
+        pages: p.by_kind,
         memory_verified: outcome == Outcome::Succeeded && record.memory_digest.is_some(),
         workload_verified,
     })

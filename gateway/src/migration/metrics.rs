@@ -97,14 +97,8 @@ impl MigrationMetrics {
     /// Adds a finished outgoing session's encoder statistics.
     pub fn observe_encoder(&self, s: &EncoderStats, last_round: u32) {
         self.rounds.inc_by(u64::from(last_round) + 1);
-        for (kind, n) in [
-            ("zero", s.zero),
-            ("ref", s.refs()),
-            ("delta", s.delta),
-            ("compressed", s.compressed),
-            ("raw", s.raw + s.fill),
-        ] {
-            self.pages.with_label_values(&[kind]).inc_by(n);
+        for (kind, n) in s.by_kind().iter() {
+            self.pages.with_label_values(&[kind.name()]).inc_by(n);
         }
         self.bytes_in.inc_by(s.bytes_in);
         self.bytes_out.inc_by(s.bytes_out);
