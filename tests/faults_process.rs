@@ -33,9 +33,10 @@ use wanmig_gateway::migration::{MigrationRecord, Outcome};
 use wanmig_gateway::peering::LinkState;
 use wanmig_gateway::vms::{VmInfo, VmState};
 use wanmig_migration::admin::MemSample;
+use wanmig_migration::admin::{AdminRequest, AdminResponse};
 use wanmig_migration::machine::VmConfig;
 use wanmig_netem::LinkParams;
-use wanmig_vmm::admin::{self, AdminRequest, AdminResponse};
+use wanmig_vmm::admin;
 
 /// The `wanmig` and `wanmig-vmm` binaries of this checkout.
 ///

@@ -1,11 +1,15 @@
-//! What a running shim reports about its VM on its local control channel
-//! (one JSON request per line on a unix socket, one JSON response line
-//! back; the shim serves it, and the gateway's process host and the
-//! operator's tools ask): how the VM's run ended ([`RunExit`]), the
-//! guest's latest reports ([`Status`]) and its memory-workload samples
-//! ([`MemSample`]). Plain data: the socket code is the shim's.
+//! A running shim's local control channel (one JSON request per line on a
+//! unix socket, one JSON response line back; the shim serves it, and the
+//! gateway's process host and the operator's tools ask): the requests
+//! ([`AdminRequest`]) and responses ([`AdminResponse`]), how the VM's run
+//! ended ([`RunExit`]), the guest's latest reports ([`Status`]) and its
+//! memory-workload samples ([`MemSample`]). Plain data: the socket code is
+//! the shim's.
 
 use serde::{Deserialize, Serialize};
+
+use crate::policy::PlannerConfig;
+use crate::run::MigrationReport;
 
 /// How a VM's run ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +50,45 @@ pub struct Status {
     pub disk: Option<[u64; 4]>,
     /// Latest TCP-service report: [connections, bytes, digest, session bytes].
     pub net: Option<[u64; 4]>,
+}
+
+/// A request on the control socket.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum AdminRequest {
+    /// The VM's state and the guest's latest reports.
+    Status,
+    /// The memory workload's kept (iteration, digest) samples.
+    Samples,
+    /// Migrate the VM to `to`.
+    Migrate {
+        /// Destination address.
+        to: String,
+        /// Planner settings (defaults when absent).
+        #[serde(default)]
+        planner: Option<PlannerConfig>,
+    },
+}
+
+/// A response on the control socket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum AdminResponse {
+    /// Answer to `status`.
+    Status(Status),
+    /// Answer to `samples`.
+    Samples { samples: Vec<MemSample> },
+    /// The migration succeeded; the VM now runs at the destination.
+    Migrated(Box<MigrationReport>),
+    /// The migration handed the VM over, but the destination did not
+    /// confirm that it resumed it: the VM never runs here again (it runs
+    /// at the destination unless that lost it).
+    HandedOver { message: String },
+    /// The request failed; `vm_running_here` says where the VM is.
+    Error {
+        message: String,
+        vm_running_here: bool,
+    },
 }
 
 #[cfg(test)]

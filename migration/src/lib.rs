@@ -16,8 +16,11 @@
 //! - [`policy`]: the convergence policy (when to stop pre-copy, the
 //!   downtime budget, flow windows, pacing, the codec level and the link
 //!   rate), fed with measurements.
-//! - [`admin`]: what a running shim reports about its VM (how its run
-//!   ended, the guest's reports), as plain data for the gateway.
+//! - [`run`]: the options a shim migration runs with and the reports it
+//!   returns.
+//! - [`admin`]: the requests a running shim answers on its control socket
+//!   and what it reports about its VM (how its run ended, the guest's
+//!   reports), as plain data for the gateway.
 //!
 //! No tokio, no quinn, no KVM: `cargo tree -p wanmig-migration` shows it.
 
@@ -26,6 +29,7 @@
 pub mod admin;
 pub mod machine;
 pub mod policy;
+pub mod run;
 pub mod session;
 pub mod shim;
 pub mod storage;

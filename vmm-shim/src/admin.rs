@@ -1,13 +1,12 @@
 //! The shim's local control channel: one JSON request per line on a unix
 //! socket, one JSON response line back. It lets an operator (or the
 //! gateway, or a test) ask a running `wanmig-vmm` for its status and tell it
-//! to migrate its VM to an address. The status and sample data are
-//! `wanmig_migration::admin`'s; the requests and responses that carry the
-//! planner's settings and the migration report are here, with the socket
-//! code. Also the address syntax of migration endpoints (`unix:PATH`,
-//! `tcp:HOST:PORT`).
+//! to migrate its VM to an address. The requests and responses are
+//! `wanmig_migration::admin`'s plain data; this module serves and sends
+//! them over the socket. Also the address syntax of migration endpoints
+//! (`unix:PATH`, `tcp:HOST:PORT`).
 
-use crate::migration::{migrate_to, MigrateOptions, MigrationReport, MigrationStream};
+use crate::migration::{migrate_to, MigrateOptions, MigrationStream};
 use crate::vm::Vm;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
@@ -15,8 +14,8 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use wanmig_migration::admin::{MemSample, Status};
-use wanmig_migration::policy::PlannerConfig;
+use wanmig_migration::admin::Status;
+pub use wanmig_migration::admin::{AdminRequest, AdminResponse};
 
 /// Where a migration goes to or comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,45 +82,6 @@ impl MigrationStream for Box<dyn MigrationStream> {
     fn set_timeouts(&self, read: Option<Duration>, write: Option<Duration>) -> std::io::Result<()> {
         (**self).set_timeouts(read, write)
     }
-}
-
-/// A request on the control socket.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(tag = "cmd", rename_all = "snake_case")]
-pub enum AdminRequest {
-    /// The VM's state and the guest's latest reports.
-    Status,
-    /// The memory workload's kept (iteration, digest) samples.
-    Samples,
-    /// Migrate the VM to `to`.
-    Migrate {
-        /// Destination address.
-        to: String,
-        /// Planner settings (defaults when absent).
-        #[serde(default)]
-        planner: Option<PlannerConfig>,
-    },
-}
-
-/// A response on the control socket.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "result", rename_all = "snake_case")]
-pub enum AdminResponse {
-    /// Answer to `status`.
-    Status(Status),
-    /// Answer to `samples`.
-    Samples { samples: Vec<MemSample> },
-    /// The migration succeeded; the VM now runs at the destination.
-    Migrated(Box<MigrationReport>),
-    /// The migration handed the VM over, but the destination did not
-    /// confirm that it resumed it: the VM never runs here again (it runs
-    /// at the destination unless that lost it).
-    HandedOver { message: String },
-    /// The request failed; `vm_running_here` says where the VM is.
-    Error {
-        message: String,
-        vm_running_here: bool,
-    },
 }
 
 /// Answers one request against `vm`.

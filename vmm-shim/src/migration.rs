@@ -11,12 +11,12 @@ use crate::protocol_io::{self, StreamError};
 use crate::serial::SerialSink;
 use crate::state::{StateError, VmState};
 use crate::vm::{Vm, VmError};
-use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 use wanmig_migration::machine::VmConfig;
-use wanmig_migration::policy::{
-    ConvergenceMode, Decision, Planner, PlannerConfig, RoundResult, StopReason,
+use wanmig_migration::policy::{ConvergenceMode, Decision, Planner, RoundResult};
+pub use wanmig_migration::run::{
+    IncomingReport, MigrateOptions, MigrationReport, ReceiveOptions, RoundReport,
 };
 use wanmig_migration::shim::{Decoder, Message, PageBatch, BATCH_PAGES, SHIM};
 
@@ -76,71 +76,6 @@ impl MigrationError {
     pub fn vm_kept_at_source(&self) -> bool {
         !matches!(self, MigrationError::HandoverUnconfirmed(_))
     }
-}
-
-/// Options of an outgoing migration.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct MigrateOptions {
-    /// The convergence planner's tunables (downtime budget, timeout...).
-    pub planner: PlannerConfig,
-    /// How long to wait for any one answer from the destination.
-    pub answer_timeout: Duration,
-}
-
-impl Default for MigrateOptions {
-    fn default() -> Self {
-        MigrateOptions {
-            planner: PlannerConfig::default(),
-            answer_timeout: Duration::from_secs(30),
-        }
-    }
-}
-
-/// One pre-copy round as reported.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct RoundReport {
-    /// Round number (0 = all of memory), as the round's `Pages`
-    /// messages carry it.
-    pub round: u32,
-    /// Pages sent.
-    pub pages: u64,
-    /// Bytes written.
-    pub bytes: u64,
-    /// Milliseconds the round took.
-    pub elapsed_ms: f64,
-    /// Pages dirty after the round.
-    pub dirty_after: u64,
-    /// vCPU throttle during the round, percent.
-    pub throttle: u8,
-}
-
-/// What an outgoing migration did.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct MigrationReport {
-    /// Guest memory in pages.
-    pub memory_pages: u64,
-    /// The live rounds.
-    pub rounds: Vec<RoundReport>,
-    /// Pages sent while paused (the stop-and-copy round).
-    pub final_pages: u64,
-    /// All pages sent.
-    pub total_pages_sent: u64,
-    /// All bytes written to the stream.
-    pub total_bytes_sent: u64,
-    /// Source pause until the destination reported it resumed.
-    pub downtime: Duration,
-    /// Whole migration.
-    pub total_time: Duration,
-    /// Why stop-and-copy was chosen.
-    pub stop_reason: StopReason,
-    /// How it converged.
-    pub mode: ConvergenceMode,
-    /// Highest vCPU throttle applied, percent.
-    pub max_throttle: u8,
-    /// BLAKE3 of guest memory at pause (hex), confirmed by the destination.
-    pub memory_digest: String,
-    /// Size of the VM state blob.
-    pub state_bytes: u64,
 }
 
 struct Sender<'a, S> {
@@ -410,32 +345,6 @@ fn unexpected(expected: &'static str, got: &Message) -> MigrationError {
         expected,
         got: describe(got),
     }
-}
-
-/// Options of an incoming migration.
-#[derive(Debug, Clone)]
-pub struct ReceiveOptions {
-    /// Longest silence from the source before giving up.
-    pub idle_timeout: Duration,
-}
-
-impl Default for ReceiveOptions {
-    fn default() -> Self {
-        ReceiveOptions {
-            idle_timeout: Duration::from_secs(60),
-        }
-    }
-}
-
-/// What an incoming migration received.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct IncomingReport {
-    /// Pages received (re-sent pages count each time).
-    pub pages_received: u64,
-    /// BLAKE3 of guest memory as received, equal to the source's.
-    pub memory_digest: String,
-    /// Time from hello to resume.
-    pub total_time: Duration,
 }
 
 /// Receives a VM over `stream` into a new VM shaped like `config` and runs

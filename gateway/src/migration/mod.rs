@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use wanmig_migration::policy::{DowntimeGoal, PlannerConfig};
-use wanmig_vmm::MigrateOptions;
+use wanmig_migration::run::MigrateOptions;
 
 use crate::config::MigrationSettings;
 use crate::peering::{Peering, PeeringError, StreamKind};

@@ -9,7 +9,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use wanmig_migration::policy::{ConvergenceMode, StopReason};
-use wanmig_vmm::MigrationReport;
+use wanmig_migration::run::MigrationReport;
 
 use wanmig_migration::session::{Phase, Progress};
 
@@ -271,8 +271,8 @@ mod tests {
         assert!(all.iter().any(|m| m.id == id), "in-flight records are kept");
     }
 
-    fn round(round: u32, pages: u64) -> wanmig_vmm::migration::RoundReport {
-        wanmig_vmm::migration::RoundReport {
+    fn round(round: u32, pages: u64) -> wanmig_migration::run::RoundReport {
+        wanmig_migration::run::RoundReport {
             round,
             pages,
             bytes: pages * 4096,

@@ -25,6 +25,7 @@ use wanmig_migration::machine::VmConfig;
 use wanmig_migration::policy::{
     ConfigError, CopyProgress, Flight, PathEstimate, RelayConfig, RelayPolicy,
 };
+use wanmig_migration::run::{MigrateOptions, MigrationReport, ReceiveOptions};
 use wanmig_migration::session::frame::{
     self, Decoder as FrameDecoder, Frame, OpenRequest, Resolution, SESSION,
 };
@@ -32,7 +33,6 @@ use wanmig_migration::session::{
     shim_frame, DestSession, Phase, SessionError, SourceSession, Step,
 };
 use wanmig_migration::shim::{self, Message};
-use wanmig_vmm::{MigrateOptions, ReceiveOptions};
 
 use super::records::{Direction, Outcome, Records};
 use super::stores::SiteStores;
@@ -270,7 +270,7 @@ async fn source_inner(
     scope: String,
     opts: MigrateOptions,
     bandwidth_bps: Option<u64>,
-) -> Result<wanmig_vmm::MigrationReport, RelayError> {
+) -> Result<MigrationReport, RelayError> {
     let config = ctx.host.config(vm)?;
     let (mut send, mut recv) = ctx.peering.open_stream(to, StreamKind::Migration).await?;
     send_frames(

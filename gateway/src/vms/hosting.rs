@@ -8,8 +8,7 @@
 use std::os::unix::net::UnixStream;
 
 use wanmig_migration::machine::VmConfig;
-use wanmig_vmm::migration::IncomingReport;
-use wanmig_vmm::{MigrateOptions, MigrationReport, ReceiveOptions};
+use wanmig_migration::run::{IncomingReport, MigrateOptions, MigrationReport, ReceiveOptions};
 
 use super::disk_state::DiskState;
 use super::error::HostError;

@@ -9,11 +9,9 @@ use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use wanmig_migration::machine::VmConfig;
-use wanmig_vmm::migration::IncomingReport;
+use wanmig_migration::run::{IncomingReport, MigrateOptions, MigrationReport, ReceiveOptions};
 use wanmig_vmm::virtio::ChannelPort;
-use wanmig_vmm::{
-    migrate_to, receive_from_with_disk, MigrateOptions, MigrationReport, ReceiveOptions, Vm,
-};
+use wanmig_vmm::{migrate_to, receive_from_with_disk, Vm};
 
 use super::disk_follow::{ensure_disk_settled, DiskFollow};
 use super::disk_state::DiskState;

@@ -32,12 +32,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use wanmig_migration::admin::{AdminRequest, AdminResponse};
 use wanmig_migration::admin::{MemSample, Status};
 use wanmig_migration::machine::VmConfig;
-use wanmig_vmm::admin::{self, AdminRequest, AdminResponse};
-use wanmig_vmm::migration::IncomingReport;
+use wanmig_migration::run::{IncomingReport, MigrateOptions, MigrationReport, ReceiveOptions};
+use wanmig_vmm::admin;
 use wanmig_vmm::protocol_io::StreamError;
-use wanmig_vmm::{MigrateOptions, MigrationError, MigrationReport, ReceiveOptions};
+use wanmig_vmm::MigrationError;
 
 use super::error::HostError;
 use super::hosting::VmHosting;
@@ -488,7 +489,7 @@ impl VmHosting for ProcessHost {
         ));
         let _ = std::fs::remove_file(&sock);
         let answer = (|| {
-            let listener = wanmig_vmm::admin::bind_private(&sock)?;
+            let listener = admin::bind_private(&sock)?;
             listener.set_nonblocking(true)?;
             let control = self.control_socket(name);
             let req = AdminRequest::Migrate {
