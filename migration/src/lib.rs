@@ -6,7 +6,8 @@
 //! - [`machine`]: the VM description that travels between sites
 //!   ([`machine::VmConfig`]) and the shape a destination must match.
 //! - [`version`]: the versioning rule of the three stream protocols below,
-//!   written once.
+//!   written once; [`messages`]: the one incremental decoder that applies
+//!   it.
 //! - [`shim`]: the shim migration protocol (source shim ↔ destination
 //!   shim, or a gateway relaying between them).
 //! - [`session`]: the gateway-to-gateway migration session, its frames
@@ -28,6 +29,7 @@
 
 pub mod admin;
 pub mod machine;
+pub mod messages;
 pub mod policy;
 pub mod run;
 pub mod session;

@@ -21,9 +21,10 @@
 //! D→S `Resumed`. The destination checks the source's digest too, and
 //! aborts on a mismatch. Either side may send `Abort(reason)` instead.
 
+use crate::messages::{MessageDecoder, Messages};
 use wanmig_guest_abi::PAGE_SIZE;
 use wanmig_wire::coding::Context;
-use wanmig_wire::{write_frame, DecodeError, FrameDecoder, FrameError, Reader, WriteExt};
+use wanmig_wire::{write_frame, DecodeError, FrameError, Reader, WriteExt};
 
 use crate::machine::MachineConfig;
 use crate::version::{PreambleError, Protocol, UnknownKind};
@@ -265,54 +266,20 @@ pub fn decode_body(kind: Kind, body: &[u8]) -> Result<Message, ProtocolError> {
     Ok(msg)
 }
 
-/// Incremental decoder: feed bytes as they arrive, take whole messages.
-/// Unknown advisory kinds are skipped; unknown essential kinds are errors
-/// (see [`crate::version`]).
-#[derive(Debug)]
-pub struct Decoder {
-    frames: FrameDecoder,
-}
+/// Incremental message decoder: feed bytes as they arrive, take whole
+/// messages. Unknown advisory kinds are skipped; unknown essential kinds
+/// are errors (see [`crate::version`]).
+pub type Decoder = MessageDecoder<Message>;
 
-impl Default for Decoder {
-    fn default() -> Self {
-        Decoder {
-            frames: FrameDecoder::new(MAX_PAYLOAD),
+impl Messages for Message {
+    type Error = ProtocolError;
+    const MAX_BODY: u32 = MAX_PAYLOAD;
+
+    fn decode_frame(tag: u8, body: &[u8]) -> Result<Option<Message>, ProtocolError> {
+        match Kind::from(tag) {
+            Kind::Unknown(tag) => SHIM.unknown_kind(tag).map(|()| None).map_err(Into::into),
+            kind => decode_body(kind, body).map(Some),
         }
-    }
-}
-
-impl Decoder {
-    /// A decoder with nothing buffered.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Adds received bytes.
-    pub fn feed(&mut self, bytes: &[u8]) {
-        self.frames.feed(bytes);
-    }
-
-    /// Bytes the next frame still needs before [`Decoder::next`] can yield
-    /// it (at least 1 when incomplete, 0 when a frame is ready).
-    pub fn wanted(&self) -> usize {
-        self.frames.wanted()
-    }
-
-    /// The next complete message, `Ok(None)` if more bytes are needed.
-    #[allow(clippy::should_implement_trait)]
-    pub fn next(&mut self) -> Result<Option<Message>, ProtocolError> {
-        while let Some(frame) = self.frames.next()? {
-            match Kind::from(frame.tag) {
-                Kind::Unknown(tag) => SHIM.unknown_kind(tag)?,
-                kind => return decode_body(kind, &frame.body).map(Some),
-            }
-        }
-        Ok(None)
-    }
-
-    /// Bytes buffered but not yet consumed.
-    pub fn buffered(&self) -> usize {
-        self.frames.buffered()
     }
 }
 

@@ -21,12 +21,11 @@
 //! over. The destination, which keeps a VM it confirmed parked until it
 //! hears this, resumes or discards it and answers `Resolved(state)`.
 
+use crate::messages::{MessageDecoder, Messages};
 use serde::{Deserialize, Serialize};
 use wanmig_codec::{Fingerprint, Gfn};
 use wanmig_wire::coding::Context;
-use wanmig_wire::{
-    write_frame, DecodeError, FrameDecoder, FrameError, Reader, WriteExt, FRAME_HEADER_LEN,
-};
+use wanmig_wire::{write_frame, DecodeError, FrameError, Reader, WriteExt, FRAME_HEADER_LEN};
 
 use crate::machine::VmConfig;
 use crate::version::{Preamble, PreambleError, Protocol, UnknownKind};
@@ -333,44 +332,17 @@ pub fn decode_body(kind: Kind, body: &[u8]) -> Result<Frame, WireError> {
 /// Incremental frame decoder: feed bytes as they arrive, take whole
 /// frames. Unknown advisory kinds are skipped; unknown essential kinds
 /// are errors (see [`crate::version`]).
-#[derive(Debug)]
-pub struct Decoder {
-    frames: FrameDecoder,
-}
+pub type Decoder = MessageDecoder<Frame>;
 
-impl Default for Decoder {
-    fn default() -> Self {
-        Decoder {
-            frames: FrameDecoder::new(MAX_FRAME),
+impl Messages for Frame {
+    type Error = WireError;
+    const MAX_BODY: u32 = MAX_FRAME;
+
+    fn decode_frame(tag: u8, body: &[u8]) -> Result<Option<Frame>, WireError> {
+        match Kind::from(tag) {
+            Kind::Unknown(tag) => SESSION.unknown_kind(tag).map(|()| None).map_err(Into::into),
+            kind => decode_body(kind, body).map(Some),
         }
-    }
-}
-
-impl Decoder {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Adds received bytes.
-    pub fn feed(&mut self, bytes: &[u8]) {
-        self.frames.feed(bytes);
-    }
-
-    /// Bytes received but not yet returned as frames.
-    pub fn buffered(&self) -> usize {
-        self.frames.buffered()
-    }
-
-    /// The next whole frame, `Ok(None)` when more bytes are needed.
-    #[allow(clippy::should_implement_trait)]
-    pub fn next(&mut self) -> Result<Option<Frame>, WireError> {
-        while let Some(raw) = self.frames.next()? {
-            match Kind::from(raw.tag) {
-                Kind::Unknown(tag) => SESSION.unknown_kind(tag)?,
-                kind => return decode_body(kind, &raw.body).map(Some),
-            }
-        }
-        Ok(None)
     }
 }
 
