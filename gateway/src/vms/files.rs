@@ -212,7 +212,7 @@ mod tests {
         std::fs::write(allowed.join("ok.img"), b"image").unwrap();
         std::fs::write(allowed.join("sub/ok.img"), b"image").unwrap();
         symlink(&outside, allowed.join("link.img")).unwrap();
-        symlink(&allowed.join("sub"), allowed.join("linkdir")).unwrap();
+        symlink(allowed.join("sub"), allowed.join("linkdir")).unwrap();
         std::fs::create_dir(allowed.join("adir")).unwrap();
         let dirs = vec![allowed.clone()];
         assert!(open_under(&dirs, &allowed.join("ok.img"), false).is_ok());
