@@ -113,3 +113,97 @@ async fn a_probe_moves_n_bytes_through_the_emulated_link_and_reports_them() {
     }
     mesh.shutdown().await;
 }
+
+/// `POST /v1/vms` opens only regular files under the site's `[vms]`
+/// directories, without following symlinks, and answers the same whether
+/// a refused file exists or not; a refused disk is not touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_may_name_only_files_under_the_configured_dirs() {
+    use wanmig_migration::machine::{DiskConfig, VmConfig};
+    init_logging();
+    let mesh = MeshBuilder::new(2).start().await.unwrap();
+    let ctl = mesh.control("site-a");
+    // The defaults: images/ and disks/ next to the config.
+    let (images, disks) = (mesh.dir().join("images"), mesh.dir().join("disks"));
+    std::fs::create_dir_all(&images).unwrap();
+    std::fs::create_dir_all(&disks).unwrap();
+    let secret = mesh.dir().join("site-a.token");
+    let victim = mesh.dir().join("victim.disk");
+    std::fs::write(&victim, vec![7u8; 1 << 20]).unwrap();
+    std::os::unix::fs::symlink(&secret, images.join("link.img")).unwrap();
+    std::os::unix::fs::symlink(&victim, disks.join("link.disk")).unwrap();
+    let image = |p: std::path::PathBuf| VmConfig {
+        mem_image: Some(p),
+        ..VmConfig::default()
+    };
+    let disk = |p: std::path::PathBuf| VmConfig {
+        disk: Some(DiskConfig {
+            path: p,
+            seed: 1,
+            blocks_per_iteration: 8,
+            iterations: 0,
+        }),
+        ..VmConfig::default()
+    };
+    let cases = [
+        ("mem_image", secret.clone(), image(secret.clone())),
+        ("mem_image", "/dev/zero".into(), image("/dev/zero".into())),
+        (
+            "mem_image",
+            images.join("link.img"),
+            image(images.join("link.img")),
+        ),
+        (
+            "mem_image",
+            images.join("../site-a.token"),
+            image(images.join("../site-a.token")),
+        ),
+        (
+            "mem_image",
+            images.join("missing.img"),
+            image(images.join("missing.img")),
+        ),
+        ("disk.path", victim.clone(), disk(victim.clone())),
+        (
+            "disk.path",
+            disks.join("link.disk"),
+            disk(disks.join("link.disk")),
+        ),
+        (
+            "disk.path",
+            disks.join("missing.disk"),
+            disk(disks.join("missing.disk")),
+        ),
+    ];
+    let mut answers = std::collections::BTreeMap::new();
+    for (key, path, config) in cases {
+        let err = ctl.start_vm("vm1", &config).await.unwrap_err();
+        let ClientError::Api {
+            status, message, ..
+        } = &err
+        else {
+            panic!("{key} {}: expected an API error, got {err}", path.display());
+        };
+        assert_eq!(*status, reqwest::StatusCode::BAD_REQUEST, "{message}");
+        assert!(message.contains(key), "{message}");
+        // Apart from the path it names, the answer is the same for every
+        // refused file, existing or not.
+        let path = path.display().to_string();
+        assert!(message.contains(&path), "{message}");
+        answers.insert(message.replace(&path, "PATH"), path);
+    }
+    assert_eq!(answers.len(), 2, "one answer per key: {answers:#?}");
+    assert_eq!(std::fs::read(&victim).unwrap(), vec![7u8; 1 << 20]);
+    assert!(ctl.vms().await.unwrap().vms.is_empty());
+
+    // An image in images/ boots (and may be larger than memory: only
+    // mem_size bytes are read).
+    if wanmig_testenv::require_kvm("a_vm_may_name_only_files_under_the_configured_dirs") {
+        let ok = images.join("ok.img");
+        std::fs::write(&ok, vec![1u8; (32 << 20) + 4096]).unwrap();
+        ctl.start_vm("vm1", &image(ok))
+            .await
+            .expect("an image under images/ is allowed");
+    }
+    mesh.shutdown().await;
+}

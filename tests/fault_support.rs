@@ -65,7 +65,11 @@ pub async fn two_sites(rate: u64, slow_a_to_b: Duration, slow_b_to_a: Duration) 
 /// rounds stay short. (12 MiB is the end of the memory workload's working
 /// set, which starts at `WORKLOAD_BASE`, 8 MiB, and spans 4 MiB here: the
 /// unmigrated reference assumes the working set starts zeroed.)
+///
+/// `dir` is created if missing: pass a gateway's `[vms] image_dirs`
+/// (`images/` next to the mesh's configs by default).
 pub fn write_image(dir: &Path, mem: u64, text: u64) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
     let mut image = vec![0u8; mem as usize];
     let start = 12 << 20;
     let region = &mut image[start..start + text as usize];
@@ -236,7 +240,7 @@ pub async fn moved_to_b(mesh: &Mesh, config: &VmConfig, id: &str) {
         })
     );
     assert_eq!(b.vm_host().state(VM), Some(VmState::Running));
-    let stopped = a.vm_host().with_vm(VM, |v| v.exit_status()).flatten();
+    let stopped = a.vm_host().exit_status(VM);
     assert_eq!(stopped, Some(wanmig_migration::admin::RunExit::Stopped));
     let a_last = iteration(a.vm_host(), VM);
     assert!(wait_iteration(b.vm_host(), VM, a_last + 10).await);
@@ -269,7 +273,7 @@ pub async fn handed_over_unconfirmed(mesh: &Mesh, config: &VmConfig, id: &str) -
         a.vm_host().state(VM),
         Some(VmState::HandoverUnconfirmed { .. })
     ));
-    let stopped = a.vm_host().with_vm(VM, |v| v.exit_status()).flatten();
+    let stopped = a.vm_host().exit_status(VM);
     assert_eq!(stopped, Some(wanmig_migration::admin::RunExit::Stopped));
     let a_last = iteration(a.vm_host(), VM);
     assert!(wait_iteration(b.vm_host(), VM, a_last + 10).await);

@@ -58,15 +58,12 @@ async fn link_cut(name: &str, at: At, cut: Cut) {
     // final-round and handover cases run on a fast link whose answers from
     // B take 250 ms longer, so the cut catches `Confirmed` / `Resumed` on
     // the wire.
-    let (rate, slow_b, image) = match at {
-        At::Round0 | At::LaterRound => (
-            8_000_000,
-            Duration::ZERO,
-            Some(write_image(dir.path(), 32 << 20, 5 << 20)),
-        ),
-        At::FinalRound | At::AfterHandover => (100_000_000, Duration::from_millis(250), None),
+    let (rate, slow_b, with_image) = match at {
+        At::Round0 | At::LaterRound => (8_000_000, Duration::ZERO, true),
+        At::FinalRound | At::AfterHandover => (100_000_000, Duration::from_millis(250), false),
     };
     let mesh = two_sites(rate, Duration::ZERO, slow_b).await;
+    let image = with_image.then(|| write_image(&mesh.dir().join("images"), 32 << 20, 5 << 20));
     let config = fault_vm(image);
     guest_at_a(&mesh, &config).await;
     let (a, b) = (mesh.gw("site-a"), mesh.gw("site-b"));

@@ -426,9 +426,13 @@ async fn b_shim_started(s: &Sites) -> u32 {
 }
 
 /// A slow link and a guest whose round 0 takes seconds on it.
-async fn slow_setup(dir: &Path) -> (Sites, VmConfig) {
+async fn slow_setup() -> (Sites, VmConfig) {
     let s = sites(8_000_000).await;
-    let config = fault_vm(Some(write_image(dir, 32 << 20, 5 << 20)));
+    let config = fault_vm(Some(write_image(
+        &s.mesh.dir().join("images"),
+        32 << 20,
+        5 << 20,
+    )));
     start_guest(&s, &config).await;
     (s, config)
 }
@@ -439,7 +443,7 @@ async fn source_gateway_killed_mid_migration_the_restarted_gateway_readopts_the_
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (mut s, config) = slow_setup(dir.path()).await;
+    let (mut s, config) = slow_setup().await;
     let a_shim = s.a.shim_pid().unwrap();
     let id = migrate_until_round_0(&s.a.client()).await;
     let b_shim = b_shim_started(&s).await;
@@ -514,7 +518,7 @@ async fn destination_gateway_killed_mid_migration_keeps_the_vm_at_the_source() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (mut s, config) = slow_setup(dir.path()).await;
+    let (mut s, config) = slow_setup().await;
     let id = migrate_until_round_0(&s.a.client()).await;
     let b_shim = b_shim_started(&s).await;
     s.b.kill();
@@ -530,7 +534,7 @@ async fn destination_shim_killed_mid_migration_keeps_the_vm_at_the_source() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (s, config) = slow_setup(dir.path()).await;
+    let (s, config) = slow_setup().await;
     let id = migrate_until_round_0(&s.a.client()).await;
     let b_shim = b_shim_started(&s).await;
     kill_shim(b_shim);

@@ -30,12 +30,9 @@ const PER_ITERATION: u64 = 64;
 
 /// The guest's latest disk report: [iteration, digest, verified, errors].
 fn disk_report(host: &VmHost) -> Option<[u64; 4]> {
-    host.with_vm(VM, |v| {
-        v.reports()
-            .latest(wanmig_guest_abi::REPORT_DISK_ITERATION)
-            .map(|r| [r.values[0], r.values[1], r.values[2], r.values[3]])
-    })
-    .flatten()
+    host.reports(VM)?
+        .latest(wanmig_guest_abi::REPORT_DISK_ITERATION)
+        .map(|r| [r.values[0], r.values[1], r.values[2], r.values[3]])
 }
 
 /// Waits until the guest at `host` finished disk iteration `n`, failing on
@@ -162,8 +159,10 @@ async fn storage_cut(name: &str, cut: Cut, at: CutAt) {
         .unwrap();
     assert!(mesh.wait_all_up(Duration::from_secs(20)).await);
     let (a, b) = (mesh.gw("site-a"), mesh.gw("site-b"));
-    let dir = tempfile::tempdir().unwrap();
-    let src_path = dir.path().join("vm1-src.disk");
+    // The gateway's default `[vms] disk_dirs`: its `[storage] dir`.
+    let disks = mesh.dir().join("disks");
+    std::fs::create_dir_all(&disks).unwrap();
+    let src_path = disks.join("vm1-src.disk");
     let original = source_image();
     std::fs::write(&src_path, &original).unwrap();
     let config = VmConfig {

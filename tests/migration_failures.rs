@@ -50,8 +50,11 @@ async fn cut_during_round_0_keeps_the_vm_at_the_source() {
     // random words it wrote so far: about 130 kB, a tenth of a second at
     // 8 Mbit/s, which a poll on a loaded machine can miss.)
     let mesh = two_sites(8_000_000, Duration::ZERO, Duration::ZERO).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = fault_vm(Some(write_image(dir.path(), 32 << 20, 5 << 20)));
+    let config = fault_vm(Some(write_image(
+        &mesh.dir().join("images"),
+        32 << 20,
+        5 << 20,
+    )));
     guest_at_a(&mesh, &config).await;
     let a = mesh.gw("site-a");
     let id = begin(a, "site-b");
@@ -104,7 +107,7 @@ async fn runs_at_b_only(mesh: &Mesh, config: &VmConfig, id: &str) {
     ));
     assert!(out.resolution.is_some(), "A will settle it");
     // A never runs it again.
-    let stopped = a.vm_host().with_vm(VM, |v| v.exit_status()).flatten();
+    let stopped = a.vm_host().exit_status(VM);
     assert_eq!(stopped, Some(wanmig_migration::admin::RunExit::Stopped));
     let a_last = iteration(a.vm_host(), VM);
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -57,16 +57,15 @@ pub fn assert_matches_reference(config: &VmConfig, samples: &[MemSample], what: 
 /// The VM's latest memory-workload iteration at this host (0: none, or
 /// not held here).
 pub fn iteration(host: &VmHost, vm: &str) -> u64 {
-    host.with_vm(vm, |v| {
-        v.reports().mem_samples().last().map(|s| s.iteration)
-    })
-    .flatten()
-    .unwrap_or(0)
+    host.reports(vm)
+        .and_then(|r| r.mem_samples().last().map(|s| s.iteration))
+        .unwrap_or(0)
 }
 
 /// The VM's memory-workload samples at this host.
 pub fn samples(host: &VmHost, vm: &str) -> Vec<MemSample> {
-    host.with_vm(vm, |v| v.reports().mem_samples())
+    host.reports(vm)
+        .map(|r| r.mem_samples())
         .unwrap_or_default()
 }
 

@@ -20,12 +20,9 @@ const PER_ITERATION: u64 = 64;
 
 /// The guest's latest disk report: [iteration, digest, verified, errors].
 fn disk_report(host: &VmHost, vm: &str) -> Option<[u64; 4]> {
-    host.with_vm(vm, |v| {
-        v.reports()
-            .latest(wanmig_guest_abi::REPORT_DISK_ITERATION)
-            .map(|r| [r.values[0], r.values[1], r.values[2], r.values[3]])
-    })
-    .flatten()
+    host.reports(vm)?
+        .latest(wanmig_guest_abi::REPORT_DISK_ITERATION)
+        .map(|r| [r.values[0], r.values[1], r.values[2], r.values[3]])
 }
 
 async fn wait_disk_iteration(host: &VmHost, vm: &str, n: u64) -> [u64; 4] {
@@ -77,9 +74,12 @@ fn check_against_model(host: &VmHost, path: &std::path::Path) {
 }
 
 /// A 32 MiB VM whose disk workload runs on a fresh sparse disk of
-/// `DISK_LEN` bytes in `dir`: the disk's path and the VM's config.
+/// `DISK_LEN` bytes in `disks/` under the mesh's `dir` (the gateways'
+/// default `[vms] disk_dirs`): the disk's path and the VM's config.
 fn disk_vm(dir: &std::path::Path) -> (std::path::PathBuf, VmConfig) {
-    let src_path = dir.join("vm1-src.disk");
+    let disks = dir.join("disks");
+    std::fs::create_dir_all(&disks).unwrap();
+    let src_path = disks.join("vm1-src.disk");
     std::fs::File::create(&src_path)
         .unwrap()
         .set_len(DISK_LEN)
@@ -112,8 +112,7 @@ async fn a_vm_disk_follows_it_and_stays_consistent() {
     assert!(mesh.wait_all_up(Duration::from_secs(20)).await);
     let (a, b) = (mesh.gw("site-a"), mesh.gw("site-b"));
 
-    let dir = tempfile::tempdir().unwrap();
-    let (src_path, config) = disk_vm(dir.path());
+    let (src_path, config) = disk_vm(mesh.dir());
     mesh.control("site-a")
         .start_vm("vm1", &config)
         .await
@@ -193,8 +192,7 @@ async fn no_storage_leaves_the_disk_remote_until_asked_then_deletes_the_source()
     let (a, b) = (mesh.gw("site-a"), mesh.gw("site-b"));
     let (ctl_a, ctl_b) = (mesh.control("site-a"), mesh.control("site-b"));
 
-    let dir = tempfile::tempdir().unwrap();
-    let (src_path, config) = disk_vm(dir.path());
+    let (src_path, config) = disk_vm(mesh.dir());
     ctl_a.start_vm("vm1", &config).await.expect("the VM starts");
     wait_disk_iteration(a.vm_host(), "vm1", 5).await;
 

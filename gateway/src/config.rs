@@ -94,6 +94,8 @@ struct RawVms {
     host: Option<String>,
     dir: Option<String>,
     vmm: Option<String>,
+    image_dirs: Option<Vec<String>>,
+    disk_dirs: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -215,7 +217,17 @@ pub struct VmsSettings {
     /// The `wanmig-vmm` binary (`[vms] vmm`); `None`: next to the running
     /// `wanmig` binary.
     pub vmm: Option<PathBuf>,
+    /// Directories whose files a VM booted here may preload as its memory
+    /// image (`[vms] image_dirs`, default `images` next to the config).
+    pub image_dirs: Vec<PathBuf>,
+    /// Directories whose files a VM booted here may use as its disk
+    /// (`[vms] disk_dirs`, default the `[storage] dir`).
+    pub disk_dirs: Vec<PathBuf>,
 }
+
+/// Where memory images may live when no `[vms] image_dirs` is configured
+/// (relative to the config file).
+pub const DEFAULT_IMAGE_DIR: &str = "images";
 
 /// Migration settings of a site (the `[migration]` config section).
 #[derive(Debug, Clone)]
@@ -515,7 +527,7 @@ impl Validator<'_> {
         let (overlay, overlay_taps) = self.overlay(raw.overlay)?;
         let migration = self.migration(raw.migration)?;
         let storage = self.storage(raw.storage)?;
-        let vms = self.vms(raw.vms)?;
+        let vms = self.vms(raw.vms, &storage)?;
         let mut peers: Vec<PeerConfig> = Vec::with_capacity(raw.peers.len());
         for (i, p) in raw.peers.iter().enumerate() {
             let k = |field: &str| format!("peers[{i}].{field}");
@@ -582,11 +594,17 @@ impl Validator<'_> {
     }
 
     /// `[vms]`: every key optional.
-    fn vms(&self, raw: Option<RawVms>) -> Result<VmsSettings, ConfigError> {
+    fn vms(
+        &self,
+        raw: Option<RawVms>,
+        storage: &StorageSettings,
+    ) -> Result<VmsSettings, ConfigError> {
         let raw = raw.unwrap_or(RawVms {
             host: None,
             dir: None,
             vmm: None,
+            image_dirs: None,
+            disk_dirs: None,
         });
         let host = match raw.host.as_deref() {
             None | Some("in-process") => VmHostKind::InProcess,
@@ -603,7 +621,44 @@ impl Validator<'_> {
             Some(v) => Some(self.path("vms.vmm", v, true)?),
             None => None,
         };
-        Ok(VmsSettings { host, dir, vmm })
+        let image_dirs = match &raw.image_dirs {
+            Some(dirs) => self.dirs("vms.image_dirs", dirs)?,
+            None => vec![self.path("vms.image_dirs", DEFAULT_IMAGE_DIR, false)?],
+        };
+        let disk_dirs = match &raw.disk_dirs {
+            Some(dirs) => self.dirs("vms.disk_dirs", dirs)?,
+            None => vec![storage.dir.clone()],
+        };
+        Ok(VmsSettings {
+            host,
+            dir,
+            vmm,
+            image_dirs,
+            disk_dirs,
+        })
+    }
+
+    /// A list of existing directories (relative to the config file).
+    fn dirs(&self, key: &str, values: &[String]) -> Result<Vec<PathBuf>, ConfigError> {
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let key = format!("{key}[{i}]");
+                let p = self.path(&key, v, false)?;
+                match std::fs::metadata(&p) {
+                    Ok(m) if m.is_dir() => Ok(p),
+                    Ok(_) => Err(self.err(key, format!("'{}' is not a directory", p.display()))),
+                    Err(e) => Err(self.err(
+                        key,
+                        format!(
+                            "cannot read the directory '{}': {e} (paths are relative to the config file; create it first)",
+                            p.display()
+                        ),
+                    )),
+                }
+            })
+            .collect()
     }
 
     /// `[storage]`: every key optional.
@@ -923,6 +978,16 @@ rtt = "100ms"
         assert_eq!(c.vms.host, VmHostKind::InProcess);
         assert_eq!(c.vms.dir, d.path().join("vms"));
         assert_eq!(c.vms.vmm, None);
+        assert_eq!(c.vms.image_dirs, vec![d.path().join("images")]);
+        assert_eq!(c.vms.disk_dirs, vec![d.path().join("disks")]);
+        std::fs::create_dir(d.path().join("img")).unwrap();
+        let text = format!("{GOOD}\n[vms]\nimage_dirs = [\"img\"]\ndisk_dirs = []\n");
+        let c = GatewayConfig::parse(&text, &origin).unwrap();
+        assert_eq!(c.vms.image_dirs, vec![d.path().join("img")]);
+        assert!(c.vms.disk_dirs.is_empty());
+        let (e, s) = error_for(&format!("{GOOD}\n[vms]\ndisk_dirs = [\"/\", \"nope\"]\n"));
+        assert_eq!(e.key(), Some("vms.disk_dirs[1]"), "{s}");
+        assert!(s.contains("create it first"), "{s}");
         let text = format!("{GOOD}\n[vms]\nhost = \"process\"\ndir = \"state/vms\"\n");
         let c = GatewayConfig::parse(&text, &origin).unwrap();
         assert_eq!(c.vms.host, VmHostKind::Process);

@@ -20,7 +20,7 @@ use crate::migration::MigrationService;
 use crate::overlay_service::{self, OverlayHandle};
 use crate::peering::{Peering, StreamKind};
 use crate::tls::{self, Identity};
-use crate::vms::{ProcessHost, VmHost, VmHosting};
+use crate::vms::{ProcessHost, VmFiles, VmHost, VmHosting};
 use crate::{probe, GatewayError};
 
 /// UDP socket buffers: a 250 Mbit/s × 100 ms link bursts several MB.
@@ -102,7 +102,8 @@ impl Gateway {
         // VMs run in this process, or (`[vms] host = "process"`) one
         // wanmig-vmm process each, re-adopted from `[vms] dir` if a previous
         // gateway left them running.
-        let vm_host = Arc::new(VmHost::new());
+        let files = VmFiles::new(config.vms.image_dirs.clone(), config.vms.disk_dirs.clone());
+        let vm_host = Arc::new(VmHost::with_files(files.clone()));
         let process_host = match config.vms.host {
             VmHostKind::InProcess => None,
             VmHostKind::Process => {
@@ -115,7 +116,7 @@ impl Gateway {
                             path: config.origin.clone(),
                             source: Box::new(e),
                         })?;
-                Some(Arc::new(host))
+                Some(Arc::new(host.with_files(files)))
             }
         };
         let hosting: Arc<dyn VmHosting> = match &process_host {

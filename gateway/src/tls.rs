@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::server::WebPkiClientVerifier;
+use rustls::sign::CertifiedKey;
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
@@ -44,6 +45,13 @@ pub enum TlsError {
         expected: String,
         names: Vec<String>,
     },
+    #[error("the private key {} does not belong to the certificate {}: give [tls] key the key issued with that certificate, or issue a new pair with `wanmig certs add-site --dir CERTS_DIR SITE --force`", key.display(), cert.display())]
+    KeyMismatch { cert: PathBuf, key: PathBuf },
+    #[error("{}: not a usable private key: {source}", path.display())]
+    UnusableKey {
+        path: PathBuf,
+        source: rustls::Error,
+    },
     #[error("cannot parse certificate: {0}")]
     Parse(#[from] x509_parser::nom::Err<x509_parser::error::X509Error>),
     #[error("{0}")]
@@ -74,11 +82,21 @@ impl Clone for Identity {
 
 impl Identity {
     /// Loads the certificate chain and key named in the config.
+    /// Fails, naming both files, when the key is not the certificate's.
     pub fn load(paths: &TlsPaths) -> Result<Self, TlsError> {
-        Ok(Identity {
-            certs: load_certs(&paths.cert)?,
-            key: load_key(&paths.key)?,
-        })
+        let certs = load_certs(&paths.cert)?;
+        let key = load_key(&paths.key)?;
+        match CertifiedKey::from_der(certs.clone(), key.clone_key(), &provider()) {
+            Ok(_) => Ok(Identity { certs, key }),
+            Err(rustls::Error::InconsistentKeys(_)) => Err(TlsError::KeyMismatch {
+                cert: paths.cert.clone(),
+                key: paths.key.clone(),
+            }),
+            Err(source) => Err(TlsError::UnusableKey {
+                path: paths.key.clone(),
+                source,
+            }),
+        }
     }
 
     /// Fails unless the leaf certificate names `site` (`<site>.wanmig`).

@@ -434,3 +434,35 @@ fn status_without_a_running_gateway_says_so() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("--config"), "{}", stderr(&o));
 }
+
+#[test]
+fn a_key_that_is_not_the_certificates_names_both_files_once() {
+    let d = tempfile::tempdir().unwrap();
+    make_certs(d.path(), "site-a,site-b");
+    // site-a's certificate with site-b's key.
+    std::fs::copy(
+        d.path().join("certs/site-b.key"),
+        d.path().join("certs/site-a.key"),
+    )
+    .unwrap();
+    let cfg = d.path().join("site-a.toml");
+    std::fs::write(&cfg, config("site-a", 1, 2, "site-b", 3)).unwrap();
+    let o = run(&["gateway", "--config", cfg.to_str().unwrap()]);
+    assert!(!o.status.success(), "started with a mismatched key");
+    let err = stderr(&o);
+    let cert = d.path().join("certs/site-a.pem");
+    let key = d.path().join("certs/site-a.key");
+    for needle in [cert.to_str().unwrap(), key.to_str().unwrap(), "add-site"] {
+        assert!(err.contains(needle), "'{needle}' missing in: {err}");
+    }
+    assert_eq!(
+        err.matches("does not belong to the certificate").count(),
+        1,
+        "reported once: {err}"
+    );
+    assert_eq!(
+        err.lines().filter(|l| !l.trim().is_empty()).count(),
+        1,
+        "{err}"
+    );
+}

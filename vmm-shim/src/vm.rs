@@ -166,13 +166,33 @@ impl Vm {
         serial: SerialSink,
         disk: Option<DiskBackend>,
     ) -> Result<Vm, VmError> {
+        let image = match &config.mem_image {
+            Some(path) => Some(
+                std::fs::File::open(path).map_err(|source| VmError::MemImage {
+                    path: path.clone(),
+                    source,
+                })?,
+            ),
+            None => None,
+        };
+        Vm::create_with_files(config, serial, disk, image)
+    }
+
+    /// [`Vm::create_with_disk`] with the memory image read from `mem_image`
+    /// (an open file standing for `VmConfig.mem_image`, which is then only
+    /// its name in messages) instead of opening that path.
+    pub fn create_with_files(
+        config: VmConfig,
+        serial: SerialSink,
+        disk: Option<DiskBackend>,
+        mem_image: Option<std::fs::File>,
+    ) -> Result<Vm, VmError> {
         let vm = Vm::create_empty_with_disk(config, serial, disk)?;
         let mem = &vm.shared.mem;
-        if let Some(path) = &vm.config.mem_image {
-            let image = std::fs::read(path).map_err(|source| VmError::MemImage {
-                path: path.clone(),
-                source,
-            })?;
+        if let Some(file) = mem_image {
+            let path = vm.config.mem_image.clone().unwrap_or_default();
+            let image = read_mem_image(file, vm.config.mem_size)
+                .map_err(|source| VmError::MemImage { path, source })?;
             memory::preload(mem, &image)?;
         }
         let entry = elf::load(mem, crate::GUEST_IMAGE)?;
@@ -443,6 +463,16 @@ impl Vm {
         }
         self.shared.finish(RunExit::Stopped);
     }
+}
+
+/// At most `mem_size` bytes of a memory image: the rest would not fit in
+/// guest memory anyway, and an endless file (a device, a pipe) must not
+/// exhaust this process's memory.
+fn read_mem_image(file: std::fs::File, mem_size: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut image = Vec::new();
+    file.take(mem_size).read_to_end(&mut image)?;
+    Ok(image)
 }
 
 impl VcpuHandle {

@@ -62,12 +62,9 @@ pub fn create(path: &Path, bytes: u64, seed: u64) -> Result<DiskConfig> {
 
 /// The guest's latest disk report: `[iteration, digest, verified, errors]`.
 pub fn guest_report(host: &VmHost, vm: &str) -> Option<[u64; 4]> {
-    host.with_vm(vm, |v| {
-        v.reports()
-            .latest(wanmig_guest_abi::REPORT_DISK_ITERATION)
-            .map(|r| [r.values[0], r.values[1], r.values[2], r.values[3]])
-    })
-    .flatten()
+    host.reports(vm)?
+        .latest(wanmig_guest_abi::REPORT_DISK_ITERATION)
+        .map(|r| [r.values[0], r.values[1], r.values[2], r.values[3]])
 }
 
 /// Waits until the VM's disk at `host` is local; returns where it lives and

@@ -329,14 +329,14 @@ async fn attach_vm_port(gw: &crate::GatewayHandle) -> Result<()> {
 
 /// The VM's memory-workload samples at this host.
 fn samples_of(host: &VmHost, vm: &str) -> Vec<(u64, u64)> {
-    host.with_vm(vm, |v| {
-        v.reports()
-            .mem_samples()
-            .iter()
-            .map(|s| (s.iteration, s.digest))
-            .collect()
-    })
-    .unwrap_or_default()
+    host.reports(vm)
+        .map(|r| {
+            r.mem_samples()
+                .iter()
+                .map(|s| (s.iteration, s.digest))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn samples(host: &VmHost) -> Vec<(u64, u64)> {
@@ -445,18 +445,19 @@ pub async fn run(
     let (gw_a, gw_b) = (mesh.gw(SITE_A), mesh.gw(SITE_B));
 
     // The guest, with realistic memory content, at site A.
-    let image = mesh.dir().join("demo-memory.img");
+    // Where the gateways' default `[vms] image_dirs` / `disk_dirs` are.
+    let (images, disks) = (mesh.dir().join("images"), mesh.dir().join("disks"));
+    for d in [&images, &disks] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let image = images.join("demo-memory.img");
     let (img, sh) = (image.clone(), shape.clone());
     tokio::task::spawn_blocking(move || sh.write_memory_image(&img))
         .await
         .context("memory image thread")??;
     let disk_seed = opts.seed ^ 0xd15c;
     let disk = match opts.disk_bytes {
-        Some(bytes) => Some(disk::create(
-            &mesh.dir().join("demo-vm.disk"),
-            bytes,
-            disk_seed,
-        )?),
+        Some(bytes) => Some(disk::create(&disks.join("demo-vm.disk"), bytes, disk_seed)?),
         None => None,
     };
     let net = NetConfig {

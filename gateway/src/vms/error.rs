@@ -29,6 +29,16 @@ pub enum HostError {
     /// what to use instead.
     #[error("invalid VM configuration: VM '{name}' {reason}")]
     Unsupported { name: String, reason: &'static str },
+    /// A file the configuration names that this gateway does not let VMs
+    /// use. The message is the same whether the file is missing or not
+    /// allowed (the gateway's log says which).
+    #[error("VM '{name}': {key} {} is not a file this gateway lets VMs use: name an existing regular file (no symlinks, no '..') under one of its [vms] {setting}", path.display())]
+    FileRefused {
+        name: String,
+        key: &'static str,
+        path: PathBuf,
+        setting: &'static str,
+    },
     #[error("cannot create the VM state directory {} ([vms] dir): {source}", dir.display())]
     StateDir {
         dir: PathBuf,

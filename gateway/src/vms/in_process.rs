@@ -2,20 +2,25 @@
 //! vCPU threads each, which needs no root and lets one process run several
 //! sites (what `wanmig demo` and the tests use). Its VMs' disks follow them
 //! when storage is attached ([`VmHost::attach_storage`],
-//! [`super::disk_follow`]).
+//! [`super::disk_follow`]). A VM that has left (handed over, or settled as
+//! moved) gives its memory back: what stays is a [`ReleasedVm`], its last
+//! reports and memory digest.
 
 use std::collections::VecDeque;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use wanmig_migration::admin::RunExit;
 use wanmig_migration::machine::VmConfig;
 use wanmig_migration::run::{IncomingReport, MigrateOptions, MigrationReport, ReceiveOptions};
-use wanmig_vmm::virtio::ChannelPort;
-use wanmig_vmm::{migrate_to, receive_from_with_disk, Vm};
+use wanmig_vmm::guest_control::ReportLog;
+use wanmig_vmm::virtio::{ChannelPort, RawFileBackend};
+use wanmig_vmm::{migrate_to, receive_from_with_disk, DiskBackend, Vm};
 
 use super::disk_follow::{ensure_disk_settled, DiskFollow};
 use super::disk_state::DiskState;
 use super::error::HostError;
+use super::files::VmFiles;
 use super::hosting::VmHosting;
 use super::registry::{validate_vm_name, Departure, Registry, VmInfo, VmState};
 use crate::config::StorageSettings;
@@ -31,13 +36,36 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// What stays of a VM that left this site once its memory is freed: how
+/// its run here ended, the guest's last reports and the digest of its
+/// memory when it stopped here.
+#[derive(Debug, Clone)]
+pub struct ReleasedVm {
+    pub exit: Option<RunExit>,
+    pub reports: ReportLog,
+    pub memory_digest: [u8; 32],
+}
+
+impl ReleasedVm {
+    /// Keeps the record of `vm` and drops it, which unmaps its memory.
+    fn of(vm: Vm) -> Self {
+        ReleasedVm {
+            exit: vm.exit_status(),
+            reports: vm.reports(),
+            memory_digest: vm.memory_digest(),
+        }
+    }
+}
+
 /// What this host keeps of a VM besides its registry record.
 struct InProcess {
-    /// The VM, while it is here (also kept after it was handed over, paused
-    /// for good, so its last reports stay readable); `None` while a
-    /// migration holds it or before it arrived. A slot of its own, so work
-    /// on one VM ([`VmHost::with_vm`]) never holds the registry's lock.
+    /// The VM, while it is here (also while a handover is unconfirmed,
+    /// paused); `None` while a migration holds it, before it arrived, or
+    /// after it left. A slot of its own, so work on one VM
+    /// ([`VmHost::with_vm`]) never holds the registry's lock.
     vm: Arc<Mutex<Option<Vm>>>,
+    /// What stays of the VM once it left (its memory freed).
+    released: Option<ReleasedVm>,
     net_port: Option<ChannelPort>,
     serial: Arc<Mutex<VecDeque<String>>>,
 }
@@ -46,6 +74,7 @@ impl InProcess {
     fn new() -> Self {
         InProcess {
             vm: Arc::new(Mutex::new(None)),
+            released: None,
             net_port: None,
             serial: Arc::new(Mutex::new(VecDeque::new())),
         }
@@ -57,6 +86,7 @@ impl InProcess {
 pub struct VmHost {
     vms: Registry<InProcess>,
     disks: DiskFollow,
+    files: VmFiles,
 }
 
 fn serial_sink(lines: Arc<Mutex<VecDeque<String>>>) -> wanmig_vmm::serial::SerialSink {
@@ -70,8 +100,17 @@ fn serial_sink(lines: Arc<Mutex<VecDeque<String>>>) -> wanmig_vmm::serial::Seria
 }
 
 impl VmHost {
+    /// A host whose VMs may name no files (no memory image, no disk).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A host whose VMs may name the files `files` allows.
+    pub fn with_files(files: VmFiles) -> Self {
+        VmHost {
+            files,
+            ..Self::default()
+        }
     }
 
     /// Lets VM disks follow their VMs (see [`DiskFollow::attach`]). Call
@@ -86,8 +125,40 @@ impl VmHost {
         self.vms.with(name, |e| e.disk()).flatten()
     }
 
+    /// What stays of `name` after it left this site.
+    pub fn released(&self, name: &str) -> Option<ReleasedVm> {
+        self.vms.with(name, |e| e.host.released.clone()).flatten()
+    }
+
+    /// The guest's reports of `name`, whether it is held here or left.
+    pub fn reports(&self, name: &str) -> Option<ReportLog> {
+        self.with_vm(name, |v| v.reports())
+            .or_else(|| self.released(name).map(|r| r.reports))
+    }
+
+    /// How `name`'s run here ended, if it has (also after it left).
+    pub fn exit_status(&self, name: &str) -> Option<RunExit> {
+        self.with_vm(name, |v| v.exit_status())
+            .or_else(|| self.released(name).map(|r| r.exit))
+            .flatten()
+    }
+
+    /// Frees the memory of `name` if it has left: its VM object becomes a
+    /// [`ReleasedVm`].
+    fn release_if_left(&self, name: &str) {
+        let slot = self.vms.with(name, |e| {
+            matches!(e.record().state, VmState::MigratedAway { .. }).then(|| Arc::clone(&e.host.vm))
+        });
+        let Some(vm) = slot.flatten().and_then(|s| lock(&s).take()) else {
+            return;
+        };
+        let released = ReleasedVm::of(vm);
+        self.vms.with_host(name, |h| h.released = Some(released));
+        tracing::info!(vm = name, "VM left; its memory is freed");
+    }
+
     /// Runs `f` on the VM called `name` if it is held here (running, or
-    /// released after a handover).
+    /// paused while its handover is unconfirmed).
     pub fn with_vm<R>(&self, name: &str, f: impl FnOnce(&Vm) -> R) -> Option<R> {
         let slot = self.vms.with(name, |e| Arc::clone(&e.host.vm))?;
         let vm = lock(&slot);
@@ -126,7 +197,16 @@ impl VmHosting for VmHost {
             name: name.to_string(),
             source,
         };
-        let vm = Vm::create(config.clone(), serial_sink(serial)).map_err(vm_err)?;
+        let files = self.files.open(name, &config)?;
+        let disk = match (files.disk, &config.disk) {
+            (Some(f), Some(d)) => Some(Box::new(
+                RawFileBackend::from_file(f, d.path.clone())
+                    .map_err(HostError::start_io(name, "reading the disk's size"))?,
+            ) as DiskBackend),
+            _ => None,
+        };
+        let vm = Vm::create_with_files(config.clone(), serial_sink(serial), disk, files.mem_image)
+            .map_err(vm_err)?;
         vm.start().map_err(vm_err)?;
         let net_port = vm.take_net_port();
         tracing::info!(vm = name, mem = config.mem_size, "VM started");
@@ -184,6 +264,7 @@ impl VmHosting for VmHost {
                 h.net_port = None;
             }
         });
+        self.release_if_left(name);
         result.map_err(Into::into)
     }
 
@@ -231,18 +312,31 @@ impl VmHosting for VmHost {
 
     fn settle_handover(&self, name: &str, to: &str, running_there: bool) {
         self.vms.settle(name, to, running_there);
+        // The relay settles from an async task; freeing and digesting a
+        // large memory must not stall the runtime's other tasks.
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(|| self.release_if_left(name))
+            }
+            _ => self.release_if_left(name),
+        }
     }
 
     fn list(&self) -> Vec<VmInfo> {
         // The iteration is read from each VM after the registry's lock is
         // released.
         self.vms
-            .list(|h| Arc::clone(&h.vm))
+            .list(|h| {
+                let released = h.released.as_ref().map(|r| r.reports.clone());
+                (Arc::clone(&h.vm), released)
+            })
             .into_iter()
-            .map(|(mut info, slot)| {
+            .map(|(mut info, (slot, released))| {
                 info.iteration = lock(&slot)
                     .as_ref()
-                    .and_then(|vm| vm.reports().mem_samples().last().map(|s| s.iteration))
+                    .map(|vm| vm.reports())
+                    .or(released)
+                    .and_then(|r| r.mem_samples().last().map(|s| s.iteration))
                     .unwrap_or(0);
                 info
             })

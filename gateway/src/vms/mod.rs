@@ -10,11 +10,14 @@
 //! - [`process`] [`ProcessHost`], one `wanmig-vmm` process per VM;
 //! - [`disk_follow`] a VM's disk following it between sites, with its
 //!   state in [`disk_state`] ([`DiskState`]);
+//! - [`files`] which host files a VM's configuration may name
+//!   ([`VmFiles`]);
 //! - [`error`] [`HostError`].
 
 pub mod disk_follow;
 pub mod disk_state;
 pub mod error;
+pub mod files;
 pub mod hosting;
 pub mod in_process;
 pub mod process;
@@ -22,6 +25,7 @@ pub mod registry;
 
 pub use disk_state::DiskState;
 pub use error::HostError;
+pub use files::VmFiles;
 pub use hosting::VmHosting;
 pub use in_process::VmHost;
 pub use process::ProcessHost;

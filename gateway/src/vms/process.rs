@@ -41,6 +41,7 @@ use wanmig_vmm::protocol_io::StreamError;
 use wanmig_vmm::MigrationError;
 
 use super::error::HostError;
+use super::files::{OpenedFiles, VmFiles};
 use super::hosting::VmHosting;
 use super::registry::{validate_vm_name, Departure, Registry, VmInfo, VmRecord, VmState};
 
@@ -58,6 +59,11 @@ const LOG_TAIL: usize = 5;
 /// The state of a VM that left this site (JSON [`VmState`]), so a
 /// restarted gateway still says where it went.
 const LEFT: &str = "left.json";
+/// A VM's configuration in its state directory.
+const CONFIG: &str = "config.json";
+/// The configuration a starting shim boots from (see
+/// [`ProcessHost::boot_config`]); removed once the shim runs.
+const BOOT: &str = "boot.json";
 
 /// The marker of an outgoing migration in flight, left behind when the
 /// gateway dies during one.
@@ -98,6 +104,7 @@ pub struct ProcessHost {
     vmm: PathBuf,
     vms: Registry<Shim>,
     seq: AtomicU64,
+    files: VmFiles,
 }
 
 fn start_err(name: &str, reason: impl Into<String>) -> HostError {
@@ -171,6 +178,7 @@ impl ProcessHost {
             vmm,
             vms: Registry::new(),
             seq: AtomicU64::new(0),
+            files: VmFiles::default(),
         };
         host.adopt_all();
         Ok(host)
@@ -230,7 +238,7 @@ impl ProcessHost {
     }
 
     fn adopt(&self, name: &str, dir: &Path) {
-        let config: Option<VmConfig> = std::fs::read(dir.join("config.json"))
+        let config: Option<VmConfig> = std::fs::read(dir.join(CONFIG))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
         let pid: Option<u32> = std::fs::read_to_string(dir.join("pid"))
@@ -315,21 +323,58 @@ impl ProcessHost {
         );
     }
 
+    /// Lets this host's VMs name the files `files` allows (none by default).
+    pub fn with_files(mut self, files: VmFiles) -> Self {
+        self.files = files;
+        self
+    }
+
     /// Prepares a fresh state directory for `name` with its config.
     fn fresh_dir(&self, name: &str, config: &VmConfig) -> Result<PathBuf, HostError> {
         let dir = self.vm_dir(name);
         let _ = std::fs::remove_dir_all(&dir);
         let what = format!("cannot write {}", dir.display());
         std::fs::create_dir_all(&dir).map_err(HostError::start_io(name, what.clone()))?;
-        let json = serde_json::to_vec_pretty(config)
-            .map_err(|e| HostError::start_io(name, what.clone())(e.into()))?;
-        std::fs::write(dir.join("config.json"), json).map_err(HostError::start_io(name, what))?;
+        Self::write_json(name, &dir.join(CONFIG), config)?;
         Ok(dir)
     }
 
-    /// Spawns `wanmig-vmm run` for the VM whose state is in `dir`, in its
-    /// own process group (a signal to the gateway's group spares it).
-    fn spawn(&self, name: &str, dir: &Path, extra: &[String]) -> Result<Child, HostError> {
+    fn write_json(name: &str, path: &Path, config: &VmConfig) -> Result<(), HostError> {
+        let what = format!("cannot write {}", path.display());
+        let json = serde_json::to_vec_pretty(config)
+            .map_err(|e| HostError::start_io(name, what.clone())(e.into()))?;
+        std::fs::write(path, json).map_err(HostError::start_io(name, what))
+    }
+
+    /// The config the shim boots from: `config` with its files replaced by
+    /// this process's descriptors of them (`/proc/PID/fd/N`), which the
+    /// gateway opened under its rules ([`VmFiles`]); the shim opens the
+    /// same files, whatever happens to their paths meanwhile.
+    fn boot_config(config: &VmConfig, files: &OpenedFiles) -> VmConfig {
+        use std::os::fd::AsRawFd;
+        let fd_path = |f: &std::fs::File| {
+            PathBuf::from(format!("/proc/{}/fd/{}", std::process::id(), f.as_raw_fd()))
+        };
+        let mut boot = config.clone();
+        if let (Some(f), Some(p)) = (&files.mem_image, &mut boot.mem_image) {
+            *p = fd_path(f);
+        }
+        if let (Some(f), Some(d)) = (&files.disk, &mut boot.disk) {
+            d.path = fd_path(f);
+        }
+        boot
+    }
+
+    /// Spawns `wanmig-vmm run` for the VM whose state is in `dir`, booting
+    /// from `config` there, in its own process group (a signal to the
+    /// gateway's group spares it).
+    fn spawn(
+        &self,
+        name: &str,
+        dir: &Path,
+        config: &str,
+        extra: &[String],
+    ) -> Result<Child, HostError> {
         let log = std::fs::File::create(dir.join("shim.log"))
             .map_err(HostError::start_io(name, "cannot create its log"))?;
         let log2 = log
@@ -339,7 +384,7 @@ impl ProcessHost {
         let child = Command::new(&self.vmm)
             .arg("run")
             .arg("--config-json")
-            .arg(dir.join("config.json"))
+            .arg(dir.join(config))
             .arg("--control")
             .arg(dir.join("control.sock"))
             .arg("--serial-log")
@@ -434,9 +479,13 @@ impl VmHosting for ProcessHost {
             Shim::default(),
         )?;
         let started = (|| {
+            // Held open until the shim has opened them too.
+            let files = self.files.open(name, &config)?;
             let dir = self.fresh_dir(name, &config)?;
-            let mut child = self.spawn(name, &dir, &[])?;
+            Self::write_json(name, &dir.join(BOOT), &Self::boot_config(&config, &files))?;
+            let mut child = self.spawn(name, &dir, BOOT, &[])?;
             Self::wait_ready(&mut child, &dir, READY_WAIT).map_err(|r| start_err(name, r))?;
+            let _ = std::fs::remove_file(dir.join(BOOT));
             Ok::<_, HostError>(child)
         })();
         match started {
@@ -629,6 +678,7 @@ impl VmHosting for ProcessHost {
             let c = child.insert(self.spawn(
                 name,
                 &dir,
+                CONFIG,
                 &[
                     "--incoming".into(),
                     format!("unix:{}", sock.display()),

@@ -91,6 +91,13 @@ impl RawFileBackend {
         })
     }
 
+    /// Wraps an image file the caller opened read-write (e.g. with its own
+    /// checks on where the file may live); `path` names it in messages.
+    pub fn from_file(file: File, path: PathBuf) -> io::Result<Self> {
+        let len = file.metadata()?.len();
+        Ok(RawFileBackend { file, path, len })
+    }
+
     /// Create (or truncate) a sparse image of `len` bytes.
     pub fn create(path: &Path, len: u64) -> io::Result<Self> {
         let file = OpenOptions::new()
