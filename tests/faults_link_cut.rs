@@ -52,7 +52,6 @@ async fn link_cut(name: &str, at: At, cut: Cut) {
     if !wanmig_testenv::require_kvm(name) {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
     // The pre-copy cases run on a slow link with 5 MiB of text-like
     // memory, so round 0 takes about 3 s and round 1 over a second. The
     // final-round and handover cases run on a fast link whose answers from

@@ -442,7 +442,6 @@ async fn source_gateway_killed_mid_migration_the_restarted_gateway_readopts_the_
     if !wanmig_testenv::require_kvm("source_gateway_killed_mid_migration") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
     let (mut s, config) = slow_setup().await;
     let a_shim = s.a.shim_pid().unwrap();
     let id = migrate_until_round_0(&s.a.client()).await;
@@ -517,7 +516,6 @@ async fn destination_gateway_killed_mid_migration_keeps_the_vm_at_the_source() {
     if !wanmig_testenv::require_kvm("destination_gateway_killed_mid_migration") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
     let (mut s, config) = slow_setup().await;
     let id = migrate_until_round_0(&s.a.client()).await;
     let b_shim = b_shim_started(&s).await;
@@ -533,7 +531,6 @@ async fn destination_shim_killed_mid_migration_keeps_the_vm_at_the_source() {
     if !wanmig_testenv::require_kvm("destination_shim_killed_mid_migration") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
     let (s, config) = slow_setup().await;
     let id = migrate_until_round_0(&s.a.client()).await;
     let b_shim = b_shim_started(&s).await;
