@@ -58,14 +58,16 @@ const MSG_FULL_SYNC: u8 = 2;
 
 pub fn run(data: &[u8]) {
     let mut input = Input::new(data);
-    let mut cfg = OverlayConfig::default();
     // Short holds so flapping MACs freeze and thaw within one input.
-    cfg.flap_moves = 1 + u32::from(input.u8() % 4);
-    cfg.freeze_hold = Some(Duration::from_secs(5));
-    cfg.segments = VNIS
-        .iter()
-        .map(|&v| SegmentConfig::new(&format!("seg{v}"), v))
-        .collect();
+    let cfg = OverlayConfig {
+        flap_moves: 1 + u32::from(input.u8() % 4),
+        freeze_hold: Some(Duration::from_secs(5)),
+        segments: VNIS
+            .iter()
+            .map(|&v| SegmentConfig::new(&format!("seg{v}"), v))
+            .collect(),
+        ..OverlayConfig::default()
+    };
     let t0 = Instant::now();
     let mut w = World {
         switch: Switch::new(SiteId::new(LOCAL), &cfg, crate::overlay_metrics())
