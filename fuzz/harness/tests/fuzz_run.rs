@@ -8,7 +8,10 @@
 //! their absence a failure. `WANMIG_FUZZ_SECONDS` sets the time per target
 //! (default 5). The build is the cheapest cargo-fuzz offers (`--dev`, with
 //! its default AddressSanitizer), in `fuzz-nightly/` under this build's
-//! target directory.
+//! target directory. `WANMIG_FUZZ_RELEASE=1` switches to the optimised
+//! build with debug assertions (`-a`, what `fuzz/README.md` runs by hand)
+//! and `WANMIG_FUZZ_TARGET_DIR` to another directory, to reuse such a
+//! build.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -49,13 +52,17 @@ fn missing_tools() -> Option<&'static str> {
 }
 
 fn cargo_fuzz(args: &[&str]) -> Command {
+    let release = std::env::var_os("WANMIG_FUZZ_RELEASE").is_some_and(|v| v == "1");
+    let dir = std::env::var_os("WANMIG_FUZZ_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("fuzz-nightly"));
     let mut cmd = Command::new("cargo");
     cmd.arg("+nightly")
         .arg("fuzz")
         .args(args)
-        .arg("--dev")
+        .arg(if release { "-a" } else { "--dev" })
         .arg("--target-dir")
-        .arg(target_dir().join("fuzz-nightly"))
+        .arg(dir)
         .current_dir(fuzz_dir())
         // The stable build's settings are not the nightly build's.
         .env_remove("RUSTFLAGS")
@@ -90,7 +97,7 @@ fn every_target_fuzzes_without_a_crash() {
         .expect("run cargo fuzz build");
     assert!(
         build.status.success(),
-        "cargo fuzz build --dev failed:\n{}",
+        "cargo fuzz build failed:\n{}",
         tail(&build)
     );
     eprintln!(
