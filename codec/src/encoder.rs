@@ -244,6 +244,10 @@ pub struct Encoder {
     /// (its cached copy was gone): never referenced again until resent.
     forgotten: HashSet<Fingerprint>,
     cache: PageCache<Gfn, Meta>,
+    /// Pages whose latest record is Zero and whose earlier content was
+    /// cached when it went: a NACK of that earlier content needs nothing
+    /// (the Zero record followed it), though the cache no longer says so.
+    zeroed: HashSet<Gfn>,
     writer: BatchWriter,
     /// Delta bytes being tried before their fingerprints are computed.
     delta_scratch: Vec<u8>,
@@ -267,6 +271,7 @@ impl Encoder {
             sent: HashMap::default(),
             quick_seed: rand::random(),
             forgotten: HashSet::new(),
+            zeroed: HashSet::new(),
             writer: BatchWriter::new(),
             delta_scratch: Vec::new(),
             literals_in_batch: 0,
@@ -350,9 +355,14 @@ impl Encoder {
         }
         if is_zero(page) {
             self.writer.push_zero(gfn);
-            self.cache.remove(gfn);
+            if self.cache.remove(gfn) {
+                self.zeroed.insert(gfn);
+            }
             self.stats.zero += 1;
             return;
+        }
+        if !self.zeroed.is_empty() {
+            self.zeroed.remove(&gfn);
         }
         // BLAKE3 of `page`, computed when first needed.
         let mut fp: Option<Fingerprint> = None;
@@ -465,6 +475,9 @@ impl Encoder {
                     self.sent.insert(quick, gfn);
                 }
                 Some(None) => {
+                    self.forgotten.insert(fp);
+                }
+                None if self.zeroed.contains(&gfn) => {
                     self.forgotten.insert(fp);
                 }
                 None => {

@@ -102,12 +102,14 @@ impl<K: Hash + Eq + Copy, M> PageCache<K, M> {
         self.index.insert(key, i);
     }
 
-    /// Forgets `key`.
-    pub fn remove(&mut self, key: K) {
-        if let Some(i) = self.index.remove(&key) {
-            self.slots[i].live = false;
-            self.free.push(i);
-        }
+    /// Forgets `key`; returns whether it was cached.
+    pub fn remove(&mut self, key: K) -> bool {
+        let Some(i) = self.index.remove(&key) else {
+            return false;
+        };
+        self.slots[i].live = false;
+        self.free.push(i);
+        true
     }
 
     /// CLOCK: the first live slot without its referenced bit, clearing bits

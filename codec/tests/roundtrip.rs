@@ -418,6 +418,46 @@ fn reference_absent_at_destination_is_nacked_and_resent() {
     s.finish();
 }
 
+/// A NACK for a reference that a Zero record has since superseded needs
+/// nothing: no fill (the zero page followed it) and no refetch (which a
+/// relay can only treat as lost content and abort on).
+#[test]
+fn nack_of_content_superseded_by_a_zero_page_needs_nothing() {
+    let page = text_page(60);
+    let fp = Fingerprint::of(&page);
+    let mut enc = Encoder::new(
+        EncoderConfig::default(),
+        Inventory::from_fingerprints([fp].iter()),
+    )
+    .unwrap();
+    let mut dec = Decoder::new(DecoderConfig::default(), NoStore).unwrap();
+    let gfn = Gfn(3);
+    let mut nacks = Vec::new();
+    for b in enc.encode([(gfn, &page)]) {
+        nacks.extend(dec.decode(&b).unwrap().nacks);
+    }
+    assert_eq!(nacks, vec![(gfn, fp)]);
+    let mut delivered = Vec::new();
+    for b in enc.encode([(gfn, &[0u8; PAGE_SIZE])]) {
+        delivered.extend(dec.decode(&b).unwrap().pages);
+    }
+    assert_eq!(delivered.len(), 1);
+    assert!(delivered[0].1.iter().all(|&b| b == 0));
+    assert_eq!(dec.pending_count(), 0);
+    let resp = enc.on_nack(&nacks);
+    assert!(resp.refetch.is_empty(), "{:?}", resp.refetch);
+    assert!(resp.batches.is_empty());
+    // The content was NACKed, so it is not referenced again: sent anew, it
+    // goes in full and arrives.
+    let mut again = Vec::new();
+    for b in enc.encode([(gfn, &page)]) {
+        let d = dec.decode(&b).unwrap();
+        assert!(d.nacks.is_empty());
+        again.extend(d.pages);
+    }
+    assert!(again.len() == 1 && *again[0].1 == page);
+}
+
 /// The store holds other content under a fingerprint the inventory lists
 /// (a forged or corrupt entry): the read-time hash check catches it.
 #[test]

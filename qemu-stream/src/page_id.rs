@@ -117,12 +117,16 @@ impl PageIds {
 
     /// The gfn of the page at `offset` in block `name`, numbering the block
     /// if new (see [`PageIds::intern`]); `None` for an offset [`PageIds::gfn`]
-    /// refuses.
+    /// refuses, without numbering the block: `true` (announce the block)
+    /// comes with the first gfn the block yields.
     pub fn gfn_of(
         &mut self,
         name: &BlockName,
         offset: u64,
     ) -> Result<Option<(u64, bool)>, PageIdError> {
+        if Self::gfn(0, offset).is_none() {
+            return Ok(None);
+        }
         let (n, new) = self.intern(name)?;
         Ok(Self::gfn(n, offset).map(|g| (g, new)))
     }
@@ -141,6 +145,18 @@ mod tests {
 
     fn name(s: &str) -> BlockName {
         BlockName::new(s.as_bytes().to_vec()).unwrap()
+    }
+
+    /// A refused offset does not number its block, so the first page that
+    /// yields a gfn still says to announce the block.
+    #[test]
+    fn a_refused_offset_leaves_the_block_unnumbered() {
+        let mut ids = PageIds::new();
+        assert_eq!(ids.gfn_of(&name("pc.ram"), 0x1001), Ok(None));
+        assert_eq!(ids.gfn_of(&name("pc.ram"), 1 << 60), Ok(None));
+        assert!(ids.is_empty());
+        assert_eq!(ids.gfn_of(&name("pc.ram"), 0x1000), Ok(Some((1, true))));
+        assert_eq!(ids.gfn_of(&name("pc.ram"), 0x2000), Ok(Some((2, false))));
     }
 
     #[test]

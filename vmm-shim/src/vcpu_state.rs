@@ -6,7 +6,7 @@
 
 use kvm_bindings::{
     kvm_debugregs, kvm_fpu, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_sregs,
-    kvm_vcpu_events, kvm_xcrs, kvm_xsave, Msrs,
+    kvm_vcpu_events, kvm_xcrs, kvm_xsave, Msrs, KVM_MAX_MSR_ENTRIES,
 };
 use kvm_ioctls::{Kvm, VcpuFd};
 use serde::{Deserialize, Serialize};
@@ -228,17 +228,52 @@ pub fn save(vcpu: &VcpuFd, caps: &VcpuCaps) -> Result<VcpuState, VcpuStateError>
     })
 }
 
-/// Writes `state` into a stopped vCPU. Returns the MSR indices the host
-/// refused (logged by the caller; the guest does not depend on them).
+/// Checks, before anything is written, that `state` can be restored into
+/// a vCPU with `caps`: the optional state it carries is supported here,
+/// its XSAVE area has the legacy size and its MSRs fit one KVM_SET_MSRS
+/// list. [`restore`] runs this first, so a blob that fails leaves the vCPU
+/// as it was instead of half restored.
+pub fn check(caps: &VcpuCaps, state: &VcpuState) -> Result<(), VcpuStateError> {
+    if state.mp_state.is_some() && !caps.mp_state {
+        return Err(VcpuStateError::Unsupported("KVM_SET_MP_STATE"));
+    }
+    if let Some(x) = &state.xsave {
+        if !caps.xsave {
+            return Err(VcpuStateError::Unsupported("KVM_SET_XSAVE"));
+        }
+        let words = kvm_xsave::default().region.len();
+        if x.len() != words {
+            return Err(VcpuStateError::Msrs(format!(
+                "xsave area has {} words, expected {words}",
+                x.len()
+            )));
+        }
+    }
+    if state.xcrs.is_some() && !caps.xcrs {
+        return Err(VcpuStateError::Unsupported("KVM_SET_XCRS"));
+    }
+    if state.lapic.is_some() && !caps.lapic {
+        return Err(VcpuStateError::Unsupported("KVM_SET_LAPIC"));
+    }
+    if state.msrs.len() > KVM_MAX_MSR_ENTRIES {
+        return Err(VcpuStateError::Msrs(format!(
+            "{} MSRs, more than the {KVM_MAX_MSR_ENTRIES} one KVM_SET_MSRS takes",
+            state.msrs.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Writes `state` into a stopped vCPU, after [`check`]. Returns the MSR
+/// indices the host refused (logged by the caller; the guest does not
+/// depend on them).
 pub fn restore(
     vcpu: &VcpuFd,
     caps: &VcpuCaps,
     state: &VcpuState,
 ) -> Result<Vec<u32>, VcpuStateError> {
+    check(caps, state)?;
     if let Some(mp) = state.mp_state {
-        if !caps.mp_state {
-            return Err(VcpuStateError::Unsupported("KVM_SET_MP_STATE"));
-        }
         vcpu.set_mp_state(mp).map_err(kvm("KVM_SET_MP_STATE"))?;
     }
     vcpu.set_sregs(&state.sregs).map_err(kvm("KVM_SET_SREGS"))?;
@@ -246,26 +281,13 @@ pub fn restore(
     vcpu.set_fpu(&state.fpu.to_kvm())
         .map_err(kvm("KVM_SET_FPU"))?;
     if let Some(x) = &state.xsave {
-        if !caps.xsave {
-            return Err(VcpuStateError::Unsupported("KVM_SET_XSAVE"));
-        }
         let mut area = kvm_xsave::default();
-        if x.len() != area.region.len() {
-            return Err(VcpuStateError::Msrs(format!(
-                "xsave area has {} words, expected {}",
-                x.len(),
-                area.region.len()
-            )));
-        }
         area.region.copy_from_slice(x);
         // SAFETY: `area` is a complete legacy-size kvm_xsave; without
         // KVM_CAP_XSAVE2 negotiated KVM reads exactly that size.
         unsafe { vcpu.set_xsave(&area) }.map_err(kvm("KVM_SET_XSAVE"))?;
     }
     if let Some(x) = &state.xcrs {
-        if !caps.xcrs {
-            return Err(VcpuStateError::Unsupported("KVM_SET_XCRS"));
-        }
         vcpu.set_xcrs(x).map_err(kvm("KVM_SET_XCRS"))?;
     }
     if let Some(d) = &state.debugregs {
@@ -274,9 +296,6 @@ pub fn restore(
         }
     }
     if let Some(l) = &state.lapic {
-        if !caps.lapic {
-            return Err(VcpuStateError::Unsupported("KVM_SET_LAPIC"));
-        }
         vcpu.set_lapic(l).map_err(kvm("KVM_SET_LAPIC"))?;
     }
     let refused = restore_msrs(vcpu, &state.msrs)?;
@@ -313,4 +332,101 @@ fn restore_msrs(vcpu: &VcpuFd, msrs: &[(u32, u64)]) -> Result<Vec<u32>, VcpuStat
         }
     }
     Ok(refused)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> VcpuState {
+        VcpuState {
+            regs: Default::default(),
+            sregs: Default::default(),
+            fpu: FpuState::default(),
+            xsave: Some(vec![0; kvm_xsave::default().region.len()]),
+            xcrs: Some(Default::default()),
+            debugregs: None,
+            lapic: Some(Default::default()),
+            msrs: vec![(0x10, 1)],
+            events: None,
+            mp_state: Some(Default::default()),
+        }
+    }
+
+    fn all_caps() -> VcpuCaps {
+        VcpuCaps {
+            xsave: true,
+            xcrs: true,
+            lapic: true,
+            vcpu_events: true,
+            mp_state: true,
+            debugregs: true,
+            msrs: vec![0x10],
+        }
+    }
+
+    #[test]
+    fn check_refuses_what_restore_could_only_half_apply() {
+        check(&all_caps(), &state()).unwrap();
+        for (caps, needs) in [
+            (
+                VcpuCaps {
+                    xsave: false,
+                    ..all_caps()
+                },
+                "KVM_SET_XSAVE",
+            ),
+            (
+                VcpuCaps {
+                    xcrs: false,
+                    ..all_caps()
+                },
+                "KVM_SET_XCRS",
+            ),
+            (
+                VcpuCaps {
+                    lapic: false,
+                    ..all_caps()
+                },
+                "KVM_SET_LAPIC",
+            ),
+            (
+                VcpuCaps {
+                    mp_state: false,
+                    ..all_caps()
+                },
+                "KVM_SET_MP_STATE",
+            ),
+        ] {
+            match check(&caps, &state()) {
+                Err(VcpuStateError::Unsupported(n)) => assert_eq!(n, needs),
+                other => panic!("expected {needs} unsupported, got {other:?}"),
+            }
+        }
+        let short = VcpuState {
+            xsave: Some(vec![0; 10]),
+            ..state()
+        };
+        assert!(check(&all_caps(), &short)
+            .unwrap_err()
+            .to_string()
+            .contains("10 words"));
+        let many = VcpuState {
+            msrs: (0..=KVM_MAX_MSR_ENTRIES as u32).map(|i| (i, 0)).collect(),
+            ..state()
+        };
+        assert!(check(&all_caps(), &many)
+            .unwrap_err()
+            .to_string()
+            .contains("257 MSRs"));
+        // What a host without the optional state saves restores anywhere.
+        let plain = VcpuState {
+            xsave: None,
+            xcrs: None,
+            lapic: None,
+            mp_state: None,
+            ..state()
+        };
+        check(&VcpuCaps::default(), &plain).unwrap();
+    }
 }
