@@ -16,6 +16,8 @@
 //! - [`policy`]: the convergence policy (when to stop pre-copy, the
 //!   downtime budget, flow windows, pacing, the codec level and the link
 //!   rate), fed with measurements.
+//! - [`scopes`]: which peer may use which of this site's page-store
+//!   scopes (dedup inventories are per tenant).
 //! - [`admin`]: what a running shim reports about its VM (how its run
 //!   ended, the guest's reports), as plain data for the gateway.
 //!
@@ -26,6 +28,7 @@
 pub mod admin;
 pub mod machine;
 pub mod policy;
+pub mod scopes;
 pub mod session;
 pub mod shim;
 pub mod storage;
