@@ -153,8 +153,7 @@ async fn only_the_destination_site_may_read_an_export() {
     let e = c
         .import("site-a", "vm.img", &stolen, DISK, config)
         .await
-        .err()
-        .expect("site-c's import is refused");
+        .expect_err("site-c's import is refused");
     assert!(e.to_string().contains("no disk 'vm.img'"), "{e}");
     assert!(!stolen.exists(), "nothing copied to site-c");
     assert!(src.exists());
@@ -295,8 +294,7 @@ async fn a_disk_over_the_destinations_max_disk_mib_is_refused() {
     let e = b
         .import("site-a", "vm.img", &dst, DISK, RemoteDiskConfig::default())
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert!(matches!(e, StorageRelayError::TooLarge { .. }), "{e}");
     assert!(!dst.exists(), "nothing created");
     mesh.shutdown().await;

@@ -1105,7 +1105,7 @@ rtt = "100ms"
         assert!(g.check("site-z", "other").is_err());
         assert_eq!(c.peer("site-z").unwrap().scopes, ["shared", "site-y"]);
         let e = with(&format!("{peer}scopes = [\"ok\", \"../x\"]\n")).unwrap_err();
-        assert_eq!(e.key(), Some("peers[0].scopes[1]"), "{e}");
+        assert_eq!(e.key(), Some("peers[1].scopes[1]"), "{e}");
         let c = with("[storage]\nmax_disk_mib = 64\n").unwrap();
         assert_eq!(c.storage.max_disk_len, 64 << 20);
         let e = with("[storage]\nmax_disk_mib = 0\n").unwrap_err();
