@@ -151,7 +151,9 @@ fn disks(mesh: &Mesh, seed: u64) -> Disks {
 impl Disks {
     /// Site-a exports `src` as `name`; site-b starts copying it to `dst`.
     async fn export_and_import(&self, name: &str, policy: ReleasePolicy) -> StorageImport {
-        self.a.export(name, &self.src, DISK, policy).unwrap();
+        self.a
+            .export(name, &self.src, DISK, policy, "site-b")
+            .unwrap();
         self.import(name, &self.dst).await
     }
 
@@ -295,11 +297,13 @@ async fn bad_source_disk_is_refused_before_anything_moves() {
             "x.img",
             &d.dir.path().join("missing.img"),
             DISK,
-            ReleasePolicy::Keep
+            ReleasePolicy::Keep,
+            "site-b"
         )
         .is_err());
     // Truncated after export: the source refuses the import.
-    a.export("t.img", src, DISK, ReleasePolicy::Keep).unwrap();
+    a.export("t.img", src, DISK, ReleasePolicy::Keep, "site-b")
+        .unwrap();
     std::fs::OpenOptions::new()
         .write(true)
         .open(src)
@@ -397,7 +401,8 @@ async fn a_second_disk_with_known_content_sends_references() {
     let b = mesh.gw("site-b").storage().clone();
     let mut wire = Vec::new();
     for (name, src) in [("one.img", &one), ("two.img", &two)] {
-        a.export(name, src, DISK, ReleasePolicy::Keep).unwrap();
+        a.export(name, src, DISK, ReleasePolicy::Keep, "site-b")
+            .unwrap();
         let dst = dir.path().join(format!("copy-{name}"));
         let import = b
             .import("site-a", name, &dst, DISK, config())
@@ -446,7 +451,8 @@ async fn references_to_evicted_pages_fall_back_to_plain_blocks() {
     let a = mesh.gw("site-a").storage().clone();
     let b = mesh.gw("site-b").storage().clone();
     for (name, src) in [("one.img", &one), ("two.img", &two)] {
-        a.export(name, src, DISK, ReleasePolicy::Keep).unwrap();
+        a.export(name, src, DISK, ReleasePolicy::Keep, "site-b")
+            .unwrap();
         let dst = dir.path().join(format!("copy-{name}"));
         let import = b
             .import("site-a", name, &dst, DISK, config())

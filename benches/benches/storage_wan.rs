@@ -177,7 +177,7 @@ async fn run() -> anyhow::Result<()> {
     }
     let a = mesh.gw("site-a").storage().clone();
     let b = mesh.gw("site-b").storage().clone();
-    a.export("bench.img", &src, DISK, ReleasePolicy::Keep)?;
+    a.export("bench.img", &src, DISK, ReleasePolicy::Keep, "site-b")?;
     let dst = work.path().join("dst.img");
     let started = Instant::now();
     let import = b
@@ -208,7 +208,7 @@ async fn run() -> anyhow::Result<()> {
     if !st.success() {
         bail!("copying the image for the second disk failed");
     }
-    a.export("bench2.img", &src2, DISK, ReleasePolicy::Keep)?;
+    a.export("bench2.img", &src2, DISK, ReleasePolicy::Keep, "site-b")?;
     let started2 = Instant::now();
     let second = b
         .import(

@@ -106,6 +106,7 @@ struct RawStorage {
     block_size_kib: Option<u64>,
     read_timeout: Option<String>,
     request_timeout: Option<String>,
+    max_disk_mib: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -168,6 +169,7 @@ struct RawPeer {
     bandwidth_mbit: Option<f64>,
     rtt: Option<String>,
     mtu: Option<u32>,
+    scopes: Option<Vec<String>>,
 }
 
 /// A validated gateway configuration.
@@ -237,7 +239,9 @@ pub struct MigrationSettings {
     pub store_dir: Option<PathBuf>,
     /// Cap of each scope's page store, bytes.
     pub store_cap: u64,
-    /// Dedup scope used when a migration names none.
+    /// Dedup scope used when a migration names none (default: this site's
+    /// name, the scope a destination lets this site use without
+    /// configuration).
     pub scope: String,
     /// Downtime budget used when a migration names none.
     pub downtime: Duration,
@@ -249,6 +253,9 @@ pub struct MigrationSettings {
     pub handover_wait: Duration,
     /// The page codec's settings.
     pub encoder: wanmig_codec::EncoderConfig,
+    /// Which scopes of this site's page stores each peer may use besides
+    /// the one named after it (`peers[i].scopes`).
+    pub scope_grants: wanmig_migration::scopes::ScopeGrants,
 }
 
 impl Default for MigrationSettings {
@@ -261,6 +268,7 @@ impl Default for MigrationSettings {
             open_timeout: Duration::from_secs(10),
             handover_wait: Duration::from_secs(120),
             encoder: wanmig_codec::EncoderConfig::default(),
+            scope_grants: Default::default(),
         }
     }
 }
@@ -268,6 +276,10 @@ impl Default for MigrationSettings {
 /// Where imported disks go when no `[storage] dir` is configured
 /// (relative to the config file).
 pub const DEFAULT_DISK_DIR: &str = "disks";
+
+/// The largest disk a site imports unless `[storage] max_disk_mib` says
+/// otherwise: 1 TiB.
+pub const DEFAULT_MAX_DISK_BYTES: u64 = 1 << 40;
 
 /// The `[storage]` section: how this site takes in the disks of VMs that
 /// migrate here.
@@ -279,6 +291,8 @@ pub struct StorageSettings {
     pub release: wanmig_storage::ReleasePolicy,
     /// Block size, planner windows and read timeout of imported disks.
     pub disk: wanmig_storage::RemoteDiskConfig,
+    /// The largest disk a peer may migrate here, bytes (`max_disk_mib`).
+    pub max_disk_len: u64,
 }
 
 impl Default for StorageSettings {
@@ -287,6 +301,7 @@ impl Default for StorageSettings {
             dir: PathBuf::from(DEFAULT_DISK_DIR),
             release: wanmig_storage::ReleasePolicy::Keep,
             disk: wanmig_storage::RemoteDiskConfig::default(),
+            max_disk_len: DEFAULT_MAX_DISK_BYTES,
         }
     }
 }
@@ -394,6 +409,9 @@ pub struct PeerConfig {
     pub site: String,
     pub address: SocketAddr,
     pub hints: LinkHints,
+    /// Page-store scopes this peer may use besides the one named after it
+    /// (see [`wanmig_migration::scopes`]).
+    pub scopes: Vec<String>,
 }
 
 impl GatewayConfig {
@@ -525,7 +543,7 @@ impl Validator<'_> {
         };
         let transport = self.transport(&raw.transport)?;
         let (overlay, overlay_taps) = self.overlay(raw.overlay)?;
-        let migration = self.migration(raw.migration)?;
+        let mut migration = self.migration(raw.migration, &site)?;
         let storage = self.storage(raw.storage)?;
         let vms = self.vms(raw.vms, &storage)?;
         let mut peers: Vec<PeerConfig> = Vec::with_capacity(raw.peers.len());
@@ -566,6 +584,16 @@ impl Validator<'_> {
             if !(1280..=65535).contains(&mtu) {
                 return Err(self.err(k("mtu"), format!("{mtu} is outside 1280..=65535")));
             }
+            let scopes = p.scopes.clone().unwrap_or_default();
+            for (j, scope) in scopes.iter().enumerate() {
+                if wanmig_codec::store::validate_scope(scope).is_err() {
+                    return Err(self.err(
+                        format!("peers[{i}].scopes[{j}]"),
+                        format!("{scope:?} is not a scope name (1-64 letters, digits, '-', '_' or '.', not starting with '.')"),
+                    ));
+                }
+            }
+            migration.scope_grants.grant(&psite, scopes.iter().cloned());
             peers.push(PeerConfig {
                 site: psite,
                 address,
@@ -574,6 +602,7 @@ impl Validator<'_> {
                     rtt,
                     mtu,
                 },
+                scopes,
             });
         }
         Ok(GatewayConfig {
@@ -670,6 +699,7 @@ impl Validator<'_> {
             block_size_kib: None,
             read_timeout: None,
             request_timeout: None,
+            max_disk_mib: None,
         });
         let dir = self.path(
             "storage.dir",
@@ -728,12 +758,29 @@ impl Validator<'_> {
                 ),
             ));
         }
-        Ok(StorageSettings { dir, release, disk })
+        let max_disk_len = match raw.max_disk_mib {
+            Some(0) => return Err(self.err("storage.max_disk_mib", "must be at least 1")),
+            Some(m) => m.saturating_mul(1 << 20),
+            None => d.max_disk_len,
+        };
+        Ok(StorageSettings {
+            dir,
+            release,
+            disk,
+            max_disk_len,
+        })
     }
 
     /// `[migration]`: every key optional.
-    fn migration(&self, raw: Option<RawMigration>) -> Result<MigrationSettings, ConfigError> {
-        let d = MigrationSettings::default();
+    fn migration(
+        &self,
+        raw: Option<RawMigration>,
+        site: &str,
+    ) -> Result<MigrationSettings, ConfigError> {
+        let d = MigrationSettings {
+            scope: site.to_string(),
+            ..MigrationSettings::default()
+        };
         let Some(raw) = raw else { return Ok(d) };
         let store_dir = match &raw.store_dir {
             Some(p) => Some(self.path("migration.store_dir", p, false)?),
@@ -774,6 +821,7 @@ impl Validator<'_> {
             open_timeout,
             handover_wait,
             encoder,
+            scope_grants: d.scope_grants,
         })
     }
 
@@ -1103,6 +1151,30 @@ rtt = "100ms"
         assert!(e.to_string().contains("12.5s or less"), "{e}");
         let e = with("[storage]\nrequest_timeout = \"soon\"\n").unwrap_err();
         assert_eq!(e.key(), Some("storage.request_timeout"), "{e}");
+    }
+
+    #[test]
+    fn peer_scopes_and_the_disk_size_cap_are_validated_and_default_sensibly() {
+        let d = dir_with_certs();
+        let origin = d.path().join("a.toml");
+        let with = |extra: &str| GatewayConfig::parse(&format!("{GOOD}\n{extra}"), &origin);
+        let c = with("").unwrap();
+        assert_eq!(c.migration.scope, c.site, "a source uses its own scope");
+        assert_eq!(c.storage.max_disk_len, DEFAULT_MAX_DISK_BYTES);
+        let peer = "[[peers]]\nsite = \"site-z\"\naddress = \"127.0.0.1:1\"\n";
+        let c = with(&format!("{peer}scopes = [\"shared\", \"site-y\"]\n")).unwrap();
+        let g = &c.migration.scope_grants;
+        assert!(g.check("site-z", "shared").is_ok());
+        assert!(g.check("site-z", "site-y").is_ok());
+        assert!(g.check("site-z", "site-z").is_ok());
+        assert!(g.check("site-z", "other").is_err());
+        assert_eq!(c.peer("site-z").unwrap().scopes, ["shared", "site-y"]);
+        let e = with(&format!("{peer}scopes = [\"ok\", \"../x\"]\n")).unwrap_err();
+        assert_eq!(e.key(), Some("peers[1].scopes[1]"), "{e}");
+        let c = with("[storage]\nmax_disk_mib = 64\n").unwrap();
+        assert_eq!(c.storage.max_disk_len, 64 << 20);
+        let e = with("[storage]\nmax_disk_mib = 0\n").unwrap_err();
+        assert_eq!(e.key(), Some("storage.max_disk_mib"), "{e}");
     }
 
     #[test]

@@ -147,7 +147,8 @@ impl Gateway {
             .metrics()
             .register(&migration_registry)
             .map_err(crate::metrics::MetricsError::from)?;
-        storage.use_page_store(migration.stores().clone(), migration.default_scope());
+        storage.use_page_store(migration.stores().clone());
+        storage.set_max_disk_len(config.storage.max_disk_len);
         vm_host.attach_storage(storage.clone(), config.storage.clone());
 
         let mut metrics_addr = None;

@@ -52,6 +52,7 @@ pub struct MeshBuilder {
     link: Option<Link>,
     transport: String,
     extra: String,
+    peer_extra: String,
     bandwidth_mbit: f64,
     rtt: Duration,
 }
@@ -64,6 +65,7 @@ impl MeshBuilder {
             link: None,
             transport: "idle_timeout = \"3s\"\nkeep_alive = \"500ms\"\nreconnect_initial = \"100ms\"\nreconnect_max = \"1s\"\n".into(),
             extra: String::new(),
+            peer_extra: String::new(),
             bandwidth_mbit: 1000.0,
             rtt: Duration::from_millis(10),
         }
@@ -74,6 +76,15 @@ impl MeshBuilder {
     pub fn extra_config(mut self, toml: &str) -> Self {
         self.extra.push_str(toml);
         self.extra.push('\n');
+        self
+    }
+
+    /// TOML keys added to every `[[peers]]` entry (e.g. `scopes = [...]`);
+    /// `{site}` is replaced by the site whose config it is, `{peer}` by
+    /// the peer's name.
+    pub fn peer_config(mut self, toml: &str) -> Self {
+        self.peer_extra.push_str(toml);
+        self.peer_extra.push('\n');
         self
     }
 
@@ -153,10 +164,11 @@ impl MeshBuilder {
             );
             for p in self.sites.iter().filter(|p| *p != s) {
                 text.push_str(&format!(
-                    "[[peers]]\nsite = \"{p}\"\naddress = \"{}\"\nbandwidth_mbit = {}\nrtt = \"{}ms\"\n\n",
+                    "[[peers]]\nsite = \"{p}\"\naddress = \"{}\"\nbandwidth_mbit = {}\nrtt = \"{}ms\"\n{}\n",
                     dial_addr[&(s.clone(), p.clone())],
                     self.bandwidth_mbit,
-                    self.rtt.as_millis()
+                    self.rtt.as_millis(),
+                    self.peer_extra.replace("{site}", s).replace("{peer}", p)
                 ));
             }
             text.push_str(&self.extra.replace("{site}", s));

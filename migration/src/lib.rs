@@ -17,6 +17,8 @@
 //! - [`policy`]: the convergence policy (when to stop pre-copy, the
 //!   downtime budget, flow windows, pacing, the codec level and the link
 //!   rate), fed with measurements.
+//! - [`scopes`]: which peer may use which of this site's page-store
+//!   scopes (dedup inventories are per tenant).
 //! - [`run`]: the options a shim migration runs with and the reports it
 //!   returns.
 //! - [`admin`]: the requests a running shim answers on its control socket
@@ -32,6 +34,7 @@ pub mod machine;
 pub mod messages;
 pub mod policy;
 pub mod run;
+pub mod scopes;
 pub mod session;
 pub mod shim;
 pub mod storage;

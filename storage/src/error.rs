@@ -16,6 +16,18 @@ pub enum StorageError {
         block_size: u32,
     },
 
+    /// A block size that splits a disk into more blocks than a copy
+    /// between sites carries ([`crate::geometry::MAX_TRANSFER_BLOCKS`]).
+    #[error("block size {block_size} splits the {disk_len}-byte disk into {blocks} blocks, more than the {max} a copy between sites allows; use blocks of {fits} bytes or more ([storage] block_size_kib at the destination)")]
+    TooManyBlocks {
+        disk_len: u64,
+        block_size: u32,
+        blocks: u64,
+        max: u64,
+        /// The smallest block size that fits.
+        fits: u64,
+    },
+
     /// A byte range that does not lie within the disk.
     #[error("range {offset}+{len} lies outside the {disk_len}-byte disk")]
     OutOfRange {

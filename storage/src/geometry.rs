@@ -15,6 +15,13 @@ pub const MIN_BLOCK_SIZE: u32 = 4096;
 /// fetch far more than the guest asked for.
 pub const MAX_BLOCK_SIZE: u32 = 16 * 1024 * 1024;
 
+/// Most blocks a disk may be split into for a copy between sites: the
+/// block size is the destination's choice, and the source keeps per-block
+/// state and receives the destination's written-block set (one bit per
+/// block) in a single frame, so the count is bounded: 2^26 blocks is an
+/// 8 MiB set, and 4 TiB at the default 64 KiB block size.
+pub const MAX_TRANSFER_BLOCKS: u64 = 1 << 26;
+
 /// A disk's size and block size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Geometry {
@@ -33,6 +40,27 @@ impl Geometry {
         Ok(Geometry {
             disk_len,
             block_size,
+        })
+    }
+
+    /// [`Geometry::new`] for a copy between sites, whose block size the
+    /// destination picks: also refuses more than [`MAX_TRANSFER_BLOCKS`]
+    /// blocks, naming the smallest block size that fits.
+    pub fn for_transfer(disk_len: u64, block_size: u32) -> Result<Self, StorageError> {
+        let g = Self::new(disk_len, block_size)?;
+        if g.block_count() <= MAX_TRANSFER_BLOCKS {
+            return Ok(g);
+        }
+        let fits = disk_len
+            .div_ceil(MAX_TRANSFER_BLOCKS)
+            .next_power_of_two()
+            .max(u64::from(MIN_BLOCK_SIZE));
+        Err(StorageError::TooManyBlocks {
+            disk_len,
+            block_size,
+            blocks: g.block_count(),
+            max: MAX_TRANSFER_BLOCKS,
+            fits,
         })
     }
 
@@ -99,6 +127,26 @@ impl Geometry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_copy_between_sites_refuses_a_block_size_that_makes_too_many_blocks() {
+        let tib = 1u64 << 40;
+        assert!(Geometry::for_transfer(4 * tib, DEFAULT_BLOCK_SIZE).is_ok());
+        let e = Geometry::for_transfer(tib, MIN_BLOCK_SIZE).unwrap_err();
+        match &e {
+            StorageError::TooManyBlocks { blocks, fits, .. } => {
+                assert_eq!(*blocks, tib / 4096);
+                assert_eq!(*fits, 16384);
+                assert!(Geometry::for_transfer(tib, *fits as u32).is_ok());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(e.to_string().contains("block_size_kib"), "{e}");
+        assert!(matches!(
+            Geometry::for_transfer(1 << 20, 3000),
+            Err(StorageError::BadBlockSize { block_size: 3000 })
+        ));
+    }
 
     #[test]
     fn short_last_block_and_ranges() {

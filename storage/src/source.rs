@@ -15,6 +15,7 @@ use crate::error::StorageError;
 use crate::extents::{allocated_bytes, allocated_extents, hole_blocks, overlaps};
 use crate::geometry::Geometry;
 use crate::planner::FetchRequest;
+use crate::presence::PresenceBitmap;
 use crate::wire::{is_zero, BlockContent};
 
 /// A validated, read-only source disk.
@@ -127,13 +128,18 @@ impl SourceDisk {
         Ok(BlockContent::Data(buf))
     }
 
-    /// Every block's hash in block order, for the end-of-copy check
-    /// ([`crate::verify`]); holes are not read.
-    pub fn block_hashes(&self) -> Result<Vec<crate::verify::BlockHash>, StorageError> {
+    /// The end-of-copy digest ([`crate::verify`]) of this disk over the
+    /// blocks not in `written`, computed block by block (memory does not
+    /// grow with the disk); written blocks and holes are not read.
+    pub fn end_of_copy_digest(&self, written: &PresenceBitmap) -> Result<[u8; 32], StorageError> {
+        let mut c = crate::verify::Combiner::new(self.geometry);
         let mut buf = Vec::new();
-        (0..self.geometry.block_count())
-            .map(|b| Ok(crate::verify::block_hash(self.read_block(b, &mut buf)?)))
-            .collect()
+        for b in 0..self.geometry.block_count() {
+            if !written.is_present(b) {
+                c.add(b, &crate::verify::block_hash(self.read_block(b, &mut buf)?));
+            }
+        }
+        Ok(c.finish())
     }
 
     /// Serves a fetch request block by block; stops at the first error (a

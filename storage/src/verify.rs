@@ -11,6 +11,10 @@
 //! It costs one sequential read of each disk (zero blocks and holes are not
 //! hashed), which is small beside the copy itself.
 //!
+//! The check covers only blocks the destination says the guest did not
+//! write, so the source refuses a written set that leaves too little to
+//! check ([`check_coverage`]).
+//!
 //! The digest is BLAKE3 over `(block index, block hash)` of the included
 //! blocks in block order, where a block hash is BLAKE3 of the block's bytes,
 //! or 32 zero bytes for an all-zero block.
@@ -30,22 +34,95 @@ pub fn block_hash(content: BlockContent<'_>) -> BlockHash {
     }
 }
 
+/// Builds the digest block by block, in block order, so the source can
+/// check a disk of any size without holding every block's hash.
+#[derive(Debug, Clone)]
+pub struct Combiner {
+    hasher: blake3::Hasher,
+}
+
+impl Combiner {
+    /// A digest over a disk of `geometry`.
+    pub fn new(geometry: Geometry) -> Self {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&geometry.disk_len().to_le_bytes());
+        hasher.update(&geometry.block_size().to_le_bytes());
+        Combiner { hasher }
+    }
+
+    /// Adds `block` (one the guest did not write), in increasing order.
+    pub fn add(&mut self, block: u64, hash: &BlockHash) {
+        self.hasher.update(&block.to_le_bytes());
+        self.hasher.update(hash);
+    }
+
+    pub fn finish(&self) -> [u8; 32] {
+        *self.hasher.finalize().as_bytes()
+    }
+}
+
 /// Combines per-block hashes of every block not in `written` (`hashes` has
 /// one entry per block of `geometry`, in order; entries for written blocks
 /// are ignored).
 pub fn combine(geometry: Geometry, hashes: &[BlockHash], written: &PresenceBitmap) -> [u8; 32] {
-    let mut h = blake3::Hasher::new();
-    h.update(&geometry.disk_len().to_le_bytes());
-    h.update(&geometry.block_size().to_le_bytes());
+    let mut c = Combiner::new(geometry);
     for (block, hash) in hashes.iter().enumerate() {
         let block = block as u64;
-        if written.is_present(block) {
-            continue;
+        if !written.is_present(block) {
+            c.add(block, hash);
         }
-        h.update(&block.to_le_bytes());
-        h.update(hash);
     }
-    *h.finalize().as_bytes()
+    c.finish()
+}
+
+/// The source's plausibility rule for a destination's written-block set.
+///
+/// The check vouches only for blocks the guest did not write at the
+/// destination, and the destination alone says which those are. A set that
+/// covers every block leaves nothing to check; a set that covers most of
+/// the disk leaves a check that proves little, and is far beyond what a
+/// guest rewrites while its disk follows it (the copy runs for minutes to
+/// hours; guests rewrite a working set, not their whole disk). So the
+/// source releases its copy only when the check covers at least half of
+/// the disk's blocks ([`MIN_CHECKED_FRACTION`]) and at least one block;
+/// otherwise it keeps the copy and says why. Blocks not written are always
+/// checked, whatever their number.
+pub fn check_coverage(geometry: Geometry, written: &PresenceBitmap) -> Result<u64, ThinCheck> {
+    let blocks = geometry.block_count();
+    let written = written.present_count().min(blocks);
+    let checked = blocks - written;
+    let needed = min_checked(blocks);
+    if checked >= needed {
+        Ok(checked)
+    } else {
+        Err(ThinCheck {
+            blocks,
+            written,
+            checked,
+            needed,
+        })
+    }
+}
+
+/// The least share of a disk's blocks the end-of-copy check must cover
+/// before the source releases its copy, as a fraction (1/2).
+pub const MIN_CHECKED_FRACTION: (u64, u64) = (1, 2);
+
+/// Blocks the check must cover on a disk of `blocks` blocks (at least one).
+fn min_checked(blocks: u64) -> u64 {
+    let (num, den) = MIN_CHECKED_FRACTION;
+    (blocks.saturating_mul(num).div_ceil(den)).max(1)
+}
+
+/// The destination's written-block set leaves too little for the
+/// end-of-copy check to vouch for the copy ([`check_coverage`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the destination reports {written} of the disk's {blocks} blocks written by the guest there, so the end-of-copy check would cover only {checked} blocks (it must cover at least {needed}, half the disk): too little to vouch for the copy, so the source copy is kept and not released; if the guest really rewrote that much, check the destination's copy and remove the source copy by hand")]
+pub struct ThinCheck {
+    pub blocks: u64,
+    pub written: u64,
+    pub checked: u64,
+    pub needed: u64,
 }
 
 /// Hex form of a digest, for reports and logs.
@@ -83,5 +160,30 @@ mod tests {
         other.set(0);
         assert_ne!(combine(g, &src, &none), combine(g, &src, &other));
         assert_eq!(hex(&[0xab; 32]).len(), 64);
+    }
+
+    #[test]
+    fn a_written_set_that_leaves_less_than_half_the_disk_to_check_is_refused() {
+        let g = Geometry::new(10 * 4096, 4096).unwrap();
+        let mut written = PresenceBitmap::new(g);
+        assert_eq!(check_coverage(g, &written), Ok(10));
+        for b in 0..5 {
+            written.set(b);
+        }
+        assert_eq!(check_coverage(g, &written), Ok(5), "half is enough");
+        written.set(5);
+        let e = check_coverage(g, &written).unwrap_err();
+        assert_eq!((e.written, e.checked, e.needed), (6, 4, 5));
+        assert!(e.to_string().contains("source copy is kept"), "{e}");
+        for b in 0..10 {
+            written.set(b);
+        }
+        assert_eq!(check_coverage(g, &written).unwrap_err().checked, 0);
+        // A one-block disk written by the guest leaves nothing to check.
+        let one = Geometry::new(4096, 4096).unwrap();
+        let mut w = PresenceBitmap::new(one);
+        assert_eq!(check_coverage(one, &w), Ok(1));
+        w.set(0);
+        assert!(check_coverage(one, &w).is_err());
     }
 }

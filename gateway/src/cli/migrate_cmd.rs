@@ -34,7 +34,10 @@ pub struct MigrateArgs {
     /// bytes per second times 8: 30 MB/s is 240mbit). Default: no cap.
     #[arg(long, value_parser = positive_rate)]
     pub bandwidth: Option<u64>,
-    /// Dedup scope at the destination. Default: the gateway's setting.
+    /// Dedup scope at the destination (its page store of that scope).
+    /// Default: `[migration] scope`, else this site's name. The destination
+    /// accepts only the scope named after this site and those its config
+    /// lists for this site (`peers[i].scopes`).
     #[arg(long)]
     pub scope: Option<String>,
     /// Print the final record as JSON instead of the progress display.

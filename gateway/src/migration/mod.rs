@@ -76,7 +76,8 @@ impl MigrationService {
         let ctx = Arc::new(RelayContext {
             peering,
             host,
-            stores: SiteStores::new(settings.store_dir.clone(), settings.store_cap),
+            stores: SiteStores::new(settings.store_dir.clone(), settings.store_cap)
+                .with_grants(settings.scope_grants.clone()),
             records: Records::default(),
             encoder: settings.encoder.clone(),
             open_timeout: settings.open_timeout,

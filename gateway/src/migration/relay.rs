@@ -242,6 +242,10 @@ pub async fn run_source(
         }
         Err(e) => (Outcome::FailedKeptAtSource, Some(e.to_string())),
     };
+    if outcome == Outcome::FailedKeptAtSource {
+        // No handover: the VM's disk stays here, and no site may copy it.
+        ctx.host.withdraw_disk(&vm, &to);
+    }
     match &error {
         None => tracing::info!(vm, to, id, "migration succeeded"),
         Some(e) => tracing::warn!(
@@ -272,6 +276,7 @@ async fn source_inner(
     bandwidth_bps: Option<u64>,
 ) -> Result<MigrationReport, RelayError> {
     let config = ctx.host.config(vm)?;
+    ctx.host.export_disk(vm, to)?;
     let (mut send, mut recv) = ctx.peering.open_stream(to, StreamKind::Migration).await?;
     send_frames(
         &mut send,
@@ -784,7 +789,7 @@ async fn run_destination(
             .await);
         }
     }
-    let store = match ctx.stores.open(&scope) {
+    let store = match ctx.stores.open_for(&peer, &scope) {
         Ok(s) => s,
         Err(e) => return Err(refuse(&mut send, e.to_string()).await),
     };

@@ -1,7 +1,10 @@
 //! This site's content-addressed page stores, one per dedup scope, shared by
 //! the migrations into the site: the destination tells the source what it
 //! holds (the inventory) and resolves references from it. Without a store
-//! directory configured, dedup works within each session only.
+//! directory configured, dedup works within each session only. A peer
+//! opens only the scopes it may use ([`SiteStores::open_for`], the rule in
+//! [`wanmig_migration::scopes`]), so no peer learns another tenant's
+//! inventory.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -9,6 +12,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use wanmig_codec::store::{validate_scope, StoreStats};
 use wanmig_codec::{CodecError, ContentStore, Fingerprint, Inventory, PageBytes, PageStore};
+use wanmig_migration::scopes::{ScopeGrants, ScopeRefused};
+
+/// Why a peer's page store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreOpenError {
+    #[error(transparent)]
+    Refused(#[from] ScopeRefused),
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -68,6 +81,7 @@ impl ContentStore for ScopeStore {
 pub struct SiteStores {
     root: Option<PathBuf>,
     cap_bytes: u64,
+    grants: ScopeGrants,
     open: Arc<Mutex<HashMap<String, ScopeStore>>>,
 }
 
@@ -100,11 +114,27 @@ impl SiteStores {
         SiteStores {
             root,
             cap_bytes,
+            grants: ScopeGrants::default(),
             open: Arc::default(),
         }
     }
 
-    /// The store of `scope`.
+    /// The same stores, with the shared scopes each peer may use besides
+    /// its own.
+    pub fn with_grants(mut self, grants: ScopeGrants) -> Self {
+        self.grants = grants;
+        self
+    }
+
+    /// The store of `scope` for peer `peer`: refused unless `peer` may use
+    /// `scope` (before anything is created).
+    pub fn open_for(&self, peer: &str, scope: &str) -> Result<ScopeStore, StoreOpenError> {
+        self.grants.check(peer, scope)?;
+        Ok(self.open(scope)?)
+    }
+
+    /// The store of `scope`, for this site's own use (see
+    /// [`SiteStores::open_for`] for a peer's).
     pub fn open(&self, scope: &str) -> Result<ScopeStore, CodecError> {
         validate_scope(scope)?;
         let Some(root) = &self.root else {
@@ -162,6 +192,14 @@ mod tests {
         let mut other = stores.open("tenant-2").unwrap();
         assert!(!other.get(&fp, &mut out).unwrap(), "scopes are separate");
         assert!(stores.open("../etc").is_err());
+
+        let mut grants = ScopeGrants::new();
+        grants.grant("site-b", ["tenant-1".to_string()]);
+        let stores = stores.with_grants(grants);
+        assert!(stores.open_for("site-b", "tenant-1").is_ok());
+        assert!(stores.open_for("site-c", "site-c").is_ok());
+        let e = stores.open_for("site-c", "tenant-1").err().unwrap();
+        assert!(matches!(e, StoreOpenError::Refused(_)), "{e}");
 
         let none = SiteStores::new(None, 1 << 20).open("x").unwrap();
         assert!(Inventory::from_bytes(&none.inventory_bytes())

@@ -3,13 +3,21 @@
 //! [`StreamKind::Storage`]).
 //!
 //! - Source side ([`source`]): serves disks the operator (or the migration)
-//!   exported with [`StorageRelay::export`]; answers each `Open` with the
+//!   exported with [`StorageRelay::export`], each to one destination site:
+//!   a stream from any other peer (identified by its mTLS certificate) is
+//!   told the disk is not exported, and an export is withdrawn
+//!   ([`StorageRelay::withdraw`]) when its migration fails before the
+//!   handover. It answers each `Open` with the
 //!   disk's hole blocks (after validating the file: missing, truncated or
 //!   wrong size is an error before anything moves), then serves block
 //!   requests with [`wanmig_storage::SourceDisk`] and zstd
 //!   ([`wanmig_storage::wire::BlockEncoder`]); on `Done` releases the source
-//!   copy by policy.
-//! - Destination side ([`dest`]): [`StorageRelay::import`] opens a
+//!   copy by policy, once the end-of-copy check passed and covered enough
+//!   of the disk ([`wanmig_storage::verify::check_coverage`]). The block
+//!   size the destination picks is bounded
+//!   ([`wanmig_storage::Geometry::for_transfer`]).
+//! - Destination side ([`dest`]): refuses a disk larger than its
+//!   `[storage] max_disk_mib`; [`StorageRelay::import`] opens a
 //!   [`wanmig_storage::RemoteDisk`] whose [`wanmig_storage::Fetcher`] sends
 //!   requests over two streams — on-demand and background — so on-demand
 //!   fetches never queue behind background data (the source also gives the
@@ -21,7 +29,9 @@
 //!   (saved before it was first sent, [`wanmig_storage::done`]), so guest
 //!   writes since — even ones a crash kept out of the saved written set —
 //!   are not mistaken for a bad copy.
-//! - [`dedup`]: page references against the destination's page store.
+//! - [`dedup`]: page references against the destination's page store (the
+//!   scope named after the source site:
+//!   [`wanmig_migration::scopes::ScopeGrants::own_scope`]).
 //! - [`metrics`]: the `wanmig_storage_*` Prometheus metrics.
 
 pub mod dedup;
@@ -78,11 +88,24 @@ pub enum StorageRelayError {
     Metrics(#[from] prometheus::Error),
     #[error("storage relay: the import already finished (a wanmig bug)")]
     Finished,
+    #[error("source site '{peer}' exports disk '{name}' of {len} bytes, larger than this site accepts ({max} bytes); raise [storage] max_disk_mib in this gateway's config to take it")]
+    TooLarge {
+        peer: String,
+        name: String,
+        len: u64,
+        max: u64,
+    },
 }
 
 /// A disk the source side may serve.
 #[derive(Debug, Clone)]
 pub(crate) struct Export {
+    /// Tells this export apart from an earlier or later one of the same
+    /// name: a stream serves the export it opened, and stops when that
+    /// one is withdrawn or replaced.
+    pub id: u64,
+    /// The one site that may read and release it.
+    pub to: String,
     pub path: PathBuf,
     pub disk_len: u64,
     pub policy: ReleasePolicy,
@@ -103,7 +126,8 @@ pub struct ExportStatus {
     pub name: String,
     pub path: PathBuf,
     pub disk_bytes: u64,
-    /// The destination that opened it, once one did.
+    /// The destination site it is exported to (the only one that may read
+    /// it).
     pub to: Option<String>,
     /// Whether the destination runs the background copy at once (`false`
     /// after `wanmig migrate --no-storage`).
@@ -127,12 +151,17 @@ pub struct ExportStatus {
 pub(crate) struct Inner {
     pub peering: Peering,
     pub exports: Mutex<HashMap<String, Export>>,
+    /// The id of the next export.
+    pub next_export: std::sync::atomic::AtomicU64,
+    /// The largest disk this site imports (`[storage] max_disk_mib`).
+    pub max_disk_len: std::sync::atomic::AtomicU64,
     /// Names whose destination should not start the background copy.
     pub deferred: Mutex<HashSet<String>>,
     pub zstd_level: i32,
     pub metrics: RelayMetrics,
-    /// The site's page stores and the scope imports dedup against.
-    pub pages: Mutex<Option<(crate::migration::stores::SiteStores, String)>>,
+    /// The site's page stores (an import dedups against the scope named
+    /// after its source site).
+    pub pages: Mutex<Option<crate::migration::stores::SiteStores>>,
 }
 
 /// A disk as a peer exports it.
@@ -174,6 +203,8 @@ impl StorageRelay {
         let inner = Arc::new(Inner {
             peering,
             exports: Mutex::new(HashMap::new()),
+            next_export: Default::default(),
+            max_disk_len: std::sync::atomic::AtomicU64::new(crate::config::DEFAULT_MAX_DISK_BYTES),
             deferred: Mutex::new(HashSet::new()),
             zstd_level,
             metrics,
@@ -183,9 +214,10 @@ impl StorageRelay {
         Ok(StorageRelay { inner })
     }
 
-    /// Lets peers fetch the disk at `path` under `name`. The file is
-    /// validated now (missing, truncated or wrong size is an error here).
-    /// After the destination confirms the copy is durable, the file is
+    /// Lets site `to` (and no other peer) fetch the disk at `path` under
+    /// `name`, replacing an earlier export of `name`. The file is validated
+    /// now (missing, truncated or wrong size is an error here). After `to`
+    /// confirms the copy is durable and the check passes, the file is
     /// released by `policy`.
     pub fn export(
         &self,
@@ -193,15 +225,22 @@ impl StorageRelay {
         path: &Path,
         disk_len: u64,
         policy: ReleasePolicy,
+        to: &str,
     ) -> Result<(), StorageRelayError> {
         if !valid_name(name) {
             return Err(StorageRelayError::BadName(name.to_string()));
         }
         SourceDisk::open(path, disk_len, wanmig_storage::DEFAULT_BLOCK_SIZE)?;
         let background = !lock(&self.inner.deferred).contains(name);
+        let id = self
+            .inner
+            .next_export
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         lock(&self.inner.exports).insert(
             name.to_string(),
             Export {
+                id,
+                to: to.to_string(),
                 path: path.to_owned(),
                 disk_len,
                 policy,
@@ -212,7 +251,7 @@ impl StorageRelay {
                     name: name.to_string(),
                     path: path.to_owned(),
                     disk_bytes: disk_len,
-                    to: None,
+                    to: Some(to.to_string()),
                     background,
                     local_blocks: 0,
                     total_blocks: 0,
@@ -224,6 +263,44 @@ impl StorageRelay {
                 },
             },
         );
+        Ok(())
+    }
+
+    /// Withdraws the export `name` to `to` (its migration failed before
+    /// the handover: the VM still runs here on that disk), unless its copy
+    /// was already released. Streams serving it stop at their next
+    /// request. Returns whether an export was withdrawn.
+    pub fn withdraw(&self, name: &str, to: &str) -> bool {
+        let mut exports = lock(&self.inner.exports);
+        let withdrawn = exports.get(name).is_some_and(|e| e.to == to && !e.released);
+        if withdrawn {
+            exports.remove(name);
+            tracing::info!(disk = name, to, "storage export withdrawn");
+        }
+        withdrawn
+    }
+
+    /// Caps the disks this site imports (`[storage] max_disk_mib`): a
+    /// larger disk is refused before anything is created.
+    pub fn set_max_disk_len(&self, bytes: u64) {
+        self.inner
+            .max_disk_len
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn check_disk_len(&self, peer: &str, name: &str, len: u64) -> Result<(), StorageRelayError> {
+        let max = self
+            .inner
+            .max_disk_len
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if len > max {
+            return Err(StorageRelayError::TooLarge {
+                peer: peer.to_string(),
+                name: name.to_string(),
+                len,
+                max,
+            });
+        }
         Ok(())
     }
 
@@ -265,12 +342,14 @@ impl StorageRelay {
         v
     }
 
-    /// Dedups imports against `stores`' page store of `scope` (the store
-    /// memory migrations into this site use): the source sends references
+    /// Dedups imports against `stores`: an import from site `peer` uses
+    /// the page store of the scope named after `peer` (the one memory
+    /// migrations from `peer` use by default), so one tenant's imports
+    /// never learn what another's pages are. The source sends references
     /// for pages held there, and received pages are added to it. Without a
     /// persistent store (no `[migration] store_dir`) this does nothing.
-    pub fn use_page_store(&self, stores: crate::migration::stores::SiteStores, scope: &str) {
-        *lock(&self.inner.pages) = Some((stores, scope.to_string()));
+    pub fn use_page_store(&self, stores: crate::migration::stores::SiteStores) {
+        *lock(&self.inner.pages) = Some(stores);
     }
 
     /// The `wanmig_storage_*` metrics (register them with the gateway's
@@ -316,7 +395,10 @@ impl StorageRelay {
         };
         stream::write_frame(&mut send, &query).await.map_err(link)?;
         match stream::read_frame(&mut recv).await {
-            Ok(Frame::Size { len, background }) => Ok(ExportedDisk { len, background }),
+            Ok(Frame::Size { len, background }) => {
+                self.check_disk_len(peer, name, len)?;
+                Ok(ExportedDisk { len, background })
+            }
             Ok(Frame::Error(message)) => Err(StorageRelayError::Refused {
                 peer: peer.to_string(),
                 name: name.to_string(),
@@ -364,8 +446,10 @@ impl StorageRelay {
         if !valid_name(name) {
             return Err(StorageRelayError::BadName(name.to_string()));
         }
+        self.check_disk_len(peer, name, disk_len)?;
+        let scope = wanmig_migration::scopes::ScopeGrants::own_scope(peer);
         let store = match lock(&self.inner.pages).as_ref() {
-            Some((stores, scope)) => match stores.open(scope) {
+            Some(stores) => match stores.open_for(peer, scope) {
                 Ok(s @ crate::migration::stores::ScopeStore::Persistent(_)) => Some(s),
                 Ok(crate::migration::stores::ScopeStore::None) => None,
                 Err(e) => {

@@ -1,9 +1,13 @@
 //! Source side of the storage relay: answers `STORAGE` streams by serving
-//! an exported disk's blocks, and releases the disk by policy once the
-//! destination confirmed its copy is complete and durable and the
-//! end-of-copy check ([`wanmig_storage::verify`]) passed. `Done` and `Open`
-//! of an already released disk are answered with `Released` again, so a
-//! `Released` lost with the link is not an error.
+//! an exported disk's blocks to the one site it is exported to, and
+//! releases the disk by policy once that site confirmed its copy is
+//! complete and durable and the end-of-copy check
+//! ([`wanmig_storage::verify`]) passed over enough of the disk
+//! ([`wanmig_storage::verify::check_coverage`]). `Done` and `Open` of an
+//! already released disk are answered with `Released` again, so a
+//! `Released` lost with the link is not an error. Any other peer is told
+//! the disk is not exported (whether it exists to another site is not
+//! said).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -54,12 +58,15 @@ async fn refuse(send: &mut SendStream, msg: String) -> ServeError {
     ServeError::Refused(msg)
 }
 
-/// Checks the destination's end-of-copy digest against this disk.
+/// Checks the destination's end-of-copy digest against this disk, after
+/// checking that its written set leaves enough of the disk to check.
 fn verify(disk: &SourceDisk, digest: &[u8; 32], written: &[u8]) -> Result<(), String> {
     let written = PresenceBitmap::from_bytes(written, disk.geometry(), disk.path())
         .map_err(|e| format!("the destination's written-block set is unusable: {e}"))?;
-    let hashes = disk.block_hashes().map_err(|e| e.to_string())?;
-    let ours = wanmig_storage::verify::combine(disk.geometry(), &hashes, &written);
+    wanmig_storage::verify::check_coverage(disk.geometry(), &written).map_err(|e| e.to_string())?;
+    let ours = disk
+        .end_of_copy_digest(&written)
+        .map_err(|e| e.to_string())?;
     if &ours == digest {
         Ok(())
     } else {
@@ -69,6 +76,28 @@ fn verify(disk: &SourceDisk, digest: &[u8; 32], written: &[u8]) -> Result<(), St
             wanmig_storage::verify::hex(&ours)
         ))
     }
+}
+
+/// Why a stream's export is gone: withdrawn (its migration failed before
+/// the handover) or replaced by a newer export of the same name.
+fn withdrawn(name: &str) -> String {
+    format!("the export of disk '{name}' was withdrawn at the source (its migration did not complete, or a newer one replaced it); nothing was released")
+}
+
+/// The answer to a peer that asks for `name` when no export of it is for
+/// that peer (whether it is exported elsewhere is not said).
+fn not_exported(name: &str, peer: &str) -> String {
+    format!("no disk '{name}' is exported at this site to '{peer}'")
+}
+
+/// The export `name` if it is still export `id` (not withdrawn or
+/// replaced since the stream opened it).
+fn current<'a>(
+    exports: &'a mut HashMap<String, Export>,
+    name: &str,
+    id: u64,
+) -> Option<&'a mut Export> {
+    exports.get_mut(name).filter(|e| e.id == id)
 }
 
 /// Most block bytes read and encoded at once for one request.
@@ -97,23 +126,32 @@ fn serve_chunks(first_block: u64, count: u32, block_size: u32) -> impl Iterator<
 /// a check still running and then finds the disk released, instead of
 /// releasing (deleting) it a second time and failing a finished copy.
 /// `Ok` means the disk is released (now or before); `Err` says why not (the
-/// source copy is kept).
+/// source copy is kept). `id` is the export the stream opened: a `Done` for
+/// an export since withdrawn or replaced releases nothing.
 async fn confirm_and_release(
     exports: &Mutex<HashMap<String, Export>>,
     name: &str,
+    id: u64,
     peer: &str,
     disk: &Arc<SourceDisk>,
     digest: [u8; 32],
     written: Vec<u8>,
 ) -> Result<(), String> {
-    let Some(gate) = lock(exports).get(name).map(|e| Arc::clone(&e.release_gate)) else {
-        return Ok(());
+    let Some(gate) = lock(exports)
+        .get(name)
+        .filter(|e| e.id == id)
+        .map(|e| Arc::clone(&e.release_gate))
+    else {
+        return Err(withdrawn(name));
     };
     let _held = gate.lock().await;
-    let export = lock(exports).get(name).cloned();
-    let Some(export) = export.filter(|e| !e.released) else {
-        return Ok(());
+    let export = lock(exports).get(name).filter(|e| e.id == id).cloned();
+    let Some(export) = export else {
+        return Err(withdrawn(name));
     };
+    if export.released {
+        return Ok(());
+    }
     let d = Arc::clone(disk);
     let checked = tokio::task::spawn_blocking(move || verify(&d, &digest, &written))
         .await
@@ -144,16 +182,22 @@ async fn confirm_and_release(
     Ok(())
 }
 
-/// The export `name` once no release of it is under way: an `Open` that
-/// arrives while an earlier session's `Done` is being checked and released
-/// waits for the outcome, so it is answered `Released` rather than with an
-/// error about a source file deleted under it.
-async fn settled_export(exports: &Mutex<HashMap<String, Export>>, name: &str) -> Option<Export> {
+/// The export `name` to `peer` once no release of it is under way: an
+/// `Open` that arrives while an earlier session's `Done` is being checked
+/// and released waits for the outcome, so it is answered `Released` rather
+/// than with an error about a source file deleted under it. `None` when
+/// `name` is not exported to `peer`.
+async fn settled_export(
+    exports: &Mutex<HashMap<String, Export>>,
+    name: &str,
+    peer: &str,
+) -> Option<Export> {
     let gate = lock(exports)
         .get(name)
+        .filter(|e| e.to == peer)
         .map(|e| Arc::clone(&e.release_gate))?;
     let _held = gate.lock().await;
-    lock(exports).get(name).cloned()
+    lock(exports).get(name).filter(|e| e.to == peer).cloned()
 }
 
 async fn serve(
@@ -172,14 +216,17 @@ async fn serve(
     if let Frame::QuerySize { name, .. } = &open {
         let len = lock(&inner.exports)
             .get(name)
-            .filter(|e| !e.released)
+            .filter(|e| !e.released && e.to == peer)
             .map(|e| (e.disk_len, e.status.background));
-        // The mode was for this migration only: the next one of the same
-        // VM copies in the background unless asked otherwise again.
-        lock(&inner.deferred).remove(name);
         let answer = match len {
-            Some((len, background)) => Frame::Size { len, background },
-            None => Frame::Error(format!("no disk '{name}' is exported at this site")),
+            Some((len, background)) => {
+                // The mode was for this migration only: the next one of
+                // the same VM copies in the background unless asked
+                // otherwise again.
+                lock(&inner.deferred).remove(name);
+                Frame::Size { len, background }
+            }
+            None => Frame::Error(not_exported(name, peer)),
         };
         write(&mut send, &answer).await?;
         let _ = send.finish();
@@ -207,13 +254,9 @@ async fn serve(
         // On-demand answers overtake background data on the connection.
         let _ = send.set_priority(10);
     }
-    let export = settled_export(&inner.exports, &name).await;
+    let export = settled_export(&inner.exports, &name, peer).await;
     let Some(export) = export else {
-        return Err(refuse(
-            &mut send,
-            format!("no disk '{name}' is exported at this site"),
-        )
-        .await);
+        return Err(refuse(&mut send, not_exported(&name, peer)).await);
     };
     if export.released {
         // The destination did not hear our `Released`: say it again.
@@ -221,8 +264,8 @@ async fn serve(
         let _ = send.finish();
         return Ok(());
     }
-    if let Some(e) = lock(&inner.exports).get_mut(&name) {
-        e.status.to = Some(peer.to_string());
+    let id = export.id;
+    if let Some(e) = current(&mut lock(&inner.exports), &name, id) {
         e.started.get_or_insert_with(std::time::Instant::now);
     }
     let opened = if export.disk_len != disk_len {
@@ -230,6 +273,10 @@ async fn serve(
             "the destination expects {disk_len} bytes but the exported disk has {}",
             export.disk_len
         ))
+    } else if let Err(e) = wanmig_storage::Geometry::for_transfer(disk_len, block_size) {
+        // The destination picks the block size; the source's memory and
+        // the `Done` frame grow with the block count.
+        Err(e.to_string())
     } else {
         let path = export.path.clone();
         tokio::task::spawn_blocking(move || SourceDisk::open(&path, disk_len, block_size))
@@ -262,6 +309,9 @@ async fn serve(
         };
         match frame {
             Frame::Request { first_block, count } | Frame::RequestPlain { first_block, count } => {
+                if current(&mut lock(&inner.exports), &name, id).is_none() {
+                    return Err(refuse(&mut send, withdrawn(&name)).await);
+                }
                 let plain = matches!(frame, Frame::RequestPlain { .. });
                 let in_range = first_block
                     .checked_add(u64::from(count))
@@ -314,7 +364,7 @@ async fn serve(
                                 }
                             }
                             inner.metrics.served(bytes);
-                            if let Some(e) = lock(&inner.exports).get_mut(&name) {
+                            if let Some(e) = current(&mut lock(&inner.exports), &name, id) {
                                 e.status.wire_bytes += bytes;
                             }
                         }
@@ -326,14 +376,15 @@ async fn serve(
                 local_blocks,
                 total_blocks,
             } => {
-                if let Some(e) = lock(&inner.exports).get_mut(&name) {
+                if let Some(e) = current(&mut lock(&inner.exports), &name, id) {
                     e.status.local_blocks = local_blocks;
                     e.status.total_blocks = total_blocks;
                 }
             }
             Frame::Done { digest, written } => {
                 if let Err(msg) =
-                    confirm_and_release(&inner.exports, &name, peer, &disk, digest, written).await
+                    confirm_and_release(&inner.exports, &name, id, peer, &disk, digest, written)
+                        .await
                 {
                     return Err(refuse(&mut send, msg).await);
                 }
@@ -382,6 +433,8 @@ mod tests {
 
     fn export(path: &std::path::Path, len: u64) -> Export {
         Export {
+            id: 0,
+            to: "b".into(),
             path: path.to_owned(),
             disk_len: len,
             policy: ReleasePolicy::Delete,
@@ -422,15 +475,11 @@ mod tests {
         drop(f);
         let disk = Arc::new(SourceDisk::open(&path, len, 65536).unwrap());
         let written = PresenceBitmap::new(disk.geometry());
-        let digest = wanmig_storage::verify::combine(
-            disk.geometry(),
-            &disk.block_hashes().unwrap(),
-            &written,
-        );
+        let digest = disk.end_of_copy_digest(&written).unwrap();
         let exports = Mutex::new(HashMap::from([("vm".to_string(), export(&path, len))]));
         let (a, b) = tokio::join!(
-            confirm_and_release(&exports, "vm", "b", &disk, digest, written.to_bytes()),
-            confirm_and_release(&exports, "vm", "b", &disk, digest, written.to_bytes()),
+            confirm_and_release(&exports, "vm", 0, "b", &disk, digest, written.to_bytes()),
+            confirm_and_release(&exports, "vm", 0, "b", &disk, digest, written.to_bytes()),
         );
         assert_eq!(a, Ok(()));
         assert_eq!(b, Ok(()));
@@ -451,7 +500,7 @@ mod tests {
         let gate = Arc::clone(&lock(&exports)["vm"].release_gate);
         let releasing = gate.lock().await;
         let e2 = Arc::clone(&exports);
-        let open = tokio::spawn(async move { settled_export(&e2, "vm").await });
+        let open = tokio::spawn(async move { settled_export(&e2, "vm", "b").await });
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         lock(&exports).get_mut("vm").unwrap().released = true;
         drop(releasing);
@@ -460,7 +509,11 @@ mod tests {
             seen.released,
             "the Open saw the export before the release ended"
         );
-        assert!(settled_export(&exports, "other").await.is_none());
+        assert!(settled_export(&exports, "other", "b").await.is_none());
+        assert!(
+            settled_export(&exports, "vm", "c").await.is_none(),
+            "exported to b only"
+        );
     }
 
     #[tokio::test]
@@ -475,7 +528,7 @@ mod tests {
         let disk = Arc::new(SourceDisk::open(&path, len, 65536).unwrap());
         let written = PresenceBitmap::new(disk.geometry());
         let exports = Mutex::new(HashMap::from([("vm".to_string(), export(&path, len))]));
-        let err = confirm_and_release(&exports, "vm", "b", &disk, [7; 32], written.to_bytes())
+        let err = confirm_and_release(&exports, "vm", 0, "b", &disk, [7; 32], written.to_bytes())
             .await
             .unwrap_err();
         assert!(err.contains("wanmig storage migrate"), "{err}");

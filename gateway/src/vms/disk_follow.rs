@@ -1,6 +1,7 @@
 //! A VM's disk follows it between sites when storage is attached
-//! ([`DiskFollow::attach`]): the source exports the disk when the migration
-//! starts; the destination gives the arriving VM a disk that waits for the
+//! ([`DiskFollow::attach`]): the source exports the disk to the destination
+//! site when the migration starts, and withdraws it when the migration
+//! ends without a handover; the destination gives the arriving VM a disk that waits for the
 //! handover ([`PendingDisk`]), then imports the source's disk into its
 //! `[storage] dir` and puts the remote-backed copy behind the VM's
 //! virtio-block device while the background copy runs. The copy's state
@@ -96,8 +97,8 @@ impl DiskFollow {
     }
 
     /// Exports the disk of `name` (when it has one and storage is
-    /// attached) so the destination can import it.
-    pub fn export(&self, name: &str, config: &VmConfig) -> Result<(), HostError> {
+    /// attached) so the destination `to`, and only it, can import it.
+    pub fn export(&self, name: &str, config: &VmConfig, to: &str) -> Result<(), HostError> {
         let (Some(st), Some(disk)) = (self.attached(), &config.disk) else {
             return Ok(());
         };
@@ -108,8 +109,16 @@ impl DiskFollow {
             ))?
             .len();
         st.relay
-            .export(name, &disk.path, len, st.settings.release)
+            .export(name, &disk.path, len, st.settings.release, to)
             .map_err(HostError::disk_relay(name))
+    }
+
+    /// Withdraws the export of `name`'s disk to `to` (its migration ended
+    /// without a handover; the VM runs here on the disk).
+    pub fn withdraw(&self, name: &str, to: &str) {
+        if let Some(st) = self.attached() {
+            st.relay.withdraw(name, to);
+        }
     }
 
     /// Before `name` arrives from `from` with a disk: asks the source for

@@ -47,6 +47,18 @@ pub trait VmHosting: Send + Sync + 'static {
     /// whether it runs there.
     fn settle_handover(&self, name: &str, to: &str, running_there: bool);
 
+    /// Source side, as a migration of `name` to `to` starts (before the
+    /// destination hears of it): lets `to`, and no other site, fetch the
+    /// VM's disk, when this host moves disks and the VM has one.
+    fn export_disk(&self, _name: &str, _to: &str) -> Result<(), HostError> {
+        Ok(())
+    }
+
+    /// Source side, after a migration of `name` to `to` ended without a
+    /// handover: withdraws the export of its disk (the VM runs here on
+    /// it, so no site may copy it, nor have it released).
+    fn withdraw_disk(&self, _name: &str, _to: &str) {}
+
     /// Source side, before a migration of `name`: whether the destination
     /// should copy the disk in the background right after the compute move
     /// (`true`, the default) or leave it at this site and read on demand

@@ -218,13 +218,25 @@ impl VmHosting for VmHost {
     }
 
     fn config(&self, name: &str) -> Result<VmConfig, HostError> {
-        let config = self
-            .vms
-            .migratable(name, |e| ensure_disk_settled(name, e))?;
-        // The relay asks for the config before it opens the migration; the
-        // disk is exported now so the destination can ask for its size.
-        self.disks.export(name, &config)?;
-        Ok(config)
+        self.vms.migratable(name, |e| ensure_disk_settled(name, e))
+    }
+
+    fn export_disk(&self, name: &str, to: &str) -> Result<(), HostError> {
+        // The relay exports before it opens the migration, so the
+        // destination can ask for the disk's size.
+        let config = self.config(name)?;
+        self.disks.export(name, &config, to)
+    }
+
+    fn withdraw_disk(&self, name: &str, to: &str) {
+        // Only while the VM is here (running, or failed here): once it
+        // left, its export is the copy that follows it.
+        if matches!(
+            self.vms.state(name),
+            Some(VmState::Running | VmState::Failed { .. })
+        ) {
+            self.disks.withdraw(name, to);
+        }
     }
 
     fn migrate_out(
@@ -312,6 +324,9 @@ impl VmHosting for VmHost {
 
     fn settle_handover(&self, name: &str, to: &str, running_there: bool) {
         self.vms.settle(name, to, running_there);
+        if !running_there {
+            self.withdraw_disk(name, to);
+        }
         // The relay settles from an async task; freeing and digesting a
         // large memory must not stall the runtime's other tasks.
         match tokio::runtime::Handle::try_current() {

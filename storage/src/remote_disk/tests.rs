@@ -323,8 +323,7 @@ fn verification_digest_matches_the_source_except_guest_writes() {
     let (digest, written) = disk.verification_digest().unwrap();
     assert_eq!(written.present_count(), 2);
     assert_eq!(disk.written_blocks(), 2);
-    let expect =
-        crate::verify::combine(source.geometry(), &source.block_hashes().unwrap(), &written);
+    let expect = source.end_of_copy_digest(&written).unwrap();
     assert_eq!(digest, expect);
 
     // Reopened (a restart), the written set is still known.
@@ -355,12 +354,7 @@ fn source_file(dir: &tempfile::TempDir, blocks: u64) -> crate::SourceDisk {
 
 /// What the source's check ([`crate::verify`]) says about a `Done` record.
 fn source_accepts(source: &crate::SourceDisk, done: &DoneRecord) -> bool {
-    let ours = crate::verify::combine(
-        source.geometry(),
-        &source.block_hashes().unwrap(),
-        &done.written,
-    );
-    ours == done.digest
+    source.end_of_copy_digest(&done.written).unwrap() == done.digest
 }
 
 /// The destination confirmed its complete copy (`Done`), the guest wrote a

@@ -64,7 +64,7 @@ async fn a_crash_between_done_and_released_after_a_guest_write_still_verifies() 
     let (src, dst) = (dir.path().join("src.img"), dir.path().join("dst.img"));
     let original = source_image();
     std::fs::write(&src, &original).unwrap();
-    a.export("vm9.img", &src, DISK, ReleasePolicy::Keep)
+    a.export("vm9.img", &src, DISK, ReleasePolicy::Keep, "site-b")
         .unwrap();
     let config = RemoteDiskConfig::default();
 
