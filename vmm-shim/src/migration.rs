@@ -417,12 +417,18 @@ fn unexpected(expected: &'static str, got: &Message) -> MigrationError {
 pub struct ReceiveOptions {
     /// Longest silence from the source before giving up.
     pub idle_timeout: Duration,
+    /// Longest wait for the `Handover` after confirming complete state;
+    /// `None`: until the stream closes. A gateway that holds a confirmed VM
+    /// parked while a lost link is settled asks for `None`, so the VM is
+    /// never dropped on a timeout (closing the stream still discards it).
+    pub handover_timeout: Option<Duration>,
 }
 
 impl Default for ReceiveOptions {
     fn default() -> Self {
         ReceiveOptions {
             idle_timeout: Duration::from_secs(60),
+            handover_timeout: Some(Duration::from_secs(60)),
         }
     }
 }
@@ -468,7 +474,7 @@ pub fn receive_from_with_disk<S: MigrationStream>(
         scratch: Vec::new(),
         bytes: 0,
     };
-    let result = run_destination(&mut rx, config, serial, disk);
+    let result = run_destination(&mut rx, config, serial, disk, opts);
     if let Err(e) = &result {
         // Tell the source why, unless the stream itself failed; a protocol
         // error (a version this shim refuses, say) is told too.
@@ -490,6 +496,7 @@ fn run_destination<S: MigrationStream>(
     config: VmConfig,
     serial: SerialSink,
     disk: Option<crate::vm::DiskBackend>,
+    opts: &ReceiveOptions,
 ) -> Result<(Vm, IncomingReport), MigrationError> {
     let started = Instant::now();
     // The decoder has checked the hello's version (an unsupported one is
@@ -553,6 +560,9 @@ fn run_destination<S: MigrationStream>(
                 }
                 vm.restore_state(state)?;
                 rx.send(&Message::Confirmed { digest: ours })?;
+                rx.stream
+                    .set_timeouts(opts.handover_timeout, Some(opts.idle_timeout))
+                    .map_err(StreamError::from)?;
                 // The source's digest (unless it came already), then the
                 // handover. The source hands over only on equal digests;
                 // this side aborts if the source's digest differs. (A
