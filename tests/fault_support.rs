@@ -28,10 +28,11 @@ pub const VM: &str = "vm1";
 /// RTT of the emulated link in the fault tests.
 pub const RTT: Duration = Duration::from_millis(60);
 
-/// How long the destination holds a confirmed VM paused when the link
-/// failed (`[migration] handover_wait`): longer than the 10 s cut plus the
-/// idle timeout, so a link back after 10 s settles the migration, short
-/// enough that a case with a permanent cut sees the destination give up.
+/// How long a migration whose link failed after the destination confirmed
+/// may stay unsettled before the gateways flag it for an operator
+/// (`[migration] handover_wait`; the destination keeps the VM parked after
+/// that too): longer than the 10 s cut plus the idle timeout, so the
+/// 10 s cases settle without being flagged.
 pub const HANDOVER_WAIT: Duration = Duration::from_secs(16);
 
 /// Two sites over an emulated link of `rate` bits/s and [`RTT`], plus
@@ -39,17 +40,30 @@ pub const HANDOVER_WAIT: Duration = Duration::from_secs(16);
 /// flight while the test cuts the link). The transport is the lab's: a 3 s
 /// QUIC idle timeout (the gateway default is 5 s), 500 ms keep-alives.
 pub async fn two_sites(rate: u64, slow_a_to_b: Duration, slow_b_to_a: Duration) -> Mesh {
+    sites(2, rate, slow_a_to_b, slow_b_to_a, HANDOVER_WAIT).await
+}
+
+/// [`two_sites`] with `n` sites (every pair linked alike: `slow_a_to_b`
+/// delays each link's forward direction, from the earlier site of the
+/// pair) and the given `handover_wait`.
+pub async fn sites(
+    n: usize,
+    rate: u64,
+    slow_a_to_b: Duration,
+    slow_b_to_a: Duration,
+    handover_wait: Duration,
+) -> Mesh {
     init_logging();
     let base = LinkParams::wan(RTT, rate);
-    let mesh = MeshBuilder::new(2)
+    let mesh = MeshBuilder::new(n)
         .link(Link {
             forward: base.clone().with_delay(RTT / 2 + slow_a_to_b),
             reverse: base.with_delay(RTT / 2 + slow_b_to_a),
         })
         .hints((rate / 1_000_000) as f64, RTT)
         .extra_config(&format!(
-            "[migration]\nhandover_wait = \"{}s\"\n",
-            HANDOVER_WAIT.as_secs()
+            "[migration]\nhandover_wait = \"{}ms\"\n",
+            handover_wait.as_millis()
         ))
         .start()
         .await
@@ -203,6 +217,32 @@ pub async fn b_discarded(mesh: &Mesh, id: &str) {
         assert!(inc.error.is_some(), "{inc:?}");
     }
     assert_eq!(b.vm_host().state(VM), None, "B holds no copy");
+}
+
+/// With the link down for good: B discards a copy it had not confirmed on
+/// its own; one it had confirmed it holds parked (paused, never running)
+/// until an operator there discards it (`wanmig migration settle --discard`,
+/// through the control API), which then leaves nothing of the VM at B.
+pub async fn b_discarded_or_settled_by_operator(mesh: &Mesh, id: &str) {
+    let b = mesh.gw("site-b");
+    poll("B to discard or park its copy", WAIT, || {
+        record(b, id, Direction::Incoming).is_none_or(|r| r.finished() || r.parked)
+    })
+    .await;
+    if record(b, id, Direction::Incoming).is_some_and(|r| r.parked) {
+        assert!(
+            matches!(b.vm_host().state(VM), Some(VmState::Incoming { .. })),
+            "a parked copy is held paused: {:?}",
+            b.vm_host().state(VM)
+        );
+        let settled = mesh
+            .control("site-b")
+            .settle_migration(id, wanmig_gateway::migration::Decision::Discard)
+            .await
+            .expect("the operator settles the parked copy");
+        assert!(!settled.parked, "{settled:?}");
+    }
+    b_discarded(mesh, id).await;
 }
 
 /// After the link came back: A's record settles (B discarded its copy,

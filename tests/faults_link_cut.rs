@@ -9,7 +9,8 @@
 //! out (the migration completes); a longer one fails the migration before
 //! the handover (the VM runs on at the source, intact, and the record says
 //! why; once the link is back the VM moves) or is settled after it (the VM
-//! runs at the destination only; the source never resumes it). Every case
+//! runs at the destination only; the source never resumes it; a copy the
+//! destination confirmed stays parked until settled). Every case
 //! checks the guest's memory-workload digests against an unmigrated run.
 
 #[path = "fault_support.rs"]
@@ -167,9 +168,10 @@ async fn link_cut(name: &str, at: At, cut: Cut) {
         }
         (_, Cut::Permanent) => {
             kept_at_a(&mesh, &config, &id).await;
-            // B gives up its copy on its own (its idle timeout, or
-            // `handover_wait` for a copy it had confirmed).
-            b_discarded(&mesh, &id).await;
+            // B gives up a copy it had not confirmed on its own (its idle
+            // timeout); one it had confirmed stays parked until A says, or
+            // here, with A out of reach for good, an operator at B.
+            b_discarded_or_settled_by_operator(&mesh, &id).await;
             assert_eq!(a.vm_host().state(VM), Some(VmState::Running));
             assert!(keeps_running(a.vm_host(), VM).await);
         }

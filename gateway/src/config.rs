@@ -248,8 +248,9 @@ pub struct MigrationSettings {
     /// Longest wait for the destination to accept a migration.
     pub open_timeout: Duration,
     /// How long a migration whose link failed after the destination
-    /// confirmed it stays unsettled: the destination holds the VM paused
-    /// and the source keeps asking until then.
+    /// confirmed it may stay unsettled before the gateways flag it for an
+    /// operator. The destination holds the VM parked and the source keeps
+    /// asking after that too, until it is settled (`docs/runbook.md`).
     pub handover_wait: Duration,
     /// The page codec's settings.
     pub encoder: wanmig_codec::EncoderConfig,

@@ -168,6 +168,21 @@ impl ControlClient {
         self.send(req).await
     }
 
+    /// `POST /v1/migrations/{id}/settle`: resumes or discards the VM this
+    /// gateway holds parked for migration `id`.
+    pub async fn settle_migration(
+        &self,
+        id: &str,
+        decision: crate::migration::Decision,
+    ) -> Result<crate::migration::MigrationRecord, ClientError> {
+        let req = self
+            .http
+            .post(format!("http://{}/v1/migrations/{id}/settle", self.addr))
+            .json(&crate::migration::api::SettleBody { decision })
+            .timeout(Duration::from_secs(60));
+        self.send(req).await
+    }
+
     /// `POST /v1/migrations?no_storage=true`: starts a migration that moves
     /// compute only (the disk stays at this site, read on demand).
     pub async fn migrate_compute_only(

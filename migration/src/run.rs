@@ -80,12 +80,18 @@ pub struct MigrationReport {
 pub struct ReceiveOptions {
     /// Longest silence from the source before giving up.
     pub idle_timeout: Duration,
+    /// Longest wait for the `Handover` after confirming complete state;
+    /// `None`: until the stream closes. A gateway that holds a confirmed VM
+    /// parked while a lost link is settled asks for `None`, so the VM is
+    /// never dropped on a timeout (closing the stream still discards it).
+    pub handover_timeout: Option<Duration>,
 }
 
 impl Default for ReceiveOptions {
     fn default() -> Self {
         ReceiveOptions {
             idle_timeout: Duration::from_secs(60),
+            handover_timeout: Some(Duration::from_secs(60)),
         }
     }
 }

@@ -377,7 +377,7 @@ pub fn receive_from_with_disk<S: MigrationStream>(
         scratch: Vec::new(),
         bytes: 0,
     };
-    let result = run_destination(&mut rx, config, serial, disk);
+    let result = run_destination(&mut rx, config, serial, disk, opts);
     if let Err(e) = &result {
         // Tell the source why, unless the stream itself failed; a protocol
         // error (a version this shim refuses, say) is told too.
@@ -399,6 +399,7 @@ fn run_destination<S: MigrationStream>(
     config: VmConfig,
     serial: SerialSink,
     disk: Option<crate::vm::DiskBackend>,
+    opts: &ReceiveOptions,
 ) -> Result<(Vm, IncomingReport), MigrationError> {
     let started = Instant::now();
     // The decoder has checked the hello's version (an unsupported one is
@@ -462,6 +463,9 @@ fn run_destination<S: MigrationStream>(
                 }
                 vm.restore_state(state)?;
                 rx.send(&Message::Confirmed { digest: ours })?;
+                rx.stream
+                    .set_timeouts(opts.handover_timeout, Some(opts.idle_timeout))
+                    .map_err(StreamError::from)?;
                 // The source's digest (unless it came already), then the
                 // handover. The source hands over only on equal digests;
                 // this side aborts if the source's digest differs. (A

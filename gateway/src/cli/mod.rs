@@ -10,6 +10,7 @@ mod demo_cmd;
 mod disk_copy;
 mod gateway_cmd;
 mod migrate_cmd;
+mod migration_cmd;
 mod probe_cmd;
 mod site_tables;
 mod status_cmd;
@@ -54,6 +55,8 @@ pub enum Command {
     Probe(probe_cmd::ProbeArgs),
     /// Live-migrate a VM from this site to another, with a progress display.
     Migrate(migrate_cmd::MigrateArgs),
+    /// Settle a migration this site holds parked after a lost link.
+    Migration(migration_cmd::MigrationArgs),
     /// Place VMs at this site and list them.
     Vm(vm_cmd::VmArgs),
     /// Copy a migrated VM's disk to where it runs now; list disk copies.
@@ -89,6 +92,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(a) => status_cmd::run(a).await,
         Command::Probe(a) => probe_cmd::run(a).await,
         Command::Migrate(a) => migrate_cmd::run(a).await,
+        Command::Migration(a) => migration_cmd::run(a).await,
         Command::Vm(a) => vm_cmd::run(a).await,
         Command::Storage(a) => storage_cmd::run(a).await,
         Command::Netem(a) => wanmig_netem::cli::run(*a).await.map_err(Into::into),

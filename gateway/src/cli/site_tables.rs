@@ -70,9 +70,11 @@ pub fn render_migrations(list: &[MigrationRecord]) -> String {
                 .ok()
                 .and_then(|v| v.as_str().map(String::from))
                 .unwrap_or_default(),
-            r.outcome
-                .map(|o| o.label().to_string())
-                .unwrap_or_else(|| "in flight".into()),
+            match r.outcome {
+                Some(o) => o.label().to_string(),
+                None if r.parked => "parked".into(),
+                None => "in flight".into(),
+            },
             if r.progress.bytes_out > 0 {
                 format_size(r.progress.bytes_out)
             } else {

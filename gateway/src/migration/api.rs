@@ -1,6 +1,7 @@
 //! The control-API routes of VMs, migrations and their storage copies
 //! (mounted behind the bearer token by [`crate::control::migration_router`]):
 //! `GET/POST /v1/vms`, `GET/POST /v1/migrations`, `GET /v1/migrations/{id}`,
+//! `POST /v1/migrations/{id}/settle`,
 //! `GET /v1/storage`, `GET /v1/storage/{vm}`, `POST /v1/storage/{vm}/migrate`.
 
 use axum::extract::{Path, Query, State};
@@ -11,7 +12,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use wanmig_migration::machine::VmConfig;
 
-use super::{MigrateRequest, MigrationRecord, MigrationService, StartError};
+use super::{Decision, MigrateRequest, MigrationRecord, MigrationService, SettleError, StartError};
 use crate::api_error::respond as error;
 use crate::peering::PeeringError;
 use crate::vms::{DiskState, HostError, VmInfo};
@@ -72,6 +73,13 @@ pub struct StorageList {
     pub disks: Vec<(String, DiskState)>,
     /// Disks this site exports (VMs that left with their disk).
     pub exports: Vec<crate::storage_relay::ExportStatus>,
+}
+
+/// `POST /v1/migrations/{id}/settle` body: what to do with the VM this
+/// site holds parked. The answer is the incoming migration's record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SettleBody {
+    pub decision: Decision,
 }
 
 /// `POST /v1/migrations` answer.
@@ -146,6 +154,18 @@ async fn get_migration(State(m): State<MigrationService>, Path(id): Path<String>
             StatusCode::NOT_FOUND,
             format!("no migration '{id}' at this gateway (see `wanmig status`)"),
         ),
+    }
+}
+
+async fn settle_migration(
+    State(m): State<MigrationService>,
+    Path(id): Path<String>,
+    Json(body): Json<SettleBody>,
+) -> Response {
+    match m.settle(&id, body.decision).await {
+        Ok(r) => Json(r).into_response(),
+        Err(e @ SettleError::NotParked(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
+        Err(e) => error(StatusCode::CONFLICT, e.to_string()),
     }
 }
 
@@ -245,6 +265,10 @@ pub fn routes(m: MigrationService) -> Router {
         .route("/v1/vms", get(list_vms).post(start_vm))
         .route("/v1/migrations", get(list_migrations).post(start_migration))
         .route("/v1/migrations/{id}", get(get_migration))
+        .route(
+            "/v1/migrations/{id}/settle",
+            axum::routing::post(settle_migration),
+        )
         .route("/v1/storage", get(list_storage))
         .route("/v1/storage/{vm}", get(get_storage))
         .route(

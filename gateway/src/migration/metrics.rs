@@ -20,6 +20,8 @@ pub struct MigrationMetrics {
     pub store_bytes: IntGauge,
     pub store_hit_rate: Gauge,
     pub codec_level: IntGauge,
+    /// Incoming migrations held parked (confirmed, paused) until settled.
+    pub parked: IntGauge,
 }
 
 impl MigrationMetrics {
@@ -72,6 +74,11 @@ impl MigrationMetrics {
             "wanmig_migration_codec_level",
             "Compression level the adaptive controller set for the latest outgoing migration batch (zstd level; -8 is LZ4)",
         )?;
+        let parked = IntGauge::new(
+            "wanmig_migration_parked",
+            "Incoming VMs held paused after a lost link until the source or an operator settles them (`wanmig migration settle`)",
+        )?;
+        registry.register(Box::new(parked.clone()))?;
         registry.register(Box::new(codec_level.clone()))?;
         registry.register(Box::new(outcomes.clone()))?;
         registry.register(Box::new(rounds.clone()))?;
@@ -91,6 +98,7 @@ impl MigrationMetrics {
             store_bytes,
             store_hit_rate,
             codec_level,
+            parked,
         })
     }
 

@@ -3,8 +3,9 @@
 //! session ([`relay`], around the sans-IO cores and frames of
 //! `wanmig_migration::session`, taking its decisions from
 //! `wanmig_migration::policy`), the site's page stores ([`stores`]), the
-//! record of migrations ([`records`]) and the `wanmig_migration_*` metrics
-//! ([`metrics`]).
+//! record of migrations ([`records`]), who owns a VM after a late link
+//! failure and who may settle a parked one ([`settle`], sans-IO) and the
+//! `wanmig_migration_*` metrics ([`metrics`]).
 //!
 //! [`MigrationService`] ties them together: it serves incoming migration
 //! streams from peers and starts outgoing ones.
@@ -13,6 +14,7 @@ pub mod api;
 pub mod metrics;
 pub mod records;
 pub mod relay;
+pub mod settle;
 pub mod stores;
 
 use std::sync::Arc;
@@ -27,6 +29,7 @@ use crate::peering::{Peering, PeeringError, StreamKind};
 use crate::vms::{HostError, VmHosting};
 pub use records::{Direction, MigrationRecord, Outcome, Records};
 use relay::RelayContext;
+pub use settle::{Decision, SettleError};
 use stores::SiteStores;
 pub use wanmig_migration::session::{Phase, Progress};
 
@@ -179,6 +182,23 @@ impl MigrationService {
             bandwidth_bps,
         ));
         Ok((id, task))
+    }
+
+    /// Settles a migration this site holds parked (the operator's
+    /// `wanmig migration settle`): resumes or discards the VM held here
+    /// and returns the incoming record as it ends.
+    pub async fn settle(
+        &self,
+        id: &str,
+        decision: Decision,
+    ) -> Result<MigrationRecord, SettleError> {
+        relay::settle_by_operator(&self.ctx, id, decision).await?;
+        self.ctx
+            .records
+            .all()
+            .into_iter()
+            .find(|r| r.id == id && r.direction == Direction::Incoming)
+            .ok_or_else(|| SettleError::NotParked(id.to_string()))
     }
 
     /// Migrates and waits for the end; returns the final record.

@@ -73,6 +73,10 @@ pub struct MigrationRecord {
     pub memory_digest: Option<String>,
     /// How a migration whose link failed late was (or is being) settled.
     pub resolution: Option<String>,
+    /// Incoming: the VM is held here, paused, until the source or an
+    /// operator settles it (`wanmig migration settle`).
+    #[serde(default)]
+    pub parked: bool,
     /// How the source shim's pre-copy converged ("normal", "auto-converge",
     /// "smart-stop" or "round-limit"; outgoing, when it finished).
     #[serde(default)]
@@ -148,7 +152,6 @@ pub struct Records {
 
 #[derive(Default)]
 struct RecordsInner {
-    next: u64,
     slots: VecDeque<Slot>,
 }
 
@@ -157,15 +160,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Records {
-    /// A fresh id for an outgoing migration from `site`.
+    /// A fresh id for an outgoing migration from `site`: 128 random bits
+    /// from the thread's CSPRNG, so another site cannot guess the id of a
+    /// migration it did not take part in (the destination checks who
+    /// settles a migration anyway; see [`super::settle`]).
     pub fn next_id(&self, site: &str) -> String {
-        let mut g = lock(&self.inner);
-        g.next += 1;
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0);
-        format!("{site}-{nanos:x}-{}", g.next)
+        format!("{site}-{:032x}", rand::random::<u128>())
     }
 
     /// Adds an in-flight migration.
@@ -192,6 +192,7 @@ impl Records {
                 rounds: 0,
                 memory_digest: None,
                 resolution: None,
+                parked: false,
                 convergence: None,
                 stop_reason: None,
                 max_throttle: None,
@@ -253,6 +254,9 @@ mod tests {
         let r = Records::default();
         let id = r.next_id("site-a");
         assert_ne!(id, r.next_id("site-a"));
+        let random = id.strip_prefix("site-a-").unwrap();
+        assert_eq!(random.len(), 32, "{id}");
+        assert!(u128::from_str_radix(random, 16).is_ok(), "{id}");
         r.insert(&id, "web", "site-a", "site-b", Direction::Outgoing);
         r.update(&id, Direction::Outgoing, |m| m.phase = Phase::Copying);
         r.update(&id, Direction::Incoming, |m| m.phase = Phase::Aborted);

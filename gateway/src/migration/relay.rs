@@ -4,12 +4,15 @@
 //! a [`SourceSession`]; the destination side does the reverse through a
 //! [`DestSession`] and [`VmHosting::receive`].
 //!
-//! Exactly-one-place rests on the shims' protocol and on one rule here: when
-//! the QUIC stream fails (the peering's idle timeout declares a cut link
-//! dead), the relay drops its end of the unix stream at once, so the shim
-//! sees the stream close: before the handover the source resumes the VM and
-//! the destination discards its copy; after it the destination runs the VM
-//! and the source never does again.
+//! Exactly-one-place rests on the shims' protocol and on two rules here.
+//! When the QUIC stream fails (the peering's idle timeout declares a cut
+//! link dead) before the destination confirmed, the relay drops its end of
+//! the unix stream at once, so the shim sees the stream close: the source
+//! resumes the VM and the destination discards its copy. When it fails
+//! after the destination confirmed, the destination parks its copy (paused,
+//! never dropped on a timeout) and the source asks it, with backoff, until
+//! it answers; [`super::settle`] has who owns the VM in each case and who
+//! may settle a parked one.
 
 use std::collections::HashMap;
 use std::os::unix::net::UnixStream as StdUnixStream;
@@ -35,7 +38,9 @@ use wanmig_migration::session::{
 use wanmig_migration::shim::{self, Message};
 
 use super::records::{Direction, Outcome, Records};
+use super::settle::{self, Answer, Decision, Known, RecordState, SettleError, Settler};
 use super::stores::SiteStores;
+use crate::backoff::Backoff;
 use crate::peering::{IncomingStream, Peering, StreamKind};
 use crate::vms::{HostError, VmHosting};
 
@@ -73,6 +78,8 @@ pub enum RelayError {
     Host(#[from] HostError),
     #[error("the peer closed the migration stream before it finished")]
     PeerClosed,
+    #[error(transparent)]
+    Settle(#[from] SettleError),
 }
 
 /// What the relay tasks share.
@@ -83,8 +90,9 @@ pub struct RelayContext {
     pub records: Records,
     pub encoder: EncoderConfig,
     pub open_timeout: Duration,
-    /// How long either side waits to settle a migration whose link failed
-    /// after the destination confirmed it (see [`Parked`]).
+    /// How long a migration whose link failed after the destination
+    /// confirmed it may stay unsettled before the gateways flag it for an
+    /// operator (see [`Parked`]); it stays parked after that.
     pub handover_wait: Duration,
     pub metrics: Option<Arc<super::metrics::MigrationMetrics>>,
     /// Incoming migrations whose link failed after the destination shim
@@ -95,9 +103,49 @@ pub struct RelayContext {
 /// A destination VM held paused (confirmed, not resumed) after its link
 /// failed: only the source knows whether its shim handed the VM over, so
 /// the destination neither runs nor discards it until the source says
-/// (`Resolve`) or `handover_wait` passes.
+/// (`Resolve`) or an operator settles it here.
 pub struct Parked {
-    decide: oneshot::Sender<(bool, oneshot::Sender<Resolution>)>,
+    /// The site that sent the migration (the mTLS identity of its stream):
+    /// the only peer that may settle it.
+    from: String,
+    decide: oneshot::Sender<(Decision, oneshot::Sender<Resolution>)>,
+}
+
+/// Takes parked migration `id` out of the table if `settler` may settle it.
+fn take_parked(
+    ctx: &RelayContext,
+    id: &str,
+    settler: Settler<'_>,
+) -> Result<Option<Parked>, SettleError> {
+    let mut parked = lock(&ctx.parked);
+    let Some(p) = parked.get(id) else {
+        return Ok(None);
+    };
+    settle::authorize(id, &p.from, settler)?;
+    Ok(parked.remove(id))
+}
+
+/// Hands `decision` to the relay task holding `p`; returns what became of
+/// the VM (`None` if that task is gone).
+async fn decide(p: Parked, decision: Decision) -> Option<Resolution> {
+    let (tx, rx) = oneshot::channel();
+    p.decide.send((decision, tx)).ok()?;
+    rx.await.ok()
+}
+
+/// The operator's settlement of parked migration `id` (`wanmig migration
+/// settle`): resumes or discards the VM held here.
+pub async fn settle_by_operator(
+    ctx: &RelayContext,
+    id: &str,
+    decision: Decision,
+) -> Result<Resolution, SettleError> {
+    let p = take_parked(ctx, id, Settler::Operator)?
+        .ok_or_else(|| SettleError::NotParked(id.to_string()))?;
+    tracing::warn!(id, ?decision, "an operator settles the parked migration");
+    decide(p, decision)
+        .await
+        .ok_or_else(|| SettleError::NotParked(id.to_string()))
 }
 
 /// Writes frames to the QUIC stream.
@@ -528,6 +576,10 @@ async fn source_inner(
     Ok(result?)
 }
 
+/// First and longest pause between a source's `Resolve` attempts.
+const RESOLVE_RETRY_FIRST: Duration = Duration::from_millis(250);
+const RESOLVE_RETRY_MAX: Duration = Duration::from_secs(5);
+
 const HANDED_OVER_UNSETTLED: &str = "the VM was handed over but the link failed before the destination said it runs; asking it again when the link returns";
 
 fn pending_resolve(ctx: &RelayContext, id: &str, handed_over: bool) {
@@ -541,8 +593,10 @@ fn pending_resolve(ctx: &RelayContext, id: &str, handed_over: bool) {
     });
 }
 
-/// Settles a migration whose link failed late (see [`Parked`]): retries
-/// until the destination answers or `handover_wait` passes.
+/// Settles a migration whose link failed late (see [`Parked`]): asks the
+/// destination, with backoff, until it answers. Past `handover_wait` the
+/// record says an operator may settle it at the destination; the asking
+/// goes on.
 pub async fn resolve(
     ctx: Arc<RelayContext>,
     id: String,
@@ -550,35 +604,44 @@ pub async fn resolve(
     to: String,
     handed_over: bool,
 ) {
-    let deadline = tokio::time::Instant::now() + ctx.handover_wait;
+    let started = tokio::time::Instant::now();
+    let mut backoff = Backoff::new(RESOLVE_RETRY_FIRST, RESOLVE_RETRY_MAX);
+    let mut flagged = false;
     let answer = loop {
         match ask_resolution(&ctx, &id, &vm, &to, handed_over).await {
-            Ok(r) => break Some(r),
+            Ok(r) => break r,
             Err(e) => tracing::debug!(id, "settling the migration with {to}: {e}"),
         }
-        if tokio::time::Instant::now() >= deadline {
-            break None;
+        if !flagged && started.elapsed() >= ctx.handover_wait {
+            flagged = true;
+            let note = format!(
+                "{to} has not answered for {:?}; still asking it, and will until the link returns. \
+                 An operator at {to} can settle it with `wanmig migration settle {id}` (see docs/runbook.md)",
+                ctx.handover_wait
+            );
+            tracing::warn!(id, vm, "{note}");
+            ctx.records
+                .update(&id, Direction::Outgoing, |r| r.resolution = Some(note));
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        let pause = backoff.next_delay(&mut rand::rng());
+        tokio::time::sleep(pause).await;
     };
     let note = match (handed_over, answer) {
-        (true, Some(Resolution::Running)) => {
+        (true, Resolution::Running) => {
             ctx.host.settle_handover(&vm, &to, true);
             ctx.records.update(&id, Direction::Outgoing, |r| {
                 r.outcome = Some(Outcome::Succeeded);
             });
             format!("{to} confirmed that the VM runs there after the link returned")
         }
-        (true, Some(Resolution::Discarded)) => {
+        (true, _) => {
             ctx.host.settle_handover(&vm, &to, false);
-            format!("{to} discarded the VM after this site handed it over: it runs nowhere; start it again")
+            format!("{to} discarded the VM after this site handed it over (an operator there decided so): it runs nowhere; start it again")
         }
-        (false, Some(_)) => format!("{to} discarded its copy; the VM runs here"),
-        // (`ask_resolution` turns an unknown answer into an error.)
-        (_, None | Some(Resolution::Unknown(_))) => format!(
-            "{to} did not answer within {:?}; check it with `wanmig status` there",
-            ctx.handover_wait
+        (false, Resolution::Running) => format!(
+            "{to} runs the VM although this site kept it (an operator there resumed it): stop one copy now"
         ),
+        (false, _) => format!("{to} discarded its copy; the VM runs here"),
     };
     tracing::info!(id, vm, "migration settled: {note}");
     ctx.records
@@ -673,15 +736,24 @@ async fn handle_stream(ctx: Arc<RelayContext>, s: IncomingStream) -> Result<(), 
         ..
     } = first
     {
-        let r = settle_incoming(&ctx, &peer, &id, vm.as_deref(), handed_over).await;
-        send_frames(&mut send, &[Frame::Resolved(r)]).await?;
-        let _ = send.finish();
-        return Ok(());
+        return match settle_incoming(&ctx, &peer, &id, vm.as_deref(), handed_over).await {
+            Ok(r) => {
+                send_frames(&mut send, &[Frame::Resolved(r)]).await?;
+                let _ = send.finish();
+                Ok(())
+            }
+            Err(e) => {
+                let _ = refuse(&mut send, e.to_string()).await;
+                Err(e.into())
+            }
+        };
     }
     run_destination(ctx, peer, send, recv, dec, buf, first).await
 }
 
-/// Answers a source's `Resolve` for migration `id`. The source may ask
+/// Answers a source's `Resolve` for migration `id`, or refuses it (the
+/// asking site did not send that migration; or it is still in flight here
+/// after `handover_wait`, and the source asks again). The source may ask
 /// before this side noticed the old link died; then the migration is still
 /// in flight here, and the answer waits until it parks or ends. A
 /// migration this side has no record of (its gateway restarted since) is
@@ -693,30 +765,42 @@ async fn settle_incoming(
     id: &str,
     vm: Option<&str>,
     handed_over: bool,
-) -> Resolution {
-    let deadline = tokio::time::Instant::now() + ctx.handover_wait;
+) -> Result<Resolution, SettleError> {
+    let started = tokio::time::Instant::now();
     loop {
-        let parked = lock(&ctx.parked).remove(id);
-        if let Some(p) = parked {
-            let (tx, rx) = oneshot::channel();
-            if p.decide.send((handed_over, tx)).is_ok() {
-                if let Ok(r) = rx.await {
-                    return r;
-                }
+        if let Some(p) = take_parked(ctx, id, Settler::Peer(peer))? {
+            if let Some(r) = decide(p, Decision::from_handed_over(handed_over)).await {
+                return Ok(r);
             }
         }
         let record = ctx
             .records
             .all()
             .into_iter()
-            .find(|r| r.id == id && r.direction == Direction::Incoming && r.from == peer);
-        match record {
-            Some(r) if r.outcome == Some(Outcome::Succeeded) => return Resolution::Running,
-            Some(r) if r.finished() => return Resolution::Discarded,
-            None if handed_over => return unrecorded_resolution(ctx.host.as_ref(), vm),
-            None => return Resolution::Discarded,
-            Some(_) if tokio::time::Instant::now() >= deadline => return Resolution::Discarded,
-            Some(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            .find(|r| r.id == id && r.direction == Direction::Incoming);
+        let known = match &record {
+            None => Known::Unrecorded,
+            Some(r) => Known::Record {
+                from: &r.from,
+                state: match r.outcome {
+                    None => RecordState::InFlight,
+                    Some(Outcome::Succeeded) => RecordState::Succeeded,
+                    Some(_) => RecordState::Ended,
+                },
+            },
+        };
+        match settle::answer(
+            id,
+            peer,
+            known,
+            handed_over,
+            started.elapsed(),
+            ctx.handover_wait,
+        )? {
+            Answer::Running => return Ok(Resolution::Running),
+            Answer::Discarded => return Ok(Resolution::Discarded),
+            Answer::AskHost => return Ok(unrecorded_resolution(ctx.host.as_ref(), vm)),
+            Answer::Wait => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
 }
@@ -807,20 +891,13 @@ async fn run_destination(
     let (shim_end, mut local) = local_pair()?;
     let host = ctx.host.clone();
     let (vm_name, from) = (vm.clone(), peer.clone());
-    // A parked shim waits for the handover up to `handover_wait`.
-    let receive_idle = ReceiveOptions::default()
-        .idle_timeout
-        .max(ctx.handover_wait + Duration::from_secs(30));
+    // A parked shim waits for the handover until this relay settles it.
+    let receive = ReceiveOptions {
+        handover_timeout: None,
+        ..ReceiveOptions::default()
+    };
     let shim = tokio::task::spawn_blocking(move || {
-        host.receive(
-            &vm_name,
-            &from,
-            config_for_here(config),
-            shim_end,
-            &ReceiveOptions {
-                idle_timeout: receive_idle,
-            },
-        )
+        host.receive(&vm_name, &from, config_for_here(config), shim_end, &receive)
     });
     let mut shim_dec = shim::Decoder::new();
     let mut lbuf = vec![0u8; 64 << 10];
@@ -889,27 +966,54 @@ async fn run_destination(
             "link lost after confirming the VM ({e}); holding it paused until {peer} says whether it handed it over"
         );
         let (tx, rx) = oneshot::channel();
-        lock(&ctx.parked).insert(id.clone(), Parked { decide: tx });
+        lock(&ctx.parked).insert(
+            id.clone(),
+            Parked {
+                from: peer.clone(),
+                decide: tx,
+            },
+        );
+        if let Some(m) = &ctx.metrics {
+            m.parked.inc();
+        }
         ctx.records.update(&id, Direction::Incoming, |r| {
+            r.parked = true;
             r.resolution = Some(format!(
                 "link lost after confirming; the VM waits here, paused, for {peer} to settle"
             ))
         });
-        let decision = tokio::time::timeout(ctx.handover_wait, rx).await;
-        lock(&ctx.parked).remove(&id);
+        let mut rx = rx;
+        let decision = tokio::select! {
+            d = &mut rx => d,
+            _ = tokio::time::sleep(ctx.handover_wait) => {
+                let note = format!(
+                    "link lost after confirming; no word from {peer} for {:?}. The VM stays parked here, paused, until {peer} settles it or an operator does: `wanmig migration settle {id} --resume|--discard` (see docs/runbook.md)",
+                    ctx.handover_wait
+                );
+                tracing::warn!(vm, id, "{note}");
+                ctx.records
+                    .update(&id, Direction::Incoming, |r| r.resolution = Some(note));
+                rx.await
+            }
+        };
+        if let Some(m) = &ctx.metrics {
+            m.parked.dec();
+        }
+        ctx.records
+            .update(&id, Direction::Incoming, |r| r.parked = false);
         let msg = match decision {
-            Ok(Ok((true, r))) => {
+            Ok((Decision::Resume, r)) => {
                 reply = Some(r);
                 Message::Handover
             }
-            Ok(Ok((false, r))) => {
+            Ok((Decision::Discard, r)) => {
                 reply = Some(r);
-                Message::Abort(format!("{peer} kept the VM after the link failed"))
+                Message::Abort(format!(
+                    "{peer} kept the VM after the link failed, or an operator discarded this copy"
+                ))
             }
-            _ => Message::Abort(format!(
-                "no word from {peer} within {:?} after the link failed",
-                ctx.handover_wait
-            )),
+            // Only a gateway shutting down drops the parked table.
+            Err(_) => Message::Abort("the gateway stopped while the VM was parked".into()),
         };
         let handover = msg == Message::Handover;
         let _ = tokio::time::timeout(ABORT_WAIT, send_shim(&mut local, &[msg])).await;
@@ -956,12 +1060,6 @@ async fn run_destination(
         Ok(_) => (Outcome::Succeeded, None),
         Err(e) => (Outcome::FailedKeptAtSource, Some(e.to_string())),
     };
-    if let Some(r) = reply {
-        let _ = r.send(match outcome {
-            Outcome::Succeeded => Resolution::Running,
-            _ => Resolution::Discarded,
-        });
-    }
     let phase = if result.is_ok() {
         Phase::Resumed
     } else {
@@ -975,6 +1073,13 @@ async fn run_destination(
             r.memory_digest = Some(rep.memory_digest.clone());
         }
     });
+    // Whoever settled a parked VM learns the outcome once it is recorded.
+    if let Some(r) = reply {
+        let _ = r.send(match outcome {
+            Outcome::Succeeded => Resolution::Running,
+            _ => Resolution::Discarded,
+        });
+    }
     result.map(|_| ()).map_err(Into::into)
 }
 

@@ -686,6 +686,10 @@ impl VmHosting for ProcessHost {
                     dir.join("report.json").display().to_string(),
                     "--incoming-idle-timeout-s".into(),
                     opts.idle_timeout.as_secs().max(1).to_string(),
+                    "--incoming-handover-timeout-s".into(),
+                    opts.handover_timeout
+                        .map_or(0, |t| t.as_secs().max(1))
+                        .to_string(),
                 ],
             )?);
             let pid = c.id();

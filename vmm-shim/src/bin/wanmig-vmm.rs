@@ -140,6 +140,11 @@ struct RunArgs {
     /// while it settles a lost link, so it asks for more than the default).
     #[arg(long, default_value_t = 60)]
     incoming_idle_timeout_s: u64,
+    /// With --incoming: longest wait, in seconds, for the handover after
+    /// confirming the VM's state; 0 waits until the stream closes (the
+    /// gateway holds a confirmed VM parked until the lost link is settled).
+    #[arg(long, default_value_t = 60)]
+    incoming_handover_timeout_s: u64,
 }
 
 fn parse_mac(s: &str) -> Result<[u8; 6], String> {
@@ -280,6 +285,8 @@ fn run(a: RunArgs) -> Result<()> {
                 .with_context(|| format!("cannot accept a migration on {endpoint}"))?;
             let opts = ReceiveOptions {
                 idle_timeout: Duration::from_secs(a.incoming_idle_timeout_s.max(1)),
+                handover_timeout: (a.incoming_handover_timeout_s > 0)
+                    .then(|| Duration::from_secs(a.incoming_handover_timeout_s)),
             };
             let (vm, report) = wanmig_vmm::receive_from(&mut stream, config, sink, &opts)
                 .context("incoming migration failed; no VM runs here")?;
