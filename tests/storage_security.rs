@@ -425,8 +425,10 @@ async fn a_migration_that_fails_before_the_handover_withdraws_the_disk_export() 
         return;
     }
     let mesh = mesh(2, "", "").await;
-    let dir = tempfile::tempdir().unwrap();
-    let disk = dir.path().join("vm1.disk");
+    // The gateways' default `[vms] disk_dirs`: `disks/` by the configs.
+    let disks = mesh.dir().join("disks");
+    std::fs::create_dir_all(&disks).unwrap();
+    let disk = disks.join("vm1.disk");
     std::fs::File::create(&disk)
         .unwrap()
         .set_len(4 << 20)

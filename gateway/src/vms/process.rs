@@ -675,23 +675,25 @@ impl VmHosting for ProcessHost {
                 format!("cannot write {}", incoming.display()),
             ))?;
             let sock = dir.join("in.sock");
-            let c = child.insert(self.spawn(
-                name,
-                &dir,
-                CONFIG,
-                &[
-                    "--incoming".into(),
-                    format!("unix:{}", sock.display()),
-                    "--incoming-report".into(),
-                    dir.join("report.json").display().to_string(),
-                    "--incoming-idle-timeout-s".into(),
-                    opts.idle_timeout.as_secs().max(1).to_string(),
-                    "--incoming-handover-timeout-s".into(),
-                    opts.handover_timeout
-                        .map_or(0, |t| t.as_secs().max(1))
-                        .to_string(),
-                ],
-            )?);
+            let c = child.insert(
+                self.spawn(
+                    name,
+                    &dir,
+                    CONFIG,
+                    &[
+                        "--incoming".into(),
+                        format!("unix:{}", sock.display()),
+                        "--incoming-report".into(),
+                        dir.join("report.json").display().to_string(),
+                        "--incoming-idle-timeout-s".into(),
+                        opts.idle_timeout.as_secs().max(1).to_string(),
+                        "--incoming-handover-timeout-s".into(),
+                        opts.handover_timeout
+                            .map_or(0, |t| t.as_secs().max(1))
+                            .to_string(),
+                    ],
+                )?,
+            );
             let pid = c.id();
             self.vms.with_host(name, |h| h.pid = Some(pid));
             let deadline = Instant::now() + CONNECT_WAIT;
