@@ -175,61 +175,70 @@ async fn only_the_destination_site_may_read_an_export() {
 }
 
 /// Item: a `Done` marking every block written passed a check that covered
-/// nothing, and the delete policy deleted the source disk. The source
-/// refuses a written set that leaves less than half the disk to check,
-/// keeps its copy, and says so; an honest `Done` still releases.
+/// nothing, and the delete policy deleted the source disk. A written set
+/// that leaves less than half the disk to check lets the destination
+/// finish but keeps the source copy, and says so; a wrong digest is
+/// refused; an honest `Done` over half the disk still releases.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_done_that_leaves_too_little_to_check_releases_nothing() {
+async fn a_done_that_leaves_too_little_to_check_keeps_the_source_copy() {
     let mesh = mesh(2, "", "").await;
     let dir = tempfile::tempdir().unwrap();
-    let src = image(dir.path(), "src.img", 5);
     let a = mesh.gw("site-a").storage().clone();
-    a.export("vm.img", &src, DISK, ReleasePolicy::Delete, "site-b")
-        .unwrap();
     let g = Geometry::new(DISK, BS).unwrap();
-    let source = wanmig_storage::SourceDisk::open(&src, DISK, BS).unwrap();
-
-    // All blocks written (the digest then covers no block), and 60%.
-    for share in [100u64, 60] {
+    // Every block written (the digest covers none), 60%, and half; a 60%
+    // set with a wrong digest. Each case has its own export, all under the
+    // delete policy: only the half-written disk may be released.
+    for (share, honest, seed) in [
+        (100u64, true, 5),
+        (60, true, 6),
+        (60, false, 7),
+        (50, true, 8),
+    ] {
+        let name = format!("vm{share}-{honest}.img");
+        let src = image(dir.path(), &name, seed);
+        a.export(&name, &src, DISK, ReleasePolicy::Delete, "site-b")
+            .unwrap();
         let mut written = PresenceBitmap::new(g);
         for b in 0..g.block_count() * share / 100 {
             written.set(b);
         }
-        let digest = source.end_of_copy_digest(&written).unwrap();
+        let digest = if honest {
+            let source = wanmig_storage::SourceDisk::open(&src, DISK, BS).unwrap();
+            source.end_of_copy_digest(&written).unwrap()
+        } else {
+            [0x5a; 32]
+        };
         let mut raw = RawStorage::open(&mesh, "site-b", "site-a").await;
-        let holes = raw.open_disk("vm.img", DISK, BS).await;
-        assert!(matches!(holes, Frame::Holes(_)), "{holes:?}");
+        let holes = raw.open_disk(&name, DISK, BS).await;
+        assert!(matches!(holes, Frame::Holes(_)), "{name}: {holes:?}");
         raw.send(&Frame::Done {
             digest,
             written: written.to_bytes(),
         })
         .await;
-        let msg = error_text(raw.next().await);
-        assert!(
-            msg.contains("end-of-copy check would cover only")
-                && msg.contains("source copy is kept"),
-            "{share}%: {msg}"
-        );
-        assert!(src.exists(), "{share}%: the source disk was deleted");
-        let status = a.export_status("vm.img").unwrap();
-        assert!(!status.released && !status.verified, "{status:?}");
+        let answer = raw.next().await;
+        let status = a.export_status(&name).unwrap();
+        if !honest {
+            let msg = error_text(answer);
+            assert!(msg.contains("end-of-copy check failed"), "{name}: {msg}");
+            assert!(src.exists(), "{name}: the source disk was deleted");
+            assert!(!status.released && !status.verified, "{status:?}");
+        } else if share > 50 {
+            // The destination may finish; the source copy stays.
+            assert_eq!(answer, Some(Frame::Released), "{name}");
+            assert!(src.exists(), "{name}: the source disk was deleted");
+            assert!(status.released && !status.verified, "{status:?}");
+            let why = status.error.as_deref().unwrap_or_default();
+            assert!(
+                why.contains("covers only") && why.contains("source copy is kept"),
+                "{name}: {why}"
+            );
+        } else {
+            assert_eq!(answer, Some(Frame::Released), "{name}");
+            assert!(!src.exists(), "{name}: released by the delete policy");
+            assert!(status.verified, "{status:?}");
+        }
     }
-
-    // Half the disk written: the check covers the other half, and passes.
-    let mut written = PresenceBitmap::new(g);
-    for b in 0..g.block_count() / 2 {
-        written.set(b);
-    }
-    let digest = source.end_of_copy_digest(&written).unwrap();
-    let mut raw = RawStorage::open(&mesh, "site-b", "site-a").await;
-    raw.open_disk("vm.img", DISK, BS).await;
-    raw.send(&Frame::Done {
-        digest,
-        written: written.to_bytes(),
-    })
-    .await;
-    assert_eq!(raw.next().await, Some(Frame::Released));
-    assert!(!src.exists(), "released by the delete policy");
     mesh.shutdown().await;
 }
 

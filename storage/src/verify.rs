@@ -80,13 +80,14 @@ pub fn combine(geometry: Geometry, hashes: &[BlockHash], written: &PresenceBitma
 /// The check vouches only for blocks the guest did not write at the
 /// destination, and the destination alone says which those are. A set that
 /// covers every block leaves nothing to check; a set that covers most of
-/// the disk leaves a check that proves little, and is far beyond what a
-/// guest rewrites while its disk follows it (the copy runs for minutes to
-/// hours; guests rewrite a working set, not their whole disk). So the
-/// source releases its copy only when the check covers at least half of
-/// the disk's blocks ([`MIN_CHECKED_FRACTION`]) and at least one block;
-/// otherwise it keeps the copy and says why. Blocks not written are always
-/// checked, whatever their number.
+/// the disk leaves a check that proves little. So when the check would
+/// cover less than half of the disk's blocks ([`MIN_CHECKED_FRACTION`]), or
+/// no block at all, the source still checks what it can and, if that
+/// matches, lets the destination finish, but keeps its own copy whatever
+/// the release policy says ([`ThinCheck`] says why). A small disk whose
+/// guest rewrites most of it while it follows is the honest case; a
+/// destination that marks every block written to get the source deleted is
+/// the other.
 pub fn check_coverage(geometry: Geometry, written: &PresenceBitmap) -> Result<u64, ThinCheck> {
     let blocks = geometry.block_count();
     let written = written.present_count().min(blocks);
@@ -115,9 +116,10 @@ fn min_checked(blocks: u64) -> u64 {
 }
 
 /// The destination's written-block set leaves too little for the
-/// end-of-copy check to vouch for the copy ([`check_coverage`]).
+/// end-of-copy check to vouch for the copy, so the source keeps its copy
+/// ([`check_coverage`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the destination reports {written} of the disk's {blocks} blocks written by the guest there, so the end-of-copy check would cover only {checked} blocks (it must cover at least {needed}, half the disk): too little to vouch for the copy, so the source copy is kept and not released; if the guest really rewrote that much, check the destination's copy and remove the source copy by hand")]
+#[error("the destination reports {written} of the disk's {blocks} blocks written by the guest there, so the end-of-copy check covers only {checked} blocks (at least {needed}, half the disk, are needed to release the source copy): the source copy is kept whatever [storage] release says; once the destination's copy is known good, remove the source copy by hand")]
 pub struct ThinCheck {
     pub blocks: u64,
     pub written: u64,

@@ -2,8 +2,9 @@
 //! an exported disk's blocks to the one site it is exported to, and
 //! releases the disk by policy once that site confirmed its copy is
 //! complete and durable and the end-of-copy check
-//! ([`wanmig_storage::verify`]) passed over enough of the disk
-//! ([`wanmig_storage::verify::check_coverage`]). `Done` and `Open` of an
+//! ([`wanmig_storage::verify`]) passed; a check that covered too little of
+//! the disk ([`wanmig_storage::verify::check_coverage`]) lets the
+//! destination finish but keeps the source copy whatever the policy. `Done` and `Open` of an
 //! already released disk are answered with `Released` again, so a
 //! `Released` lost with the link is not an error. Any other peer is told
 //! the disk is not exported (whether it exists to another site is not
@@ -17,7 +18,10 @@ use tokio::sync::mpsc;
 use wanmig_storage::wire::{BlockContent, BlockEncoder};
 
 use super::dedup::PageEncoder;
-use wanmig_storage::{release_source, FetchRequest, PresenceBitmap, Priority, SourceDisk};
+use wanmig_storage::verify::ThinCheck;
+use wanmig_storage::{
+    release_source, FetchRequest, PresenceBitmap, Priority, ReleasePolicy, SourceDisk,
+};
 
 use super::stream::{self, read_frame, StreamError};
 use super::{lock, Export, Inner};
@@ -58,17 +62,23 @@ async fn refuse(send: &mut SendStream, msg: String) -> ServeError {
     ServeError::Refused(msg)
 }
 
-/// Checks the destination's end-of-copy digest against this disk, after
-/// checking that its written set leaves enough of the disk to check.
-fn verify(disk: &SourceDisk, digest: &[u8; 32], written: &[u8]) -> Result<(), String> {
+/// Checks the destination's end-of-copy digest against this disk over the
+/// blocks its guest did not write. `Ok(Some(thin))` when the digest matches
+/// but covers too little of the disk to release the source copy
+/// ([`wanmig_storage::verify::check_coverage`]).
+fn verify(
+    disk: &SourceDisk,
+    digest: &[u8; 32],
+    written: &[u8],
+) -> Result<Option<ThinCheck>, String> {
     let written = PresenceBitmap::from_bytes(written, disk.geometry(), disk.path())
         .map_err(|e| format!("the destination's written-block set is unusable: {e}"))?;
-    wanmig_storage::verify::check_coverage(disk.geometry(), &written).map_err(|e| e.to_string())?;
+    let thin = wanmig_storage::verify::check_coverage(disk.geometry(), &written).err();
     let ours = disk
         .end_of_copy_digest(&written)
         .map_err(|e| e.to_string())?;
     if &ours == digest {
-        Ok(())
+        Ok(thin)
     } else {
         Err(format!(
             "end-of-copy check failed: the destination's copy ({}) differs from the source disk ({}) in blocks the guest did not write there; the source copy is kept (do not delete it); the VM keeps running on the destination's copy, which holds the guest's writes made there, so before recovering stop the VM there and save what it wrote: discarding the destination's copy (and its .presence/.written/.done files) to run `wanmig storage migrate` again throws those writes away; report the mismatch (data changed in transit, or a bug)",
@@ -156,15 +166,26 @@ async fn confirm_and_release(
     let checked = tokio::task::spawn_blocking(move || verify(&d, &digest, &written))
         .await
         .map_err(|e| format!("end-of-copy check task failed: {e}; the source copy is kept"))?;
-    if let Err(msg) = checked {
-        tracing::error!(disk = %name, %peer, "{msg}");
-        if let Some(e) = lock(exports).get_mut(name) {
-            e.status.error = Some(msg.clone());
+    let thin = match checked {
+        Ok(thin) => thin,
+        Err(msg) => {
+            tracing::error!(disk = %name, %peer, "{msg}");
+            if let Some(e) = lock(exports).get_mut(name) {
+                e.status.error = Some(msg.clone());
+            }
+            return Err(msg);
         }
-        return Err(msg);
-    }
+    };
     let path = export.path.clone();
-    let policy = export.policy;
+    // A check that covered too little lets the destination finish but
+    // releases nothing here.
+    let policy = match &thin {
+        Some(t) => {
+            tracing::warn!(disk = %name, %peer, "{t}");
+            ReleasePolicy::Keep
+        }
+        None => export.policy,
+    };
     tokio::task::spawn_blocking(move || release_source(&path, policy))
         .await
         .map_err(|e| format!("release task failed: {e}"))?
@@ -172,8 +193,8 @@ async fn confirm_and_release(
     if let Some(e) = lock(exports).get_mut(name) {
         e.released = true;
         e.status.released = true;
-        e.status.verified = true;
-        e.status.error = None;
+        e.status.verified = thin.is_none();
+        e.status.error = thin.as_ref().map(ToString::to_string);
         e.status.local_blocks = disk.geometry().block_count();
         e.status.total_blocks = disk.geometry().block_count();
         e.status.total_ms = e.started.map(|t| t.elapsed().as_millis() as u64);
