@@ -61,6 +61,8 @@ pub enum CodecError {
         op: &'static str,
         source: std::io::Error,
     },
+    #[error("page store {path} is in use by another process (give each gateway its own migration.store_dir)")]
+    StoreBusy { path: PathBuf },
     #[error("page store {path}: {why} (move the directory aside to start with an empty store)")]
     StoreFormat { path: PathBuf, why: String },
     #[error("invalid dedup scope name {0:?}: use 1-64 characters from A-Z a-z 0-9 _ - . not starting with '.'")]

@@ -10,7 +10,8 @@
 //! re-hashes the page and compares it with the fingerprint, so a torn write,
 //! a crash between the two writes or bit rot is detected, counted, dropped
 //! from the index and reported as a miss — which the decoder turns into a
-//! NACK and a resend. Nothing read from the files is trusted.
+//! NACK and a resend. Nothing read from the files is trusted. One process
+//! at a time holds a store (an exclusive `flock` on its index).
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -161,6 +162,18 @@ impl PageStore {
         };
         let data = open("data").map_err(io("open data file"))?;
         let index = open("index").map_err(io("open index file"))?;
+        // Two writers would overwrite each other's slots and indexes: the
+        // lock (held as long as `index` is open, released by the kernel if
+        // the process dies) makes a second opener fail instead.
+        match rustix::fs::flock(&index, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                return Err(CodecError::StoreBusy {
+                    path: dir.to_path_buf(),
+                })
+            }
+            Err(e) => return Err(io("lock index file")(e.into())),
+        }
         let index_len = index.metadata().map_err(io("stat index file"))?.len();
 
         let mut old_slots = 0u64;

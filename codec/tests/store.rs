@@ -151,3 +151,17 @@ fn scope_names_are_checked() {
         assert!(validate_scope(bad).is_err(), "{bad:?} accepted");
     }
 }
+
+/// A store has one writer: a second open of the same directory, from this
+/// process or another, is refused while the first is open, and succeeds
+/// once it is closed.
+#[test]
+fn a_store_open_elsewhere_is_refused_until_closed() {
+    let d = tempfile::tempdir().unwrap();
+    let first = PageStore::open(d.path(), 1 << 20).unwrap();
+    let e = PageStore::open(d.path(), 1 << 20).err().expect("refused");
+    assert!(matches!(e, CodecError::StoreBusy { .. }), "{e}");
+    assert!(e.to_string().contains("store_dir"), "{e}");
+    drop(first);
+    PageStore::open(d.path(), 1 << 20).expect("free again");
+}

@@ -112,6 +112,7 @@ struct RawStorage {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawMigration {
+    store: Option<bool>,
     store_dir: Option<String>,
     store_cap_mib: Option<u64>,
     scope: Option<String>,
@@ -231,11 +232,23 @@ pub struct VmsSettings {
 /// (relative to the config file).
 pub const DEFAULT_IMAGE_DIR: &str = "images";
 
+/// Where the site's page stores live when `[migration] store_dir` is not
+/// set, relative to the config file: part of the gateway's state, kept
+/// across restarts, so a VM from an image the site has seen before costs
+/// almost nothing on the wire with the example configs as shipped. The
+/// site's name is in the path because example deployments keep every
+/// site's config in one directory, and a store has one writer.
+pub fn default_store_dir(site: &str) -> String {
+    format!("state/{site}/page-store")
+}
+
 /// Migration settings of a site (the `[migration]` config section).
 #[derive(Debug, Clone)]
 pub struct MigrationSettings {
-    /// Directory of the site's page stores (one subdirectory per scope);
-    /// `None`: dedup only within each migration.
+    /// Directory of the site's page stores (one subdirectory per scope;
+    /// [`default_store_dir`] beside the config file unless set); `None`
+    /// (`store = false`, or settings built in code): dedup only within each
+    /// migration.
     pub store_dir: Option<PathBuf>,
     /// Cap of each scope's page store, bytes.
     pub store_cap: u64,
@@ -780,12 +793,20 @@ impl Validator<'_> {
     ) -> Result<MigrationSettings, ConfigError> {
         let d = MigrationSettings {
             scope: site.to_string(),
+            store_dir: Some(self.path("migration.store_dir", &default_store_dir(site), false)?),
             ..MigrationSettings::default()
         };
         let Some(raw) = raw else { return Ok(d) };
-        let store_dir = match &raw.store_dir {
-            Some(p) => Some(self.path("migration.store_dir", p, false)?),
-            None => None,
+        let store_dir = match (raw.store, &raw.store_dir) {
+            (Some(false), Some(_)) => {
+                return Err(self.err(
+                    "migration.store",
+                    "is false, but migration.store_dir is set: remove one of the two",
+                ))
+            }
+            (Some(false), None) => None,
+            (_, Some(p)) => Some(self.path("migration.store_dir", p, false)?),
+            (_, None) => d.store_dir.clone(),
         };
         let store_cap = match raw.store_cap_mib {
             Some(0) => return Err(self.err("migration.store_cap_mib", "must be at least 1")),
@@ -1152,6 +1173,40 @@ rtt = "100ms"
         assert!(e.to_string().contains("12.5s or less"), "{e}");
         let e = with("[storage]\nrequest_timeout = \"soon\"\n").unwrap_err();
         assert_eq!(e.key(), Some("storage.request_timeout"), "{e}");
+    }
+
+    #[test]
+    fn the_page_store_is_kept_beside_the_config_unless_turned_off() {
+        let d = dir_with_certs();
+        let origin = d.path().join("a.toml");
+        let c = GatewayConfig::parse(GOOD, &origin).unwrap();
+        assert_eq!(
+            c.migration.store_dir,
+            Some(d.path().join("state/site-a/page-store")),
+            "a store by default, with no [migration] section"
+        );
+        let c = GatewayConfig::parse(
+            &format!("{GOOD}\n[migration]\ndowntime = \"200ms\"\n"),
+            &origin,
+        )
+        .unwrap();
+        assert_eq!(
+            c.migration.store_dir,
+            Some(d.path().join("state/site-a/page-store"))
+        );
+        let c = GatewayConfig::parse(
+            &format!("{GOOD}\n[migration]\nstore_dir = \"/var/x\"\n"),
+            &origin,
+        )
+        .unwrap();
+        assert_eq!(c.migration.store_dir, Some(PathBuf::from("/var/x")));
+        let c = GatewayConfig::parse(&format!("{GOOD}\n[migration]\nstore = false\n"), &origin)
+            .unwrap();
+        assert_eq!(c.migration.store_dir, None);
+        let (e, s) = error_for(&format!(
+            "{GOOD}\n[migration]\nstore = false\nstore_dir = \"x\"\n"
+        ));
+        assert_eq!(e.key(), Some("migration.store"), "{s}");
     }
 
     #[test]

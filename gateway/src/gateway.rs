@@ -123,16 +123,22 @@ impl Gateway {
             Some(p) => p.clone(),
             None => vm_host.clone(),
         };
-        if let Some(root) = config.migration.store_dir.clone() {
-            let checked = root.clone();
-            tokio::task::spawn_blocking(move || crate::migration::stores::prepare_root(&checked))
+        let store_lock = match config.migration.store_dir.clone() {
+            Some(root) => {
+                let checked = root.clone();
+                let lock = tokio::task::spawn_blocking(move || {
+                    crate::migration::stores::prepare_root(&checked)
+                })
                 .await?
                 .map_err(|source| GatewayError::StoreDir {
                     config: config.origin.clone(),
                     path: root,
                     source,
                 })?;
-        }
+                Some(lock)
+            }
+            None => None,
+        };
         let (migration, migration_task) = MigrationService::start(
             peering.clone(),
             hosting,
@@ -217,6 +223,7 @@ impl Gateway {
             control_addr,
             stop,
             tasks,
+            _store_lock: store_lock,
         })
     }
 }
@@ -261,6 +268,8 @@ pub struct GatewayHandle {
     control_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// Holds the page-store root for this gateway while it runs.
+    _store_lock: Option<std::fs::File>,
 }
 
 impl Deref for GatewayHandle {

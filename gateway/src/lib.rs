@@ -79,11 +79,11 @@ pub enum GatewayError {
         source: Box<vms::HostError>,
     },
     /// `[migration] store_dir` cannot hold page stores.
-    #[error("{}: migration.store_dir: {} is not a directory the gateway can write: {source} (create it for the gateway's user, or remove the key for session-only deduplication)", config.display(), path.display())]
+    #[error("{}: migration.store_dir: {}: {source} (make it a directory only this gateway's user writes, point migration.store_dir elsewhere, or set migration.store = false for deduplication within each migration only)", config.display(), path.display())]
     StoreDir {
         config: std::path::PathBuf,
         path: std::path::PathBuf,
-        source: std::io::Error,
+        source: crate::migration::stores::RootError,
     },
     #[error("runtime: a start-up task failed: {0}")]
     Task(#[from] tokio::task::JoinError),

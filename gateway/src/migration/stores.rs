@@ -85,16 +85,26 @@ pub struct SiteStores {
     open: Arc<Mutex<HashMap<String, ScopeStore>>>,
 }
 
-/// Makes sure `root` can hold page stores: creates it if missing, and
-/// writes and removes a probe file in it, so an unusable directory fails
-/// the gateway's start-up rather than the first migration that needs it.
-pub fn prepare_root(root: &Path) -> std::io::Result<()> {
+/// Why a store root cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RootError {
+    #[error("not a directory the gateway can write: {0}")]
+    Unusable(#[from] std::io::Error),
+    #[error("in use by another running gateway")]
+    InUse,
+}
+
+/// Makes sure `root` can hold page stores, and takes it for this process:
+/// creates it if missing, writes and removes a probe file in it, and locks
+/// it (an exclusive `flock` on `root/.lock`, held while the returned file
+/// is open). An unusable directory, or one another gateway holds, fails the
+/// gateway's start-up rather than the first migration that needs it.
+pub fn prepare_root(root: &Path) -> Result<std::fs::File, RootError> {
     std::fs::create_dir_all(root)?;
     if !std::fs::metadata(root)?.is_dir() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::NotADirectory,
-            "not a directory",
-        ));
+        return Err(
+            std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory").into(),
+        );
     }
     let probe = root.join(format!(".wanmig-probe-{}", std::process::id()));
     let written = std::fs::OpenOptions::new()
@@ -104,7 +114,17 @@ pub fn prepare_root(root: &Path) -> std::io::Result<()> {
         .and_then(|mut f| std::io::Write::write_all(&mut f, b"probe"));
     let removed = std::fs::remove_file(&probe);
     written?;
-    removed
+    removed?;
+    let lock = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(root.join(".lock"))?;
+    match rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(lock),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(RootError::InUse),
+        Err(e) => Err(std::io::Error::from(e).into()),
+    }
 }
 
 impl SiteStores {
@@ -162,13 +182,16 @@ mod tests {
     fn a_store_root_is_created_and_must_be_a_writable_directory() {
         let d = tempfile::tempdir().unwrap();
         let root = d.path().join("a/b");
-        prepare_root(&root).unwrap();
+        let held = prepare_root(&root).unwrap();
         assert!(root.is_dir());
-        assert_eq!(
-            std::fs::read_dir(&root).unwrap().count(),
-            0,
-            "probe left behind"
-        );
+        let left: Vec<_> = std::fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, [".lock"], "probe left behind");
+        assert!(matches!(prepare_root(&root), Err(RootError::InUse)));
+        drop(held);
+        prepare_root(&root).expect("free once the holder closed it");
         let file = d.path().join("file");
         std::fs::write(&file, "x").unwrap();
         assert!(prepare_root(&file).is_err());
