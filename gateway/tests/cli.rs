@@ -466,3 +466,55 @@ fn a_key_that_is_not_the_certificates_names_both_files_once() {
         "{err}"
     );
 }
+
+/// A gateway whose stderr is a file (journald, a log file) writes plain
+/// text.
+#[test]
+fn logs_to_a_file_have_no_colour_codes() {
+    let d = tempfile::tempdir().unwrap();
+    make_certs(d.path(), "site-a,site-b");
+    let cfg = d.path().join("site-a.toml");
+    let (listen, control) = (free_udp_port(), free_tcp_port());
+    std::fs::write(
+        &cfg,
+        config("site-a", listen, control, "site-b", free_udp_port()),
+    )
+    .unwrap();
+    let log = d.path().join("gateway.log");
+    let child = wanmig()
+        .env_remove("NO_COLOR")
+        .args(["gateway", "--config", cfg.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("spawns wanmig gateway");
+    let daemon = Daemon(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status_json(&cfg).is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(daemon);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("INFO"), "the gateway logged: {text:?}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "ANSI codes in a log file: {text:?}"
+    );
+}
+
+/// `wanmig completions SHELL` prints a script that completes the
+/// subcommands and their flags.
+#[test]
+fn completions_cover_the_subcommands() {
+    for shell in ["bash", "zsh", "fish"] {
+        let o = run(&["completions", shell]);
+        assert!(o.status.success(), "{shell}: {}", stderr(&o));
+        let script = String::from_utf8(o.stdout).unwrap();
+        for word in ["migrate", "gateway", "settle", "config", "downtime"] {
+            assert!(script.contains(word), "{shell}: no {word} in the script");
+        }
+    }
+    let o = run(&["completions", "tcsh"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("possible values"), "{}", stderr(&o));
+}

@@ -63,6 +63,24 @@ pub enum Command {
     Storage(storage_cmd::StorageArgs),
     /// The userspace WAN emulator (delay, jitter, loss, rate, reorder, cuts).
     Netem(Box<wanmig_netem::cli::NetemArgs>),
+    /// Print a shell completion script for `wanmig` to stdout.
+    ///
+    /// bash: `wanmig completions bash > /etc/bash_completion.d/wanmig`;
+    /// zsh: `wanmig completions zsh > "${fpath[1]}/_wanmig"`;
+    /// fish: `wanmig completions fish > ~/.config/fish/completions/wanmig.fish`.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Whether log lines get ANSI colours: only on a terminal, and not when
+/// `NO_COLOR` is set (<https://no-color.org>), so log files and journald
+/// hold plain text.
+fn colour_logs() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// Logs go to stderr; the daemon defaults to `info`, CLI commands to `warn`.
@@ -81,6 +99,7 @@ pub fn init_logging(cli: &Cli) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour_logs())
         .try_init();
 }
 
@@ -96,5 +115,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Vm(a) => vm_cmd::run(a).await,
         Command::Storage(a) => storage_cmd::run(a).await,
         Command::Netem(a) => wanmig_netem::cli::run(*a).await.map_err(Into::into),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "wanmig", &mut std::io::stdout());
+            Ok(())
+        }
     }
 }
