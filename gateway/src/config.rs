@@ -64,6 +64,9 @@ impl ConfigError {
 struct RawConfig {
     site: String,
     listen: String,
+    /// Where the gateway keeps what it must not lose across restarts.
+    #[serde(default)]
+    state_dir: Option<String>,
     tls: RawTls,
     #[serde(default)]
     metrics: Option<RawMetrics>,
@@ -181,6 +184,10 @@ pub struct GatewayConfig {
     pub origin: PathBuf,
     /// This site's name (a DNS label, e.g. `site-a`).
     pub site: String,
+    /// The gateway's state directory (`state_dir`; default
+    /// [`default_state_dir`] beside the config): the default home of the
+    /// page store.
+    pub state_dir: PathBuf,
     /// The QUIC (UDP) listen address.
     pub listen: SocketAddr,
     pub tls: TlsPaths,
@@ -232,21 +239,25 @@ pub struct VmsSettings {
 /// (relative to the config file).
 pub const DEFAULT_IMAGE_DIR: &str = "images";
 
-/// Where the site's page stores live when `[migration] store_dir` is not
-/// set, relative to the config file: part of the gateway's state, kept
-/// across restarts, so a VM from an image the site has seen before costs
-/// almost nothing on the wire with the example configs as shipped. The
-/// site's name is in the path because example deployments keep every
-/// site's config in one directory, and a store has one writer.
-pub fn default_store_dir(site: &str) -> String {
-    format!("state/{site}/page-store")
+/// The gateway's state directory when `state_dir` is not set, relative to
+/// the config file. The site's name is in the path because example
+/// deployments keep every site's config in one directory, and each piece
+/// of state has one writer.
+pub fn default_state_dir(site: &str) -> String {
+    format!("state/{site}")
 }
+
+/// The page stores' directory under the state directory when `[migration]
+/// store_dir` is not set: kept across restarts, so a VM from an image the
+/// site has seen before costs almost nothing on the wire with the example
+/// configs as shipped.
+pub const STORE_SUBDIR: &str = "page-store";
 
 /// Migration settings of a site (the `[migration]` config section).
 #[derive(Debug, Clone)]
 pub struct MigrationSettings {
     /// Directory of the site's page stores (one subdirectory per scope;
-    /// [`default_store_dir`] beside the config file unless set); `None`
+    /// [`STORE_SUBDIR`] under the state directory unless set); `None`
     /// (`store = false`, or settings built in code): dedup only within each
     /// migration.
     pub store_dir: Option<PathBuf>,
@@ -557,7 +568,14 @@ impl Validator<'_> {
         };
         let transport = self.transport(&raw.transport)?;
         let (overlay, overlay_taps) = self.overlay(raw.overlay)?;
-        let mut migration = self.migration(raw.migration, &site)?;
+        let state_dir = self.path(
+            "state_dir",
+            raw.state_dir
+                .as_deref()
+                .unwrap_or(&default_state_dir(&site)),
+            false,
+        )?;
+        let mut migration = self.migration(raw.migration, &site, &state_dir)?;
         let storage = self.storage(raw.storage)?;
         let vms = self.vms(raw.vms, &storage)?;
         let mut peers: Vec<PeerConfig> = Vec::with_capacity(raw.peers.len());
@@ -620,6 +638,7 @@ impl Validator<'_> {
             });
         }
         Ok(GatewayConfig {
+            state_dir,
             origin: self.origin.to_path_buf(),
             site,
             listen,
@@ -790,10 +809,11 @@ impl Validator<'_> {
         &self,
         raw: Option<RawMigration>,
         site: &str,
+        state_dir: &Path,
     ) -> Result<MigrationSettings, ConfigError> {
         let d = MigrationSettings {
             scope: site.to_string(),
-            store_dir: Some(self.path("migration.store_dir", &default_store_dir(site), false)?),
+            store_dir: Some(state_dir.join(STORE_SUBDIR)),
             ..MigrationSettings::default()
         };
         let Some(raw) = raw else { return Ok(d) };

@@ -518,3 +518,76 @@ fn completions_cover_the_subcommands() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("possible values"), "{}", stderr(&o));
 }
+
+/// The systemd unit in `deploy/`: systemd accepts it (where
+/// `systemd-analyze` is installed), and a gateway configured as its
+/// comment says — everything it writes under the state directory — starts
+/// and writes nothing beside its config, which the unit makes read-only.
+#[test]
+fn the_systemd_units_gateway_writes_only_under_its_state_directory() {
+    let unit_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/wanmig-gateway.service");
+    let unit = std::fs::read_to_string(&unit_path).unwrap();
+    assert!(
+        unit.contains("ExecStart=/usr/local/bin/wanmig gateway --config /etc/wanmig/gateway.toml"),
+        "the unit runs the gateway on /etc/wanmig/gateway.toml"
+    );
+    assert!(
+        unit.contains("StateDirectory=wanmig"),
+        "state in /var/lib/wanmig"
+    );
+    let d = tempfile::tempdir().unwrap();
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        // verify checks that ExecStart's binary exists: point it at ours.
+        let copy = d.path().join("wanmig-gateway.service");
+        std::fs::write(
+            &copy,
+            unit.replace("/usr/local/bin/wanmig", env!("CARGO_BIN_EXE_wanmig")),
+        )
+        .unwrap();
+        let o = Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&copy)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "systemd-analyze verify: {}", stderr(&o));
+    } else {
+        eprintln!("systemd-analyze is not installed: the unit's syntax is not checked");
+    }
+
+    // /etc/wanmig and /var/lib/wanmig, as the unit's comment sets them up.
+    let (etc, var) = (d.path().join("etc"), d.path().join("var"));
+    std::fs::create_dir_all(var.join("images")).unwrap();
+    make_certs(&etc, "site-a,site-b");
+    let var_s = var.to_str().unwrap();
+    let (listen, control) = (free_udp_port(), free_tcp_port());
+    let text = format!(
+        "state_dir = \"{var_s}\"\n{}\n[storage]\ndir = \"{var_s}/disks\"\n[vms]\ndir = \"{var_s}/vms\"\nimage_dirs = [\"{var_s}/images\"]\n",
+        config("site-a", listen, control, "site-b", free_udp_port())
+            .replace("token_file = \"site-a.token\"", &format!("token_file = \"{var_s}/control.token\"")),
+    );
+    let cfg = etc.join("gateway.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let listing = |dir: &Path| {
+        let mut v: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        v.sort();
+        v
+    };
+    let before = listing(&etc);
+    let daemon = start_gateway(&cfg);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status_json(&cfg).is_none() {
+        assert!(Instant::now() < deadline, "the gateway did not answer");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(daemon);
+    assert_eq!(listing(&etc), before, "the gateway wrote beside its config");
+    assert!(var.join("control.token").is_file());
+    assert!(var.join("page-store").is_dir(), "{:?}", listing(&var));
+}

@@ -60,6 +60,10 @@ pub struct DemoArgs {
     /// Run the VM without a disk (no storage migration).
     #[arg(long)]
     no_disk: bool,
+    /// At the end, write each site's Prometheus metrics page (what its
+    /// `/metrics` serves) to DIR/<site>.prom.
+    #[arg(long, value_name = "DIR")]
+    metrics_out: Option<std::path::PathBuf>,
     /// Downtime budget of the final stop-and-copy round.
     #[arg(long, default_value = "300ms", value_parser = parse_duration)]
     downtime: Duration,
@@ -220,6 +224,7 @@ fn options(a: &DemoArgs) -> Result<DemoOptions> {
         reduction: !a.no_reduction,
         warm_clone: a.warm_clone,
         round_trip: a.round_trip,
+        metrics_out: a.metrics_out.clone(),
         ..DemoOptions::default()
     })
 }

@@ -83,6 +83,9 @@ pub struct DemoOptions {
     /// `Some(bytes)`: the VM gets a sparse disk of this size that its disk
     /// workload writes, and the storage copy follows the compute move.
     pub disk_bytes: Option<u64>,
+    /// `Some(dir)`: at the end, write each site's `/metrics` page to
+    /// `dir/<site>.prom`.
+    pub metrics_out: Option<std::path::PathBuf>,
 }
 
 impl Default for DemoOptions {
@@ -101,6 +104,7 @@ impl Default for DemoOptions {
             warm_clone: false,
             round_trip: false,
             disk_bytes: Some(64 << 20),
+            metrics_out: None,
         }
     }
 }
@@ -632,8 +636,36 @@ pub async fn run(
         warm_clone,
         return_move,
     };
+    if let Some(dir) = &opts.metrics_out {
+        save_metrics(&mesh, dir).await?;
+    }
     mesh.shutdown().await;
     Ok(report)
+}
+
+/// Writes each site's `/metrics` page, as Prometheus would scrape it, to
+/// `dir/<site>.prom`.
+async fn save_metrics(mesh: &crate::lab::Mesh, dir: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for site in mesh.sites() {
+        let addr = mesh
+            .gw(site)
+            .metrics_addr()
+            .with_context(|| format!("{site} serves no /metrics"))?;
+        let text = reqwest::Client::builder()
+            .no_proxy()
+            .build()?
+            .get(format!("http://{addr}/metrics"))
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .with_context(|| format!("scraping {site}'s /metrics"))?
+            .text()
+            .await?;
+        let path = dir.join(format!("{site}.prom"));
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// Waits for the VM's disk to be local at `host` and for the guest to
