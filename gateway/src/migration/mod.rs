@@ -179,6 +179,7 @@ impl MigrationService {
             req.to,
             scope,
             opts,
+            goal,
             bandwidth_bps,
         ));
         Ok((id, task))

@@ -26,7 +26,8 @@ use tokio::sync::oneshot;
 use wanmig_codec::{ContentStore, EncoderConfig, Inventory};
 use wanmig_migration::machine::VmConfig;
 use wanmig_migration::policy::{
-    ConfigError, CopyProgress, Flight, PathEstimate, RelayConfig, RelayPolicy,
+    ConfigError, CopyProgress, DowntimeGoal, DowntimeVerdict, Flight, PathEstimate, RelayConfig,
+    RelayPolicy,
 };
 use wanmig_migration::run::{MigrateOptions, MigrationReport, ReceiveOptions};
 use wanmig_migration::session::frame::{
@@ -264,6 +265,7 @@ pub async fn run_source(
     to: String,
     scope: String,
     opts: MigrateOptions,
+    goal: DowntimeGoal,
     bandwidth_bps: Option<u64>,
 ) -> Outcome {
     let records = ctx.records.clone();
@@ -279,7 +281,24 @@ pub async fn run_source(
     }
     let (outcome, error) = match &result {
         Ok(report) => {
-            records.update(&id, Direction::Outgoing, |r| r.absorb_report(report));
+            let verdict =
+                records.update(&id, Direction::Outgoing, |r| r.absorb_report(report, &goal));
+            if let Some(DowntimeVerdict {
+                met: false,
+                miss,
+                why,
+                ..
+            }) = verdict
+            {
+                tracing::warn!(
+                    vm,
+                    to,
+                    id,
+                    miss = miss.map_or("-", |m| m.label()),
+                    "the migration missed its downtime goal: {}",
+                    why.as_deref().unwrap_or("no breakdown reported")
+                );
+            }
             if let Some(m) = &ctx.metrics {
                 m.downtime.observe(report.downtime.as_secs_f64());
             }
