@@ -178,8 +178,7 @@ impl MigrationService {
             req.vm,
             req.to,
             scope,
-            opts,
-            goal,
+            relay::SourcePlan { opts, goal },
             bandwidth_bps,
         ));
         Ok((id, task))

@@ -256,6 +256,14 @@ fn path_estimate(c: &quinn::Connection) -> PathEstimate {
     }
 }
 
+/// What an outgoing migration runs with: the source shim's options and
+/// the operator's downtime goal its budget came from (the pause is judged
+/// against the goal).
+pub struct SourcePlan {
+    pub opts: MigrateOptions,
+    pub goal: DowntimeGoal,
+}
+
 /// Runs an outgoing migration of `vm` to `to` under record `id`; returns
 /// once it has ended, with the outcome recorded.
 pub async fn run_source(
@@ -264,10 +272,10 @@ pub async fn run_source(
     vm: String,
     to: String,
     scope: String,
-    opts: MigrateOptions,
-    goal: DowntimeGoal,
+    plan: SourcePlan,
     bandwidth_bps: Option<u64>,
 ) -> Outcome {
+    let SourcePlan { opts, goal } = plan;
     let records = ctx.records.clone();
     let result = source_inner(&ctx, &id, &vm, &to, scope, opts, bandwidth_bps).await;
     if let Some(r) = records.get(&id).and_then(|r| r.resolution) {
