@@ -123,6 +123,14 @@ async fn migrate_and_check(
     assert!(rec.convergence.is_some() && rec.stop_reason.is_some());
     assert!(rec.max_throttle.is_some());
     assert!(rec.state_bytes.unwrap_or(0) > 0, "a VM state blob was sent");
+    // The record judges the pause against the goal asked for, and says
+    // why when it missed (no claim on speed here: either verdict passes,
+    // as long as it is the right one for the pause measured).
+    assert_eq!(rec.downtime_goal_ms, Some(300.0));
+    let paused = rec.downtime_ms.expect("a finished move measured its pause");
+    assert_eq!(rec.downtime_met, Some(paused <= 300.0), "{paused} ms");
+    assert_eq!(rec.downtime_miss.is_some(), paused > 300.0);
+    assert_eq!(rec.downtime_why.is_some(), paused > 300.0);
     // The gateways counted the rounds the shim named: both ends of the
     // relay stand at the last round that sent pages, and the source
     // relayed exactly the pages the shim reported.
@@ -276,6 +284,66 @@ async fn vm_moves_a_to_b_and_back_through_the_wan() {
         .find(|r| r.direction == Direction::Outgoing)
         .unwrap();
     assert_eq!(i64::from(out.progress.level), level);
+    mesh.shutdown().await;
+}
+
+/// A goal no migration can meet (1 ms, less than the handover's round
+/// trips) still migrates the VM, and the record says the goal was missed
+/// and why; the memory check holds as for any move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_impossible_downtime_goal_is_reported_as_missed_with_a_reason() {
+    if !wanmig_testenv::require_kvm(
+        "an_impossible_downtime_goal_is_reported_as_missed_with_a_reason",
+    ) {
+        return;
+    }
+    init_logging();
+    let mesh = MeshBuilder::new(2)
+        .wan(Duration::from_millis(10), 200_000_000)
+        .start()
+        .await
+        .unwrap();
+    assert!(mesh.wait_all_up(Duration::from_secs(20)).await);
+    let (a, b) = (mesh.gw("site-a"), mesh.gw("site-b"));
+    let config = VmConfig {
+        mem_size: 32 << 20,
+        ..VmConfig::default()
+    };
+    start_vm(a.vm_host(), "vm1", config).await;
+    let rec = a
+        .migration()
+        .migrate(MigrateRequest {
+            vm: "vm1".into(),
+            to: "site-b".into(),
+            downtime: Some(Duration::from_millis(1)),
+            scope: None,
+        })
+        .await
+        .expect("the migration starts");
+    eprintln!("{}", serde_json::to_string_pretty(&rec).unwrap());
+    assert_eq!(rec.outcome, Some(Outcome::Succeeded), "{:?}", rec.error);
+    let released = a
+        .vm_host()
+        .released("vm1")
+        .map(|r| hex(&r.memory_digest))
+        .expect("the released copy");
+    assert_eq!(rec.memory_digest.as_deref(), Some(released.as_str()));
+    let inc = incoming(b, &rec.id).await;
+    assert_eq!(inc.memory_digest, rec.memory_digest);
+
+    assert_eq!(rec.downtime_goal_ms, Some(1.0));
+    assert_eq!(rec.downtime_met, Some(false), "{:?}", rec.downtime_ms);
+    // Two round trips of 10 ms cannot fit in 1 ms: the link is to blame.
+    assert_eq!(rec.downtime_miss.as_deref(), Some("link"));
+    let why = rec.downtime_why.as_deref().expect("a reason");
+    assert!(
+        why.contains("goal of 1.0 ms") && why.contains("two round trips"),
+        "{why}"
+    );
+    // The same fields reach `wanmig migrate --json` (the record, flattened).
+    let json = serde_json::to_value(&rec).unwrap();
+    assert_eq!(json["downtime_met"], serde_json::json!(false));
+    assert_eq!(json["downtime_miss"], serde_json::json!("link"));
     mesh.shutdown().await;
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::{ConvergenceMode, PlannerConfig, StopReason};
+use crate::policy::{ConvergenceMode, PauseBreakdown, PlannerConfig, StopReason};
 
 /// Options of an outgoing migration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -61,6 +61,9 @@ pub struct MigrationReport {
     pub total_bytes_sent: u64,
     /// Source pause until the destination reported it resumed.
     pub downtime: Duration,
+    /// Where the pause went (all zero from a shim that does not say).
+    #[serde(default)]
+    pub pause: PauseBreakdown,
     /// Whole migration.
     pub total_time: Duration,
     /// Why stop-and-copy was chosen.

@@ -2,7 +2,8 @@
 //! `AtomicBitmap`, which records every write the VMM and its devices make
 //! through vm-memory (KVM's dirty log only sees the vCPU's writes). Page
 //! access for migration and the memory digest (BLAKE3 over a table of BLAKE3
-//! hashes of 64 KiB blocks, kept current at a destination) live here too.
+//! hashes of 64 KiB blocks, kept current incrementally at both ends of a
+//! migration) live here too.
 
 use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
@@ -103,11 +104,12 @@ const BLOCK_BYTES: u64 = DIGEST_BLOCK_PAGES * PAGE_SIZE;
 const STALE_LIMIT: usize = 256;
 
 /// The memory digest: BLAKE3 over a table of BLAKE3 hashes of 64 KiB
-/// blocks of guest memory, in guest-physical order. The source computes it
-/// from its memory at the pause ([`digest`]); a destination keeps the
-/// table current as pages arrive ([`BlockDigests`]) so at the pause it has
-/// only a few blocks left to hash. Both hash the memory itself, so the two
-/// agree exactly when the memories do.
+/// blocks of guest memory, in guest-physical order. Both ends of a
+/// migration keep the table current as pages go out or come in
+/// ([`BlockDigests`]), so at the pause they have only the last blocks
+/// written left to hash; this function hashes all of memory at once (for a
+/// VM's memory outside a migration, and to check the running tables).
+/// All hash the memory itself, so they agree exactly when the memories do.
 pub fn digest(mem: &GuestMem) -> [u8; 32] {
     let blocks = block_count(mem);
     let mut table = vec![[0u8; 32]; blocks];
@@ -164,15 +166,30 @@ fn hash_block(mem: &GuestMem, total: u64, block: u64, buf: &mut [u8]) -> [u8; 32
     *blake3::hash(bytes).as_bytes()
 }
 
-/// A destination's running memory digest: the block table of [`digest`]
-/// for memory that started zeroed, with the blocks written since their
-/// last hash marked stale ([`BlockDigests::mark`]) and rehashed from
-/// memory in bulk once enough pile up, and at [`BlockDigests::digest`].
+/// A running memory digest: the block table of [`digest`], with the
+/// blocks that may have changed since their last hash marked stale and
+/// rehashed later, so the digest costs in proportion to what changed
+/// rather than to the size of memory. Both ends of a migration keep one:
+///
+/// - a destination starts from [`BlockDigests::zeroed`] (its memory is
+///   freshly created) and [`BlockDigests::mark`]s each page it writes;
+///   stale blocks are rehashed in bulk once enough pile up;
+/// - a source starts from [`BlockDigests::unhashed`], hashes each block as
+///   it sends pages from it ([`BlockDigests::hash_now`]) and
+///   [`BlockDigests::invalidate`]s the blocks of every page its dirty log
+///   reports, so at the pause only the final dirty set's blocks are left.
+///
+/// [`BlockDigests::digest`] rehashes what is stale and equals [`digest`]
+/// of the same memory as long as every write since a block was hashed was
+/// marked or invalidated.
 pub struct BlockDigests {
     table: Vec<[u8; 32]>,
     stale: Vec<bool>,
     stale_list: Vec<usize>,
     buf: Vec<u8>,
+    /// Time spent hashing blocks, and how many (for the pause estimate).
+    hashing: std::time::Duration,
+    hashed: u64,
 }
 
 impl BlockDigests {
@@ -192,12 +209,37 @@ impl BlockDigests {
             stale: vec![false; blocks],
             stale_list: Vec::new(),
             buf: zero,
+            hashing: std::time::Duration::ZERO,
+            hashed: 0,
+        }
+    }
+
+    /// A table with every block stale: nothing is known of `mem` yet.
+    pub fn unhashed(mem: &GuestMem) -> BlockDigests {
+        let blocks = block_count(mem);
+        BlockDigests {
+            table: vec![[0u8; 32]; blocks],
+            stale: vec![true; blocks],
+            stale_list: (0..blocks).collect(),
+            buf: vec![0u8; BLOCK_BYTES as usize],
+            hashing: std::time::Duration::ZERO,
+            hashed: 0,
         }
     }
 
     /// Notes that page `gfn` was written; rehashes the stale blocks from
     /// `mem` once enough have piled up.
     pub fn mark(&mut self, mem: &GuestMem, gfn: u64) {
+        self.invalidate(gfn);
+        if self.stale_list.len() >= STALE_LIMIT {
+            self.refresh(mem);
+        }
+    }
+
+    /// Notes that page `gfn` may have changed since its block was hashed,
+    /// without hashing anything now (a source's memory keeps changing
+    /// until the pause; the block is hashed when it is sent next).
+    pub fn invalidate(&mut self, gfn: u64) {
         let block = (gfn / DIGEST_BLOCK_PAGES) as usize;
         if let Some(s) = self.stale.get_mut(block) {
             if !*s {
@@ -205,21 +247,54 @@ impl BlockDigests {
                 self.stale_list.push(block);
             }
         }
-        if self.stale_list.len() >= STALE_LIMIT {
-            self.refresh(mem);
+        // Blocks hashed by `hash_now` stay listed; drop them once the list
+        // outgrows the table, so it stays bounded over many rounds.
+        if self.stale_list.len() > 2 * self.stale.len() {
+            let stale = &self.stale;
+            self.stale_list.retain(|&b| stale[b]);
         }
+    }
+
+    /// Hashes the block holding page `gfn` from `mem` now if it is stale.
+    /// The stale list is left alone: [`BlockDigests::digest`] skips
+    /// entries whose block is no longer stale.
+    pub fn hash_now(&mut self, mem: &GuestMem, gfn: u64) {
+        let block = (gfn / DIGEST_BLOCK_PAGES) as usize;
+        if self.stale.get(block).copied().unwrap_or(false) {
+            let t = std::time::Instant::now();
+            self.table[block] = hash_block(mem, size(mem), block as u64, &mut self.buf);
+            self.stale[block] = false;
+            self.hashing += t.elapsed();
+            self.hashed += 1;
+        }
+    }
+
+    /// Blocks whose hash is stale.
+    pub fn stale_blocks(&self) -> usize {
+        self.stale.iter().filter(|&&s| s).count()
+    }
+
+    /// Average time to hash one block so far (`None` before any).
+    pub fn block_cost(&self) -> Option<std::time::Duration> {
+        u32::try_from(self.hashed)
+            .ok()
+            .filter(|&n| n > 0)
+            .map(|n| self.hashing / n)
     }
 
     fn refresh(&mut self, mem: &GuestMem) {
         let total = size(mem);
         for block in self.stale_list.drain(..) {
-            self.table[block] = hash_block(mem, total, block as u64, &mut self.buf);
-            self.stale[block] = false;
+            if self.stale[block] {
+                self.table[block] = hash_block(mem, total, block as u64, &mut self.buf);
+                self.stale[block] = false;
+            }
         }
     }
 
     /// The digest of `mem` (the memory this table follows), equal to
-    /// [`digest`] if every write since [`BlockDigests::zeroed`] was marked.
+    /// [`digest`] if every write since its block was hashed was marked or
+    /// invalidated.
     pub fn digest(&mut self, mem: &GuestMem) -> [u8; 32] {
         self.refresh(mem);
         digest_table(&self.table)
@@ -306,5 +381,97 @@ mod tests {
         assert_eq!(running.digest(&mem), now);
         running.mark(&mem, pages - 1);
         assert_eq!(running.digest(&mem), digest(&mem));
+    }
+
+    #[test]
+    fn a_block_written_after_it_was_sent_is_hashed_again() {
+        let mem = create(16 << 20).unwrap();
+        let pages = page_count(&mem);
+        let mut source = BlockDigests::unhashed(&mem);
+        assert_eq!(source.stale_blocks() as u64, pages / DIGEST_BLOCK_PAGES);
+        for gfn in 0..pages {
+            source.hash_now(&mem, gfn);
+        }
+        assert_eq!(source.stale_blocks(), 0);
+        assert_eq!(source.digest(&mem), digest(&mem));
+
+        // The guest writes a page of block 3 after it was sent; until the
+        // dirty log reports it the table still holds the old hash.
+        write_page(&mem, 3 * DIGEST_BLOCK_PAGES + 5, &[7u8; 4096]).unwrap();
+        let sent = source.digest(&mem);
+        assert_ne!(sent, digest(&mem));
+        source.invalidate(3 * DIGEST_BLOCK_PAGES + 5);
+        assert_eq!(source.stale_blocks(), 1, "only that block is stale");
+        assert_eq!(source.digest(&mem), digest(&mem));
+        assert_eq!(source.stale_blocks(), 0);
+    }
+
+    /// A source's running digest against a model of a migration: the guest
+    /// writes pages (each lands in the dirty log), the source sends pending
+    /// pages (hashing their blocks) and harvests the dirty log (whose pages
+    /// become pending) in any order; at the pause, after a last harvest,
+    /// the running digest equals hashing all of memory.
+    mod source_model {
+        use super::super::*;
+        use proptest::prelude::*;
+        use std::collections::BTreeSet;
+
+        #[derive(Debug, Clone)]
+        enum Step {
+            Write { gfn: u64, byte: u8 },
+            Send { pages: usize },
+            Harvest,
+        }
+
+        // 16 MiB plus 3 pages: the last block is short.
+        const PAGES: u64 = 4096 + 3;
+
+        fn step() -> impl Strategy<Value = Step> {
+            prop_oneof![
+                4 => (0..PAGES, any::<u8>()).prop_map(|(gfn, byte)| Step::Write { gfn, byte }),
+                2 => (1usize..2000).prop_map(|pages| Step::Send { pages }),
+                1 => Just(Step::Harvest),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(48))]
+            #[test]
+            fn equals_the_full_digest_after_any_sends_and_writes(
+                steps in proptest::collection::vec(step(), 0..200)
+            ) {
+                let mem = create(PAGES * 4096).unwrap();
+                let mut running = BlockDigests::unhashed(&mem);
+                let mut pending: BTreeSet<u64> = (0..PAGES).collect();
+                let mut dirty = BTreeSet::new();
+                let mut page = [0u8; 4096];
+                for s in steps {
+                    match s {
+                        Step::Write { gfn, byte } => {
+                            read_page(&mem, gfn, &mut page).unwrap();
+                            page[(gfn as usize * 31) % 4096] ^= byte | 1;
+                            write_page(&mem, gfn, &page).unwrap();
+                            dirty.insert(gfn);
+                        }
+                        Step::Send { pages } => {
+                            for _ in 0..pages {
+                                let Some(gfn) = pending.pop_first() else { break };
+                                running.hash_now(&mem, gfn);
+                            }
+                        }
+                        Step::Harvest => {
+                            for &gfn in &dirty {
+                                running.invalidate(gfn);
+                            }
+                            pending.append(&mut dirty);
+                        }
+                    }
+                }
+                for &gfn in &dirty {
+                    running.invalidate(gfn);
+                }
+                prop_assert_eq!(running.digest(&mem), digest(&mem));
+            }
+        }
     }
 }

@@ -6,7 +6,7 @@
 //! resumes it only on the source's `Handover`. Any failure before the
 //! handover leaves the VM running at the source.
 
-use crate::memory::{self, Page};
+use crate::memory::{self, BlockDigests, Page};
 use crate::protocol_io::{self, StreamError};
 use crate::serial::SerialSink;
 use crate::state::{StateError, VmState};
@@ -14,7 +14,7 @@ use crate::vm::{Vm, VmError};
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 use wanmig_migration::machine::VmConfig;
-use wanmig_migration::policy::{ConvergenceMode, Decision, Planner, RoundResult};
+use wanmig_migration::policy::{ConvergenceMode, Decision, PauseBreakdown, Planner, RoundResult};
 pub use wanmig_migration::run::{
     IncomingReport, MigrateOptions, MigrationReport, ReceiveOptions, RoundReport,
 };
@@ -98,9 +98,17 @@ impl<S: MigrationStream> Sender<'_, S> {
         }
     }
 
-    /// Sends `gfns` in batches as pages of pre-copy round `round`;
-    /// returns bytes written.
-    fn send_pages(&mut self, vm: &Vm, gfns: &[u64], round: u32) -> Result<u64, MigrationError> {
+    /// Sends `gfns` in batches as pages of pre-copy round `round`, and
+    /// hashes the digest blocks they lie in into `hashes` if given (their
+    /// content as sent: a later write shows up in the dirty log, whose
+    /// pages invalidate their blocks); returns bytes written.
+    fn send_pages(
+        &mut self,
+        vm: &Vm,
+        gfns: &[u64],
+        round: u32,
+        mut hashes: Option<&mut BlockDigests>,
+    ) -> Result<u64, MigrationError> {
         let before = self.bytes;
         let mut batch = PageBatch::new();
         for chunk in gfns.chunks(BATCH_PAGES) {
@@ -111,6 +119,9 @@ impl<S: MigrationStream> Sender<'_, S> {
                     .try_into()
                     .map_err(|_| MigrationError::Incomplete("a page buffer"))?;
                 memory::read_page(vm.memory(), gfn, buf).map_err(VmError::from)?;
+                if let Some(h) = hashes.as_deref_mut() {
+                    h.hash_now(vm.memory(), gfn);
+                }
             }
             let msg = Message::Pages {
                 round,
@@ -174,34 +185,32 @@ fn run_source<S: MigrationStream>(
         Message::HelloAck => {}
         other => return Err(unexpected("hello-ack", &other)),
     }
-    // At least one round trip to the destination (it also created its VM
-    // in between): the source's digest at the pause overlaps it.
-    let round_trip = started.elapsed();
 
     vm.set_dirty_logging(true)?;
     vm.take_dirty_pages()?;
     let memory_pages = memory::page_count(vm.memory());
+    // The handover digest, kept as memory goes out: each block is hashed
+    // when its pages are sent and again after the dirty log reports a
+    // write to it, so at the pause only the final dirty set's blocks are
+    // left to hash.
+    let mut hashes = BlockDigests::unhashed(vm.memory());
+    // The state, the destination's last blocks and the table digests.
+    planner.set_stop_overhead(Duration::from_millis(5));
     let mut gfns: Vec<u64> = (0..memory_pages).collect();
     let mut rounds = Vec::new();
     let mut max_throttle = 0u8;
-    let stop_reason = loop {
+    let (stop_reason, predicted) = loop {
         let t0 = Instant::now();
-        let bytes = tx.send_pages(vm, &gfns, rounds.len() as u32)?;
+        let bytes = tx.send_pages(vm, &gfns, rounds.len() as u32, Some(&mut hashes))?;
         let elapsed = t0.elapsed();
-        if rounds.is_empty() {
-            // At the pause the source digests all of its memory while
-            // `Complete` goes to the destination and its confirmation comes
-            // back: the pause grows by whatever part of the digest that
-            // round trip does not cover (plus a little for the state and
-            // the destination's table digest). Measure it once, after
-            // round 0 has touched every page, so the planner's downtime
-            // predictions include it.
-            let t = Instant::now();
-            memory::digest(vm.memory());
-            let uncovered = t.elapsed().saturating_sub(round_trip);
-            planner.set_stop_overhead(uncovered + Duration::from_millis(5));
+        if let Some(cost) = hashes.block_cost() {
+            // A page left at the stop may cost its whole block.
+            planner.set_per_page_overhead(cost);
         }
         let dirty = vm.take_dirty_pages()?;
+        for &gfn in &dirty {
+            hashes.invalidate(gfn);
+        }
         let r = RoundResult {
             pages_sent: gfns.len() as u64,
             bytes_sent: bytes,
@@ -227,7 +236,7 @@ fn run_source<S: MigrationStream>(
                 vm.set_throttle(p)?;
                 max_throttle = max_throttle.max(p);
             }
-            Decision::StopAndCopy(reason) => break reason,
+            Decision::StopAndCopy(reason) => break (reason, planner.predict(r.dirty_pages)),
             Decision::Cancel => {
                 return Err(MigrationError::Timeout(planner.config().total_timeout))
             }
@@ -238,35 +247,57 @@ fn run_source<S: MigrationStream>(
     let paused_at = Instant::now();
     vm.pause()?;
     let mut last = vm.take_dirty_pages()?;
+    for &gfn in &last {
+        hashes.invalidate(gfn);
+    }
     last.extend_from_slice(&gfns);
     last.sort_unstable();
     last.dedup();
+    let mut pause = PauseBreakdown {
+        stop: paused_at.elapsed(),
+        digest_blocks: hashes.stale_blocks() as u64,
+        predicted,
+        ..PauseBreakdown::default()
+    };
     // Memory no longer changes. The last pages, the state and `Complete`
-    // go out at once; the source digests its memory while they travel and
-    // the destination digests what it holds (see `memory::BlockDigests`),
-    // so the pause waits for the later of the two instead of their sum.
+    // go out at once; the source hashes the blocks written since they
+    // were sent while they travel and the destination digests what it
+    // holds (see `memory::BlockDigests`), so the pause waits for the later
+    // of the two instead of their sum.
     let (digest, state) = std::thread::scope(|scope| {
         let mem = vm.memory();
-        let digesting = scope.spawn(move || memory::digest(mem));
+        let hashes = &mut hashes;
+        let digesting = scope.spawn(move || {
+            let t = Instant::now();
+            (hashes.digest(mem), t.elapsed())
+        });
         // The round sent while paused follows the live ones.
         let final_round = rounds.len() as u32;
-        let sent = tx.send_pages(vm, &last, final_round).and_then(|_| {
+        let t = Instant::now();
+        let sent = tx.send_pages(vm, &last, final_round, None).and_then(|_| {
+            pause.final_copy = t.elapsed();
+            let t = Instant::now();
             let state = vm.save_state()?.encode();
             tx.send(&Message::State(state.clone()))?;
             tx.send(&Message::Complete)?;
+            pause.device_state = t.elapsed();
             Ok(state)
         });
         // A panicked digest thread yields a digest nothing matches.
-        let digest = digesting.join().unwrap_or([0; 32]);
+        let (digest, took) = digesting.join().unwrap_or(([0; 32], Duration::ZERO));
+        pause.digest = took;
         sent.map(|state| (digest, state))
     })?;
     tracing::debug!(
         ms = paused_at.elapsed().as_secs_f64() * 1e3,
         pages = last.len(),
+        blocks = pause.digest_blocks,
         "final pages, state and complete sent; memory digested"
     );
+    let t = Instant::now();
     tx.send(&Message::Digest { digest })?;
     let confirmed = tx.recv()?;
+    pause.confirm = t.elapsed();
     tracing::debug!(
         ms = paused_at.elapsed().as_secs_f64() * 1e3,
         "destination confirmed"
@@ -292,6 +323,7 @@ fn run_source<S: MigrationStream>(
     }
     // The point of no return: once Handover is written the destination may
     // run the VM, so it must never run here again.
+    let t = Instant::now();
     tx.send(&Message::Handover)?;
     *handed_over = true;
     vm.release();
@@ -300,6 +332,7 @@ fn run_source<S: MigrationStream>(
         "handed over and released"
     );
     let resumed = tx.recv();
+    pause.handover = t.elapsed();
     let downtime = paused_at.elapsed();
     tracing::debug!(ms = downtime.as_secs_f64() * 1e3, "destination resumed");
     match resumed {
@@ -321,6 +354,7 @@ fn run_source<S: MigrationStream>(
         total_pages_sent,
         total_bytes_sent: tx.bytes,
         downtime,
+        pause,
         total_time: started.elapsed(),
         stop_reason,
         mode,

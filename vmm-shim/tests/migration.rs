@@ -73,6 +73,18 @@ fn dirtying_guest_migrates_and_matches_the_reference() {
     eprintln!("{report:#?}");
 
     assert_eq!(report.memory_digest, incoming.memory_digest);
+    // Both ends kept their digests as pages went by; hashing all of the
+    // source's memory as it stopped gives the same.
+    assert_eq!(
+        report.memory_digest,
+        wanmig_vmm::memory::hex(&src.memory_digest()),
+        "the source's running digest is its memory's"
+    );
+    assert!(
+        report.pause.digest_blocks <= report.final_pages,
+        "only the final dirty set's blocks are hashed at the pause: {:?}",
+        report.pause
+    );
     assert_eq!(src.exit_status(), Some(RunExit::Stopped));
     assert_eq!(report.rounds[0].pages, 8192, "round 0 sends all of memory");
     assert!(report.total_pages_sent >= 8192);

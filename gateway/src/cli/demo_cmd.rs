@@ -133,9 +133,17 @@ fn print_human(r: &DemoReport) {
     );
     println!("  migration {}: {}", r.migration_id, r.outcome);
     println!("  total time       {} ms", r.total_ms);
+    let goal = match (r.downtime_goal_ms, r.downtime_met) {
+        (Some(g), Some(true)) => format!(" (goal {g:.0} ms: met)"),
+        (Some(g), Some(false)) => format!(" (goal {g:.0} ms: MISSED)"),
+        _ => String::new(),
+    };
     match r.downtime_ms {
-        Some(d) => println!("  downtime         {d:.1} ms"),
+        Some(d) => println!("  downtime         {d:.1} ms{goal}"),
         None => println!("  downtime         -"),
+    }
+    if let Some(why) = &r.downtime_why {
+        println!("  warning          {why}");
     }
     println!(
         "  rounds           {} (pages per round {:?}; convergence {})",

@@ -176,10 +176,18 @@ pub fn report(r: &MigrationRecord) -> String {
         p.by_kind.describe()
     ));
     if let Some(d) = r.downtime_ms {
+        let goal = match (r.downtime_goal_ms, r.downtime_met) {
+            (Some(g), Some(true)) => format!(" (goal {g:.0} ms: met)"),
+            (Some(g), Some(false)) => format!(" (goal {g:.0} ms: MISSED)"),
+            _ => String::new(),
+        };
         out.push_str(&format!(
-            "  downtime {d:.0} ms, total {:.1} s\n",
+            "  downtime {d:.0} ms{goal}, total {:.1} s\n",
             r.elapsed_ms as f64 / 1e3
         ));
+    }
+    if let Some(why) = &r.downtime_why {
+        out.push_str(&format!("  warning: {why}\n"));
     }
     if let Some(d) = &r.memory_digest {
         out.push_str(&format!("  memory digest {d} (checked at both sites)\n"));

@@ -201,6 +201,12 @@ pub struct DemoReport {
     pub outcome: String,
     pub total_ms: u64,
     pub downtime_ms: Option<f64>,
+    /// The downtime goal, ms, and whether the pause met it.
+    pub downtime_goal_ms: Option<f64>,
+    pub downtime_met: Option<bool>,
+    /// When missed: the largest part of the pause and the pause in parts.
+    pub downtime_miss: Option<String>,
+    pub downtime_why: Option<String>,
     pub rounds: u32,
     pub guest_mem_bytes: u64,
     /// Guest page bytes the source relayed (all rounds).
@@ -601,6 +607,10 @@ pub async fn run(
         outcome: outcome.label().to_string(),
         total_ms,
         downtime_ms: record.downtime_ms,
+        downtime_goal_ms: record.downtime_goal_ms,
+        downtime_met: record.downtime_met,
+        downtime_miss: record.downtime_miss.clone(),
+        downtime_why: record.downtime_why.clone(),
         rounds: record.rounds,
         guest_mem_bytes: opts.mem_bytes,
         guest_bytes_sent: p.bytes_in,

@@ -178,7 +178,7 @@ impl MigrationService {
             req.vm,
             req.to,
             scope,
-            opts,
+            relay::SourcePlan { opts, goal },
             bandwidth_bps,
         ));
         Ok((id, task))

@@ -8,7 +8,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use wanmig_migration::policy::{ConvergenceMode, StopReason};
+use wanmig_migration::policy::{ConvergenceMode, DowntimeGoal, DowntimeVerdict, StopReason};
 use wanmig_migration::run::MigrationReport;
 
 use wanmig_migration::session::{Phase, Progress};
@@ -95,6 +95,20 @@ pub struct MigrationRecord {
     /// Size of the VM state blob, bytes.
     #[serde(default)]
     pub state_bytes: Option<u64>,
+    /// The downtime goal the migration ran with, ms (outgoing, when the
+    /// source shim finished).
+    #[serde(default)]
+    pub downtime_goal_ms: Option<f64>,
+    /// Whether the pause (`downtime_ms`) met the goal.
+    #[serde(default)]
+    pub downtime_met: Option<bool>,
+    /// When the goal was missed, the largest part of the pause:
+    /// "final-dirty-set", "digest", "device-state", "link" or "host".
+    #[serde(default)]
+    pub downtime_miss: Option<String>,
+    /// When the goal was missed, the pause in parts, for the operator.
+    #[serde(default)]
+    pub downtime_why: Option<String>,
 }
 
 impl MigrationRecord {
@@ -102,8 +116,18 @@ impl MigrationRecord {
         self.outcome.is_some()
     }
 
-    /// Keeps what the source shim reported about a finished migration.
-    pub fn absorb_report(&mut self, report: &MigrationReport) {
+    /// Keeps what the source shim reported about a finished migration
+    /// run with the downtime goal `goal`, and returns the verdict on it.
+    pub fn absorb_report(
+        &mut self,
+        report: &MigrationReport,
+        goal: &DowntimeGoal,
+    ) -> DowntimeVerdict {
+        let verdict = goal.judge(report.downtime, &report.pause, report.final_pages);
+        self.downtime_goal_ms = Some(verdict.goal.as_secs_f64() * 1e3);
+        self.downtime_met = Some(verdict.met);
+        self.downtime_miss = verdict.miss.map(|m| m.label().to_string());
+        self.downtime_why = verdict.why.clone();
         self.downtime_ms = Some(report.downtime.as_secs_f64() * 1e3);
         self.rounds = report.rounds.len() as u32;
         self.memory_digest = Some(report.memory_digest.clone());
@@ -117,6 +141,7 @@ impl MigrationRecord {
             .chain(std::iter::once(report.final_pages))
             .collect();
         self.state_bytes = Some(report.state_bytes);
+        verdict
     }
 }
 
@@ -198,6 +223,10 @@ impl Records {
                 max_throttle: None,
                 round_pages: Vec::new(),
                 state_bytes: None,
+                downtime_goal_ms: None,
+                downtime_met: None,
+                downtime_miss: None,
+                downtime_why: None,
             },
             started: Instant::now(),
         });
@@ -213,16 +242,21 @@ impl Records {
 
     /// Changes the record `id` (for the given direction: one gateway may
     /// be both ends of a migration in tests).
-    pub fn update(&self, id: &str, direction: Direction, f: impl FnOnce(&mut MigrationRecord)) {
+    /// Applies `f` to the record `id` of `direction`, if there is one,
+    /// and returns what `f` returned.
+    pub fn update<R>(
+        &self,
+        id: &str,
+        direction: Direction,
+        f: impl FnOnce(&mut MigrationRecord) -> R,
+    ) -> Option<R> {
         let mut g = lock(&self.inner);
-        if let Some(s) = g
+        let s = g
             .slots
             .iter_mut()
-            .find(|s| s.record.id == id && s.record.direction == direction)
-        {
-            s.record.elapsed_ms = s.started.elapsed().as_millis() as u64;
-            f(&mut s.record);
-        }
+            .find(|s| s.record.id == id && s.record.direction == direction)?;
+        s.record.elapsed_ms = s.started.elapsed().as_millis() as u64;
+        Some(f(&mut s.record))
     }
 
     pub fn get(&self, id: &str) -> Option<MigrationRecord> {
@@ -248,6 +282,7 @@ impl Records {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wanmig_migration::policy::PauseBreakdown;
 
     #[test]
     fn records_track_updates_and_keep_a_bounded_history() {
@@ -295,6 +330,10 @@ mod tests {
             total_pages_sent: 1117,
             total_bytes_sent: 1117 * 4096,
             downtime: std::time::Duration::from_millis(250),
+            pause: PauseBreakdown {
+                final_copy: std::time::Duration::from_millis(200),
+                ..PauseBreakdown::default()
+            },
             total_time: std::time::Duration::from_secs(3),
             stop_reason: StopReason::SmartStop,
             mode: ConvergenceMode::AutoConverge,
@@ -304,7 +343,11 @@ mod tests {
         };
         let r = Records::default();
         r.insert("m1", "web", "a", "b", Direction::Outgoing);
-        r.update("m1", Direction::Outgoing, |m| m.absorb_report(&report));
+        let ms = std::time::Duration::from_millis;
+        let goal = DowntimeGoal::new(ms(300), ms(20));
+        r.update("m1", Direction::Outgoing, |m| {
+            m.absorb_report(&report, &goal);
+        });
         let m = r.get("m1").unwrap();
         assert_eq!(m.round_pages, vec![1000, 80, 30, 7]);
         assert_eq!(m.rounds, 3);
@@ -313,6 +356,21 @@ mod tests {
         assert_eq!(m.max_throttle, Some(40));
         assert_eq!(m.state_bytes, Some(12345));
         assert_eq!(m.downtime_ms, Some(250.0));
+        assert_eq!(m.downtime_goal_ms, Some(300.0));
+        assert_eq!(m.downtime_met, Some(true));
+        assert_eq!(
+            (m.downtime_miss.as_deref(), m.downtime_why.as_deref()),
+            (None, None)
+        );
+
+        // The same pause against a goal of 100 ms: missed, the final copy
+        // to blame.
+        let mut missed = m.clone();
+        let v = missed.absorb_report(&report, &DowntimeGoal::new(ms(100), ms(20)));
+        assert!(!v.met);
+        assert_eq!(missed.downtime_met, Some(false));
+        assert_eq!(missed.downtime_miss.as_deref(), Some("final-dirty-set"));
+        assert!(missed.downtime_why.as_deref().unwrap().contains("7 pages"));
 
         // Records serialised before these fields existed still parse.
         let mut v = serde_json::to_value(&m).unwrap();
@@ -322,6 +380,10 @@ mod tests {
             "max_throttle",
             "round_pages",
             "state_bytes",
+            "downtime_goal_ms",
+            "downtime_met",
+            "downtime_miss",
+            "downtime_why",
         ] {
             v.as_object_mut().unwrap().remove(k);
         }

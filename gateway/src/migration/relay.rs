@@ -26,7 +26,8 @@ use tokio::sync::oneshot;
 use wanmig_codec::{ContentStore, EncoderConfig, Inventory};
 use wanmig_migration::machine::VmConfig;
 use wanmig_migration::policy::{
-    ConfigError, CopyProgress, Flight, PathEstimate, RelayConfig, RelayPolicy,
+    ConfigError, CopyProgress, DowntimeGoal, DowntimeVerdict, Flight, PathEstimate, RelayConfig,
+    RelayPolicy,
 };
 use wanmig_migration::run::{MigrateOptions, MigrationReport, ReceiveOptions};
 use wanmig_migration::session::frame::{
@@ -255,6 +256,14 @@ fn path_estimate(c: &quinn::Connection) -> PathEstimate {
     }
 }
 
+/// What an outgoing migration runs with: the source shim's options and
+/// the operator's downtime goal its budget came from (the pause is judged
+/// against the goal).
+pub struct SourcePlan {
+    pub opts: MigrateOptions,
+    pub goal: DowntimeGoal,
+}
+
 /// Runs an outgoing migration of `vm` to `to` under record `id`; returns
 /// once it has ended, with the outcome recorded.
 pub async fn run_source(
@@ -263,9 +272,10 @@ pub async fn run_source(
     vm: String,
     to: String,
     scope: String,
-    opts: MigrateOptions,
+    plan: SourcePlan,
     bandwidth_bps: Option<u64>,
 ) -> Outcome {
+    let SourcePlan { opts, goal } = plan;
     let records = ctx.records.clone();
     let result = source_inner(&ctx, &id, &vm, &to, scope, opts, bandwidth_bps).await;
     if let Some(r) = records.get(&id).and_then(|r| r.resolution) {
@@ -279,7 +289,24 @@ pub async fn run_source(
     }
     let (outcome, error) = match &result {
         Ok(report) => {
-            records.update(&id, Direction::Outgoing, |r| r.absorb_report(report));
+            let verdict =
+                records.update(&id, Direction::Outgoing, |r| r.absorb_report(report, &goal));
+            if let Some(DowntimeVerdict {
+                met: false,
+                miss,
+                why,
+                ..
+            }) = verdict
+            {
+                tracing::warn!(
+                    vm,
+                    to,
+                    id,
+                    miss = miss.map_or("-", |m| m.label()),
+                    "the migration missed its downtime goal: {}",
+                    why.as_deref().unwrap_or("no breakdown reported")
+                );
+            }
             if let Some(m) = &ctx.metrics {
                 m.downtime.observe(report.downtime.as_secs_f64());
             }

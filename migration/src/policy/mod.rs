@@ -6,9 +6,10 @@
 //!
 //! Two drivers, one where each decision is made:
 //! - [`Planner`], in the source shim, once per pre-copy round. In: what
-//!   the round achieved ([`RoundResult`]) and the fixed cost of the pause.
-//!   Out: another round, a vCPU throttle, stop-and-copy or cancel
-//!   ([`Decision`]); at the end, how it converged ([`ConvergenceMode`]).
+//!   the round achieved ([`RoundResult`]) and the costs of the pause
+//!   (fixed, and per page left). Out: another round, a vCPU throttle,
+//!   stop-and-copy or cancel ([`Decision`]); at the end, how it converged
+//!   ([`ConvergenceMode`]).
 //! - [`RelayPolicy`], in the source gateway's relay, whenever bytes move.
 //!   In: bytes sent and acknowledged ([`Flight`]), the QUIC path's estimate
 //!   ([`PathEstimate`]), the encoder's statistics and CPU time, where the
@@ -34,7 +35,7 @@ pub mod planner;
 pub mod relay;
 pub mod window;
 
-pub use downtime::DowntimeGoal;
+pub use downtime::{DowntimeGoal, DowntimeMiss, DowntimeVerdict, PauseBreakdown};
 pub use level::{Bottleneck, LevelConfig, LevelController};
 pub use link::PathEstimate;
 pub use planner::{ConvergenceMode, Decision, Planner, PlannerConfig, RoundResult, StopReason};
