@@ -185,13 +185,16 @@ async fn migrate_once(mesh: &Mesh, config: &VmConfig, vm: &str, from: &str, to: 
     let released = src.vm_host().released(vm).expect("the source's record");
     let digest = rec.memory_digest.clone().expect("a memory digest");
     assert_eq!(digest, hex(&released.memory_digest), "{vm} {from} -> {to}");
-    let incoming = dst
-        .migration()
-        .records()
-        .into_iter()
-        .find(|r| r.id == rec.id && r.direction == Direction::Incoming)
-        .expect("the destination's record");
-    assert_eq!(incoming.outcome, Some(Outcome::Succeeded));
+    // The destination ends its record just after the source heard it
+    // resumed.
+    let incoming = poll("the destination's record to end", || {
+        dst.migration()
+            .records()
+            .into_iter()
+            .find(|r| r.id == rec.id && r.direction == Direction::Incoming && r.finished())
+    })
+    .await;
+    assert_eq!(incoming.outcome, Some(Outcome::Succeeded), "{vm}");
     assert_eq!(incoming.memory_digest, Some(digest));
     // Exactly one place.
     assert_eq!(dst.vm_host().state(vm), Some(VmState::Running), "{vm}");
