@@ -1,6 +1,7 @@
 //! Peering refuses whoever cannot prove to be the configured site: a
 //! certificate from another CA, or one that names another site. Every
-//! refusal is visible (peer not up, counted, reason recorded).
+//! refusal is visible (peer not up, counted, reason recorded). A peer that
+//! is who it says gets a bounded number of streams.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -289,4 +290,85 @@ async fn a_gateway_refuses_to_start_with_an_unusable_store_dir() {
         msg.contains("migration.store_dir") && msg.contains("store-file"),
         "{msg}"
     );
+}
+
+/// Item: a peer could open 1024 streams, each buffering up to a whole frame
+/// at this gateway. A real peer (site-a's own certificate) dialling site-b
+/// gets `PEER_BIDI_STREAMS` bidirectional streams and no unidirectional
+/// one: the next open waits, and proceeds once some of its streams end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_gets_a_bounded_number_of_streams() {
+    use wanmig_gateway::peering::StreamKind;
+    use wanmig_gateway::transport_tuning::PEER_BIDI_STREAMS;
+    init_logging();
+    let mut prepared = MeshBuilder::new(2).prepare().await.unwrap();
+    let a_socket = prepared.take_socket("site-a").unwrap();
+    let b_addr = prepared.quic_addr("site-b");
+    let cd = prepared.cert_dir();
+    let id = identity(&cd.join("site-a.pem"), &cd.join("site-a.key"));
+    let roots = tls::load_roots(&cd.join("ca.pem")).unwrap();
+    let mesh = prepared.start().await.unwrap();
+    let mut client = quinn::ClientConfig::new(tls::client_crypto(&id, &roots).unwrap());
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_secs(1)));
+    client.transport_config(Arc::new(transport));
+    let ep = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        a_socket,
+        quinn::default_runtime().unwrap(),
+    )
+    .unwrap();
+    let conn = ep
+        .connect_with(client, b_addr, "site-b.wanmig")
+        .unwrap()
+        .await
+        .expect("site-b accepts site-a");
+    let b = mesh.gw("site-b");
+    assert!(b.wait_all_up(Duration::from_secs(30)).await);
+
+    // Overlay control streams: site-b reads each until it ends.
+    let mut streams = Vec::new();
+    for i in 0..PEER_BIDI_STREAMS {
+        let (mut send, recv) = tokio::time::timeout(Duration::from_secs(30), conn.open_bi())
+            .await
+            .unwrap_or_else(|_| panic!("stream {i} of {PEER_BIDI_STREAMS} is allowed"))
+            .unwrap();
+        send.write_all(&[u8::from(StreamKind::Overlay)])
+            .await
+            .unwrap();
+        streams.push((send, recv));
+    }
+    let extra = tokio::time::timeout(Duration::from_secs(3), conn.open_bi()).await;
+    assert!(
+        extra.is_err(),
+        "site-b let site-a open more than {PEER_BIDI_STREAMS} streams"
+    );
+    let uni = tokio::time::timeout(Duration::from_secs(1), conn.open_uni()).await;
+    assert!(
+        uni.is_err(),
+        "site-b let site-a open a unidirectional stream"
+    );
+
+    // The limit is a window, not a dead connection: ending streams makes
+    // room for more. (quinn announces new credit once more than an eighth
+    // of the limit is free, to save frames.)
+    let waiting = tokio::spawn({
+        let conn = conn.clone();
+        async move { conn.open_bi().await }
+    });
+    let mut ended = Vec::new();
+    for _ in 0..=PEER_BIDI_STREAMS / 8 {
+        let (mut send, recv) = streams.pop().unwrap();
+        send.finish().unwrap();
+        ended.push(recv);
+    }
+    let opened = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("a stream opens once another ended")
+        .unwrap();
+    assert!(opened.is_ok(), "{:?}", opened.err());
+    assert!(conn.close_reason().is_none(), "{:?}", conn.close_reason());
+    conn.close(0u32.into(), b"done");
+    mesh.shutdown().await;
 }

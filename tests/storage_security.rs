@@ -3,8 +3,8 @@
 //! certificate names): a disk is exported to one destination site only and
 //! withdrawn when its migration fails before the handover; a `Done` whose
 //! end-of-copy check would cover too little of the disk releases nothing;
-//! the destination refuses a disk larger than its `[storage] max_disk_mib`;
-//! and page-store inventories stay per tenant: a peer opens only the scopes
+//! the destination refuses a disk larger than its `[storage] max_disk_mib`
+//! and a VM with more memory than its `[vms] max_mem_mib`; and page-store inventories stay per tenant: a peer opens only the scopes
 //! it may use, and storage dedup uses the source site's own scope.
 
 use std::path::Path;
@@ -306,6 +306,58 @@ async fn a_disk_over_the_destinations_max_disk_mib_is_refused() {
         .expect_err("refused");
     assert!(matches!(e, StorageRelayError::TooLarge { .. }), "{e}");
     assert!(!dst.exists(), "nothing created");
+    mesh.shutdown().await;
+}
+
+/// Item: each migration `Open` could make the destination build a VM (and
+/// its page table) of any size. Site-b takes VMs of up to 16 MiB
+/// (`[vms] max_mem_mib = 16`): a 32 MiB VM is refused, naming the key,
+/// before its page store is opened; a 16 MiB VM is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_over_the_destinations_max_mem_mib_is_refused() {
+    let mesh = mesh(
+        2,
+        "[migration]\nstore_dir = \"store-{site}\"\n\n[vms]\nmax_mem_mib = 16\n",
+        "",
+    )
+    .await;
+    let open = |id: &str, mem_size: u64| {
+        session_frame::to_bytes(&session_frame::Frame::Open {
+            version: SESSION.current,
+            request: Box::new(OpenRequest {
+                id: id.into(),
+                vm: "big".into(),
+                config: VmConfig {
+                    mem_size,
+                    ..VmConfig::default()
+                },
+                scope: "site-a".into(),
+            }),
+        })
+    };
+    let b_store = mesh
+        .config_path("site-b")
+        .parent()
+        .unwrap()
+        .join("store-site-b");
+    match migration_answer(&mesh, &open("site-a-big", 32 << 20)).await {
+        session_frame::Frame::Refuse(reason) => assert!(
+            reason.contains("32 MiB")
+                && reason.contains("16 MiB")
+                && reason.contains("[vms] max_mem_mib"),
+            "{reason}"
+        ),
+        other => panic!("expected a refusal, got {}", other.name()),
+    }
+    assert!(
+        !b_store.join("site-a").exists(),
+        "site-b opened a page store for a VM it refused"
+    );
+    assert!(mesh.gw("site-b").vm_host().list().is_empty());
+    match migration_answer(&mesh, &open("site-a-fits", 16 << 20)).await {
+        session_frame::Frame::Accept { .. } => {}
+        other => panic!("a VM of max_mem_mib is accepted, got {}", other.name()),
+    }
     mesh.shutdown().await;
 }
 

@@ -99,6 +99,7 @@ struct RawVms {
     vmm: Option<String>,
     image_dirs: Option<Vec<String>>,
     disk_dirs: Option<Vec<String>>,
+    max_mem_mib: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -218,7 +219,7 @@ pub enum VmHostKind {
 }
 
 /// The `[vms]` section.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct VmsSettings {
     pub host: VmHostKind,
     /// State of process-hosted VMs (pid, control socket, config, logs), one
@@ -233,7 +234,15 @@ pub struct VmsSettings {
     /// Directories whose files a VM booted here may use as its disk
     /// (`[vms] disk_dirs`, default the `[storage] dir`).
     pub disk_dirs: Vec<PathBuf>,
+    /// The most memory a VM migrating here may have, bytes (`[vms]
+    /// max_mem_mib`): a larger one is refused before anything is allocated.
+    pub max_mem_size: u64,
 }
+
+/// The most memory a VM migrating here may have unless `[vms] max_mem_mib`
+/// says otherwise: 16 GiB, whatever this host's RAM (a fixed default keeps
+/// a site's behaviour independent of the machine it happens to run on).
+pub const DEFAULT_MAX_VM_MEM_BYTES: u64 = 16 << 30;
 
 /// Where memory images may live when no `[vms] image_dirs` is configured
 /// (relative to the config file).
@@ -667,6 +676,7 @@ impl Validator<'_> {
             vmm: None,
             image_dirs: None,
             disk_dirs: None,
+            max_mem_mib: None,
         });
         let host = match raw.host.as_deref() {
             None | Some("in-process") => VmHostKind::InProcess,
@@ -691,12 +701,18 @@ impl Validator<'_> {
             Some(dirs) => self.dirs("vms.disk_dirs", dirs)?,
             None => vec![storage.dir.clone()],
         };
+        let max_mem_size = match raw.max_mem_mib {
+            Some(0) => return Err(self.err("vms.max_mem_mib", "must be at least 1")),
+            Some(m) => m.saturating_mul(1 << 20),
+            None => DEFAULT_MAX_VM_MEM_BYTES,
+        };
         Ok(VmsSettings {
             host,
             dir,
             vmm,
             image_dirs,
             disk_dirs,
+            max_mem_size,
         })
     }
 
@@ -1085,6 +1101,14 @@ rtt = "100ms"
         let (e, s) = error_for(&format!("{GOOD}\n[vms]\nhost = \"qemu\"\n"));
         assert_eq!(e.key(), Some("vms.host"), "{s}");
         assert!(s.contains("in-process"), "{s}");
+        assert_eq!(c.vms.max_mem_size, DEFAULT_MAX_VM_MEM_BYTES);
+        let text = format!("{GOOD}\n[vms]\nmax_mem_mib = 512\n");
+        let c = GatewayConfig::parse(&text, &origin).unwrap();
+        assert_eq!(c.vms.max_mem_size, 512 << 20);
+        let (e, s) = error_for(&format!("{GOOD}\n[vms]\nmax_mem_mib = 0\n"));
+        assert_eq!(e.key(), Some("vms.max_mem_mib"), "{s}");
+        let (e, s) = error_for(&format!("{GOOD}\n[vms]\nmax_mem_mib = -1\n"));
+        assert!(s.contains("max_mem_mib"), "{e:?}: {s}");
         let (e, _) = error_for(&format!("{GOOD}\n[vms]\nvmm = \"no/such/wanmig-vmm\"\n"));
         assert_eq!(e.key(), Some("vms.vmm"));
     }

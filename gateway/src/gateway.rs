@@ -145,6 +145,7 @@ impl Gateway {
             config.migration.clone(),
             Some(migration_metrics),
         )?;
+        migration.set_max_mem_size(config.vms.max_mem_size);
         tasks.push(migration_task);
         // Follow-on storage migration: serves exported disks, imports them;
         // a VM's disk follows it when it migrates.

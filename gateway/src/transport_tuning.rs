@@ -63,6 +63,32 @@ const QUINN_INITIAL_WINDOW: u64 = 14_720;
 /// IPv6 + UDP header bytes: the conservative per-packet overhead.
 const IP_UDP_OVERHEAD: u32 = 48;
 
+/// Live migrations one peer may run towards this gateway at once (one
+/// stream each). More queue at the sender: quinn's `open_bi` waits for the
+/// next free stream, so a burst of migrations is served in turn, not
+/// refused.
+const PEER_MIGRATIONS: u64 = 16;
+/// Follow-on disk copies one peer may pull from this gateway at once, each
+/// with an on-demand and a background lane (a stream each). Copies outlive
+/// their migration and go the other way, so they get a budget of their own.
+const PEER_DISK_COPIES: u64 = 48;
+/// Streams of a disk copy.
+const STREAMS_PER_DISK_COPY: u64 = 2;
+/// The peer's overlay control stream, a goodput probe, and short-lived
+/// streams (a disk's size query, a migration's `Resolve` after a link cut),
+/// with room to spare.
+const PEER_CONTROL_STREAMS: u64 = 8;
+/// Bidirectional streams one peer may have open to this gateway. Every
+/// stream may buffer up to one whole frame of its kind (a migration batch,
+/// a storage frame, an overlay control message) before this gateway acts on
+/// it, so this bounds what one peer can make this gateway hold; a stream
+/// over the limit waits at the peer until one of its streams ends.
+pub const PEER_BIDI_STREAMS: u64 =
+    PEER_MIGRATIONS + PEER_DISK_COPIES * STREAMS_PER_DISK_COPY + PEER_CONTROL_STREAMS;
+/// Unidirectional streams one peer may open: gateways use none, so a peer
+/// gets no credit for them at all.
+pub const PEER_UNI_STREAMS: u64 = 0;
+
 /// Window and buffer sizes derived from a link's bandwidth-delay product.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WindowPlan {
@@ -153,8 +179,8 @@ pub fn transport_config(
         .datagram_receive_buffer_size(Some(plan.datagram_buffer))
         .datagram_send_buffer_size(plan.datagram_buffer)
         .keep_alive_interval(Some(s.keep_alive))
-        .max_concurrent_bidi_streams(varint(1024))
-        .max_concurrent_uni_streams(varint(1024));
+        .max_concurrent_bidi_streams(varint(PEER_BIDI_STREAMS))
+        .max_concurrent_uni_streams(varint(PEER_UNI_STREAMS));
     let idle = IdleTimeout::try_from(s.idle_timeout)
         .unwrap_or_else(|_| IdleTimeout::from(VarInt::from_u32(5_000)));
     t.max_idle_timeout(Some(idle));

@@ -159,14 +159,13 @@ pub async fn read_msg<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<ControlM
     if len > MAX_MESSAGE {
         return Err(ControlError::TooLarge(len));
     }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            ControlError::TruncatedStream
-        } else {
-            ControlError::Io(e)
-        }
-    })?;
+    // The buffer grows as the body arrives (not to the length the header
+    // claims up front), so a peer holds only memory it actually sent.
+    let mut body = Vec::new();
+    (&mut *r).take(len as u64).read_to_end(&mut body).await?;
+    if body.len() < len {
+        return Err(ControlError::TruncatedStream);
+    }
     decode_body(&body).map(Some)
 }
 

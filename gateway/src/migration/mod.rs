@@ -84,12 +84,21 @@ impl MigrationService {
             records: Records::default(),
             encoder: settings.encoder.clone(),
             open_timeout: settings.open_timeout,
+            max_mem_size: crate::config::DEFAULT_MAX_VM_MEM_BYTES.into(),
             handover_wait: settings.handover_wait,
             metrics,
             parked: Default::default(),
         });
         let task = tokio::spawn(relay::serve_incoming(ctx.clone(), streams));
         Ok((MigrationService { ctx, settings }, task))
+    }
+
+    /// Caps the memory of VMs migrating here (`[vms] max_mem_mib`): a
+    /// larger one is refused before anything is allocated for it.
+    pub fn set_max_mem_size(&self, bytes: u64) {
+        self.ctx
+            .max_mem_size
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// This site's name.

@@ -91,6 +91,9 @@ pub struct RelayContext {
     pub records: Records,
     pub encoder: EncoderConfig,
     pub open_timeout: Duration,
+    /// The most memory an incoming VM may have, bytes (`[vms]
+    /// max_mem_mib`).
+    pub max_mem_size: std::sync::atomic::AtomicU64,
     /// How long a migration whose link failed after the destination
     /// confirmed it may stay unsettled before the gateways flag it for an
     /// operator (see [`Parked`]); it stays parked after that.
@@ -880,6 +883,18 @@ async fn run_destination(
         crate::vms::validate_vm_name(&vm).and_then(|_| config.validate().map_err(HostError::Config))
     {
         return Err(refuse(&mut send, e.to_string()).await);
+    }
+    // Before the page store, the session's page table or the VM: nothing
+    // of a VM this site will not hold is allocated.
+    let max_mem = ctx.max_mem_size.load(std::sync::atomic::Ordering::Relaxed);
+    if config.mem_size > max_mem {
+        let reason = format!(
+            "VM '{vm}' has {} MiB of memory, more than {} accepts ({} MiB); raise [vms] max_mem_mib in that gateway's config to take it",
+            config.mem_size >> 20,
+            ctx.peering.site(),
+            max_mem >> 20
+        );
+        return Err(refuse(&mut send, reason).await);
     }
     if let Some(existing) = ctx.host.list().into_iter().find(|v| v.name == vm) {
         use crate::vms::VmState;

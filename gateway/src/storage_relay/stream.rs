@@ -40,12 +40,29 @@ pub async fn read_frame(recv: &mut RecvStream) -> Result<Frame, StreamError> {
             Err(e) => return Err(e.into()),
         }
         let (tag, len) = frame_header(&header, MAX_FRAME).map_err(WireError::from)?;
-        let mut body = vec![0u8; len as usize];
-        recv.read_exact(&mut body).await?;
+        let body = read_body(recv, len as usize).await?;
         if let Some(f) = decode_frame(tag, &body)? {
             return Ok(f);
         }
     }
+}
+
+/// Reads a frame body of `len` bytes into a buffer that grows only as the
+/// bytes arrive: a header that claims a large frame holds no memory the
+/// peer has not actually sent.
+async fn read_body(recv: &mut RecvStream, len: usize) -> Result<Vec<u8>, StreamError> {
+    let mut body = Vec::new();
+    while body.len() < len {
+        match recv
+            .read_chunk(len - body.len(), true)
+            .await
+            .map_err(quinn::ReadExactError::ReadError)?
+        {
+            Some(chunk) => body.extend_from_slice(&chunk.bytes),
+            None => return Err(quinn::ReadExactError::FinishedEarly(body.len()).into()),
+        }
+    }
+    Ok(body)
 }
 
 /// Writes one frame.
