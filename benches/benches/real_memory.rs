@@ -29,8 +29,6 @@
 //! Needs root, /dev/kvm and Debian's qemu-system-x86; without KVM or
 //! namespaces it prints why and exits (QEMU's row says why it is missing).
 
-use std::path::PathBuf;
-
 use anyhow::{Context, Result};
 use wanmig_benches::real_memory::{self, RealOptions};
 
@@ -82,12 +80,7 @@ fn main() -> Result<()> {
         return Ok(());
     }
     let opts = options()?;
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let root = root.canonicalize().unwrap_or(root);
-    let out_dir = env("WANMIG_REPORT_DIR")
-        .map(PathBuf::from)
-        .map(|p| if p.is_absolute() { p } else { root.join(p) })
-        .unwrap_or_else(|| root.join("target/scenarios"));
+    let out_dir = wanmig_benches::scenario::report_dir();
     let report = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

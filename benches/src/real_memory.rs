@@ -43,8 +43,9 @@ use wanmig_gateway::vms::{VmHosting, VmState};
 use wanmig_migration::machine::VmConfig;
 
 use crate::corpus::{self, Image};
-use crate::qemu::{self, QemuResult, QemuScenario};
+use crate::qemu::{self, QemuScenario};
 use crate::scenario::floor::{self, Floor, ImageFloor, PageRewrite};
+use crate::scenario::run::QemuOutcome;
 
 const SITE_A: &str = "site-a";
 const SITE_B: &str = "site-b";
@@ -87,14 +88,6 @@ impl Default for RealOptions {
     }
 }
 
-/// QEMU's run, or why it did not run.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "status", rename_all = "kebab-case")]
-pub enum QemuRun {
-    NotRun { why: String },
-    Ran(Box<QemuResult>),
-}
-
 /// One wanmig migration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WanmigRun {
@@ -134,7 +127,7 @@ pub struct Row {
 pub struct LinkRun {
     pub loss: f64,
     pub floor: Floor,
-    pub qemu: QemuRun,
+    pub qemu: QemuOutcome,
     pub cold: WanmigRun,
     pub warm: WanmigRun,
     pub rows: Vec<Row>,
@@ -273,10 +266,10 @@ async fn link_run(
         opts.qemu_channels
     );
     let qemu = match qemu::available() {
-        Err(why) => QemuRun::NotRun { why },
+        Err(why) => QemuOutcome::NotRun { why },
         Ok(_) => match qemu::run_baseline(&s).await {
-            Ok(r) => QemuRun::Ran(Box::new(r)),
-            Err(e) => QemuRun::NotRun {
+            Ok(r) => QemuOutcome::Ran(Box::new(r)),
+            Err(e) => QemuOutcome::NotRun {
                 why: format!("QEMU failed to run: {e:#}"),
             },
         },
@@ -424,9 +417,9 @@ async fn migrate_one(mesh: &Mesh, vm: &str, image: &Path, mem_bytes: u64) -> Wan
     }
 }
 
-fn rows(qemu: &QemuRun, cold: &WanmigRun, warm: &WanmigRun, floor: &Floor) -> Vec<Row> {
+fn rows(qemu: &QemuOutcome, cold: &WanmigRun, warm: &WanmigRun, floor: &Floor) -> Vec<Row> {
     let q = match qemu {
-        QemuRun::Ran(q) if q.ok => Some(q),
+        QemuOutcome::Ran(q) if q.ok => Some(q),
         _ => None,
     };
     let row = |name: &str, ok: bool, wire: u64, total: u64, down: Option<f64>| Row {
@@ -440,7 +433,7 @@ fn rows(qemu: &QemuRun, cold: &WanmigRun, warm: &WanmigRun, floor: &Floor) -> Ve
         time_over_floor: ok.then(|| ratio(total as f64, floor.floor_ms)).flatten(),
     };
     let mut out = Vec::new();
-    if let QemuRun::Ran(r) = qemu {
+    if let QemuOutcome::Ran(r) = qemu {
         out.push(row(
             "QEMU 7.2 multifd + zstd-1",
             r.ok,
@@ -493,10 +486,10 @@ pub fn table(report: &RealReport, r: &LinkRun) -> String {
 
 fn print_run(report: &RealReport, r: &LinkRun) {
     println!("\n{}", table(report, r));
-    if let QemuRun::NotRun { why } = &r.qemu {
+    if let QemuOutcome::NotRun { why } = &r.qemu {
         println!("QEMU did not run: {why}");
     }
-    if let QemuRun::Ran(q) = &r.qemu {
+    if let QemuOutcome::Ran(q) = &r.qemu {
         println!("QEMU: {}", q.note);
     }
     for w in [&r.cold, &r.warm] {
