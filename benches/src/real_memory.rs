@@ -538,3 +538,85 @@ pub fn section(dir: &Path) -> Result<Option<String>> {
     }
     Ok(Some(s))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wanmig(vm: &str, ok: bool, wire: u64, ms: u64) -> WanmigRun {
+        WanmigRun {
+            vm: vm.into(),
+            ok,
+            outcome: "succeeded".into(),
+            total_ms: ms,
+            downtime_ms: Some(400.0),
+            wire_bytes: wire,
+            stream_bytes: wire,
+            page_bytes: 1 << 30,
+            memory_verified: ok,
+            error: None,
+            record: None,
+        }
+    }
+
+    #[test]
+    fn the_report_section_reads_back_what_the_bench_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(section(dir.path()).unwrap().is_none());
+        let image = ImageFloor {
+            mem_bytes: 1 << 30,
+            zero_pages: 0,
+            distinct_pages: 1,
+            unique_compressed_bytes: 12_500_000,
+        };
+        // 12.5 MB at 100 Mbit/s is 1 s, plus two 50 ms round trips.
+        let floor = floor::floor(&image, 100_000_000, 50.0, 0, 0, PageRewrite::Word);
+        let qemu = QemuOutcome::NotRun {
+            why: "no QEMU".into(),
+        };
+        let (cold, warm) = (
+            wanmig("cold", true, 20 << 20, 2200),
+            wanmig("warm", false, 1 << 20, 550),
+        );
+        let rows = rows(&qemu, &cold, &warm, &floor);
+        assert_eq!(rows.len(), 2, "no QEMU row when QEMU did not run");
+        assert!((rows[0].time_over_floor.unwrap() - 2.0).abs() < 1e-9);
+        assert_eq!(rows[0].wire_over_qemu, None);
+        assert_eq!(rows[1].time_over_floor, None, "a failed run has no ratio");
+        let report = RealReport {
+            image: "img".into(),
+            description: "an image".into(),
+            mem_bytes: 1 << 30,
+            image_floor: image,
+            floor_level: 3,
+            rtt_ms: 100,
+            rate_bps: 100_000_000,
+            qemu_downtime_ms: 300,
+            qemu_channels: 2,
+            runs: vec![LinkRun {
+                loss: 0.001,
+                floor,
+                qemu,
+                cold,
+                warm,
+                rows,
+                load_before: "1.00".into(),
+                load_after: "2.00".into(),
+                wall_s: 1.0,
+            }],
+        };
+        std::fs::write(
+            dir.path().join(JSON_FILE),
+            serde_json::to_vec(&report).unwrap(),
+        )
+        .unwrap();
+        let s = section(dir.path()).unwrap().unwrap();
+        assert!(s.starts_with("## Real memory"), "{s}");
+        assert!(s.contains("0.10% random loss; floor 1.10 s"), "{s}");
+        assert!(
+            s.contains("| wanmig cold | 20.0 | 2.20 | 400 | - | - | 2.00 | ok |"),
+            "{s}"
+        );
+        assert!(s.contains("| FAILED |"), "{s}");
+    }
+}
