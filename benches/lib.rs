@@ -1,12 +1,15 @@
 //! Shared code of the benchmarks: the kernel-TCP baseline over the netem
 //! TUN link ([`tcp_baseline`]), the goodput result rows they print, QEMU's
 //! live-migration baseline ([`qemu`]), the scenario runner and report
-//! ([`scenario`]) and the real-memory corpus ([`corpus`]).
+//! ([`scenario`]), the real-memory corpus ([`corpus`]) and the real-memory
+//! comparison of QEMU and wanmig on it ([`real_memory`]).
 
 #[path = "src/corpus.rs"]
 pub mod corpus;
 #[path = "src/qemu.rs"]
 pub mod qemu;
+#[path = "src/real_memory.rs"]
+pub mod real_memory;
 #[path = "src/scenario/mod.rs"]
 pub mod scenario;
 pub mod tcp_baseline;

@@ -24,8 +24,6 @@
 //!
 //! Needs /dev/kvm; without it, prints why and exits.
 
-use std::path::PathBuf;
-
 use wanmig_benches::scenario::matrix::Set;
 use wanmig_benches::scenario::run::QemuPolicy;
 use wanmig_benches::scenario::{run_set, RunnerOptions};
@@ -51,12 +49,7 @@ fn main() {
             std::process::exit(2)
         }
     };
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let root = root.canonicalize().unwrap_or(root);
-    let out_dir = std::env::var_os("WANMIG_REPORT_DIR")
-        .map(PathBuf::from)
-        .map(|p| if p.is_absolute() { p } else { root.join(p) })
-        .unwrap_or_else(|| root.join("target/scenarios"));
+    let out_dir = wanmig_benches::scenario::report_dir();
     let opts = RunnerOptions {
         set,
         out_dir,

@@ -34,7 +34,8 @@
 //!   codec's mix (`-object memory-backend-file,share=off`,
 //!   `-machine memory-backend=…`): page `i` of guest RAM is page `i` of the
 //!   mix with the same spec and seed — exactly what wanmig's shim preloads
-//!   with `--mem-image`. We chose that over `-device loader`: a loader blob
+//!   with `--mem-image`. [`QemuScenario::image`] maps a given file instead
+//!   (a real guest's memory from the corpus). We chose that over `-device loader`: a loader blob
 //!   may not cover the legacy ROM window at 0xA0000–0xFFFFF and the BIOS,
 //!   so it could not place the whole image, and the file mapping costs no
 //!   copy. No SeaBIOS runs (see the guest), so nothing else writes RAM.
@@ -62,7 +63,8 @@
 //!   `qemu_reported_bytes` is QEMU's `ram.transferred`, which counts pages
 //!   at their uncompressed size. After the move the destination must be
 //!   running and a spot check reads 16 pages outside the working set back
-//!   from the destination (`pmemsave`) and compares them with the mix.
+//!   from the destination (`pmemsave`) and compares them with the mix (or
+//!   the image file).
 //!
 //! [`multifd_model`] computes offline what the same migration sends for a
 //! memory image, without QEMU or a link.
@@ -85,7 +87,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use wanmig_codec::mix::{self, MixSpec};
 use wanmig_netem::tun::{TunLink, TunLinkConfig, TunLinkHandle};
@@ -108,6 +110,9 @@ const SPOT_CHECK_PAGES: u64 = 16;
 pub struct QemuScenario {
     /// The memory mix in guest RAM (with `seed`, as the codec generates it).
     pub mix: MixSpec,
+    /// Guest RAM from this file instead of `mix` (its size must be
+    /// `mem_bytes`; QEMU maps it privately, so it is never written).
+    pub image: Option<PathBuf>,
     pub seed: u64,
     /// Guest RAM; a whole number of MiB, at least 16 MiB.
     pub mem_bytes: u64,
@@ -140,6 +145,7 @@ impl QemuScenario {
     pub fn demo() -> Self {
         QemuScenario {
             mix: MixSpec::demo(),
+            image: None,
             seed: 0x00de_0001,
             mem_bytes: 512 << 20,
             rtt: Duration::from_millis(100),
@@ -226,6 +232,17 @@ impl QemuScenario {
         self.link()
             .validate()
             .context("scenario's link parameters (rtt, rate_bps, loss, jitter) are invalid")?;
+        if let Some(image) = &self.image {
+            let len = std::fs::metadata(image)
+                .with_context(|| format!("scenario.image: cannot read {}", image.display()))?
+                .len();
+            ensure!(
+                len == self.mem_bytes,
+                "scenario.image {} holds {len} bytes, scenario.mem_bytes says {}",
+                image.display(),
+                self.mem_bytes
+            );
+        }
         Ok(())
     }
 }
@@ -237,7 +254,7 @@ impl Default for QemuScenario {
 }
 
 /// What one QEMU migration did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct QemuResult {
     /// From `migrate` to the guest running at the destination (its RESUME
     /// event); to the end of polling if it never resumed.
@@ -373,8 +390,18 @@ struct Inputs {
     firmware: PathBuf,
 }
 
-/// Writes the memory image (the mix, page 0 on) and the firmware.
+/// Writes the memory image (the mix, page 0 on; unless the scenario names
+/// an image file) and the firmware.
 fn write_inputs(s: &QemuScenario, dir: &Path) -> Result<Inputs> {
+    let firmware = dir.join("dirty.bin");
+    std::fs::write(&firmware, guest::firmware(&s.dirty_params()))
+        .with_context(|| format!("writing {}", firmware.display()))?;
+    if let Some(image) = &s.image {
+        return Ok(Inputs {
+            image: image.clone(),
+            firmware,
+        });
+    }
     let image = dir.join("memory.img");
     let mut f = std::io::BufWriter::new(
         std::fs::File::create(&image).with_context(|| format!("creating {}", image.display()))?,
@@ -393,9 +420,6 @@ fn write_inputs(s: &QemuScenario, dir: &Path) -> Result<Inputs> {
     }
     f.flush()
         .with_context(|| format!("writing {}", image.display()))?;
-    let firmware = dir.join("dirty.bin");
-    std::fs::write(&firmware, guest::firmware(&s.dirty_params()))
-        .with_context(|| format!("writing {}", firmware.display()))?;
     Ok(Inputs { image, firmware })
 }
 
@@ -712,8 +736,15 @@ fn spot_pages(s: &QemuScenario) -> Vec<u64> {
 }
 
 /// Reads [`spot_pages`] back from the destination and compares them with
-/// the mix.
+/// the mix or the image file.
 fn spot_check(s: &QemuScenario, q: &mut qmp::Qmp, dir: &Path) -> Result<bool> {
+    use std::os::unix::fs::FileExt;
+    let image = match &s.image {
+        Some(p) => {
+            Some(std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?)
+        }
+        None => None,
+    };
     let mut want = [0u8; PAGE as usize];
     for p in spot_pages(s) {
         let file = dir.join(format!("page-{p}.bin"));
@@ -722,7 +753,12 @@ fn spot_check(s: &QemuScenario, q: &mut qmp::Qmp, dir: &Path) -> Result<bool> {
             json!({"val": p * PAGE, "size": PAGE, "filename": file.to_string_lossy()}),
         )?;
         let got = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-        mix::fill_page(s.seed, p, &s.mix, &mut want);
+        match &image {
+            Some(f) => f
+                .read_exact_at(&mut want, p * PAGE)
+                .with_context(|| format!("reading page {p} of the memory image"))?,
+            None => mix::fill_page(s.seed, p, &s.mix, &mut want),
+        }
         if got != want {
             return Ok(false);
         }

@@ -117,3 +117,47 @@ fn qemu_migration_that_cannot_finish_in_time_is_cancelled_and_the_guest_stays_at
     assert_eq!(r.guest_dirty_mib_s, None, "an idle guest has no dirty rate");
     assert!(r.wire_bytes > 0 && r.wire_bytes < s.mem_bytes);
 }
+
+/// A guest whose RAM is an image file (as the real-memory bench gives
+/// QEMU a corpus image) arrives with the file's pages, and the file stays
+/// as it was (QEMU maps it privately).
+#[test]
+fn qemu_migrates_a_guest_whose_ram_is_an_image_file() {
+    let name = "qemu_migrates_a_guest_whose_ram_is_an_image_file";
+    if !gate(name) {
+        return;
+    }
+    const MEM: u64 = 32 << 20;
+    // Every page numbered, so a page that arrived at the wrong place or
+    // not at all fails the spot check.
+    let image: Vec<u8> = (0..MEM / 8)
+        .flat_map(|w| (w / 512 * 0x9e37_79b9 + w % 512).to_le_bytes())
+        .collect();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &image).unwrap();
+    let s = QemuScenario {
+        image: Some(file.path().to_path_buf()),
+        mem_bytes: MEM,
+        rtt: Duration::from_millis(20),
+        rate_bps: 100_000_000,
+        dirty_bytes_per_sec: 0,
+        ..QemuScenario::demo()
+    };
+    let r = qemu::run_baseline_blocking(&s).expect("the QEMU baseline runs");
+    assert!(r.ok, "migration not ok: {}", r.note);
+    assert!(
+        r.memory_spot_check,
+        "destination memory differs from the file"
+    );
+    assert_eq!(
+        std::fs::read(file.path()).unwrap(),
+        image,
+        "the image file changed"
+    );
+    let short = QemuScenario {
+        mem_bytes: MEM * 2,
+        ..s
+    };
+    let e = format!("{:#}", short.validate().unwrap_err());
+    assert!(e.contains("scenario.image"), "{e}");
+}

@@ -2,7 +2,8 @@
 //! this guest could take on this link.
 //!
 //! **Unique compressed bytes** `U`: the guest's memory image (the mix the
-//! demo preloads, `wanmig_codec::mix` with the scenario's seed), split into
+//! demo preloads, `wanmig_codec::mix` with the scenario's seed, or an image
+//! file such as a real guest's memory from the corpus), split into
 //! 4 KiB pages; zero pages dropped (a zero page needs no payload);
 //! remaining pages deduplicated by content (BLAKE3) so each distinct page
 //! counts once; the distinct pages, concatenated in first-seen order,
@@ -33,7 +34,7 @@ use std::collections::HashSet;
 use std::io::Write;
 
 use anyhow::{Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use wanmig_codec::mix::{self, MixSpec};
 use wanmig_gateway::demo::GuestWorkload;
 
@@ -51,7 +52,7 @@ const PAGE: usize = 4096;
 
 /// The link-independent part of the floor: one memory image's unique
 /// compressed bytes.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 pub struct ImageFloor {
     pub mem_bytes: u64,
     pub zero_pages: u64,
@@ -62,10 +63,41 @@ pub struct ImageFloor {
 
 /// Computes [`ImageFloor`] of `mem_bytes` of `spec` with `seed`.
 pub fn image_floor(spec: &MixSpec, seed: u64, mem_bytes: u64) -> Result<ImageFloor> {
+    image_floor_of(mem_bytes, FLOOR_ZSTD_LEVEL, |first, part| {
+        mix::fill(seed, first, spec, part);
+        Ok(())
+    })
+}
+
+/// Computes [`ImageFloor`] of the memory image in the file at `path` (whole
+/// pages; a shorter tail is ignored), compressing at zstd `level`
+/// ([`FLOOR_ZSTD_LEVEL`] for a true floor; a lower level is much faster on
+/// large images and gives a floor that is higher by its worse ratio).
+pub fn file_floor(path: &std::path::Path, level: i32) -> Result<ImageFloor> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let len = f
+        .metadata()
+        .with_context(|| format!("reading the size of {}", path.display()))?
+        .len();
+    let mem_bytes = len - len % PAGE as u64;
+    image_floor_of(mem_bytes, level, |first, part| {
+        f.read_exact_at(part, first * PAGE as u64)
+            .with_context(|| format!("reading {}", path.display()))
+    })
+}
+
+/// Computes [`ImageFloor`] of `mem_bytes` of pages that `fill(first_page,
+/// buf)` writes into `buf`, a chunk at a time.
+fn image_floor_of(
+    mem_bytes: u64,
+    level: i32,
+    mut fill: impl FnMut(u64, &mut [u8]) -> Result<()>,
+) -> Result<ImageFloor> {
     let pages = mem_bytes / PAGE as u64;
     let mut seen: HashSet<[u8; 32]> = HashSet::new();
     let mut zero_pages = 0;
-    let mut enc = zstd::stream::Encoder::new(Vec::new(), FLOOR_ZSTD_LEVEL)
+    let mut enc = zstd::stream::Encoder::new(Vec::new(), level)
         .context("starting the floor's zstd stream")?;
     // Match over a window as long as memory, so nothing a long-range
     // matcher would find is missed.
@@ -77,7 +109,7 @@ pub fn image_floor(spec: &MixSpec, seed: u64, mem_bytes: u64) -> Result<ImageFlo
     while first < pages {
         let n = chunk.min(pages - first);
         let part = &mut buf[..n as usize * PAGE];
-        mix::fill(seed, first, spec, part);
+        fill(first, part)?;
         for page in part.chunks_exact(PAGE) {
             if page.iter().all(|&b| b == 0) {
                 zero_pages += 1;
@@ -99,7 +131,7 @@ pub fn image_floor(spec: &MixSpec, seed: u64, mem_bytes: u64) -> Result<ImageFlo
 
 /// How the guest's page writes change a page, as far as re-sending it
 /// costs.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum PageRewrite {
     /// One 8-byte word per page write.
@@ -135,7 +167,7 @@ impl PageRewrite {
 }
 
 /// The floor of one scenario.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 pub struct Floor {
     pub unique_compressed_bytes: u64,
     /// How the guest's writes change a page.
@@ -204,6 +236,22 @@ mod tests {
         assert!(rnd.unique_compressed_bytes >= 4 << 20, "{rnd:?}");
         let busy = image_floor(&MixSpec::demo(), 1, 4 << 20).unwrap();
         assert!(busy.unique_compressed_bytes < rnd.unique_compressed_bytes / 3);
+    }
+
+    #[test]
+    fn an_image_file_has_the_floor_of_the_pages_it_holds() {
+        let spec = MixSpec::demo();
+        let mem = 4u64 << 20;
+        let mut image = vec![0u8; mem as usize];
+        mix::fill(7, 0, &spec, &mut image);
+        // A tail shorter than a page is not memory.
+        image.extend_from_slice(&[1, 2, 3]);
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), &image).unwrap();
+        assert_eq!(
+            file_floor(file.path(), FLOOR_ZSTD_LEVEL).unwrap(),
+            image_floor(&spec, 7, mem).unwrap()
+        );
     }
 
     #[test]

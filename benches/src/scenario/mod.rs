@@ -49,6 +49,18 @@ impl FloorCache {
     }
 }
 
+/// Where the benchmarks write their report: `$WANMIG_REPORT_DIR` (relative
+/// to the workspace root), else `target/scenarios` in the workspace.
+pub fn report_dir() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = root.canonicalize().unwrap_or(root);
+    std::env::var_os("WANMIG_REPORT_DIR")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .map(|p| if p.is_absolute() { p } else { root.join(p) })
+        .unwrap_or_else(|| root.join("target/scenarios"))
+}
+
 fn fmt_secs(s: f64) -> String {
     let s = s.max(0.0) as u64;
     format!("{}m{:02}s", s / 60, s % 60)

@@ -1,5 +1,6 @@
 //! The scenario report: which goals each run met ([`Goals`]), the
-//! combined JSON, and the Markdown report with its SVG charts.
+//! combined JSON, and the Markdown report with its SVG charts (and the
+//! real-memory benchmark's tables when its JSON is in the same directory).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -473,7 +474,10 @@ pub fn write(dir: &Path, set: Set, results: &[ScenarioResult], wall_s: f64) -> R
     std::fs::write(dir.join("scenarios.json"), json)
         .with_context(|| format!("writing {}", dir.join("scenarios.json").display()))?;
     let figures = charts(dir, results)?;
-    let md = markdown(set, results, &goals, &figures, wall_s, &machine);
+    let mut md = markdown(set, results, &goals, &figures, wall_s, &machine);
+    if let Some(real) = crate::real_memory::section(dir)? {
+        md.push_str(&real);
+    }
     std::fs::write(dir.join("report.md"), md)
         .with_context(|| format!("writing {}", dir.join("report.md").display()))?;
     Ok(())

@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use wanmig_gateway::demo::{self, DemoReport};
 
 use super::floor::{self, Floor, ImageFloor};
@@ -85,7 +85,7 @@ impl RunSummary {
 }
 
 /// QEMU's run, or why there is none.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "kebab-case")]
 pub enum QemuOutcome {
     NotRun { why: String },
