@@ -339,18 +339,23 @@ pub async fn run_baseline(s: &QemuScenario) -> Result<QemuResult> {
 
     let ns_a = Netns::create("wmqa").context("creating namespace A")?;
     let ns_b = Netns::create("wmqb").context("creating namespace B")?;
+    // Room for a bandwidth-delay product of TCP receive window. Newer
+    // kernels refuse `net.core.*` inside a namespace ("Invalid argument");
+    // QEMU then runs with the kernel's defaults, which may cap its rate on
+    // long links, so say so rather than fail the run.
     for ns in [&ns_a, &ns_b] {
         for kv in [
             "net.ipv4.tcp_rmem=4096 131072 33554432",
             "net.core.rmem_max=33554432",
         ] {
             let o = ns.run(&["sysctl", "-q", "-w", kv]);
-            ensure!(
-                o.status.success(),
-                "setting {kv} in {}: {}",
-                ns.name(),
-                String::from_utf8_lossy(&o.stderr).trim()
-            );
+            if !o.status.success() {
+                eprintln!(
+                    "warning: setting {kv} in {} was refused ({}); QEMU's TCP keeps the kernel's default window",
+                    ns.name(),
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+            }
         }
     }
     let link = TunLink::start(TunLinkConfig {
