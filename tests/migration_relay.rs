@@ -454,22 +454,7 @@ async fn a_second_vm_from_a_known_image_costs_almost_nothing_on_the_wire() {
         };
         start_vm(a.vm_host(), vm, config.clone()).await;
         assert!(wait_iteration(a.vm_host(), vm, 1).await, "{vm} runs at A");
-        let rec = a
-            .migration()
-            .migrate(MigrateRequest {
-                vm: vm.into(),
-                to: "site-b".into(),
-                downtime: Some(Duration::from_millis(300)),
-                scope: None,
-            })
-            .await
-            .expect("the migration starts");
-        assert_eq!(
-            rec.outcome,
-            Some(Outcome::Succeeded),
-            "{vm}: {:?}",
-            rec.error
-        );
+        let rec = migrate_ok(a, vm, "site-b", vm).await;
         let digest = rec.memory_digest.clone().expect("a finished move's digest");
         let released = a.vm_host().released(vm).expect("A's record of the VM");
         assert_eq!(digest, hex(&released.memory_digest), "{vm}: source memory");

@@ -1,12 +1,15 @@
 //! Helpers of the migration end-to-end tests (included with `#[path]`):
 //! guest configurations, the unmigrated reference of the memory workload,
-//! and polling a hosted VM's progress without holding the host's lock.
+//! polling a hosted VM's progress without holding the host's lock, and a
+//! migration that must succeed.
 #![allow(dead_code)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use wanmig_gateway::migration::{MigrateRequest, MigrationRecord, Outcome};
 use wanmig_gateway::vms::{VmHost, VmHosting};
+use wanmig_gateway::GatewayHandle;
 use wanmig_migration::admin::MemSample;
 use wanmig_migration::machine::{MemoryWorkloadConfig, VmConfig};
 use wanmig_vmm::workload_model::reference_digests;
@@ -94,4 +97,26 @@ pub async fn start_vm(host: &Arc<VmHost>, name: &str, config: VmConfig) {
 pub async fn keeps_running(host: &VmHost, vm: &str) -> bool {
     let now = iteration(host, vm);
     now > 0 && wait_iteration(host, vm, now + 5).await
+}
+
+/// Migrates `vm` from `src` to site `to` with a 300 ms downtime goal and
+/// asserts it succeeded; `what` names the move in a failure.
+pub async fn migrate_ok(src: &GatewayHandle, vm: &str, to: &str, what: &str) -> MigrationRecord {
+    let rec = src
+        .migration()
+        .migrate(MigrateRequest {
+            vm: vm.into(),
+            to: to.into(),
+            downtime: Some(Duration::from_millis(300)),
+            scope: None,
+        })
+        .await
+        .expect("the migration starts");
+    assert_eq!(
+        rec.outcome,
+        Some(Outcome::Succeeded),
+        "{what}: {:?}",
+        rec.error
+    );
+    rec
 }

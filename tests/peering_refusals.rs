@@ -25,6 +25,37 @@ fn write_pair(
     (c, k)
 }
 
+/// A raw QUIC client on `socket` presenting `id` dials site-b at `addr`:
+/// the endpoint (keep it while the connection is used) and the handshake's
+/// result.
+async fn dial_site_b(
+    socket: std::net::UdpSocket,
+    addr: std::net::SocketAddr,
+    id: &Identity,
+    roots: &rustls::RootCertStore,
+    transport: Option<quinn::TransportConfig>,
+) -> (
+    quinn::Endpoint,
+    Result<quinn::Connection, quinn::ConnectionError>,
+) {
+    let mut client = quinn::ClientConfig::new(tls::client_crypto(id, roots).unwrap());
+    if let Some(t) = transport {
+        client.transport_config(Arc::new(t));
+    }
+    let ep = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket,
+        quinn::default_runtime().unwrap(),
+    )
+    .unwrap();
+    let conn = ep
+        .connect_with(client, addr, "site-b.wanmig")
+        .unwrap()
+        .await;
+    (ep, conn)
+}
+
 fn identity(cert: &std::path::Path, key: &std::path::Path) -> Identity {
     Identity {
         certs: tls::load_certs(cert).unwrap(),
@@ -197,19 +228,8 @@ async fn a_client_naming_an_unconfigured_site_is_refused_by_the_acceptor() {
     };
     let roots = tls::load_roots(&cd.join("ca.pem")).unwrap();
     let mesh = prepared.start().await.unwrap();
-    let client = quinn::ClientConfig::new(tls::client_crypto(&identity(&c, &k), &roots).unwrap());
-    let ep = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        None,
-        a_socket,
-        quinn::default_runtime().unwrap(),
-    )
-    .unwrap();
-    let conn = ep
-        .connect_with(client, b_addr, "site-b.wanmig")
-        .unwrap()
-        .await
-        .unwrap();
+    let (_ep, conn) = dial_site_b(a_socket, b_addr, &identity(&c, &k), &roots, None).await;
+    let conn = conn.unwrap();
     let why = tokio::time::timeout(Duration::from_secs(30), conn.closed())
         .await
         .unwrap();
@@ -308,22 +328,10 @@ async fn a_peer_gets_a_bounded_number_of_streams() {
     let id = identity(&cd.join("site-a.pem"), &cd.join("site-a.key"));
     let roots = tls::load_roots(&cd.join("ca.pem")).unwrap();
     let mesh = prepared.start().await.unwrap();
-    let mut client = quinn::ClientConfig::new(tls::client_crypto(&id, &roots).unwrap());
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(Duration::from_secs(1)));
-    client.transport_config(Arc::new(transport));
-    let ep = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        None,
-        a_socket,
-        quinn::default_runtime().unwrap(),
-    )
-    .unwrap();
-    let conn = ep
-        .connect_with(client, b_addr, "site-b.wanmig")
-        .unwrap()
-        .await
-        .expect("site-b accepts site-a");
+    let (_ep, conn) = dial_site_b(a_socket, b_addr, &id, &roots, Some(transport)).await;
+    let conn = conn.expect("site-b accepts site-a");
     let b = mesh.gw("site-b");
     assert!(b.wait_all_up(Duration::from_secs(30)).await);
 

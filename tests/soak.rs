@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use support::*;
 use wanmig_e2e::{init_logging, Link, Mesh, MeshBuilder};
-use wanmig_gateway::migration::{Direction, MigrateRequest, Outcome};
+use wanmig_gateway::migration::{Direction, Outcome};
 use wanmig_gateway::vms::{DiskState, VmHost, VmState};
 use wanmig_gateway::GatewayHandle;
 use wanmig_guest_abi::virtio::{disk_block_fill, disk_block_last_iteration, DISK_BLOCK_WORDS};
@@ -164,22 +164,7 @@ async fn settled_and_running(gw: &GatewayHandle, vm: &str, copies: &AtomicU64) {
 /// Migrates `vm` from `from` to `to` and checks the move.
 async fn migrate_once(mesh: &Mesh, config: &VmConfig, vm: &str, from: &str, to: &str) {
     let (src, dst) = (mesh.gw(from), mesh.gw(to));
-    let rec = src
-        .migration()
-        .migrate(MigrateRequest {
-            vm: vm.into(),
-            to: to.into(),
-            downtime: Some(Duration::from_millis(300)),
-            scope: None,
-        })
-        .await
-        .expect("the migration starts");
-    assert_eq!(
-        rec.outcome,
-        Some(Outcome::Succeeded),
-        "{vm} {from} -> {to}: {:?}",
-        rec.error
-    );
+    let rec = migrate_ok(src, vm, to, &format!("{vm} {from} -> {to}")).await;
     // The digest both shims checked is the source's memory as it let go,
     // and the destination's record agrees.
     let released = src.vm_host().released(vm).expect("the source's record");

@@ -82,9 +82,17 @@ async fn the_source_frees_a_migrated_vms_memory() {
         .expect("the migration starts");
     assert_eq!(rec.outcome, Some(Outcome::Succeeded), "{:?}", rec.error);
     assert_eq!(b.vm_host().state("vm1"), Some(VmState::Running));
-    let moved = rss();
+    // B holds its copy now; A's must be gone (a kept copy adds MEM). The
+    // sessions' buffers (the destination decoder's cache of received
+    // pages, up to 256 MiB) go when their tasks end, a moment after the
+    // source's record finished: wait for that, within a deadline.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut moved = rss();
+    while moved >= running + MEM / 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        moved = rss();
+    }
     eprintln!("RSS: before {before}, running at A {running}, moved to B {moved}");
-    // B holds its copy now; A's must be gone (a kept copy adds MEM).
     assert!(
         moved < running + MEM / 2,
         "the source still holds the VM's memory: RSS {running} -> {moved} bytes"
