@@ -123,18 +123,7 @@ async fn a_client_certificate_from_a_foreign_ca_is_refused_by_the_acceptor() {
     let roots = tls::load_roots(&cd.join("ca.pem")).unwrap();
     let mesh = prepared.start().await.unwrap();
 
-    let client = quinn::ClientConfig::new(tls::client_crypto(&identity(&c, &k), &roots).unwrap());
-    let ep = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        None,
-        a_socket,
-        quinn::default_runtime().unwrap(),
-    )
-    .unwrap();
-    let res = ep
-        .connect_with(client, b_addr, "site-b.wanmig")
-        .unwrap()
-        .await;
+    let (_ep, res) = dial_site_b(a_socket, b_addr, &identity(&c, &k), &roots, None).await;
     // TLS 1.3: the client finishes first; the refusal arrives right after.
     if let Ok(conn) = res {
         let why = tokio::time::timeout(Duration::from_secs(30), conn.closed())
@@ -312,8 +301,9 @@ async fn a_gateway_refuses_to_start_with_an_unusable_store_dir() {
     );
 }
 
-/// Item: a peer could open 1024 streams, each buffering up to a whole frame
-/// at this gateway. A real peer (site-a's own certificate) dialling site-b
+/// Each stream a peer opens may buffer up to a whole frame at this
+/// gateway, so their number is bounded. A real peer (site-a's own
+/// certificate) dialling site-b
 /// gets `PEER_BIDI_STREAMS` bidirectional streams and no unidirectional
 /// one: the next open waits, and proceeds once some of its streams end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

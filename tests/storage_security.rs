@@ -309,8 +309,9 @@ async fn a_disk_over_the_destinations_max_disk_mib_is_refused() {
     mesh.shutdown().await;
 }
 
-/// Item: each migration `Open` could make the destination build a VM (and
-/// its page table) of any size. Site-b takes VMs of up to 16 MiB
+/// Each migration `Open` makes the destination build a VM and its page
+/// table of the size asked, so that size is bounded. Site-b takes VMs of
+/// up to 16 MiB
 /// (`[vms] max_mem_mib = 16`): a 32 MiB VM is refused, naming the key,
 /// before its page store is opened; a 16 MiB VM is accepted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

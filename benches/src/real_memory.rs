@@ -73,7 +73,7 @@ pub struct RealOptions {
 }
 
 impl Default for RealOptions {
-    /// The comparison: the 2 GiB page-cache guest, 100 ms RTT,
+    /// The comparison of record: the 2 GiB page-cache guest, 100 ms RTT,
     /// 250 Mbit/s, no loss, QEMU multifd ×2 with 300 ms downtime-limit.
     fn default() -> Self {
         RealOptions {

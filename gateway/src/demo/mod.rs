@@ -657,14 +657,13 @@ pub async fn run(
 /// `dir/<site>.prom`.
 async fn save_metrics(mesh: &crate::lab::Mesh, dir: &std::path::Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let http = reqwest::Client::builder().no_proxy().build()?;
     for site in mesh.sites() {
         let addr = mesh
             .gw(site)
             .metrics_addr()
             .with_context(|| format!("{site} serves no /metrics"))?;
-        let text = reqwest::Client::builder()
-            .no_proxy()
-            .build()?
+        let text = http
             .get(format!("http://{addr}/metrics"))
             .send()
             .await
