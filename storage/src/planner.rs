@@ -13,15 +13,22 @@
 //!   full background window never delays them. A block already requested by
 //!   the background copy is requested again on demand (it may be queued
 //!   behind a window of background bytes); the later copy is discarded.
-//! - **Window.** Background fetches are bounded by `window_blocks` in flight
-//!   (size it to the bandwidth-delay product in *logical* bytes: 250 Mbit/s ×
-//!   100 ms ≈ 3 MiB on the wire, and with zero blocks and zstd a block costs
-//!   about a third of its size on the wire for a typical image, so ≈ 9 MiB ≈
-//!   140 blocks of 64 KiB; the default allows 256 = 16 MiB). A bigger window
-//!   queues more background bytes at the bottleneck, so the transport must
-//!   send on-demand blocks ahead of background ones (the in-process link in
-//!   [`crate::copy`] does). Contiguous blocks are coalesced into one request
-//!   of up to `max_request_blocks`.
+//! - **Window.** Background fetches in flight are bounded in *wire* bytes,
+//!   since the bandwidth-delay product is a wire quantity: `window_wire_bytes`
+//!   divided by what a background block has recently cost on the wire (a
+//!   moving average of arrivals), at least `window_blocks` and at most
+//!   `max_window_blocks`. A block the far site already holds (page
+//!   references, zero blocks) costs a few hundred bytes instead of tens of
+//!   KiB, so a copy of content the destination holds would otherwise be
+//!   bound by round trips (a fixed 16 MiB of logical data per RTT), not by
+//!   bytes. The floor is the window before anything arrived; the cap bounds
+//!   how much raw data can queue when the content turns expensive again
+//!   (128 MiB: about 4 s at 250 Mbit/s, well inside `request_timeout`). A
+//!   bigger window queues more background bytes at the bottleneck, so the
+//!   transport must send on-demand blocks ahead of background ones (the
+//!   in-process link in [`crate::copy`] does, and so does the gateway's
+//!   relay, on a stream of higher priority). Contiguous blocks are coalesced
+//!   into one request of up to `max_request_blocks`.
 //! - **Write wins.** A guest write makes its blocks present; a block that
 //!   arrives for a present block is discarded, so the copy never overwrites
 //!   guest data. A write that covers only part of a missing block would need
@@ -51,8 +58,13 @@ use crate::presence::PresenceBitmap;
 /// Tunables of the planner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PlannerConfig {
-    /// Background blocks in flight at most.
+    /// Background blocks in flight before any arrived, and at least after.
     pub window_blocks: u32,
+    /// Background bytes in flight on the wire the window aims at (about
+    /// the bandwidth-delay product, with room for the link to speed up).
+    pub window_wire_bytes: u64,
+    /// Background blocks in flight at most, however cheap they are.
+    pub max_window_blocks: u32,
     /// On-demand blocks in flight at most (a separate budget).
     pub demand_window_blocks: u32,
     /// Contiguous blocks coalesced into one request at most.
@@ -70,6 +82,8 @@ impl Default for PlannerConfig {
     fn default() -> Self {
         PlannerConfig {
             window_blocks: 256,
+            window_wire_bytes: 8 << 20,
+            max_window_blocks: 2048,
             demand_window_blocks: 64,
             max_request_blocks: 16,
             read_timeout: Duration::from_secs(30),
@@ -205,6 +219,9 @@ pub struct Planner {
     in_flight: HashMap<u64, InFlight>,
     bg_in_flight: u32,
     demand_in_flight: u32,
+    /// Moving average of the wire bytes of background arrivals per block
+    /// (`None` until the first).
+    bg_wire_per_block: Option<f64>,
     bg_cursor: u64,
     link_up: bool,
     background: bool,
@@ -224,6 +241,7 @@ impl Planner {
         let mut p = Planner {
             config: PlannerConfig {
                 window_blocks: config.window_blocks.max(1),
+                max_window_blocks: config.max_window_blocks.max(config.window_blocks.max(1)),
                 demand_window_blocks: config.demand_window_blocks.max(1),
                 max_request_blocks: config.max_request_blocks.max(1),
                 ..config
@@ -234,6 +252,7 @@ impl Planner {
             in_flight: HashMap::new(),
             bg_in_flight: 0,
             demand_in_flight: 0,
+            bg_wire_per_block: None,
             bg_cursor: 0,
             link_up: true,
             background: true,
@@ -362,8 +381,14 @@ impl Planner {
         true
     }
 
-    /// A block arrived from the source (on demand or background).
-    pub fn block_arrived(&mut self, now: Instant, block: u64) -> Result<Arrival, StorageError> {
+    /// A block arrived from the source (on demand or background), having
+    /// cost `wire_len` bytes on the wire.
+    pub fn block_arrived(
+        &mut self,
+        now: Instant,
+        block: u64,
+        wire_len: u64,
+    ) -> Result<Arrival, StorageError> {
         let count = self.geometry().block_count();
         if block >= count {
             return Err(StorageError::NoSuchBlock {
@@ -375,6 +400,9 @@ impl Planner {
             self.release_slot(f.priority);
             (f.priority, now.saturating_duration_since(f.sent_at))
         });
+        if let Some((Priority::Background, _)) = answered {
+            self.observe_background_cost(wire_len);
+        }
         if self.presence.is_present(block) || self.state[block as usize] == BlockState::Landing {
             self.stats.blocks_discarded += 1;
             return Ok(Arrival::Discard);
@@ -581,6 +609,31 @@ impl Planner {
         }
     }
 
+    /// Folds one background arrival's wire cost into the average the
+    /// window is sized by (over about the last 32 arrivals: quick to follow
+    /// a change of content, steady within it).
+    fn observe_background_cost(&mut self, wire_len: u64) {
+        let cost = wire_len as f64;
+        self.bg_wire_per_block = Some(match self.bg_wire_per_block {
+            None => cost,
+            Some(avg) => avg + (cost - avg) / 32.0,
+        });
+    }
+
+    /// Background blocks that may be in flight now (see the module docs).
+    pub fn background_window(&self) -> u32 {
+        let floor = self.config.window_blocks;
+        match self.bg_wire_per_block {
+            None => floor,
+            Some(per_block) => {
+                // A block costs at least its frame header on the wire; the
+                // bound keeps the division meaningful. `as` saturates.
+                let fit = self.config.window_wire_bytes as f64 / per_block.max(16.0);
+                (fit as u32).clamp(floor, self.config.max_window_blocks)
+            }
+        }
+    }
+
     fn release_slot(&mut self, p: Priority) {
         match p {
             Priority::OnDemand => self.demand_in_flight = self.demand_in_flight.saturating_sub(1),
@@ -679,7 +732,7 @@ impl Planner {
         if !self.background {
             return None;
         }
-        let budget = self.config.window_blocks.checked_sub(self.bg_in_flight)?;
+        let budget = self.background_window().checked_sub(self.bg_in_flight)?;
         if budget == 0 {
             return None;
         }

@@ -629,12 +629,13 @@ impl RemoteDisk {
         self.arrived(block, decoded, data, wire_len)
     }
 
-    /// The transport could not use what arrived for `block` (e.g. it
-    /// referenced content no longer held here): it is requested again.
-    pub fn on_block_unusable(&self, block: u64, why: StorageError) -> StorageError {
+    /// The transport could not use what arrived for `block` (`wire_len`
+    /// bytes; e.g. it referenced content no longer held here): it is
+    /// requested again.
+    pub fn on_block_unusable(&self, block: u64, wire_len: u64, why: StorageError) -> StorageError {
         let now = Instant::now();
         let mut st = self.lock();
-        if let Ok(Arrival::Store { .. }) = st.planner.block_arrived(now, block) {
+        if let Ok(Arrival::Store { .. }) = st.planner.block_arrived(now, block, wire_len) {
             st.planner.block_store_failed(block);
         }
         let reqs = self.settle(&mut st, now);
@@ -656,7 +657,7 @@ impl RemoteDisk {
         let decoded = match decoded {
             Ok(d) => d,
             Err(e) => {
-                if let Arrival::Store { .. } = st.planner.block_arrived(now, block)? {
+                if let Arrival::Store { .. } = st.planner.block_arrived(now, block, wire_len)? {
                     st.planner.block_store_failed(block);
                 }
                 let reqs = self.settle(&mut st, now);
@@ -666,7 +667,7 @@ impl RemoteDisk {
             }
         };
         self.metrics.wire_bytes(expected as u64, wire_len);
-        match st.planner.block_arrived(now, block)? {
+        match st.planner.block_arrived(now, block, wire_len)? {
             Arrival::Discard => self.metrics.block_discarded(),
             Arrival::Store { answered } => {
                 let off = self.geometry.block_offset(block);

@@ -510,6 +510,7 @@ fn take_block(
         Err(why) => {
             let _ = disk.on_block_unusable(
                 block,
+                payload.len() as u64,
                 wanmig_storage::StorageError::BadCompressedBlock {
                     block,
                     reason: why.clone(),

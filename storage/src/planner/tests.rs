@@ -15,6 +15,8 @@ fn cfg(window: u32, demand: u32, max_req: u32) -> PlannerConfig {
         window_blocks: window,
         demand_window_blocks: demand,
         max_request_blocks: max_req,
+        window_wire_bytes: u64::from(window) * u64::from(BS),
+        max_window_blocks: window,
         read_timeout: Duration::from_secs(5),
         request_timeout: Duration::from_secs(60),
     }
@@ -30,10 +32,71 @@ fn drain_events(p: &mut Planner) -> Vec<Event> {
 
 /// Delivers and stores one block, asserting the planner wanted it.
 fn deliver(p: &mut Planner, now: Instant, b: u64) {
-    match p.block_arrived(now, b).unwrap() {
+    match p.block_arrived(now, b, u64::from(BS)).unwrap() {
         Arrival::Store { .. } => p.block_stored(b),
         Arrival::Discard => panic!("block {b} unexpectedly discarded"),
     }
+}
+
+/// Answers every background request in flight, each block costing
+/// `wire_len` on the wire; returns how many were in flight.
+fn answer_all(p: &mut Planner, now: Instant, wire_len: u64) -> usize {
+    let reqs = drain_fetches(p, now);
+    let blocks: Vec<u64> = reqs.iter().flat_map(|r| r.blocks()).collect();
+    for &b in &blocks {
+        match p.block_arrived(now, b, wire_len).unwrap() {
+            Arrival::Store { .. } => p.block_stored(b),
+            Arrival::Discard => panic!("block {b} unexpectedly discarded"),
+        }
+    }
+    blocks.len()
+}
+
+#[test]
+fn the_background_window_follows_what_blocks_cost_on_the_wire() {
+    let t0 = Instant::now();
+    let config = PlannerConfig {
+        window_blocks: 8,
+        window_wire_bytes: 128 * 1024,
+        max_window_blocks: 256,
+        demand_window_blocks: 4,
+        max_request_blocks: 16,
+        read_timeout: Duration::from_secs(5),
+        request_timeout: Duration::from_secs(60),
+    };
+    let mut p = planner(100_000, config);
+    // Before anything arrived: the floor.
+    assert_eq!(answer_all(&mut p, t0, 4096), 8);
+    // Blocks costing a whole block: 128 KiB of wire is 32 blocks.
+    for _ in 0..20 {
+        answer_all(&mut p, t0, 4096);
+    }
+    assert_eq!(p.background_window(), 32);
+    // Content the far site holds (a few hundred bytes a block): the window
+    // opens up to its cap, so a round trip carries far more blocks.
+    for _ in 0..20 {
+        answer_all(&mut p, t0, 300);
+    }
+    assert_eq!(p.background_window(), 256);
+    assert_eq!(answer_all(&mut p, t0, 300), 256);
+    // Expensive again: back down within a few round trips, and never
+    // below the floor.
+    for _ in 0..6 {
+        answer_all(&mut p, t0, 64 * 1024);
+    }
+    assert_eq!(p.background_window(), 8);
+    // On-demand arrivals do not move it.
+    let before = p.background_window();
+    let w = p.guest_read(t0, 99_000 * u64::from(BS), u64::from(BS));
+    assert!(matches!(w, Ok(IoPlan::Wait(_))));
+    for r in drain_fetches(&mut p, t0) {
+        for b in r.blocks() {
+            if r.priority == Priority::OnDemand {
+                let _ = p.block_arrived(t0, b, 1).unwrap();
+            }
+        }
+    }
+    assert_eq!(p.background_window(), before);
 }
 
 #[test]
@@ -103,7 +166,7 @@ fn on_demand_goes_first_even_with_full_background_window() {
     // Arrivals report on-demand latency.
     let t1 = t0 + Duration::from_millis(100);
     for b in 50..53 {
-        match p.block_arrived(t1, b).unwrap() {
+        match p.block_arrived(t1, b, u64::from(BS)).unwrap() {
             Arrival::Store {
                 answered: Some((Priority::OnDemand, lat)),
             } => {
@@ -183,7 +246,10 @@ fn read_of_local_block_is_ready_and_inflight_background_is_promoted() {
     // Whichever copy comes first is stored; the other is discarded.
     deliver(&mut p, t0, 1);
     assert_eq!(drain_events(&mut p), vec![Event::Ready(id)]);
-    assert_eq!(p.block_arrived(t0, 1).unwrap(), Arrival::Discard);
+    assert_eq!(
+        p.block_arrived(t0, 1, u64::from(BS)).unwrap(),
+        Arrival::Discard
+    );
     assert_eq!(p.in_flight(), 4);
 }
 
@@ -197,7 +263,10 @@ fn guest_write_wins_over_copy() {
     p.write_done(3 * 4096, 4096);
     assert!(p.presence().is_present(3));
     // Its late arrival is discarded, never stored over the guest's bytes.
-    assert_eq!(p.block_arrived(t0, 3).unwrap(), Arrival::Discard);
+    assert_eq!(
+        p.block_arrived(t0, 3, u64::from(BS)).unwrap(),
+        Arrival::Discard
+    );
     assert_eq!(p.stats().blocks_discarded, 1);
     assert_eq!(p.stats().blocks_written, 1);
     // Writes to blocks nobody fetched yet also win: never requested again.
@@ -451,7 +520,10 @@ fn unanswered_requests_are_reissued_after_request_timeout() {
     );
     // The first answer is stored, the duplicate discarded.
     deliver(&mut p, t1, 0);
-    assert_eq!(p.block_arrived(t1, 0).unwrap(), Arrival::Discard);
+    assert_eq!(
+        p.block_arrived(t1, 0, u64::from(BS)).unwrap(),
+        Arrival::Discard
+    );
 }
 
 #[test]
@@ -469,7 +541,7 @@ fn resumes_from_a_bitmap_and_rejects_foreign_blocks() {
         .collect();
     assert_eq!(asked, vec![3, 4, 6, 7, 8]);
     assert!(matches!(
-        p.block_arrived(t0, 10),
+        p.block_arrived(t0, 10, u64::from(BS)),
         Err(StorageError::NoSuchBlock { .. })
     ));
     assert!(p.guest_read(t0, 9 * 4096, 4097).is_err());
@@ -489,7 +561,7 @@ fn store_failure_refetches() {
     let mut p = planner(4, cfg(4, 4, 4));
     drain_fetches(&mut p, t0);
     assert!(matches!(
-        p.block_arrived(t0, 2).unwrap(),
+        p.block_arrived(t0, 2, u64::from(BS)).unwrap(),
         Arrival::Store { .. }
     ));
     p.block_store_failed(2);
@@ -535,7 +607,7 @@ proptest! {
         let mut wire: Vec<u64> = Vec::new();
         let mut written = std::collections::HashSet::new();
         let check_store = |p: &mut Planner, b: u64, now, written: &std::collections::HashSet<u64>| {
-            if let Arrival::Store { .. } = p.block_arrived(now, b).unwrap() {
+            if let Arrival::Store { .. } = p.block_arrived(now, b, u64::from(BS)).unwrap() {
                 assert!(!written.contains(&b), "stored over guest-written block {b}");
                 p.block_stored(b);
             }

@@ -46,6 +46,9 @@ fn config() -> RemoteDiskConfig {
         block_size: BS,
         planner: PlannerConfig {
             window_blocks: 4,
+            // A fixed window of 4, whatever blocks cost on the wire.
+            window_wire_bytes: 0,
+            max_window_blocks: 4,
             demand_window_blocks: 4,
             max_request_blocks: 4,
             read_timeout: Duration::from_secs(10),
