@@ -113,49 +113,63 @@ fn every_target_fuzzes_without_a_crash() {
     );
 
     let scratch = tempfile::tempdir().expect("a scratch directory");
+    // The fuzzers run side by side, one per core: each is one process on
+    // one core, and nothing else runs while this test does.
+    let parallel = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut failed = Vec::new();
-    for t in TARGETS {
-        // New inputs go to a scratch corpus (the first directory); the
-        // checked-in one is only read.
-        let new = scratch.path().join(t.name);
-        let artifacts = scratch.path().join(format!("{}-artifacts", t.name));
-        std::fs::create_dir_all(&new).expect("scratch corpus");
-        std::fs::create_dir_all(&artifacts).expect("scratch artifacts");
-        let corpus = fuzz_dir().join("corpus").join(t.name);
-        let out = cargo_fuzz(&["run"])
-            .arg(t.name)
-            .arg(&new)
-            .arg(&corpus)
-            .arg("--")
-            .arg(format!("-max_total_time={seconds}"))
-            .arg(format!("-artifact_prefix={}/", artifacts.display()))
-            .arg("-rss_limit_mb=4096")
-            .output()
-            .expect("run cargo fuzz run");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let done = stderr
-            .lines()
-            .rfind(|l| l.contains("DONE"))
-            .unwrap_or("(no DONE line)");
-        eprintln!("{}: {done}", t.name);
-        if !out.status.success() {
-            let saved: Vec<PathBuf> = std::fs::read_dir(&artifacts)
-                .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
-                .unwrap_or_default();
-            for p in &saved {
-                // Keep the input where a developer can find it after the
-                // scratch directory is gone.
-                let keep = target_dir()
-                    .join("fuzz-artifacts")
-                    .join(t.name)
-                    .join(p.file_name().expect("artifact file name"));
-                std::fs::create_dir_all(keep.parent().expect("artifact directory"))
-                    .expect("create fuzz-artifacts");
-                std::fs::copy(p, &keep).expect("keep the artifact");
-                eprintln!("{}: kept {}", t.name, keep.display());
+    for batch in TARGETS.chunks(parallel) {
+        let running: Vec<_> = batch
+            .iter()
+            .map(|t| {
+                // New inputs go to a scratch corpus (the first directory);
+                // the checked-in one is only read.
+                let new = scratch.path().join(t.name);
+                let artifacts = scratch.path().join(format!("{}-artifacts", t.name));
+                std::fs::create_dir_all(&new).expect("scratch corpus");
+                std::fs::create_dir_all(&artifacts).expect("scratch artifacts");
+                let corpus = fuzz_dir().join("corpus").join(t.name);
+                let child = cargo_fuzz(&["run"])
+                    .arg(t.name)
+                    .arg(&new)
+                    .arg(&corpus)
+                    .arg("--")
+                    .arg(format!("-max_total_time={seconds}"))
+                    .arg(format!("-artifact_prefix={}/", artifacts.display()))
+                    .arg("-rss_limit_mb=4096")
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("run cargo fuzz run");
+                (t, artifacts, child)
+            })
+            .collect();
+        for (t, artifacts, child) in running {
+            let out = child.wait_with_output().expect("wait for cargo fuzz run");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let done = stderr
+                .lines()
+                .rfind(|l| l.contains("DONE"))
+                .unwrap_or("(no DONE line)");
+            eprintln!("{}: {done}", t.name);
+            if !out.status.success() {
+                let saved: Vec<PathBuf> = std::fs::read_dir(&artifacts)
+                    .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+                    .unwrap_or_default();
+                for p in &saved {
+                    // Keep the input where a developer can find it after
+                    // the scratch directory is gone.
+                    let keep = target_dir()
+                        .join("fuzz-artifacts")
+                        .join(t.name)
+                        .join(p.file_name().expect("artifact file name"));
+                    std::fs::create_dir_all(keep.parent().expect("artifact directory"))
+                        .expect("create fuzz-artifacts");
+                    std::fs::copy(p, &keep).expect("keep the artifact");
+                    eprintln!("{}: kept {}", t.name, keep.display());
+                }
+                eprintln!("{}:\n{}", t.name, tail(&out));
+                failed.push(t.name);
             }
-            eprintln!("{}:\n{}", t.name, tail(&out));
-            failed.push(t.name);
         }
     }
     eprintln!(
