@@ -80,6 +80,11 @@ pub struct NetConfig {
     /// Back the card with this TAP device; `None` = an in-process channel
     /// whose far end `Vm::take_net_port` hands out.
     pub tap: Option<String>,
+    /// The overlay segment the hosting gateway plugs the card into, at
+    /// every site the VM runs at (segments are matched by name); `None`
+    /// leaves the card to whoever takes its port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment: Option<String>,
 }
 
 /// The disk and the disk workload.
@@ -148,6 +153,22 @@ impl VmConfig {
                     abi::MAX_MEM_SIZE >> 20
                 ),
             });
+        }
+        if let Some(segment) = self.net.as_ref().and_then(|n| n.segment.as_ref()) {
+            if segment.is_empty() {
+                return Err(ConfigError {
+                    key: "net.segment",
+                    reason: "empty; name a segment of the gateway's [[overlay.segment]]".into(),
+                });
+            }
+            if self.net.as_ref().is_some_and(|n| n.tap.is_some()) {
+                return Err(ConfigError {
+                    key: "net.segment",
+                    reason: "set together with net.tap; a TAP-backed card is wired by whoever \
+                             made the TAP, so name one of the two"
+                        .into(),
+                });
+            }
         }
         if let Some(d) = &self.disk {
             if d.blocks_per_iteration == 0 {
