@@ -58,6 +58,26 @@ async fn segment_view(gw: &GatewayHandle, mac: [u8; 6]) -> (Vec<u32>, Option<(St
     (seg.ports, at)
 }
 
+/// The value of the sample of `metric` whose labels include every one of
+/// `labels` (`key="value"`), on `gw`'s `/metrics`.
+async fn metric(gw: &GatewayHandle, metric: &str, labels: &[&str]) -> f64 {
+    let text = reqwest::get(format!("http://{}/metrics", gw.metrics_addr().unwrap()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = text
+        .lines()
+        .find(|l| {
+            l.strip_prefix(metric)
+                .is_some_and(|rest| rest.starts_with('{'))
+                && labels.iter().all(|want| l.contains(want))
+        })
+        .unwrap_or_else(|| panic!("no {metric} with {labels:?} in\n{text}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
 /// Polls `cond` until it holds or [`WAIT`] passes.
 async fn eventually<F: std::future::Future<Output = bool>>(mut cond: impl FnMut() -> F) -> bool {
     let deadline = Instant::now() + WAIT;
@@ -205,6 +225,62 @@ async fn a_vm_on_a_segment_keeps_its_tcp_session_across_a_migration() {
     let before = iteration(b.vm_host(), VM);
     assert!(wait_iteration(b.vm_host(), VM, before + 20).await);
     assert_matches_reference(&config, &samples(b.vm_host(), VM), "at site B");
+
+    // Both ends report the move: the same wire and page bytes, hence the
+    // same reduction, and rounds; the destination's pause is the part of
+    // the source's it can see (the source's adds the link's delay).
+    eprintln!("source: {rec:?}\ndestination: {inc:?}");
+    assert!(rec.progress.bytes_out > 0);
+    assert_eq!(inc.progress.bytes_out, rec.progress.bytes_out, "wire bytes");
+    assert_eq!(inc.progress.bytes_in, rec.progress.bytes_in, "page bytes");
+    assert_eq!(
+        inc.progress.reduction_ratio(),
+        rec.progress.reduction_ratio()
+    );
+    assert!(rec.rounds >= 1);
+    assert_eq!(inc.rounds, rec.rounds, "rounds");
+    let (src_pause, dst_pause) = (rec.downtime_ms.unwrap(), inc.downtime_ms.unwrap());
+    assert!(
+        dst_pause > 0.0 && dst_pause <= src_pause,
+        "pause at the destination {dst_pause} ms, at the source {src_pause} ms"
+    );
+    let (out, inn) = (r#"direction="outgoing""#, r#"direction="incoming""#);
+    for (name, want) in [
+        (
+            "wanmig_migration_bytes_after_reduction_total",
+            rec.progress.bytes_out as f64,
+        ),
+        (
+            "wanmig_migration_bytes_before_reduction_total",
+            rec.progress.bytes_in as f64,
+        ),
+    ] {
+        assert_eq!(metric(a, name, &[out]).await, want, "{name} at A");
+        assert_eq!(metric(b, name, &[inn]).await, want, "{name} at B");
+    }
+    let rounds = metric(a, "wanmig_migration_rounds_total", &[out]).await;
+    assert!(rounds >= 2.0, "{rounds}");
+    assert_eq!(
+        metric(b, "wanmig_migration_rounds_total", &[inn]).await,
+        rounds
+    );
+    let succeeded = r#"outcome="succeeded""#;
+    assert_eq!(
+        metric(a, "wanmig_migration_total", &[out, succeeded]).await,
+        1.0
+    );
+    assert_eq!(
+        metric(b, "wanmig_migration_total", &[inn, succeeded]).await,
+        1.0
+    );
+    assert_eq!(
+        metric(b, "wanmig_migration_downtime_seconds_sum", &[inn]).await,
+        dst_pause / 1e3
+    );
+    assert_eq!(
+        metric(a, "wanmig_migration_downtime_seconds_sum", &[out]).await,
+        src_pause / 1e3
+    );
 
     mesh.shutdown().await;
 }
