@@ -107,7 +107,8 @@ pub struct FileArgs {
     /// Attach this raw file as the VM's virtio-block disk; it must lie
     /// under one of the gateway's [vms] disk_dirs. The test guest writes
     /// and verifies its own deterministic blocks on it, overwriting what
-    /// was there. The disk follows the VM when it migrates.
+    /// was there. The disk follows the VM when it migrates (with [vms] host
+    /// = "in-process", the default).
     #[arg(long, value_name = "FILE")]
     pub disk: Option<PathBuf>,
     /// Preload guest memory from this file (its first --mem bytes); it must
