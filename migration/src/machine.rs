@@ -306,6 +306,33 @@ mod tests {
     }
 
     #[test]
+    fn a_segment_must_be_named_and_not_beside_a_tap() {
+        let net = |tap: Option<&str>, segment: Option<&str>| VmConfig {
+            net: Some(NetConfig {
+                mac: [2, 0, 0, 0, 0, 1],
+                ip: Ipv4Addr::new(198, 18, 0, 2),
+                prefix_len: 15,
+                port: 7000,
+                tap: tap.map(Into::into),
+                segment: segment.map(Into::into),
+            }),
+            ..Default::default()
+        };
+        assert!(net(None, Some("lan")).validate().is_ok());
+        assert!(net(Some("tap0"), None).validate().is_ok());
+        for bad in [net(None, Some("")), net(Some("tap0"), Some("lan"))] {
+            assert_eq!(bad.validate().unwrap_err().key, "net.segment");
+        }
+        // A config from a peer or client that does not know segments reads
+        // as one without.
+        let mut old = serde_json::to_value(net(None, None)).unwrap();
+        assert!(old["net"].get("segment").is_none(), "{old}");
+        old["net"].as_object_mut().unwrap().remove("segment");
+        let read: VmConfig = serde_json::from_value(old).unwrap();
+        assert_eq!(read.net.unwrap().segment, None);
+    }
+
+    #[test]
     fn machine_mismatch_is_explained() {
         let a = VmConfig::default().machine();
         let b = VmConfig {

@@ -418,6 +418,20 @@ mod tests {
         };
         let e = host.start("x", bad).unwrap_err();
         assert!(e.to_string().contains("mem_size"), "{e}");
+        // A card on a segment needs an overlay to plug into.
+        let on_segment = VmConfig {
+            net: Some(wanmig_migration::machine::NetConfig {
+                mac: [2, 0, 0, 0, 0, 1],
+                ip: std::net::Ipv4Addr::new(198, 18, 0, 2),
+                prefix_len: 15,
+                port: 7000,
+                tap: None,
+                segment: Some("lan".into()),
+            }),
+            ..VmConfig::default()
+        };
+        let e = host.start("x", on_segment).unwrap_err();
+        assert!(e.to_string().contains("net.segment"), "{e}");
         assert!(host.list().is_empty());
     }
 }
