@@ -68,7 +68,9 @@ pub struct MigrationRecord {
     /// until the destination reported the VM running. Incoming: from the
     /// first page of the stop-and-copy round arriving here until the VM
     /// resumed here, the part of the source's pause this end sees (the
-    /// source's adds the link's delay both ways).
+    /// source's adds the link's delay both ways; when that round carried
+    /// no pages, this end cannot tell it began and counts from the first
+    /// page of the round before).
     pub downtime_ms: Option<f64>,
     /// The live pre-copy rounds, once it succeeded: as the source shim
     /// reported them (outgoing), or the stop-and-copy round's number, the

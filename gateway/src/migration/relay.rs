@@ -978,7 +978,7 @@ async fn run_destination(
                     r.phase = phase;
                     r.progress.pages = pages;
                     r.progress.round = round;
-                    r.progress.bytes_in = pages * 4096;
+                    r.progress.bytes_in = pages * wanmig_codec::PAGE_SIZE as u64;
                     r.progress.bytes_out = wire;
                 });
                 if let Some(e) = failed {
@@ -1125,7 +1125,7 @@ async fn run_destination(
     };
     let figures = IncomingFigures {
         wire_bytes: session.decoder_stats().wire_bytes,
-        page_bytes: session.pages() * 4096,
+        page_bytes: session.pages() * wanmig_codec::PAGE_SIZE as u64,
         rounds: session.round() + 1,
         downtime: resumed_at
             .zip(round_began)
