@@ -104,6 +104,7 @@ impl Gateway {
         // gateway left them running.
         let files = VmFiles::new(config.vms.image_dirs.clone(), config.vms.disk_dirs.clone());
         let vm_host = Arc::new(VmHost::with_files(files.clone()));
+        vm_host.attach_overlay(overlay.clone());
         let process_host = match config.vms.host {
             VmHostKind::InProcess => None,
             VmHostKind::Process => {

@@ -117,6 +117,10 @@ site = "{peer}"
 address = "127.0.0.1:{peer_port}"
 bandwidth_mbit = 1000
 rtt = "1ms"
+[overlay]
+[[overlay.segment]]
+name = "lan"
+vni = 100
 "#
     )
 }
@@ -254,6 +258,33 @@ fn status_and_probe_talk_to_running_gateways() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("rejected the token"), "{}", stderr(&o));
 
+    // What the gateway does not allow is refused before anything boots,
+    // naming the flag and the setting to look at.
+    let cfg = cfg_a.to_str().unwrap();
+    let outside = d.path().join("outside.img");
+    std::fs::write(&outside, [0u8; 4096]).unwrap();
+    let outside = outside.to_str().unwrap();
+    for (flags, needles) in [
+        (
+            &["--net", "nosuch"][..],
+            &["--net", "net.segment", "nosuch", "[[overlay.segment]]"][..],
+        ),
+        (&["--mem-image", outside], &["--mem-image", "image_dirs"]),
+        (&["--disk", outside], &["--disk", "disk_dirs"]),
+    ] {
+        let mut args = vec!["vm", "start", "--config", cfg, "refused"];
+        args.extend_from_slice(flags);
+        let o = run(&args);
+        assert!(!o.status.success(), "{flags:?} was accepted");
+        for n in needles {
+            assert!(
+                stderr(&o).contains(n),
+                "{flags:?}: lacks {n:?}: {}",
+                stderr(&o)
+            );
+        }
+    }
+
     // `vm start --mem 64M` places a VM with 64 MiB, the same 64M that
     // `wanmig demo --mem` means (see demo_reads_sizes_and_rates_as_every_command_does).
     if wanmig_testenv::require_kvm("status_and_probe_talk_to_running_gateways (vm start)") {
@@ -273,6 +304,16 @@ fn status_and_probe_talk_to_running_gateways() {
             .and_then(|v| v.iter().find(|vm| vm["name"] == "web"))
             .unwrap_or_else(|| panic!("web in {list}"));
         assert_eq!(web["mem_size"], 64u64 << 20, "{web}");
+
+        // `--net` alone gives the card a MAC and an address derived from
+        // the name.
+        let o = run(&["vm", "start", "--config", cfg, "--net", "lan", "web2"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            out.contains("segment lan as 10.77.") && out.contains("MAC 02:57:4d:"),
+            "{out}"
+        );
     }
 }
 
@@ -351,6 +392,44 @@ fn sizes_and_rates_read_the_same_in_every_subcommand() {
     let o = with_target(&["migrate", "web", "--to", "b", "--bandwidth", "10Mbps"]);
     assert!(!o.status.success());
     assert!(!stderr(&o).contains("--bandwidth"), "{}", stderr(&o));
+
+    // NIC flags need --net, and a bad MAC or address names its flag.
+    for (flags, needles) in [
+        (&["--mac", "02:00:00:00:00:01"][..], &["--net"][..]),
+        (
+            &["--net", "lan", "--mac", "01:00:5e:00:00:01"],
+            &["--mac", "multicast"],
+        ),
+        (
+            &["--net", "lan", "--ip", "10.0.0.1"],
+            &["--ip", "ADDR/PREFIX"],
+        ),
+    ] {
+        let mut args = vec!["vm", "start", "web"];
+        args.extend_from_slice(flags);
+        let o = with_target(&args);
+        assert!(!o.status.success(), "{flags:?} was accepted");
+        for n in needles {
+            assert!(
+                stderr(&o).contains(n),
+                "{flags:?}: lacks {n:?}: {}",
+                stderr(&o)
+            );
+        }
+    }
+    let o = run(&["vm", "start", "--help"]);
+    let help = String::from_utf8_lossy(&o.stdout);
+    for n in [
+        "--net <SEGMENT>",
+        "--mac",
+        "--ip",
+        "--disk",
+        "--mem-image",
+        "image_dirs",
+        "disk_dirs",
+    ] {
+        assert!(help.contains(n), "vm start --help lacks {n:?}:\n{help}");
+    }
 
     // Every --help that takes a size or rate states the convention.
     for (cmd, needles) in [

@@ -80,6 +80,11 @@ pub struct NetConfig {
     /// Back the card with this TAP device; `None` = an in-process channel
     /// whose far end `Vm::take_net_port` hands out.
     pub tap: Option<String>,
+    /// The overlay segment the hosting gateway plugs the card into, at
+    /// every site the VM runs at (segments are matched by name); `None`
+    /// leaves the card to whoever takes its port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment: Option<String>,
 }
 
 /// The disk and the disk workload.
@@ -148,6 +153,22 @@ impl VmConfig {
                     abi::MAX_MEM_SIZE >> 20
                 ),
             });
+        }
+        if let Some(segment) = self.net.as_ref().and_then(|n| n.segment.as_ref()) {
+            if segment.is_empty() {
+                return Err(ConfigError {
+                    key: "net.segment",
+                    reason: "empty; name a segment of the gateway's [[overlay.segment]]".into(),
+                });
+            }
+            if self.net.as_ref().is_some_and(|n| n.tap.is_some()) {
+                return Err(ConfigError {
+                    key: "net.segment",
+                    reason: "set together with net.tap; a TAP-backed card is wired by whoever \
+                             made the TAP, so name one of the two"
+                        .into(),
+                });
+            }
         }
         if let Some(d) = &self.disk {
             if d.blocks_per_iteration == 0 {
@@ -282,6 +303,33 @@ mod tests {
             "memory_workload.working_set_pages"
         );
         assert!(VmConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn a_segment_must_be_named_and_not_beside_a_tap() {
+        let net = |tap: Option<&str>, segment: Option<&str>| VmConfig {
+            net: Some(NetConfig {
+                mac: [2, 0, 0, 0, 0, 1],
+                ip: Ipv4Addr::new(198, 18, 0, 2),
+                prefix_len: 15,
+                port: 7000,
+                tap: tap.map(Into::into),
+                segment: segment.map(Into::into),
+            }),
+            ..Default::default()
+        };
+        assert!(net(None, Some("lan")).validate().is_ok());
+        assert!(net(Some("tap0"), None).validate().is_ok());
+        for bad in [net(None, Some("")), net(Some("tap0"), Some("lan"))] {
+            assert_eq!(bad.validate().unwrap_err().key, "net.segment");
+        }
+        // A config from a peer or client that does not know segments reads
+        // as one without.
+        let mut old = serde_json::to_value(net(None, None)).unwrap();
+        assert!(old["net"].get("segment").is_none(), "{old}");
+        old["net"].as_object_mut().unwrap().remove("segment");
+        let read: VmConfig = serde_json::from_value(old).unwrap();
+        assert_eq!(read.net.unwrap().segment, None);
     }
 
     #[test]

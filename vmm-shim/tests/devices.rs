@@ -123,6 +123,7 @@ fn tcp_service_answers_and_keeps_its_session_across_migration() {
         prefix_len: 24,
         port: 7000,
         tap: Some(tap.to_string()),
+        segment: None,
     };
     let config = VmConfig {
         mem_size: 32 << 20,

@@ -325,18 +325,6 @@ fn check_workload(
     }
 }
 
-/// Plugs the VM's virtio-net card into `site`'s segment, unless the
-/// gateway already did.
-async fn attach_vm_port(gw: &crate::GatewayHandle) -> Result<()> {
-    if let Some(port) = gw.vm_host().take_net_port(VM) {
-        gw.overlay()
-            .attach_frame_channels(SEGMENT, port.into_parts())
-            .await
-            .context("attaching the VM's network card to the segment")?;
-    }
-    Ok(())
-}
-
 /// The VM's memory-workload samples at this host.
 fn samples_of(host: &VmHost, vm: &str) -> Vec<(u64, u64)> {
     host.reports(vm)
@@ -476,6 +464,7 @@ pub async fn run(
         prefix_len: 15,
         port: ECHO_PORT,
         tap: None,
+        segment: Some(SEGMENT.into()),
     };
     let config = shape.vm_config(&image, net, disk);
     let workload = config.memory_workload.clone().expect("set above");
@@ -486,7 +475,6 @@ pub async fn run(
         .await
         .context("VM start thread")?
         .context("starting the guest at site A")?;
-    attach_vm_port(gw_a).await?;
 
     // The client at site A and its TCP session to the guest.
     let (_, client_port) = gw_a
@@ -558,7 +546,6 @@ pub async fn run(
     let mut checked = 0;
     let mut after_move = 0;
     if outcome == Outcome::Succeeded {
-        attach_vm_port(gw_b).await?;
         let host_b = gw_b.vm_host().clone();
         // Let the guest run on at B, then compare its own results.
         wait_for(
@@ -832,7 +819,6 @@ async fn move_back(
     let mut workload_verified = false;
     let mut after = 0;
     if outcome == Outcome::Succeeded {
-        attach_vm_port(gw_a).await?;
         let host_a = gw_a.vm_host().clone();
         wait_for(
             "the guest's memory workload back at site A",

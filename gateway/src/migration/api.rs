@@ -104,9 +104,11 @@ fn host_status(e: &HostError) -> StatusCode {
         H::Busy { .. } | H::Storage { .. } | H::DiskIo { .. } | H::DiskRelay { .. } => {
             StatusCode::CONFLICT
         }
-        H::BadName(_) | H::Config(_) | H::Unsupported { .. } | H::FileRefused { .. } => {
-            StatusCode::BAD_REQUEST
-        }
+        H::BadName(_)
+        | H::Config(_)
+        | H::Unsupported { .. }
+        | H::UnknownSegment { .. }
+        | H::FileRefused { .. } => StatusCode::BAD_REQUEST,
         H::Start { .. }
         | H::Vm { .. }
         | H::StartIo { .. }

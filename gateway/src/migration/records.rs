@@ -64,10 +64,17 @@ pub struct MigrationRecord {
     pub outcome: Option<Outcome>,
     /// What went wrong, for the operator.
     pub error: Option<String>,
-    /// Source pause until the destination reported running (outgoing,
-    /// succeeded).
+    /// The VM's pause, once it succeeded. Outgoing: the source's pause
+    /// until the destination reported the VM running. Incoming: from the
+    /// first page of the stop-and-copy round arriving here until the VM
+    /// resumed here, the part of the source's pause this end sees (the
+    /// source's adds the link's delay both ways; when that round carried
+    /// no pages, this end cannot tell it began and counts from the first
+    /// page of the round before).
     pub downtime_ms: Option<f64>,
-    /// The pre-copy rounds the source shim reported, when it finished.
+    /// The live pre-copy rounds, once it succeeded: as the source shim
+    /// reported them (outgoing), or the stop-and-copy round's number, the
+    /// same count, as the destination saw it in the page order (incoming).
     pub rounds: u32,
     /// BLAKE3 of guest memory at the handover (hex), as both shims checked.
     pub memory_digest: Option<String>,

@@ -38,6 +38,7 @@ use wanmig_migration::session::{
 };
 use wanmig_migration::shim::{self, Message};
 
+use super::metrics::{IncomingFigures, INCOMING, OUTGOING};
 use super::records::{Direction, Outcome, Records};
 use super::settle::{self, Answer, Decision, Known, RecordState, SettleError, Settler};
 use super::stores::SiteStores;
@@ -311,7 +312,9 @@ pub async fn run_source(
                 );
             }
             if let Some(m) = &ctx.metrics {
-                m.downtime.observe(report.downtime.as_secs_f64());
+                m.downtime
+                    .with_label_values(&[OUTGOING])
+                    .observe(report.downtime.as_secs_f64());
             }
             (Outcome::Succeeded, None)
         }
@@ -335,7 +338,7 @@ pub async fn run_source(
         ),
     }
     if let Some(m) = &ctx.metrics {
-        m.outcomes.with_label_values(&[outcome.label()]).inc();
+        m.observe_outcome(OUTGOING, outcome.label());
     }
     records.update(&id, Direction::Outgoing, |r| {
         r.outcome = Some(outcome);
@@ -943,6 +946,10 @@ async fn run_destination(
     });
     let mut shim_dec = shim::Decoder::new();
     let mut lbuf = vec![0u8; 64 << 10];
+    // When the latest round's first pages arrived, and when the VM resumed
+    // here: the pause as this end sees it.
+    let mut round_began: Option<(u32, std::time::Instant)> = None;
+    let mut resumed_at = None;
     let end = loop {
         tokio::select! {
             r = recv.read(&mut buf) => {
@@ -963,10 +970,16 @@ async fn run_destination(
                     tracing::debug!(phase = ?session.phase(), pending = session.pending(), ms = t.elapsed().as_secs_f64() * 1e3, bytes = n, pages = session.pages(), zero_skipped = session.zero_skipped(), "destination relay applied peer frames");
                 }
                 let (phase, pages, round) = (session.phase(), session.pages(), session.round());
+                if pages > 0 && round_began.is_none_or(|(r, _)| r != round) {
+                    round_began = Some((round, t));
+                }
+                let wire = session.decoder_stats().wire_bytes;
                 ctx.records.update(&id, Direction::Incoming, |r| {
                     r.phase = phase;
                     r.progress.pages = pages;
                     r.progress.round = round;
+                    r.progress.bytes_in = pages * wanmig_codec::PAGE_SIZE as u64;
+                    r.progress.bytes_out = wire;
                 });
                 if let Some(e) = failed {
                     break LoopEnd::Failed(e);
@@ -986,6 +999,9 @@ async fn run_destination(
                     }
                 }
                 let phase = session.phase();
+                if phase == Phase::Resumed && resumed_at.is_none() {
+                    resumed_at = Some(std::time::Instant::now());
+                }
                 tracing::debug!(phase = ?phase, "destination relay: shim answered");
                 ctx.records.update(&id, Direction::Incoming, |r| r.phase = phase);
                 if let Err(e) = send_frames(&mut send, &frames).await {
@@ -1107,14 +1123,34 @@ async fn run_destination(
     } else {
         phase
     };
+    let figures = IncomingFigures {
+        wire_bytes: session.decoder_stats().wire_bytes,
+        page_bytes: session.pages() * wanmig_codec::PAGE_SIZE as u64,
+        rounds: session.round() + 1,
+        downtime: resumed_at
+            .zip(round_began)
+            .map(|(end, (_, began))| end.saturating_duration_since(began)),
+    };
     ctx.records.update(&id, Direction::Incoming, |r| {
         r.phase = phase;
         r.outcome = Some(outcome);
         r.error = error;
+        r.progress.bytes_in = figures.page_bytes;
+        r.progress.bytes_out = figures.wire_bytes;
         if let Ok(rep) = &result {
             r.memory_digest = Some(rep.memory_digest.clone());
+            // The live rounds, as the source counts them: the stop-and-copy
+            // round's number.
+            r.rounds = session.round();
+            r.downtime_ms = figures.downtime.map(|d| d.as_secs_f64() * 1e3);
         }
     });
+    if let Some(m) = &ctx.metrics {
+        m.observe_outcome(INCOMING, outcome.label());
+        if result.is_ok() {
+            m.observe_incoming(&figures);
+        }
+    }
     // Whoever settled a parked VM learns the outcome once it is recorded.
     if let Some(r) = reply {
         let _ = r.send(match outcome {

@@ -29,6 +29,9 @@ pub enum HostError {
     /// what to use instead.
     #[error("invalid VM configuration: VM '{name}' {reason}")]
     Unsupported { name: String, reason: &'static str },
+    /// `net.segment` names a segment this site does not have.
+    #[error("invalid VM configuration `net.segment`: VM '{name}' names segment {segment:?}, which this gateway does not have; use one of its [[overlay.segment]] names")]
+    UnknownSegment { name: String, segment: String },
     /// A file the configuration names that this gateway does not let VMs
     /// use. The message is the same whether the file is missing or not
     /// allowed (the gateway's log says which).

@@ -2,7 +2,9 @@
 //! vCPU threads each, which needs no root and lets one process run several
 //! sites (what `wanmig demo` and the tests use). Its VMs' disks follow them
 //! when storage is attached ([`VmHost::attach_storage`],
-//! [`super::disk_follow`]). A VM that has left (handed over, or settled as
+//! [`super::disk_follow`]); their network cards are plugged into the
+//! segment they name while they run here ([`VmHost::attach_overlay`],
+//! [`super::nics`]). A VM that has left (handed over, or settled as
 //! moved) gives its memory back: what stays is a [`ReleasedVm`], its last
 //! reports and memory digest.
 
@@ -22,8 +24,10 @@ use super::disk_state::DiskState;
 use super::error::HostError;
 use super::files::VmFiles;
 use super::hosting::VmHosting;
+use super::nics::Nics;
 use super::registry::{validate_vm_name, Departure, Registry, VmInfo, VmState};
 use crate::config::StorageSettings;
+use crate::overlay_service::OverlayHandle;
 use crate::storage_relay::{ExportStatus, StorageRelay};
 
 /// Serial console lines kept per VM.
@@ -66,6 +70,8 @@ struct InProcess {
     vm: Arc<Mutex<Option<Vm>>>,
     /// What stays of the VM once it left (its memory freed).
     released: Option<ReleasedVm>,
+    /// The far end of its network card, while it runs here and names no
+    /// segment (one that does is plugged by [`Nics`]).
     net_port: Option<ChannelPort>,
     serial: Arc<Mutex<VecDeque<String>>>,
 }
@@ -86,6 +92,7 @@ impl InProcess {
 pub struct VmHost {
     vms: Registry<InProcess>,
     disks: DiskFollow,
+    nics: Nics,
     files: VmFiles,
 }
 
@@ -117,6 +124,18 @@ impl VmHost {
     /// inside the tokio runtime the relay runs on.
     pub fn attach_storage(&self, relay: StorageRelay, settings: StorageSettings) {
         self.disks.attach(relay, settings);
+    }
+
+    /// Plugs the network cards of VMs that name a segment into `overlay`
+    /// while they run here. Call inside the tokio runtime the overlay runs
+    /// on.
+    pub fn attach_overlay(&self, overlay: OverlayHandle) {
+        self.nics.attach(overlay);
+    }
+
+    /// The overlay port `name`'s network card is plugged into here.
+    pub fn nic_port(&self, name: &str) -> Option<wanmig_overlay::PortId> {
+        self.nics.port(name)
     }
 
     /// The state of `name`'s disk copy here, if it arrived with storage
@@ -152,6 +171,7 @@ impl VmHost {
         let Some(vm) = slot.flatten().and_then(|s| lock(&s).take()) else {
             return;
         };
+        self.nics.unplug(name);
         let released = ReleasedVm::of(vm);
         self.vms.with_host(name, |h| h.released = Some(released));
         tracing::info!(vm = name, "VM left; its memory is freed");
@@ -171,7 +191,8 @@ impl VmHost {
     }
 
     /// The far end of the VM's in-process virtio-net card (once per run
-    /// here), for the overlay to attach.
+    /// here) when its configuration names no segment, for the caller to
+    /// wire up.
     pub fn take_net_port(&self, name: &str) -> Option<ChannelPort> {
         self.vms.with_host(name, |h| h.net_port.take()).flatten()
     }
@@ -188,6 +209,7 @@ impl VmHosting for VmHost {
     fn start(&self, name: &str, config: VmConfig) -> Result<(), HostError> {
         validate_vm_name(name)?;
         config.validate()?;
+        self.nics.check(name, &config)?;
         let host = InProcess::new();
         let serial = Arc::clone(&host.serial);
         let held = self
@@ -208,7 +230,9 @@ impl VmHosting for VmHost {
         let vm = Vm::create_with_files(config.clone(), serial_sink(serial), disk, files.mem_image)
             .map_err(vm_err)?;
         vm.start().map_err(vm_err)?;
-        let net_port = vm.take_net_port();
+        let net_port = vm
+            .take_net_port()
+            .and_then(|p| self.nics.plug(name, &config, p));
         tracing::info!(vm = name, mem = config.mem_size, "VM started");
         held.commit(None, |h| {
             *lock(&h.vm) = Some(vm);
@@ -294,6 +318,7 @@ impl VmHosting for VmHost {
         // directory; the VM's config names the local copy.
         let arrival = self.disks.prepare_arrival(name, from, &mut config)?;
         config.validate()?;
+        self.nics.check(name, &config)?;
         let host = InProcess::new();
         let serial = Arc::clone(&host.serial);
         // Hold the name: a second migration of the same VM to this site
@@ -305,7 +330,9 @@ impl VmHosting for VmHost {
         let (vm, report) =
             receive_from_with_disk(&mut stream, config.clone(), serial_sink(serial), opts, disk)?;
         drop(stream);
-        let net_port = vm.take_net_port();
+        let net_port = vm
+            .take_net_port()
+            .and_then(|p| self.nics.plug(name, &config, p));
         let disk_path = config.disk.as_ref().map(|d| d.path.clone());
         let first = match (&arrival, &disk_path) {
             (Some(a), Some(path)) => Some(a.first_state(from, path)),
@@ -391,6 +418,20 @@ mod tests {
         };
         let e = host.start("x", bad).unwrap_err();
         assert!(e.to_string().contains("mem_size"), "{e}");
+        // A card on a segment needs an overlay to plug into.
+        let on_segment = VmConfig {
+            net: Some(wanmig_migration::machine::NetConfig {
+                mac: [2, 0, 0, 0, 0, 1],
+                ip: std::net::Ipv4Addr::new(198, 18, 0, 2),
+                prefix_len: 15,
+                port: 7000,
+                tap: None,
+                segment: Some("lan".into()),
+            }),
+            ..VmConfig::default()
+        };
+        let e = host.start("x", on_segment).unwrap_err();
+        assert!(e.to_string().contains("net.segment"), "{e}");
         assert!(host.list().is_empty());
     }
 }

@@ -10,6 +10,8 @@
 //! - [`process`] [`ProcessHost`], one `wanmig-vmm` process per VM;
 //! - [`disk_follow`] a VM's disk following it between sites, with its
 //!   state in [`disk_state`] ([`DiskState`]);
+//! - [`nics`] plugging the network cards of in-process VMs into the
+//!   overlay ([`Nics`]);
 //! - [`files`] which host files a VM's configuration may name
 //!   ([`VmFiles`]);
 //! - [`error`] [`HostError`].
@@ -20,6 +22,7 @@ pub mod error;
 pub mod files;
 pub mod hosting;
 pub mod in_process;
+pub mod nics;
 pub mod process;
 pub mod registry;
 
@@ -28,5 +31,6 @@ pub use error::HostError;
 pub use files::VmFiles;
 pub use hosting::VmHosting;
 pub use in_process::VmHost;
+pub use nics::Nics;
 pub use process::ProcessHost;
 pub use registry::{validate_vm_name, Departure, Registry, VmInfo, VmRecord, VmState};

@@ -881,6 +881,7 @@ mod tests {
                 prefix_len: 24,
                 port: 7000,
                 tap: None,
+                segment: None,
             }),
             ..VmConfig::default()
         };

@@ -245,6 +245,7 @@ fn vm_config(a: &RunArgs) -> Result<VmConfig> {
             prefix_len: a.net_prefix_len,
             port: a.net_port,
             tap: Some(tap.clone()),
+            segment: None,
         }),
         (Some(_), None) => {
             bail!("--net-ip needs --tap NAME: the card must be backed by a TAP device")

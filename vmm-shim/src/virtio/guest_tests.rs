@@ -149,6 +149,7 @@ fn tcp_service_echoes_in_order_and_reports_the_stream_digest() {
             prefix_len: 24,
             port: 7100,
             tap: Some(tap.clone()),
+            segment: None,
         }),
         ..Default::default()
     };

@@ -104,6 +104,7 @@ fn kvm_vm_states() -> Result<Vec<Vec<u8>>> {
         prefix_len: 24,
         port: 7,
         tap: None,
+        segment: None,
     };
     let disk_cfg = DiskConfig {
         path: disk.clone(),
