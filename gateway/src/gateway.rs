@@ -157,6 +157,15 @@ impl Gateway {
         storage.use_page_store(migration.stores().clone());
         storage.set_max_disk_len(config.storage.max_disk_len);
         vm_host.attach_storage(storage.clone(), config.storage.clone());
+        // QEMU migrations: their pages share the page stores above.
+        let (qemu, qemu_task) = crate::qemu::QemuService::start(
+            peering.clone(),
+            migration.stores().clone(),
+            config.migration.encoder.clone(),
+            config.migration.scope.clone(),
+            config.migration.open_timeout,
+        )?;
+        tasks.push(qemu_task);
 
         let mut metrics_addr = None;
         if let Some(m) = &config.metrics {
@@ -219,6 +228,7 @@ impl Gateway {
             vm_host,
             process_host,
             storage,
+            qemu,
             config,
             metrics_addr,
             control_addr,
@@ -264,6 +274,7 @@ pub struct GatewayHandle {
     vm_host: Arc<VmHost>,
     process_host: Option<Arc<ProcessHost>>,
     storage: crate::storage_relay::StorageRelay,
+    qemu: crate::qemu::QemuService,
     config: GatewayConfig,
     metrics_addr: Option<SocketAddr>,
     control_addr: Option<SocketAddr>,
@@ -299,6 +310,11 @@ impl GatewayHandle {
     /// Live migration: start migrations, read their records.
     pub fn migration(&self) -> &MigrationService {
         &self.migration
+    }
+
+    /// QEMU migrations through this gateway.
+    pub fn qemu(&self) -> &crate::qemu::QemuService {
+        &self.qemu
     }
 
     /// The VMs this gateway hosts in-process (none with `[vms] host =
