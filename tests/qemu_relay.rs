@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use wanmig_e2e::{init_logging, Mesh, MeshBuilder};
+use wanmig_gateway::qemu::{MoveRequest, MoveState};
 use wanmig_testenv::qemu::guest::{self, DirtyParams};
 use wanmig_testenv::qemu::qmp::Qmp;
 
@@ -87,7 +88,14 @@ impl Vm {
             .arg("-bios")
             .arg(fw)
             .arg("-qmp")
-            .arg(format!("unix:{},server=on,wait=off", qmp_path.display()));
+            .arg(format!("unix:{},server=on,wait=off", qmp_path.display()))
+            // A second monitor for the gateway (a QMP socket serves one
+            // client at a time).
+            .arg("-qmp")
+            .arg(format!(
+                "unix:{},server=on,wait=off",
+                dir.join(format!("{name}.gw.qmp")).display()
+            ));
         if image.is_none() {
             cmd.args(["-S", "-incoming", "defer"]);
         }
@@ -207,7 +215,14 @@ struct Setup {
 /// Two sites over `rate_bps` and 20 ms RTT, a source QEMU (stopped unless
 /// `dirty` pages/s, idle-running with `Some(0)`) and a destination QEMU
 /// waiting on an incoming port registered at site B as `name`.
-async fn setup(qemu: &Path, name: &str, dirty: Option<u32>, channels: u8, rate_bps: u64) -> Setup {
+async fn setup(
+    qemu: &Path,
+    name: &str,
+    dirty: Option<u32>,
+    channels: u8,
+    rate_bps: u64,
+    driven: bool,
+) -> Setup {
     init_logging();
     let mesh = MeshBuilder::new(2)
         .wan(Duration::from_millis(20), rate_bps)
@@ -236,7 +251,26 @@ async fn setup(qemu: &Path, name: &str, dirty: Option<u32>, channels: u8, rate_b
     let mut dst = Vm::start(qemu, dir.path(), "destination", None, &fw);
     if channels > 0 {
         multifd(&mut src.qmp, channels);
-        multifd(&mut dst.qmp, channels);
+        if !driven {
+            multifd(&mut dst.qmp, channels);
+        }
+    }
+    if driven {
+        // The gateways set the destination up and start both ends.
+        mesh.gw("site-b")
+            .qemu()
+            .accept_qmp(name, dir.path().join("destination.gw.qmp"))
+            .await
+            .unwrap();
+        if dirty.is_none() {
+            src.qmp.execute("stop", json!({})).unwrap();
+        }
+        return Setup {
+            mesh,
+            src,
+            dst,
+            _dir: dir,
+        };
     }
     src.qmp
         .execute(
@@ -275,7 +309,7 @@ async fn moves(test: &str, dirty: Option<u32>, channels: u8) {
         mut src,
         mut dst,
         _dir,
-    } = setup(&qemu, "vm1", dirty, channels, 250_000_000).await;
+    } = setup(&qemu, "vm1", dirty, channels, 250_000_000, false).await;
     let h = mesh
         .gw("site-a")
         .qemu()
@@ -383,7 +417,7 @@ async fn a_link_cut_mid_migration_leaves_the_source_running_and_the_destination_
         mut src,
         dst,
         _dir,
-    } = setup(&qemu, "vm1", Some(0), 0, 20_000_000).await;
+    } = setup(&qemu, "vm1", Some(0), 0, 20_000_000, false).await;
     let h = mesh
         .gw("site-a")
         .qemu()
@@ -419,5 +453,74 @@ async fn a_link_cut_mid_migration_leaves_the_source_running_and_the_destination_
     let dst_status = dst.wait_status(&["exited", "running"], Duration::from_secs(30));
     assert_ne!(dst_status, "running", "the destination must not run");
     assert_eq!(dst.status(), dst_status);
+    mesh.shutdown().await;
+}
+
+/// The whole move driven by the gateways over QMP, as `wanmig qemu accept`
+/// and `wanmig qemu migrate` do: the destination is set up (multifd ×2,
+/// as the source) and started by site B's gateway, the source by site A's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_gateways_drive_both_qemus_over_qmp() {
+    let test = "the_gateways_drive_both_qemus_over_qmp";
+    let Some(qemu) = wanmig_testenv::qemu::require_qemu(test) else {
+        return;
+    };
+    let Setup {
+        mesh,
+        mut src,
+        dst,
+        _dir,
+    } = setup(&qemu, "vm2", None, 2, 250_000_000, true).await;
+    let task = mesh
+        .gw("site-a")
+        .qemu()
+        .migrate(MoveRequest {
+            name: "vm2".into(),
+            qmp: _dir.path().join("source.gw.qmp"),
+            to: "site-b".into(),
+            downtime: Duration::from_millis(300),
+            scope: None,
+        })
+        .await
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(300), task)
+        .await
+        .expect("the move ends")
+        .unwrap();
+    eprintln!("{test}: {}", serde_json::to_string(&status).unwrap());
+    assert_eq!(status.state, MoveState::Completed, "{:?}", status.error);
+    let r = status.report.as_ref().unwrap();
+    assert!(r.unreduced.is_empty());
+    assert!(r.wire_bytes < r.qemu_bytes * 3 / 4 && r.pages_reduced > 0);
+    assert!(r.downtime_ms.is_some());
+    assert_eq!(
+        mesh.gw("site-a").qemu().move_status("vm2").unwrap().state,
+        MoveState::Completed
+    );
+    let (mut dst, s) = tokio::task::spawn_blocking(move || {
+        let mut dst = dst;
+        let s = dst.wait_status(&["paused", "running", "exited"], Duration::from_secs(60));
+        (dst, s)
+    })
+    .await
+    .unwrap();
+    assert_eq!(s, "paused", "destination: {}", dst.log());
+    let caps = dst
+        .qmp
+        .execute("query-migrate-capabilities", json!({}))
+        .unwrap();
+    assert!(
+        caps.as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["capability"] == "multifd" && c["state"] == true),
+        "the destination gateway set multifd as the source has it"
+    );
+    assert_eq!(src.memory_sha256(), dst.memory_sha256());
+    dst.qmp.execute("cont", json!({})).unwrap();
+    assert_eq!(
+        dst.wait_status(&["running"], Duration::from_secs(30)),
+        "running"
+    );
     mesh.shutdown().await;
 }

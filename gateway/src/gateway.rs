@@ -214,7 +214,8 @@ impl Gateway {
                     overlay.clone(),
                     token.clone(),
                 ))
-                .merge(control::migration_router(migration.clone(), token));
+                .merge(control::migration_router(migration.clone(), token.clone()))
+                .merge(control::qemu_router(peering.clone(), qemu.clone(), token));
             let (addr, task) =
                 serve_http("control.listen", c.listen, app, stop.subscribe()).await?;
             control_addr = Some(addr);

@@ -108,6 +108,9 @@ pub enum Frame {
         version: u32,
         name: String,
         scope: String,
+        /// What the destination QEMU must be set to (JSON of
+        /// [`super::drive::Setup`]).
+        setup: String,
     },
     Accept {
         inventory: Bytes,
@@ -353,12 +356,14 @@ impl Frame {
                 version,
                 name,
                 scope,
+                setup,
             } => {
                 let mut b = Vec::new();
                 b.put(QEMU_RELAY.magic);
                 b.put(*version);
                 put_str(&mut b, name.as_bytes());
                 put_str(&mut b, scope.as_bytes());
+                put_str(&mut b, setup.as_bytes());
                 (Kind::Open, b)
             }
             Frame::Accept { inventory } => (Kind::Accept, inventory.to_vec()),
@@ -447,6 +452,7 @@ impl Frame {
                     version: r.get().ctx("open version")?,
                     name: get_str(&mut r, "migration name")?,
                     scope: get_str(&mut r, "dedup scope")?,
+                    setup: get_str(&mut r, "destination setup")?,
                 }
             }
             Kind::Accept => Frame::Accept {
@@ -534,6 +540,7 @@ mod tests {
                 version: 1,
                 name: "vm1".into(),
                 scope: "site-a".into(),
+                setup: "{}".into(),
             },
             Frame::Accept {
                 inventory: Bytes::from_static(b"inv"),

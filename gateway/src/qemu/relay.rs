@@ -23,9 +23,10 @@ use wanmig_codec::{Decoder, DecoderConfig, Inventory};
 use wanmig_wire::FrameDecoder;
 
 use super::dest::{Action, DestRelay};
+use super::drive::{self, Setup};
 use super::frames::{DoneStats, Frame, FrameError, MAX_BODY, QEMU_RELAY};
 use super::source::SourceRelay;
-use super::{Inner, QemuError, QemuReport};
+use super::{Destination, Inner, QemuError, QemuReport};
 use crate::peering::{IncomingStream, StreamKind};
 
 /// Bytes read from a source QEMU channel at a time.
@@ -70,12 +71,22 @@ pub(super) async fn run_source(
     name: &str,
     to: &str,
     scope: &str,
+    setup: &Setup,
     listener: TcpListener,
     progress: &super::ProgressCell,
 ) -> Result<QemuReport, QemuError> {
     let started = Instant::now();
     let (mut send, mut recv) = inner.peering.open_stream(to, StreamKind::Qemu).await?;
-    let result = source_inner(inner, name, scope, listener, progress, &mut send, &mut recv).await;
+    let setup = serde_json::to_string(setup).unwrap_or_else(|_| "{}".into());
+    let result = source_inner(
+        inner,
+        (name, scope, &setup),
+        listener,
+        progress,
+        &mut send,
+        &mut recv,
+    )
+    .await;
     match result {
         Ok((core, done)) => {
             let _ = send.finish();
@@ -100,8 +111,7 @@ pub(super) async fn run_source(
 
 async fn source_inner(
     inner: &Inner,
-    name: &str,
-    scope: &str,
+    (name, scope, setup): (&str, &str, &str),
     listener: TcpListener,
     progress: &super::ProgressCell,
     send: &mut SendStream,
@@ -112,6 +122,7 @@ async fn source_inner(
         version: QEMU_RELAY.current,
         name: name.to_string(),
         scope: scope.to_string(),
+        setup: setup.to_string(),
     }
     .write(&mut out);
     send.write_all(&out).await?;
@@ -248,6 +259,7 @@ async fn run_dest(inner: &Inner, s: IncomingStream) -> Result<(), QemuError> {
         version,
         name,
         scope,
+        setup,
     }) = open
     else {
         return Err(QemuError::Protocol("a first frame other than open"));
@@ -259,13 +271,37 @@ async fn run_dest(inner: &Inner, s: IncomingStream) -> Result<(), QemuError> {
     };
     let target = inner.take_destination(&name);
     let store = inner.stores.open_for(&peer, &scope);
-    let refusal = refusal.or_else(|| match (&target, &store) {
+    let mut refusal = refusal.or_else(|| match (&target, &store) {
         (None, _) => Some(format!(
             "no destination QEMU is registered as '{name}' at {site}: run `wanmig qemu accept {name} --qmp PATH` there first"
         )),
         (_, Err(e)) => Some(format!("dedup scope '{scope}': {e}")),
         _ => None,
     });
+    let target = match (target, &refusal) {
+        (Some(Destination::Qmp(path)), None) => {
+            let setup: Setup = serde_json::from_str(&setup).unwrap_or_default();
+            let who = format!("destination QEMU '{name}'");
+            let r = tokio::task::spawn_blocking(move || {
+                let mut q = drive::connect(&path, &who)?;
+                drive::prepare_destination(&mut q, &setup)
+            })
+            .await;
+            match r {
+                Ok(Ok(addr)) => Some(addr),
+                Ok(Err(e)) => {
+                    refusal = Some(format!("setting up the destination QEMU: {e}"));
+                    None
+                }
+                Err(e) => {
+                    refusal = Some(format!("setting up the destination QEMU: {e}"));
+                    None
+                }
+            }
+        }
+        (Some(Destination::Incoming(addr)), _) => Some(addr),
+        _ => None,
+    };
     let (Some(target), Ok(store), None) = (target, store, refusal.clone()) else {
         let why = refusal.unwrap_or_default();
         let mut out = Vec::new();
