@@ -32,7 +32,7 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -144,6 +144,9 @@ pub struct MoveStatus {
 /// The end of a QEMU migration: QEMU's figures and the relay's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MoveReport {
+    /// From the relay's start until the destination QEMU had every byte
+    /// (QEMU's own `total-time` ends when it has written its last byte to
+    /// this gateway: see [`MoveStatus::qemu`]).
     pub total_ms: u64,
     /// The guest's pause as the source QEMU reports it.
     pub downtime_ms: Option<u64>,
@@ -198,7 +201,6 @@ async fn follow(
     q: wanmig_qemu_stream::qmp::Qmp,
     h: SourceHandle,
 ) -> MoveStatus {
-    let started = Instant::now();
     let addr = h.addr;
     let set = |f: &dyn Fn(&mut MoveStatus)| {
         if let Some(s) = lock(&inner.migrations).get_mut(&name) {
@@ -267,15 +269,10 @@ async fn follow(
     }
     let _ = driver.await;
     let relay = relay.unwrap_or(Err(QemuError::PeerClosed));
-    let mut report = match &relay {
+    let report = match &relay {
         Ok(r) => Some(MoveReport::of(r, &qemu)),
         Err(_) => None,
     };
-    if let Some(r) = report.as_mut() {
-        r.total_ms = qemu
-            .total_ms
-            .unwrap_or(started.elapsed().as_millis() as u64);
-    }
     let (state, error) = match (&relay, qemu.status.as_str(), qemu_error) {
         (_, _, Some(e)) => (MoveState::Failed, Some(format!("the source QEMU: {e}"))),
         (Ok(_), "completed", None) => (MoveState::Completed, None),
