@@ -3,8 +3,10 @@
 //! relays over mTLS QUIC to site B's, which feeds the destination QEMU
 //! (`-incoming defer`). A stopped guest arrives with memory identical to
 //! the source's (`pmemsave`, SHA-256) on one channel and on multifd; a
-//! guest dirtying memory completes and runs at B; a link cut in the middle
-//! leaves the source running and the destination not running.
+//! guest dirtying memory completes (with QEMU's return path relayed) and
+//! runs at B; a link cut in the middle leaves the source running and the
+//! destination not running; the gateways drive both QEMUs over QMP through
+//! the control API, and a second VM from the same image is warm.
 //!
 //! Skips with a printed reason without `qemu-system-x86_64`, unless
 //! `WANMIG_REQUIRE_QEMU=1` is set (then it fails).
@@ -253,6 +255,17 @@ async fn setup(
         multifd(&mut src.qmp, channels);
         if !driven {
             multifd(&mut dst.qmp, channels);
+        }
+    }
+    if matches!(dirty, Some(n) if n > 0) && !driven {
+        // The live move also carries the return path (the destination's
+        // PONG and SHUT, which the source waits for).
+        for q in [&mut src.qmp, &mut dst.qmp] {
+            q.execute(
+                "migrate-set-capabilities",
+                json!({"capabilities": [{"capability": "return-path", "state": true}]}),
+            )
+            .unwrap();
         }
     }
     if driven {
