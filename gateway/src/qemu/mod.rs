@@ -96,7 +96,12 @@ pub enum QemuError {
     SameSite(String),
     #[error(transparent)]
     Drive(#[from] drive::DriveError),
+    #[error("the source QEMU's migration ended '{0}' and the relay had not ended {1:?} later; it was stopped")]
+    Abandoned(String, Duration),
 }
+
+/// How long a relay may go on after its source QEMU's migration failed.
+const RELAY_GRACE: Duration = Duration::from_secs(30);
 
 /// What an operator asks for (`POST /v1/qemu/migrations`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -252,6 +257,12 @@ async fn follow(
                     let _ = cancel_tx.send(());
                 }
                 relay = Some(r);
+            }
+            // A source QEMU that failed may never have connected or closed
+            // all its channels: the relay gets a grace period, then stops.
+            _ = tokio::time::sleep(RELAY_GRACE), if qemu_over && relay.is_none() && qemu.status != "completed" => {
+                task.abort();
+                relay = Some(Err(QemuError::Abandoned(qemu.status.clone(), RELAY_GRACE)));
             }
             s = rx.recv(), if !qemu_over => match s {
                 Some(Ok(s)) => {
