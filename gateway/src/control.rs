@@ -196,6 +196,13 @@ pub fn migration_router(migration: crate::migration::MigrationService, token: St
     crate::migration::api::routes(migration).layer(middleware::from_fn_with_state(ctx, auth))
 }
 
+/// The QEMU migration routes ([`crate::qemu::api`]), behind the
+/// bearer-token check.
+pub fn qemu_router(peering: Peering, qemu: crate::qemu::QemuService, token: String) -> Router {
+    let ctx = Arc::new(Ctx { peering, token });
+    crate::qemu::api::routes(qemu).layer(middleware::from_fn_with_state(ctx, auth))
+}
+
 /// The control API routes, all behind the bearer-token check.
 pub fn router(peering: Peering, token: String) -> Router {
     let ctx = Arc::new(Ctx { peering, token });

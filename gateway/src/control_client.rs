@@ -234,6 +234,41 @@ impl ControlClient {
         self.send(req).await
     }
 
+    /// `POST /v1/qemu/accept`: registers a destination QEMU.
+    pub async fn qemu_accept(
+        &self,
+        req: &crate::qemu::api::AcceptRequest,
+    ) -> Result<crate::qemu::api::AcceptRequest, ClientError> {
+        let req = self
+            .http
+            .post(format!("http://{}/v1/qemu/accept", self.addr))
+            .json(req)
+            .timeout(Duration::from_secs(30));
+        self.send(req).await
+    }
+
+    /// `POST /v1/qemu/migrations`: starts moving a source QEMU.
+    pub async fn qemu_migrate(
+        &self,
+        req: &crate::qemu::MoveRequest,
+    ) -> Result<crate::qemu::MoveStatus, ClientError> {
+        let req = self
+            .http
+            .post(format!("http://{}/v1/qemu/migrations", self.addr))
+            .json(req)
+            .timeout(Duration::from_secs(60));
+        self.send(req).await
+    }
+
+    /// `GET /v1/qemu/migrations/{name}`.
+    pub async fn qemu_migration(&self, name: &str) -> Result<crate::qemu::MoveStatus, ClientError> {
+        let req = self
+            .http
+            .get(format!("http://{}/v1/qemu/migrations/{name}", self.addr))
+            .timeout(Duration::from_secs(10));
+        self.send(req).await
+    }
+
     async fn send<T: serde::de::DeserializeOwned>(
         &self,
         req: reqwest::RequestBuilder,

@@ -158,6 +158,15 @@ impl Gateway {
         storage.use_page_store(migration.stores().clone());
         storage.set_max_disk_len(config.storage.max_disk_len);
         vm_host.attach_storage(storage.clone(), config.storage.clone());
+        // QEMU migrations: their pages share the page stores above.
+        let (qemu, qemu_task) = crate::qemu::QemuService::start(
+            peering.clone(),
+            migration.stores().clone(),
+            config.migration.encoder.clone(),
+            config.migration.scope.clone(),
+            config.migration.open_timeout,
+        )?;
+        tasks.push(qemu_task);
 
         let mut metrics_addr = None;
         if let Some(m) = &config.metrics {
@@ -206,7 +215,8 @@ impl Gateway {
                     overlay.clone(),
                     token.clone(),
                 ))
-                .merge(control::migration_router(migration.clone(), token));
+                .merge(control::migration_router(migration.clone(), token.clone()))
+                .merge(control::qemu_router(peering.clone(), qemu.clone(), token));
             let (addr, task) =
                 serve_http("control.listen", c.listen, app, stop.subscribe()).await?;
             control_addr = Some(addr);
@@ -220,6 +230,7 @@ impl Gateway {
             vm_host,
             process_host,
             storage,
+            qemu,
             config,
             metrics_addr,
             control_addr,
@@ -265,6 +276,7 @@ pub struct GatewayHandle {
     vm_host: Arc<VmHost>,
     process_host: Option<Arc<ProcessHost>>,
     storage: crate::storage_relay::StorageRelay,
+    qemu: crate::qemu::QemuService,
     config: GatewayConfig,
     metrics_addr: Option<SocketAddr>,
     control_addr: Option<SocketAddr>,
@@ -300,6 +312,11 @@ impl GatewayHandle {
     /// Live migration: start migrations, read their records.
     pub fn migration(&self) -> &MigrationService {
         &self.migration
+    }
+
+    /// QEMU migrations through this gateway.
+    pub fn qemu(&self) -> &crate::qemu::QemuService {
+        &self.qemu
     }
 
     /// The VMs this gateway hosts in-process (none with `[vms] host =

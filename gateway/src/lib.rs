@@ -30,6 +30,7 @@ pub mod migration;
 pub mod overlay_service;
 pub mod peering;
 pub mod probe;
+pub mod qemu;
 pub mod storage_relay;
 pub mod tls;
 pub mod transport_tuning;

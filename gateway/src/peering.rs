@@ -48,6 +48,9 @@ wanmig_wire::wire_enum! {
         /// A follow-on storage migration lane (on-demand or background),
         /// two streams per copy (see [`crate::storage_relay`]).
         Storage = 4,
+        /// A relayed QEMU migration, one stream per migration carrying
+        /// all its channels (see [`crate::qemu`]).
+        Qemu = 5,
     }
 }
 

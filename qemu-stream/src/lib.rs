@@ -20,6 +20,8 @@
 //!   4096`).
 //! - [`format`]: the wire constants; `docs/qemu-stream.md` has the layouts
 //!   and what QEMU 7.2 sends with which capabilities.
+//! - [`qmp`]: a QEMU Machine Protocol client (blocking, unix socket) to
+//!   set a migration up on both QEMUs and follow it; the only I/O here.
 //!
 //! # How a gateway drives it
 //!
@@ -110,6 +112,7 @@ mod main_channel;
 mod multifd;
 pub mod page_id;
 pub mod parser;
+pub mod qmp;
 pub mod unsupported;
 
 pub use emit::{EmitError, Emitter};

@@ -12,6 +12,7 @@ mod gateway_cmd;
 mod migrate_cmd;
 mod migration_cmd;
 mod probe_cmd;
+mod qemu_cmd;
 mod site_tables;
 mod status_cmd;
 mod storage_cmd;
@@ -61,6 +62,9 @@ pub enum Command {
     Vm(vm_cmd::VmArgs),
     /// Copy a migrated VM's disk to where it runs now; list disk copies.
     Storage(storage_cmd::StorageArgs),
+    /// Move QEMU VMs through the gateways: register a destination QEMU,
+    /// migrate a source QEMU to another site.
+    Qemu(qemu_cmd::QemuArgs),
     /// The userspace WAN emulator (delay, jitter, loss, rate, reorder, cuts).
     Netem(Box<wanmig_netem::cli::NetemArgs>),
     /// Print a shell completion script for `wanmig` to stdout.
@@ -114,6 +118,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migration(a) => migration_cmd::run(a).await,
         Command::Vm(a) => vm_cmd::run(a).await,
         Command::Storage(a) => storage_cmd::run(a).await,
+        Command::Qemu(a) => qemu_cmd::run(a).await,
         Command::Netem(a) => wanmig_netem::cli::run(*a).await.map_err(Into::into),
         Command::Completions { shell } => {
             use clap::CommandFactory;

@@ -1,9 +1,10 @@
 //! QEMU for tests: whether `qemu-system-x86_64` runs here ([`binary`],
-//! [`require_qemu`]), a QMP client ([`qmp`]) and a guest firmware that
-//! dirties memory at a set rate ([`guest`]).
+//! [`require_qemu`]), the QMP client ([`qmp`], the gateway's, from
+//! `wanmig-qemu-stream`) and a guest firmware that dirties memory at a set
+//! rate ([`guest`]).
 
 pub mod guest;
-pub mod qmp;
+pub use wanmig_qemu_stream::qmp;
 
 use std::path::PathBuf;
 

@@ -1,7 +1,9 @@
-//! A QEMU Machine Protocol client over a unix socket: the greeting and
-//! capability negotiation, commands and their replies, with asynchronous
-//! events kept with their timestamps. [`parse`] classifies one line of the
-//! protocol (no I/O); [`Qmp`] wraps it around a blocking socket.
+//! A QEMU Machine Protocol client over a unix socket, for the gateway
+//! (which drives the QEMUs of a migration it relays) and the tests: the
+//! greeting and capability negotiation, commands and their replies, with
+//! asynchronous events kept with their timestamps. [`parse`] classifies
+//! one line of the protocol (no I/O); [`Qmp`] wraps it around a blocking
+//! socket (call it from a blocking thread in async code).
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
