@@ -69,9 +69,11 @@ impl Default for LongDistance {
     }
 }
 
-/// Default window of the context stream, log2 bytes (8 MiB: 64 default
-/// batches of history, at 8 MiB of memory per side).
-pub const DEFAULT_CONTEXT_WINDOW_LOG: u32 = 23;
+/// Default window of the context stream, log2 bytes (512 KiB: four default
+/// batches of history, zstd's own window at levels 1-2 and QEMU's per
+/// multifd channel). At low levels zstd's match tables keep only recent
+/// positions, so a larger window finds no more and costs cache misses.
+pub const DEFAULT_CONTEXT_WINDOW_LOG: u32 = 19;
 
 /// Smallest and largest window the codec accepts (zstd's own limits are
 /// 10..=31; above 30 the memory cost is not worth it).

@@ -49,7 +49,7 @@
 //! milliseconds, and every few seconds while long distance is on. The
 //! destination's [`DecoderConfig::max_window_log`] must be at least the
 //! source's [`LongDistance::window_log`] and
-//! [`EncoderConfig::context_window_log`] (27, 27 and 23 by default).
+//! [`EncoderConfig::context_window_log`] (27, 27 and 19 by default).
 
 pub mod compress;
 pub mod decoder;
