@@ -20,8 +20,9 @@
 //!   pages, as the gateway feeds it. Then the same with one setting
 //!   changed ([`VARIANTS`]): level 3 (where the level controller goes on a
 //!   250 Mbit/s link with spare CPU), 128-page batches (QEMU's packet
-//!   size, without its stream context) and the long-distance stream
-//!   (`LongDistance::default()`, level 1).
+//!   size), the long-distance stream (`LongDistance::default()`, level 1)
+//!   and one zstd frame per batch instead of the default context stream
+//!   (`context_window_log = 0`).
 //! - **wanmig warm**: the same image again, with the inventory of a page
 //!   store that holds it: the cold level-1 stream decoded into a
 //!   `PageStore`, as a destination site keeps it.
@@ -86,6 +87,7 @@ const VARIANTS: &[(&str, Change)] = &[
     ("long-distance", |c| {
         c.long_distance = Some(LongDistance::default())
     }),
+    ("one zstd frame per batch", |c| c.context_window_log = 0),
 ];
 
 #[derive(Debug, Serialize)]

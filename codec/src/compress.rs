@@ -1,26 +1,33 @@
 //! Section A's compression: how a batch's compressible bytes are shrunk on
 //! the source and restored on the destination.
 //!
-//! Three methods, chosen by the encoder's level and options:
-//! - **zstd, one frame per batch** (levels −7..=19): each batch decodes on
-//!   its own;
+//! Four methods, chosen by the encoder's level and options:
+//! - **zstd context stream** (levels −7..=19, the default): one zstd frame
+//!   that spans consecutive batches with a window of
+//!   2^`context_window_log` bytes, flushed at every batch boundary so each
+//!   batch decodes as soon as it arrives — but only in order, after every
+//!   earlier stream batch. Each batch's matches reach back into what earlier
+//!   batches carried (as QEMU's per-channel zstd stream does), instead of
+//!   starting from an empty window every 128 KiB;
+//! - **zstd long-distance stream** ([`LongDistance`]): the same stream with
+//!   long-distance matching and a larger window. It also finds duplicates
+//!   far back (content repeated at unaligned offsets, or pages that differ
+//!   slightly from one sent long ago), for some CPU;
+//! - **zstd, one frame per batch** (context window 0): each batch decodes
+//!   on its own;
 //! - **LZ4, one block per batch** ([`LZ4_LEVEL`]): the CPU-bound choice.
 //!   zstd is sequence-bound on short-match text (the demo mix's text runs at
 //!   ~250 MB/s at level 1 and barely faster at negative levels on this
-//!   machine), LZ4 encodes the same text ~1.5× faster at a lower ratio;
-//! - **zstd long-distance stream** ([`LongDistance`]): one zstd frame that
-//!   spans the whole session, with long-distance matching and a large
-//!   window, flushed at every batch boundary so each batch decodes as soon as
-//!   it arrives — but only in order, after every earlier stream batch. It
-//!   finds duplicates that page dedup misses (content repeated at unaligned
-//!   offsets, or pages that differ slightly from one sent long ago).
+//!   machine), LZ4 encodes the same text ~1.5× faster at a lower ratio.
 //!
-//! A stream batch with [`FLAG_A_STREAM_START`] starts a new stream (a new
-//! frame, an empty window): the encoder restarts when its level changes
-//! (zstd applies a new level only at a frame start) or after an error.
-//! On the destination, a stream batch that fails to decode leaves the
-//! stream's state unknown, so every later stream batch is refused until a new
-//! stream starts; the session should be aborted anyway.
+//! Both streams travel with [`FLAG_A_STREAM`]: long-distance matching is
+//! the compressor's choice alone, the decoder needs only the window. A
+//! stream batch with [`FLAG_A_STREAM_START`] starts a new stream (a new
+//! frame, an empty window): the encoder restarts when its level or stream
+//! settings change (zstd applies a new level only at a frame start) or
+//! after an error. On the destination, a stream batch that fails to decode
+//! leaves the stream's state unknown, so every later stream batch is
+//! refused until a new stream starts; the session should be aborted anyway.
 
 use serde::{Deserialize, Serialize};
 use zstd::zstd_safe::{self, CParameter, DParameter, InBuffer, OutBuffer, ResetDirective};
@@ -62,6 +69,12 @@ impl Default for LongDistance {
     }
 }
 
+/// Default window of the context stream, log2 bytes (512 KiB: four default
+/// batches of history, zstd's own window at levels 1-2 and QEMU's per
+/// multifd channel). At low levels zstd's match tables keep only recent
+/// positions, so a larger window finds no more and costs cache misses.
+pub const DEFAULT_CONTEXT_WINDOW_LOG: u32 = 19;
+
 /// Smallest and largest window the codec accepts (zstd's own limits are
 /// 10..=31; above 30 the memory cost is not worth it).
 pub const MIN_WINDOW_LOG: u32 = 10;
@@ -83,6 +96,8 @@ pub struct SectionEncoder {
     bulk: zstd::bulk::Compressor<'static>,
     lz4_buf: Vec<u8>,
     long: Option<LongDistance>,
+    /// Window of the context stream (log2 bytes); 0: one frame per batch.
+    context: u32,
     stream: Option<zstd_safe::CCtx<'static>>,
     /// The next stream batch starts a new stream.
     restart: bool,
@@ -96,9 +111,38 @@ impl SectionEncoder {
             bulk: zstd::bulk::Compressor::new(zstd_level).map_err(CodecError::Zstd)?,
             lz4_buf: Vec::new(),
             long,
+            context: 0,
             stream: None,
             restart: true,
         })
+    }
+
+    /// The context stream's window (log2 bytes; 0: one frame per batch).
+    pub fn context_window_log(&self) -> u32 {
+        self.context
+    }
+
+    /// Compresses consecutive batches as one stream with a window of
+    /// 2^`window_log` bytes (0: each batch on its own), from the next
+    /// section. Long-distance matching, when on, takes precedence.
+    pub fn set_context(&mut self, window_log: u32) {
+        if window_log != self.context {
+            self.context = window_log;
+            if self.long.is_none() {
+                self.stream = None;
+                self.restart = true;
+            }
+        }
+    }
+
+    /// The stream in force: its window (log2 bytes) and whether it does
+    /// long-distance matching; `None` for one frame per batch.
+    fn stream_params(&self) -> Option<(u32, bool)> {
+        match (self.long, self.context) {
+            (Some(ld), _) => Some((ld.window_log, true)),
+            (None, 0) => None,
+            (None, w) => Some((w, false)),
+        }
     }
 
     pub fn level(&self) -> i32 {
@@ -145,12 +189,12 @@ impl SectionEncoder {
         if self.level == LZ4_LEVEL {
             return self.lz4(a, out);
         }
-        if self.long.is_some() {
-            match self.stream_compress(a, out) {
+        if let Some((window_log, ldm)) = self.stream_params() {
+            match self.stream_compress(window_log, ldm, a, out) {
                 Ok(flags) => return flags,
                 Err(e) => {
                     // Start over with a fresh stream; this batch goes stored.
-                    tracing::warn!(error = %e, "long-distance zstd stream failed; restarting it");
+                    tracing::warn!(error = %e, "zstd stream failed; restarting it");
                     self.stream = None;
                     self.restart = true;
                     out.clear();
@@ -194,8 +238,13 @@ impl SectionEncoder {
         }
     }
 
-    fn stream_compress(&mut self, a: &[u8], out: &mut Vec<u8>) -> Result<u8, CodecError> {
-        let long = self.long.expect("stream mode");
+    fn stream_compress(
+        &mut self,
+        window_log: u32,
+        ldm: bool,
+        a: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<u8, CodecError> {
         let mut flags = FLAG_A_STREAM;
         if self.restart || self.stream.is_none() {
             match self.stream.as_mut() {
@@ -210,8 +259,8 @@ impl SectionEncoder {
                     let mut c = zstd_safe::CCtx::create();
                     for p in [
                         CParameter::CompressionLevel(self.level),
-                        CParameter::EnableLongDistanceMatching(true),
-                        CParameter::WindowLog(long.window_log),
+                        CParameter::EnableLongDistanceMatching(ldm),
+                        CParameter::WindowLog(window_log),
                     ] {
                         c.set_parameter(p).map_err(zstd_err)?;
                     }
@@ -346,12 +395,12 @@ impl SectionDecoder {
         }
         if self.broken {
             return Err(CodecError::Invalid(
-                "long-distance stream batch after a failed one (the stream cannot continue; abort the session)",
+                "zstd stream batch after a failed one (the stream cannot continue; abort the session)",
             ));
         }
         let Some(dctx) = self.stream.as_mut() else {
             return Err(CodecError::Invalid(
-                "long-distance stream batch before the stream's start",
+                "zstd stream batch before the stream's start",
             ));
         };
         // One byte of room beyond raw_len, to notice a section that
@@ -382,7 +431,7 @@ impl SectionDecoder {
         }
         if input.pos != stored.len() {
             return Err(CodecError::Invalid(
-                "long-distance stream section has bytes left after its content",
+                "zstd stream section has bytes left after its content",
             ));
         }
         Ok(output.pos())
@@ -445,6 +494,18 @@ mod tests {
         v
     }
 
+    fn noise(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
     fn round_trip(enc: &mut SectionEncoder, dec: &mut SectionDecoder, a: &[u8]) -> (u8, usize) {
         let mut stored = Vec::new();
         let flags = enc.compress(a, &mut stored);
@@ -491,6 +552,55 @@ mod tests {
         let (f3, restarted) = round_trip(&mut enc, &mut dec, &a[1..]);
         assert_eq!(f3, FLAG_A_STREAM | FLAG_A_STREAM_START);
         assert!(restarted > again * 5, "a restarted stream has no history");
+    }
+
+    #[test]
+    fn context_stream_matches_the_previous_batch() {
+        let mut dec = SectionDecoder::new(27).unwrap();
+        // Random bytes: only a match into the earlier batch can shrink the
+        // repeat.
+        let a = noise(64 << 10, 11);
+        // Per batch: the repeat costs as much as the first time.
+        let mut alone = SectionEncoder::new(1, None).unwrap();
+        assert_eq!(alone.context_window_log(), 0);
+        let (f, first) = round_trip(&mut alone, &mut dec, &a);
+        assert_eq!(f, 0, "stored: random bytes do not shrink alone");
+        let (_, alone_again) = round_trip(&mut alone, &mut dec, &a[1..]);
+        assert!(alone_again * 2 > first, "{alone_again} vs {first}");
+        // Context stream: the next batch repeats the first at an unaligned
+        // offset, and is found in the window.
+        let mut ctx = SectionEncoder::new(1, None).unwrap();
+        ctx.set_context(DEFAULT_CONTEXT_WINDOW_LOG);
+        let (f1, _) = round_trip(&mut ctx, &mut dec, &a);
+        assert_eq!(f1, FLAG_A_STREAM | FLAG_A_STREAM_START);
+        let (f2, again) = round_trip(&mut ctx, &mut dec, &a[1..]);
+        assert_eq!(f2, FLAG_A_STREAM);
+        assert!(again * 5 < first, "repeat cost {again} vs first {first}");
+        // Switching it off goes back to one frame per batch.
+        ctx.set_context(0);
+        let (f4, _) = round_trip(&mut ctx, &mut dec, &text(4096, 1));
+        assert_eq!(f4, FLAG_A_ZSTD);
+    }
+
+    #[test]
+    fn context_stream_needs_a_window_the_decoder_allows() {
+        let mut enc = SectionEncoder::new(1, None).unwrap();
+        enc.set_context(24);
+        let mut dec = SectionDecoder::new(20).unwrap();
+        let a = text(200_000, 13);
+        let mut s = Vec::new();
+        let f = enc.compress(&a, &mut s);
+        let mut out = Vec::new();
+        let err = dec.decompress(f, &s, a.len(), &mut out).unwrap_err();
+        assert!(
+            matches!(err, CodecError::WindowTooLarge { max_window_log: 20 }),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string()
+                .contains("codec.context_window_log to at most 20"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -29,7 +29,8 @@ use std::hash::{BuildHasherDefault, Hasher};
 use serde::{Deserialize, Serialize};
 
 use crate::compress::{
-    LongDistance, SectionEncoder, MAX_LEVEL, MAX_WINDOW_LOG, MIN_LEVEL, MIN_WINDOW_LOG,
+    LongDistance, SectionEncoder, DEFAULT_CONTEXT_WINDOW_LOG, MAX_LEVEL, MAX_WINDOW_LOG, MIN_LEVEL,
+    MIN_WINDOW_LOG,
 };
 use crate::error::CodecError;
 use crate::fingerprint::Fingerprint;
@@ -112,6 +113,12 @@ pub struct EncoderConfig {
     /// matching (`[codec.long_distance] window_log = 27`); for links slower
     /// than the codec. Batches then decode only in order. Off by default.
     pub long_distance: Option<LongDistance>,
+    /// Compress consecutive batches as one zstd stream with a window of
+    /// 2^`context_window_log` bytes, so a batch's matches reach into what
+    /// earlier batches carried; 0 compresses each batch on its own (LZ4
+    /// always does). Batches then decode only in order, and the
+    /// destination's `max_window_log` must be at least this.
+    pub context_window_log: u32,
 }
 
 impl Default for EncoderConfig {
@@ -126,6 +133,7 @@ impl Default for EncoderConfig {
             detect_incompressible: true,
             reduce: true,
             long_distance: None,
+            context_window_log: DEFAULT_CONTEXT_WINDOW_LOG,
         }
     }
 }
@@ -160,6 +168,14 @@ impl EncoderConfig {
                     "must be between 10 and 30 (log2 of the window in bytes)",
                 );
             }
+        }
+        if self.context_window_log != 0
+            && !(MIN_WINDOW_LOG..=MAX_WINDOW_LOG).contains(&self.context_window_log)
+        {
+            return bad(
+                "codec.context_window_log",
+                "must be 0 (each batch compressed on its own) or between 10 and 30 (log2 of the window in bytes)",
+            );
         }
         if self.delta_max_bytes > MAX_DELTA_LEN {
             return bad("codec.delta_max_bytes", "must be at most 8192");
@@ -262,7 +278,8 @@ impl Encoder {
     pub fn new(cfg: EncoderConfig, inventory: Inventory) -> Result<Self, CodecError> {
         cfg.validate()?;
         let level = if cfg.level == 0 { 1 } else { cfg.level };
-        let sections = SectionEncoder::new(level, cfg.long_distance)?;
+        let mut sections = SectionEncoder::new(level, cfg.long_distance)?;
+        sections.set_context(cfg.context_window_log);
         Ok(Encoder {
             sections,
             cache: PageCache::new(cfg.cache_bytes / PAGE_SIZE),
@@ -525,6 +542,13 @@ mod tests {
                     ..EncoderConfig::default()
                 },
                 "codec.delta_max_bytes",
+            ),
+            (
+                EncoderConfig {
+                    context_window_log: 5,
+                    ..EncoderConfig::default()
+                },
+                "codec.context_window_log",
             ),
         ] {
             let e = Encoder::new(cfg, Inventory::new()).err().expect("accepted");

@@ -53,7 +53,7 @@ pub enum CodecError {
     Zstd(std::io::Error),
     #[error("LZ4 section does not decode: {0} (corrupt stream; abort the session)")]
     Lz4(String),
-    #[error("the source's long-distance stream needs a larger window than this side allows (max_window_log {max_window_log}): set the source's codec.long_distance.window_log to at most {max_window_log}, or raise the destination's limit")]
+    #[error("the source's zstd stream needs a larger window than this side allows (max_window_log {max_window_log}): set the source's codec.long_distance.window_log to at most {max_window_log} and its codec.context_window_log to at most {max_window_log}, or raise the destination's limit")]
     WindowTooLarge { max_window_log: u32 },
     #[error("page store {path}: {op} failed: {source} (check the store directory's permissions and free space)")]
     StoreIo {

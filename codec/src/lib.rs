@@ -8,8 +8,9 @@
 //! from the site's persistent [`PageStore`], and NACKing what it cannot
 //! resolve. The [`Inventory`] tells a source what a destination holds at
 //! session start. [`compress`] shrinks each batch's compressible section
-//! (zstd per batch, LZ4, or one long-distance zstd stream) at a level from
-//! [`MIN_LEVEL`] to [`MAX_LEVEL`]; [`mix`] generates the deterministic demo
+//! (by default one zstd stream across batches, so each batch matches what
+//! earlier ones carried; or that stream with long-distance matching, zstd
+//! per batch, or LZ4) at a level from [`MIN_LEVEL`] to [`MAX_LEVEL`]; [`mix`] generates the deterministic demo
 //! memory mix.
 //!
 //! No sockets, no clocks: callers move the bytes and pass measurements in.
@@ -30,8 +31,8 @@
 //! integrity; the codec's own checks are about trust (references are
 //! verified against content) and robustness (hostile lengths are errors).
 //! Batches must reach [`Decoder::decode`] in the order the encoder made
-//! them (one ordered stream); with long-distance matching that is required
-//! for decoding at all.
+//! them (one ordered stream); with a zstd stream (the default) that is
+//! required for decoding at all.
 //!
 //! The codec exposes what a level controller needs and decides nothing
 //! itself: [`Encoder::set_level`] and [`Encoder::set_long_distance`] take
@@ -42,12 +43,13 @@
 //!
 //! The level travels in each batch header (informational; the decoder needs
 //! nothing from it). [`LZ4_LEVEL`] (-8) is the fastest setting: LZ4 instead
-//! of zstd, for links faster than zstd can feed. With long-distance matching
-//! on, each level change restarts the zstd stream (losing its window), so
-//! change the level no more often than every few seconds while long
-//! distance is on. The destination's
-//! [`DecoderConfig::max_window_log`] must be at least the source's
-//! [`LongDistance::window_log`] (both default to 27: 128 MiB each side).
+//! of zstd, for links faster than zstd can feed (LZ4 has no stream: each
+//! batch stands alone). Each level change restarts the zstd stream (losing
+//! its window), so change the level no more often than every few hundred
+//! milliseconds, and every few seconds while long distance is on. The
+//! destination's [`DecoderConfig::max_window_log`] must be at least the
+//! source's [`LongDistance::window_log`] and
+//! [`EncoderConfig::context_window_log`] (27, 27 and 19 by default).
 
 pub mod compress;
 pub mod decoder;

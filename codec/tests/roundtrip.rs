@@ -196,17 +196,20 @@ fn small_cfg(cache_pages: usize) -> EncoderConfig {
     }
 }
 
-/// Section mode: (initial level, long-distance, change the level before
-/// every round).
-fn mode_strategy() -> impl Strategy<Value = (i32, Option<LongDistance>, bool)> {
+/// Section mode: (initial level, long-distance, context window, change
+/// the level before every round).
+fn mode_strategy() -> impl Strategy<Value = (i32, Option<LongDistance>, u32, bool)> {
     let ld = Some(LongDistance { window_log: 20 });
+    let ctx = EncoderConfig::default().context_window_log;
     prop_oneof![
-        Just((1, None, false)),
-        Just((LZ4_LEVEL, None, false)),
-        Just((-3, None, true)),
-        Just((3, ld, false)),
-        Just((1, ld, true)),
-        Just((LZ4_LEVEL, ld, true)),
+        Just((1, None, 0, false)),
+        Just((LZ4_LEVEL, None, 0, false)),
+        Just((-3, None, 0, true)),
+        Just((1, None, ctx, false)),
+        Just((-3, None, ctx, true)),
+        Just((3, ld, 0, false)),
+        Just((1, ld, 0, true)),
+        Just((LZ4_LEVEL, ld, 0, true)),
     ]
 }
 
@@ -228,8 +231,8 @@ proptest! {
         store_pages in prop_oneof![Just(0u64), Just(2), Just(64)],
         mode in mode_strategy(),
     ) {
-        let (level, long, relevel) = mode;
-        let cfg = EncoderConfig { level, long_distance: long, ..small_cfg(enc_cache) };
+        let (level, long, context_window_log, relevel) = mode;
+        let cfg = EncoderConfig { level, long_distance: long, context_window_log, ..small_cfg(enc_cache) };
         let enc = Encoder::new(cfg, Inventory::new()).unwrap();
         let dcfg = DecoderConfig { session_cache_bytes: dec_cache * PAGE_SIZE, ..DecoderConfig::default() };
         if store_pages == 0 {

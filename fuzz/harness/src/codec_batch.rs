@@ -314,28 +314,32 @@ fn mix_page(i: u64) -> Box<PageBytes> {
     p
 }
 
-/// Seeds: real sessions of the encoder at several levels (zstd, LZ4, a
-/// long-distance stream), against an inventory of the known pages:
-/// a round of demo-mix pages with copies of known pages, then a second
-/// round with pages changed a little (deltas) and copied (references),
-/// then the answer to a NACK (Fill); and a batch sequence that is cut
-/// short.
+/// Seeds: real sessions of the encoder at several levels (zstd per batch,
+/// LZ4, a long-distance stream, the context stream), against an inventory
+/// of the known pages: a round of demo-mix pages with copies of known
+/// pages, then a second round with pages changed a little (deltas) and
+/// copied (references), then the answer to a NACK (Fill); and a batch
+/// sequence that is cut short.
 pub fn seeds() -> Vec<Vec<u8>> {
     let known: Vec<Fingerprint> = (0..KNOWN_PAGES)
         .map(|i| Fingerprint::of(&known_page(i)))
         .collect();
-    let settings: [(i32, Option<LongDistance>); 4] = [
-        (1, None),
-        (3, None),
-        (wanmig_codec::LZ4_LEVEL, None),
-        (1, Some(LongDistance { window_log: 20 })),
+    // (level, long-distance, context window): one zstd frame per batch,
+    // LZ4, a long-distance stream and the default context stream.
+    let settings: [(i32, Option<LongDistance>, u32); 5] = [
+        (1, None, 0),
+        (3, None, 0),
+        (wanmig_codec::LZ4_LEVEL, None, 0),
+        (1, Some(LongDistance { window_log: 20 }), 0),
+        (1, None, EncoderConfig::default().context_window_log),
     ];
     let mut out = Vec::new();
-    for (n, (level, long_distance)) in settings.into_iter().enumerate() {
+    for (n, (level, long_distance, context_window_log)) in settings.into_iter().enumerate() {
         let cfg = EncoderConfig {
             batch_pages: 3,
             level,
             long_distance,
+            context_window_log,
             ..EncoderConfig::default()
         };
         let mut enc =
