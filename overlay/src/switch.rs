@@ -9,7 +9,7 @@
 //! MACs the table's limits keep out are counted and logged at most once
 //! per [`LIMIT_LOG_INTERVAL`] per segment, never once per frame.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -131,6 +131,27 @@ struct LimitLog {
 }
 
 impl Segment {
+    /// A freeze holds a MAC at its site even after that site's peer went
+    /// down ([`MacTable::flush_site`] keeps it); once the freeze ends, the
+    /// MAC goes the way the peer's other MACs went. Otherwise it would
+    /// point at a site no frame can reach until something re-learned it.
+    fn forget_unfrozen_at_down_sites(
+        &mut self,
+        unfrozen: &[MacAddr],
+        peers: &BTreeMap<SiteId, usize>,
+    ) {
+        let down: BTreeSet<SiteId> = unfrozen
+            .iter()
+            .filter_map(|mac| match self.macs.get(mac).map(|e| &e.location) {
+                Some(Location::Remote(site)) if !peers.contains_key(site) => Some(site.clone()),
+                _ => None,
+            })
+            .collect();
+        for site in down {
+            self.macs.flush_site(&site);
+        }
+    }
+
     fn peer_traffic(&mut self, metrics: &OverlayMetrics, site: &SiteId) -> &PeerTraffic {
         let label = &self.label;
         self.peers
@@ -360,6 +381,7 @@ impl Switch {
         let was = seg.macs.unfreeze(&mac);
         if was {
             tracing::info!(vni = %vni, mac = %mac, "MAC unfrozen by operator");
+            seg.forget_unfrozen_at_down_sites(&[mac], &self.ctx.peers);
             seg.update_gauges();
         }
         was
@@ -723,6 +745,7 @@ impl Switch {
             let (aged, unfrozen) = seg.macs.expire(now);
             let local: Vec<Aged> = aged.into_iter().filter(|a| a.was_local).collect();
             ctx.withdraw(seg, &local, &mut out);
+            seg.forget_unfrozen_at_down_sites(&unfrozen, &ctx.peers);
             for mac in unfrozen {
                 tracing::info!(vni = %seg.vni, mac = %mac, "MAC freeze hold expired");
                 out.push(Action::Event(SwitchEvent::MacUnfrozen {

@@ -418,6 +418,67 @@ fn simultaneous_claims_with_equal_sequence_converge_on_the_lower_site_name() {
     assert_eq!(m.location("c", vm), Some(Location::Remote(site("a"))));
 }
 
+/// Freezes `vm` at site b as located at site a: first seen at b, then
+/// six moves within 60 s (a, b, a, b, a, b), the sixth seen by b.
+fn frozen_at_b_pointing_at_a(m: &mut Mesh, vm: MacAddr) {
+    m.send("b", eth(MacAddr::BROADCAST, vm, 60));
+    for i in 0..6u64 {
+        m.at(1000 + i * 10);
+        m.send(if i % 2 == 0 { "a" } else { "b" }, rarp(vm));
+    }
+    assert!(m.sites["b"]
+        .mac_table(vni())
+        .iter()
+        .any(|e| e.mac == vm && e.frozen));
+    assert_eq!(m.location("b", vm), Some(Location::Remote(site("a"))));
+}
+
+#[test]
+fn a_mac_frozen_at_a_peer_that_went_down_leaves_with_it_once_the_freeze_ends() {
+    // Released by the operator.
+    let mut m = Mesh::new(&["a", "b"], &config(), 1400);
+    let vm = mac(10);
+    frozen_at_b_pointing_at_a(&mut m, vm);
+    m.peer_down("b", "a");
+    assert_eq!(
+        m.location("b", vm),
+        Some(Location::Remote(site("a"))),
+        "the freeze holds it where it was"
+    );
+    assert!(m.sites.get_mut("b").unwrap().unfreeze_mac(vni(), vm));
+    assert_eq!(
+        m.location("b", vm),
+        None,
+        "no MAC stays at a peer that is down"
+    );
+
+    // Released by the freeze hold.
+    let mut cfg = config();
+    cfg.freeze_hold = Some(Duration::from_secs(300));
+    let mut m = Mesh::new(&["a", "b"], &cfg, 1400);
+    frozen_at_b_pointing_at_a(&mut m, vm);
+    m.peer_down("b", "a");
+    m.at(1100);
+    m.poll();
+    assert_eq!(m.location("b", vm), Some(Location::Remote(site("a"))));
+    m.at(1500);
+    m.poll();
+    assert!(m.events["b"]
+        .iter()
+        .any(|e| matches!(e, SwitchEvent::MacUnfrozen { mac, .. } if *mac == vm)));
+    assert_eq!(
+        m.location("b", vm),
+        None,
+        "no MAC stays at a peer that is down"
+    );
+    // A MAC at a peer that is up stays when its freeze ends.
+    let mut m = Mesh::new(&["a", "b"], &cfg, 1400);
+    frozen_at_b_pointing_at_a(&mut m, vm);
+    m.at(1500);
+    m.poll();
+    assert_eq!(m.location("b", vm), Some(Location::Remote(site("a"))));
+}
+
 #[test]
 fn flapping_mac_is_frozen_and_reported_with_a_synthetic_clock() {
     let mut m = Mesh::new(&["a", "b"], &config(), 1400);
