@@ -8,7 +8,7 @@
 use bytes::Bytes;
 use wanmig_codec::{CodecError, Encoder, EncoderConfig, EncoderStats, Fingerprint, Gfn, Inventory};
 use wanmig_qemu_stream::page_id::PAGE_INDEX_BITS;
-use wanmig_qemu_stream::{Event, PageIdError, PageIds, Parser, Stats};
+use wanmig_qemu_stream::{BlockName, Event, PageIdError, PageIds, Parser, Stats};
 
 use super::frames::{Frame, PageSlot, SlotKind};
 
@@ -188,6 +188,26 @@ impl SourceRelay {
         Ok(self.encoder.as_mut().expect("just built"))
     }
 
+    /// Tells the destination the number of a RAM block seen for the first
+    /// time (after the pages gathered so far, which may belong to another).
+    fn announce_block(
+        &mut self,
+        out: &mut Vec<u8>,
+        gfn: u64,
+        name: &BlockName,
+    ) -> Result<(), SourceError> {
+        self.flush(out)?;
+        let number = (gfn >> PAGE_INDEX_BITS) as u32;
+        self.write(
+            out,
+            &Frame::Block {
+                number,
+                name: name.clone(),
+            },
+        );
+        Ok(())
+    }
+
     fn drain(&mut self, ch: u8, out: &mut Vec<u8>) -> Result<(), SourceError> {
         if self.gathering_ch != ch {
             self.flush(out)?;
@@ -203,15 +223,7 @@ impl SourceRelay {
                     match keyed {
                         Some((gfn, new)) => {
                             if new {
-                                self.flush(out)?;
-                                let number = (gfn >> PAGE_INDEX_BITS) as u32;
-                                self.write(
-                                    out,
-                                    &Frame::Block {
-                                        number,
-                                        name: p.block.clone(),
-                                    },
-                                );
+                                self.announce_block(out, gfn, &p.block)?;
                             }
                             self.gathering.push((
                                 PageSlot {
@@ -238,15 +250,7 @@ impl SourceRelay {
                 Event::Zero(z) if z.fill == 0 => match self.ids.gfn_of(&z.block, z.offset)? {
                     Some((gfn, new)) => {
                         if new {
-                            self.flush(out)?;
-                            let number = (gfn >> PAGE_INDEX_BITS) as u32;
-                            self.write(
-                                out,
-                                &Frame::Block {
-                                    number,
-                                    name: z.block.clone(),
-                                },
-                            );
+                            self.announce_block(out, gfn, &z.block)?;
                         }
                         self.gathering.push((
                             PageSlot {
